@@ -1,0 +1,19 @@
+// Registration of the `memo` subcommands. Each add_*_command creates its
+// subcommand on the root app and, when that subcommand is parsed, sets
+// `action` to the work to run; main() runs it under the error-to-exit-code map.
+#pragma once
+
+#include <functional>
+
+namespace CLI {
+class App;
+}
+
+namespace memo::cli {
+
+using Action = std::function<int()>;
+
+void add_train_command(CLI::App& root, Action& action);
+void add_dsa_command(CLI::App& root, Action& action);
+
+}  // namespace memo::cli

@@ -1,0 +1,214 @@
+// Presets and Hugging Face config.json parsing for ModelConfig.
+#include "model/config.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace memo::model {
+
+int64_t ModelConfig::layer_matmul_params() const {
+  if (arch == Arch::Gpt) return 4 * hidden * hidden + 2 * hidden * ffn;
+  return hidden * qkv_dim() + attn_dim() * hidden + 3 * hidden * ffn;
+}
+
+int64_t ModelConfig::matmul_params() const {
+  return layers * layer_matmul_params() + vocab_size * hidden;
+}
+
+int64_t ModelConfig::total_params() const {
+  int64_t norms = layers * 2 * hidden + hidden;
+  int64_t embed = vocab_size * hidden * (tie_embeddings ? 1 : 2);
+  return layers * layer_matmul_params() + norms + embed;
+}
+
+void ModelConfig::validate(const std::string& where) const {
+  auto positive = [&](int64_t v, const char* field) {
+    require_input(v > 0, where, ": ", field, " must be a positive integer, got ", v);
+  };
+  positive(vocab_size, "vocab_size");
+  positive(hidden, "hidden_size");
+  positive(layers, "num_hidden_layers");
+  positive(heads, "num_attention_heads");
+  positive(kv_heads, "num_key_value_heads");
+  positive(head_dim, "head_dim");
+  positive(ffn, "intermediate_size");
+  require_input(heads % kv_heads == 0, where, ": num_key_value_heads (", kv_heads,
+                ") must divide num_attention_heads (", heads, ")");
+  require_input(head_dim % 2 == 0, where, ": head_dim (", head_dim, ") must be even for RoPE");
+  require_input(rms_eps > 0, where, ": rms_norm_eps must be > 0, got ", rms_eps);
+  require_input(rope_theta > 0, where, ": rope_theta must be > 0, got ", rope_theta);
+  if (rope_scaling.factor != 0.0) {
+    require_input(rope_scaling.factor >= 1.0, where, ": rope_scaling.factor must be >= 1, got ",
+                  rope_scaling.factor);
+    require_input(rope_scaling.high_freq_factor > rope_scaling.low_freq_factor, where,
+                  ": rope_scaling.high_freq_factor must exceed low_freq_factor");
+    require_input(rope_scaling.original_max_position > 0, where,
+                  ": rope_scaling.original_max_position_embeddings must be > 0");
+  }
+}
+
+namespace {
+
+ModelConfig llama(std::string name, int64_t vocab, int64_t h, int64_t n, int64_t nh, int64_t nkv,
+                  int64_t f, double theta, bool tied) {
+  ModelConfig c;
+  c.name = std::move(name);
+  c.vocab_size = vocab;
+  c.hidden = h;
+  c.layers = n;
+  c.heads = nh;
+  c.kv_heads = nkv;
+  c.head_dim = h / nh;
+  c.ffn = f;
+  c.rope_theta = theta;
+  c.tie_embeddings = tied;
+  return c;
+}
+
+ModelConfig gpt(std::string name, int64_t n, int64_t h, int64_t nh) {
+  ModelConfig c = llama(std::move(name), 50257, h, n, nh, nh, 4 * h, 10000.0, false);
+  c.arch = Arch::Gpt;
+  c.max_position = 1 << 20;
+  return c;
+}
+
+ModelConfig preset(const std::string& name) {
+  if (name == "tiny") {
+    // The built-in default: small enough to train on 2 CPU cores in a minute.
+    ModelConfig c = llama("tiny", 256, 128, 2, 4, 2, 352, 10000.0, true);
+    c.max_position = 4096;
+    return c;
+  }
+  RopeScaling llama32{32.0, 1.0, 4.0, 8192};
+  if (name == "llama3.2-1b") {
+    ModelConfig c = llama(name, 128256, 2048, 16, 32, 8, 8192, 500000.0, true);
+    c.rope_scaling = llama32;
+    c.max_position = 131072;
+    return c;
+  }
+  if (name == "llama3.2-3b") {
+    ModelConfig c = llama(name, 128256, 3072, 28, 24, 8, 8192, 500000.0, true);
+    c.rope_scaling = llama32;
+    c.max_position = 131072;
+    return c;
+  }
+  if (name == "llama3-8b") {
+    ModelConfig c = llama(name, 128256, 4096, 32, 32, 8, 14336, 500000.0, false);
+    c.max_position = 8192;
+    return c;
+  }
+  if (name == "llama2-7b") {
+    ModelConfig c = llama(name, 32000, 4096, 32, 32, 32, 11008, 10000.0, false);
+    c.max_position = 4096;
+    return c;
+  }
+  if (name == "gpt-7b") return gpt(name, 32, 4096, 32);
+  if (name == "gpt-13b") return gpt(name, 40, 5120, 40);
+  if (name == "gpt-30b") return gpt(name, 48, 7168, 56);
+  if (name == "gpt-65b") return gpt(name, 80, 8192, 64);
+  return {};
+}
+
+template <typename T>
+T get_field(const nlohmann::json& j, const char* key, const std::string& source) {
+  try {
+    return j.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    if (!j.contains(key)) throw InputError(cat(source, ": missing field \"", key, "\""));
+    throw InputError(cat(source, ": field \"", key, "\" has the wrong type (", j.at(key).type_name(),
+                         ")"));
+  }
+}
+
+template <typename T>
+T get_field_or(const nlohmann::json& j, const char* key, T fallback, const std::string& source) {
+  if (!j.contains(key) || j.at(key).is_null()) return fallback;
+  return get_field<T>(j, key, source);
+}
+
+}  // namespace
+
+std::vector<std::string> preset_names() {
+  return {"tiny",   "llama3.2-1b", "llama3.2-3b", "llama3-8b", "llama2-7b",
+          "gpt-7b", "gpt-13b",     "gpt-30b",     "gpt-65b"};
+}
+
+ModelConfig parse_hf_config(const std::string& text, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw InputError(cat(source, ": not valid JSON (", e.what(), ")"));
+  }
+  require_input(j.is_object(), source, ": expected a JSON object");
+  auto type = get_field_or<std::string>(j, "model_type", "llama", source);
+  require_input(type == "llama", source, ": model_type \"", type,
+                "\" is not supported (expected \"llama\")");
+  auto act = get_field_or<std::string>(j, "hidden_act", "silu", source);
+  require_input(act == "silu", source, ": hidden_act \"", act, "\" is not supported (expected \"silu\")");
+
+  ModelConfig c;
+  c.name = source;
+  c.vocab_size = get_field<int64_t>(j, "vocab_size", source);
+  c.hidden = get_field<int64_t>(j, "hidden_size", source);
+  c.layers = get_field<int64_t>(j, "num_hidden_layers", source);
+  c.heads = get_field<int64_t>(j, "num_attention_heads", source);
+  c.kv_heads = get_field_or<int64_t>(j, "num_key_value_heads", c.heads, source);
+  c.ffn = get_field<int64_t>(j, "intermediate_size", source);
+  require_input(c.heads > 0, source, ": num_attention_heads must be positive, got ", c.heads);
+  if (j.contains("head_dim") && !j.at("head_dim").is_null()) {
+    c.head_dim = get_field<int64_t>(j, "head_dim", source);
+  } else {
+    require_input(c.hidden % c.heads == 0, source, ": hidden_size (", c.hidden,
+                  ") is not divisible by num_attention_heads (", c.heads, ")");
+    c.head_dim = c.hidden / c.heads;
+  }
+  c.rms_eps = get_field_or<double>(j, "rms_norm_eps", 1e-6, source);
+  c.rope_theta = get_field_or<double>(j, "rope_theta", 10000.0, source);
+  c.tie_embeddings = get_field_or<bool>(j, "tie_word_embeddings", false, source);
+  c.max_position = get_field_or<int64_t>(j, "max_position_embeddings", 8192, source);
+  if (j.contains("rope_scaling") && !j.at("rope_scaling").is_null()) {
+    const auto& rs = j.at("rope_scaling");
+    std::string where = source + ": rope_scaling";
+    require_input(rs.is_object(), where, " must be an object");
+    auto kind = get_field_or<std::string>(rs, "rope_type", get_field_or<std::string>(rs, "type", "", where),
+                                          where);
+    require_input(kind == "llama3", where, ".rope_type \"", kind,
+                  "\" is not supported (expected \"llama3\")");
+    c.rope_scaling.factor = get_field<double>(rs, "factor", where);
+    c.rope_scaling.low_freq_factor = get_field_or<double>(rs, "low_freq_factor", 1.0, where);
+    c.rope_scaling.high_freq_factor = get_field_or<double>(rs, "high_freq_factor", 4.0, where);
+    c.rope_scaling.original_max_position =
+        get_field_or<int64_t>(rs, "original_max_position_embeddings", 8192, where);
+  }
+  c.validate(source);
+  return c;
+}
+
+ModelConfig resolve_model(const std::string& name_or_path) {
+  ModelConfig c = preset(name_or_path);
+  if (c.vocab_size > 0) return c;
+  namespace fs = std::filesystem;
+  fs::path p(name_or_path);
+  if (fs::is_directory(p)) p /= "config.json";
+  bool looks_like_path = name_or_path.find('/') != std::string::npos ||
+                         name_or_path.find(".json") != std::string::npos || fs::exists(p);
+  if (!looks_like_path) {
+    std::string names;
+    for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
+    throw InputError(cat("unknown model \"", name_or_path, "\": expected a preset (", names,
+                         ") or the path of a Hugging Face config.json"));
+  }
+  std::ifstream in(p);
+  require_input(in.good(), "cannot read model config ", p.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_hf_config(ss.str(), p.string());
+}
+
+}  // namespace memo::model

@@ -1,0 +1,72 @@
+// Activation policies: what each layer keeps between its forward and its
+// backward, and where (DESIGN.md section 4). The step executor (train/step.*)
+// asks the policy, never decides itself, so `offload` and `memo` plug in here
+// without touching the trainer.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/layer.h"
+
+namespace memo::runtime {
+
+// What a policy needs to rebuild a layer's skeletal set in backward.
+struct LayerContext {
+  const model::DecoderLayer& layer;
+  const model::LayerWeights& weights;  // compute dtype
+  const model::RopeTable& rope;        // rows for the step's sequence
+};
+
+// Shape of the step about to run.
+struct StepShape {
+  int64_t layers = 0;
+  int64_t batch = 0;
+  int64_t seq_len = 0;
+};
+
+// Bytes a policy holds for backward, by place.
+struct HeldBytes {
+  int64_t device = 0;
+  int64_t host = 0;
+};
+
+class ActivationPolicy {
+ public:
+  virtual ~ActivationPolicy() = default;
+  virtual std::string name() const = 0;
+
+  // Before layer 0's forward of a micro-batch.
+  virtual void begin_step(const StepShape& shape) { shape_ = shape; }
+  // Layer `index` has run forward and produced `acts`, its full skeletal set;
+  // keep whatever backward will need.
+  virtual void save(int64_t index, model::LayerActivations&& acts) = 0;
+  // Layer `index` is about to run backward: return its full skeletal set,
+  // restored from where it was kept and/or recomputed.
+  virtual model::LayerActivations restore(int64_t index, const LayerContext& ctx) = 0;
+  // After the last layer's backward.
+  virtual void end_step() {}
+
+  // What is held now, and the most held at once since begin_step.
+  virtual HeldBytes held() const = 0;
+  HeldBytes peak_held() const { return peak_; }
+
+ protected:
+  void note_held() {
+    HeldBytes h = held();
+    peak_.device = std::max(peak_.device, h.device);
+    peak_.host = std::max(peak_.host, h.host);
+  }
+  StepShape shape_;
+  HeldBytes peak_;
+};
+
+// Names accepted by make_policy, in display order.
+std::vector<std::string> policy_names();
+
+// A policy by name; throws InputError naming the known ones.
+std::unique_ptr<ActivationPolicy> make_policy(const std::string& name);
+
+}  // namespace memo::runtime
