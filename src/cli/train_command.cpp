@@ -1,0 +1,166 @@
+// `memo train`: flags and an optional TOML config (flags override the file),
+// a printout of the resolved configuration, progress lines and a summary;
+// --json FILE and --out DIR for machines.
+#include <CLI/CLI.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/files.h"
+#include "core/units.h"
+#include "model/config.h"
+#include "runtime/policy.h"
+#include "train/trainer.h"
+
+namespace memo::cli {
+
+namespace {
+
+using train::TrainOptions;
+
+// A flag whose value, when given, overrides the same field after the TOML file.
+struct Binding {
+  CLI::Option* option;
+  std::function<void(TrainOptions&)> apply;
+};
+
+template <typename T>
+void add_flag(CLI::App* app, std::vector<Binding>& out, const std::string& flag, T TrainOptions::*field,
+          const std::string& help) {
+  auto value = std::make_shared<T>(TrainOptions{}.*field);
+  auto* opt = app->add_option(flag, *value, help)->capture_default_str();
+  out.push_back({opt, [value, field](TrainOptions& o) { o.*field = *value; }});
+}
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+void print_step(const train::StepRecord& r, int64_t total) {
+  std::printf("step %*lld/%lld  loss %.4f  lr %.2e  |g| %6.3f  %9.0f tok/s  mfu %s  peak %s  %s/step\n",
+              static_cast<int>(std::to_string(total).size()), static_cast<long long>(r.step),
+              static_cast<long long>(total), r.loss, r.lr, r.grad_norm, r.tokens_per_s,
+              r.mfu ? strf("%.1f%%", *r.mfu * 100).c_str() : "-",
+              format_bytes(static_cast<double>(r.peak_device_bytes)).c_str(),
+              format_seconds(r.seconds).c_str());
+  std::fflush(stdout);
+}
+
+void print_summary(const train::TrainSummary& s) {
+  std::printf("\nsummary\n");
+  std::printf("  steps            %lld (%s tokens) in %s\n", static_cast<long long>(s.steps),
+              format_count(static_cast<double>(s.tokens)).c_str(), format_seconds(s.seconds).c_str());
+  std::printf("  loss             %.4f -> %.4f (mean of the last tenth of the steps)\n", s.first_loss,
+              s.final_loss);
+  if (s.no_context_loss)
+    std::printf("  no-context loss  %.4f: %s\n", *s.no_context_loss,
+                s.final_loss < *s.no_context_loss - 0.05
+                    ? "the final loss is below it, so the model reads its context"
+                    : "the final loss is not below it yet: the model has not learned to use its context");
+  std::printf("  throughput       %.0f tokens/s%s\n", s.tokens_per_s,
+              s.mfu ? strf(", MFU %.1f%%", *s.mfu * 100).c_str() : "");
+  std::printf("  peak memory      %s on the device; %s of activations held for backward\n",
+              format_bytes(static_cast<double>(s.peak_device_bytes)).c_str(),
+              format_bytes(static_cast<double>(s.peak_activation_bytes)).c_str());
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& root, Action& action) {
+  auto* app = root.add_subcommand(
+      "train",
+      "Train a Llama-family model. With no options: the tiny built-in model on the built-in\n"
+      "in-context task, on the CPU (or CUDA when present), about a minute on 2 cores.");
+  auto config_file = std::make_shared<std::string>();
+  app->add_option("--config", *config_file,
+                  "TOML file with any of the keys below (underscores for dashes: seq_len = 4096); "
+                  "flags given on the command line override it")
+      ->check(CLI::ExistingFile);
+  auto bindings = std::make_shared<std::vector<Binding>>();
+  auto& b = *bindings;
+  add_flag(app, b, "--model", &TrainOptions::model,
+       "Model: a preset (" + joined(model::preset_names()) + ") or a Hugging Face config.json path");
+  add_flag(app, b, "--layers", &TrainOptions::layers, "Override the model's layer count (0 keeps it)");
+  add_flag(app, b, "--seq-len", &TrainOptions::seq_len, "Tokens per sequence");
+  add_flag(app, b, "--batch", &TrainOptions::batch, "Sequences per micro-batch");
+  add_flag(app, b, "--grad-accum", &TrainOptions::grad_accum, "Micro-batches per optimizer step");
+  add_flag(app, b, "--steps", &TrainOptions::steps, "Optimizer steps");
+  add_flag(app, b, "--policy", &TrainOptions::policy,
+       "Activation policy: " + joined(runtime::policy_names()) +
+           " (keep: all skeletal tensors stay on the device; recompute: only layer inputs, "
+           "each layer re-run in backward)");
+  add_flag(app, b, "--lr", &TrainOptions::lr, "Peak learning rate");
+  add_flag(app, b, "--min-lr-ratio", &TrainOptions::min_lr_ratio, "Final learning rate as a fraction of --lr");
+  add_flag(app, b, "--warmup", &TrainOptions::warmup, "Linear warmup steps before the cosine decay");
+  add_flag(app, b, "--weight-decay", &TrainOptions::weight_decay, "AdamW decoupled weight decay (matrices only)");
+  add_flag(app, b, "--beta1", &TrainOptions::beta1, "AdamW beta1");
+  add_flag(app, b, "--beta2", &TrainOptions::beta2, "AdamW beta2");
+  add_flag(app, b, "--clip", &TrainOptions::clip, "Clip the global gradient norm to this (0: off)");
+  add_flag(app, b, "--data", &TrainOptions::data,
+       "Token file to train on; empty: the built-in synthetic in-context alphabet task");
+  add_flag(app, b, "--data-dtype", &TrainOptions::data_dtype,
+       "How --data is read: text (bytes, vocabulary 256), uint16 or uint32 (flat little-endian "
+       "token ids, nanoGPT/llm.c format), or auto (.bin -> uint16, else text)");
+  add_flag(app, b, "--device", &TrainOptions::device, "auto (CUDA when present), cpu or cuda");
+  add_flag(app, b, "--dtype", &TrainOptions::dtype,
+       "Compute dtype: auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16; "
+       "master weights and optimizer state are always float32");
+  add_flag(app, b, "--attention", &TrainOptions::attention, "CUDA fused attention kernel: auto, cudnn or flash");
+  add_flag(app, b, "--loss-chunk", &TrainOptions::loss_chunk,
+       "Tokens per cross-entropy chunk (0: automatic, ~256 MiB of logits)");
+  add_flag(app, b, "--seed", &TrainOptions::seed, "Seed for weights and data");
+  add_flag(app, b, "--peak-tflops", &TrainOptions::peak_tflops,
+       "Device peak for MFU in TFLOP/s (0: 989, H100/H200 SXM bf16 dense)");
+  add_flag(app, b, "--out", &TrainOptions::out,
+       "Directory for config.json, metrics.jsonl (one line per step) and summary.json");
+  add_flag(app, b, "--json", &TrainOptions::json,
+       "Write {\"config\", \"steps\": [...], \"summary\"} to this file");
+  add_flag(app, b, "--log-every", &TrainOptions::log_every, "Print a progress line every N steps (0: ~20 lines)");
+
+  app->callback([&action, config_file, bindings] {
+    action = [config_file, bindings]() -> int {
+      TrainOptions options;
+      if (!config_file->empty()) train::apply_toml_file(*config_file, options);
+      for (const auto& bnd : *bindings)
+        if (bnd.option->count() > 0) bnd.apply(options);
+
+      train::Trainer trainer(options);
+      std::printf("memo train\n");
+      for (const auto& [k, v] : trainer.describe()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
+      std::printf("\n");
+      std::fflush(stdout);
+
+      nlohmann::json report;
+      report["config"] = trainer.resolved_config();
+      report["steps"] = nlohmann::json::array();
+      if (!options.out.empty()) {
+        write_file_atomic(options.out + "/config.json", report["config"].dump(2) + "\n");
+        write_file_atomic(options.out + "/metrics.jsonl", "");
+      }
+      const int64_t every = trainer.log_every();
+      auto summary = trainer.run([&](const train::StepRecord& r) {
+        auto j = train::to_json(r);
+        report["steps"].push_back(j);
+        if (!options.out.empty()) append_line(options.out + "/metrics.jsonl", j.dump());
+        if (r.step == 1 || r.step % every == 0 || r.step == options.steps) print_step(r, options.steps);
+      });
+      print_summary(summary);
+      report["summary"] = train::to_json(summary);
+      if (!options.out.empty())
+        write_file_atomic(options.out + "/summary.json", report["summary"].dump(2) + "\n");
+      if (!options.json.empty()) {
+        write_file_atomic(options.json, report.dump(2) + "\n");
+        std::printf("  report           %s\n", options.json.c_str());
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace memo::cli

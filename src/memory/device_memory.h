@@ -1,0 +1,34 @@
+// Peak and current memory of the training device. CUDA: the caching
+// allocator's statistics through the device-generic c10::DeviceAllocator.
+// CPU: a counting wrapper installed as the CPU allocator, so tests and CPU
+// runs report real resident tensor bytes too.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace memo::memory {
+
+struct MemoryStats {
+  int64_t allocated = 0;
+  int64_t peak_allocated = 0;
+  int64_t reserved = 0;
+  int64_t peak_reserved = 0;
+};
+
+// Installs the counting CPU allocator (idempotent). Tensors allocated before
+// the call are not counted, so call it before creating the model.
+void install_cpu_memory_meter();
+bool cpu_memory_meter_installed();
+
+void reset_peak_memory(const at::Device& device);
+MemoryStats memory_stats(const at::Device& device);
+
+// Waits for all work queued on the device (no-op on CPU).
+void synchronize(const at::Device& device);
+
+// True when this libtorch can reach a CUDA device.
+bool cuda_available();
+
+}  // namespace memo::memory

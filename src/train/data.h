@@ -1,0 +1,57 @@
+// Training data: a built-in synthetic in-context task, a text file
+// read as bytes (vocabulary 256), or a flat binary file of uint16/uint32 token
+// ids (the nanoGPT / llm.c format). Each source hands out [batch, seq_len]
+// micro-batches of tokens and next-token targets, deterministically from a seed.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "train/step.h"
+
+namespace memo::train {
+
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  // One micro-batch on the CPU: tokens and targets [batch, seq_len] int64.
+  virtual MicroBatch next(int64_t batch, int64_t seq_len) = 0;
+  // One line for the resolved-configuration printout.
+  virtual std::string describe() const = 0;
+  // The loss a model that ignores the context would reach (synthetic task), if known.
+  virtual std::optional<double> no_context_loss() const { return std::nullopt; }
+};
+
+// Small deterministic generator (splitmix64): identical streams on every platform.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t next();
+  // Uniform in [0, n), n > 0.
+  uint64_t below(uint64_t n);
+
+ private:
+  uint64_t state_;
+};
+
+// In-context alphabet: every sequence uses its own random subset of the
+// vocabulary with Zipf frequencies, so without reading the context the best
+// loss is ln(vocab); reading further back reveals the rarer members.
+struct SyntheticOptions {
+  int64_t vocab = 256;
+  int64_t alphabet = 0;  // tokens per sequence's alphabet; 0: min(16, vocab / 4)
+  uint64_t seed = 0;
+};
+std::unique_ptr<DataSource> make_synthetic_source(const SyntheticOptions& options,
+                                                  int64_t seq_len);
+
+// A token file. dtype: "text" (bytes), "uint16", "uint32", or "auto" (.bin ->
+// uint16, anything else -> text). Throws InputError for a missing or empty
+// file, a size that is not a whole number of tokens, fewer than seq_len + 1
+// tokens, or token ids >= vocab.
+std::unique_ptr<DataSource> make_file_source(const std::string& path, const std::string& dtype,
+                                             int64_t vocab, int64_t seq_len, uint64_t seed);
+
+}  // namespace memo::train

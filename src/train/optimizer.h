@@ -1,0 +1,42 @@
+// AdamW over the model's master weights (fp32; fp64 in tests), global-norm
+// gradient clipping, and the warmup-then-cosine learning-rate schedule.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace memo::train {
+
+struct AdamWOptions {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;  // decoupled; applied to matrices only (not norms)
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<at::Tensor*> params, std::vector<at::Tensor*> grads, AdamWOptions options);
+  void step(double lr);
+  int64_t steps_taken() const { return t_; }
+  // Bytes of optimizer state (first and second moments).
+  int64_t state_bytes() const;
+
+ private:
+  std::vector<at::Tensor*> params_, grads_;
+  std::vector<at::Tensor> m_, v_;
+  AdamWOptions options_;
+  int64_t t_ = 0;
+};
+
+// Scales the gradients so their global L2 norm is at most max_norm (<= 0: no
+// clipping). Returns the norm before clipping.
+double clip_grad_norm(const std::vector<at::Tensor*>& grads, double max_norm);
+
+// Linear warmup over `warmup` steps to `peak`, then cosine decay to
+// peak * min_ratio at `total` steps. step counts from 0.
+double lr_at(int64_t step, int64_t total, int64_t warmup, double peak, double min_ratio);
+
+}  // namespace memo::train

@@ -1,0 +1,57 @@
+// Everything `memo train` can be told, with defaults, TOML loading and
+// validation. Flag names and TOML keys are the same words (dashes in flags,
+// underscores in TOML): --seq-len <-> seq_len.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace memo::train {
+
+struct TrainOptions {
+  // model
+  std::string model = "tiny";  // preset name or Hugging Face config.json
+  int64_t layers = 0;          // > 0 overrides the model's layer count
+  // shape
+  int64_t seq_len = 256;
+  int64_t batch = 8;
+  int64_t grad_accum = 1;
+  int64_t steps = 500;
+  // activation memory
+  std::string policy = "keep";
+  // optimisation
+  double lr = 3e-3;
+  double min_lr_ratio = 0.1;
+  int64_t warmup = 30;
+  double weight_decay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double clip = 1.0;
+  // data
+  std::string data;               // empty: the built-in synthetic task
+  std::string data_dtype = "auto";
+  // execution
+  std::string device = "auto";    // auto, cpu, cuda
+  std::string dtype = "auto";     // compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16
+  std::string attention = "auto"; // CUDA fused attention kernel: auto, cudnn, flash
+  int64_t loss_chunk = 0;         // tokens per cross-entropy chunk; 0 = automatic
+  uint64_t seed = 1234;
+  double peak_tflops = 0.0;       // for MFU; 0 = 989 on CUDA (H100/H200 SXM bf16 dense)
+  // output
+  std::string out;                // directory for config.json, metrics.jsonl, summary.json
+  std::string json;               // one JSON report file
+  int64_t log_every = 0;          // 0 = about 20 progress lines
+
+  // Throws InputError naming the first bad field.
+  void validate() const;
+};
+
+// The TOML keys accepted in a config file, in display order.
+std::vector<std::string> train_option_keys();
+
+// Applies a TOML file's keys onto `options`. Unknown keys, wrong types and
+// syntax errors throw InputError naming the file, key and line.
+void apply_toml_file(const std::string& path, TrainOptions& options);
+
+}  // namespace memo::train

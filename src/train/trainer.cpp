@@ -1,0 +1,243 @@
+// Trainer: option resolution and the step loop.
+#include "train/trainer.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/units.h"
+#include "memory/device_memory.h"
+#include "train/flops.h"
+#include "train/step.h"
+
+namespace memo::train {
+
+namespace {
+
+const char* dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    default: return "?";
+  }
+}
+
+nlohmann::json optional_json(const std::optional<double>& v) {
+  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+
+}  // namespace
+
+Trainer::Trainer(const TrainOptions& options) : options_(options) {
+  options_.validate();
+  config_ = model::resolve_model(options_.model);
+  if (options_.layers > 0) config_.layers = options_.layers;
+  config_.validate(options_.model);
+
+  // Device and dtypes.
+  const bool has_cuda = memory::cuda_available();
+  if (options_.device == "cuda")
+    require_input(has_cuda, "device cuda was requested but no CUDA device is available",
+                  " (this libtorch build or machine has none); use --device cpu or auto");
+  device_ = (options_.device == "cuda" || (options_.device == "auto" && has_cuda))
+                ? at::Device(at::kCUDA, 0)
+                : at::Device(at::kCPU);
+  if (options_.dtype == "auto")
+    compute_dtype_ = device_.is_cuda() ? at::kBFloat16 : at::kFloat;
+  else
+    compute_dtype_ = options_.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  peak_flops_ = options_.peak_tflops > 0 ? options_.peak_tflops * 1e12
+                                         : (device_.is_cuda() ? kDefaultPeakFlops : 0.0);
+  log_every_ = options_.log_every > 0 ? options_.log_every
+                                      : std::max<int64_t>(1, options_.steps / 20);
+
+  // Everything that can fail on user input is checked before the model is built.
+  policy_ = runtime::make_policy(options_.policy);
+  if (options_.data.empty()) {
+    data_ = make_synthetic_source({config_.vocab_size, 0, options_.seed}, options_.seq_len);
+  } else {
+    data_ = make_file_source(options_.data, options_.data_dtype, config_.vocab_size,
+                             options_.seq_len, options_.seed);
+  }
+
+  if (device_.is_cpu()) memory::install_cpu_memory_meter();
+  at::manual_seed(options_.seed);
+  model::ModelOptions mo;
+  mo.device = device_;
+  mo.master_dtype = at::kFloat;
+  mo.compute_dtype = compute_dtype_;
+  mo.attention = options_.attention;
+  mo.seed = options_.seed;
+  model_ = std::make_unique<model::LlamaModel>(config_, mo);
+
+  std::vector<at::Tensor*> params, grads;
+  for (auto& [name, t] : model_->master().named()) params.push_back(t);
+  for (auto& [name, t] : model_->grads().named()) grads.push_back(t);
+  optimizer_ = std::make_unique<AdamW>(
+      params, grads,
+      AdamWOptions{options_.beta1, options_.beta2, 1e-8, options_.weight_decay});
+}
+
+Trainer::~Trainer() = default;
+
+nlohmann::json Trainer::resolved_config() const {
+  const auto& c = config_;
+  nlohmann::json j;
+  j["model"] = {{"name", c.name},
+                {"vocab_size", c.vocab_size},
+                {"hidden_size", c.hidden},
+                {"layers", c.layers},
+                {"heads", c.heads},
+                {"kv_heads", c.kv_heads},
+                {"head_dim", c.head_dim},
+                {"ffn", c.ffn},
+                {"rope_theta", c.rope_theta},
+                {"rope_scaling_factor", c.rope_scaling.factor},
+                {"tie_embeddings", c.tie_embeddings},
+                {"parameters", c.total_params()}};
+  const auto& o = options_;
+  j["seq_len"] = o.seq_len;
+  j["batch"] = o.batch;
+  j["grad_accum"] = o.grad_accum;
+  j["steps"] = o.steps;
+  j["policy"] = policy_->name();
+  j["lr"] = o.lr;
+  j["min_lr_ratio"] = o.min_lr_ratio;
+  j["warmup"] = o.warmup;
+  j["weight_decay"] = o.weight_decay;
+  j["betas"] = {o.beta1, o.beta2};
+  j["clip"] = o.clip;
+  j["data"] = data_->describe();
+  j["device"] = device_.str();
+  j["compute_dtype"] = dtype_name(compute_dtype_);
+  j["master_dtype"] = "float32";
+  j["attention_kernel"] = model::attention_kernel_name(model_->layer().kernel());
+  j["seed"] = o.seed;
+  j["peak_flops"] = peak_flops_;
+  return j;
+}
+
+std::vector<std::pair<std::string, std::string>> Trainer::describe() const {
+  const auto& c = config_;
+  const auto& o = options_;
+  return {
+      {"model", strf("%s: %lld layers, hidden %lld, heads %lld/%lld kv, head dim %lld, ffn %lld, "
+                     "vocab %lld, %s parameters",
+                     c.name.c_str(), (long long)c.layers, (long long)c.hidden, (long long)c.heads,
+                     (long long)c.kv_heads, (long long)c.head_dim, (long long)c.ffn,
+                     (long long)c.vocab_size, format_count((double)c.total_params()).c_str())},
+      {"shape", strf("batch %lld x seq_len %lld x grad_accum %lld = %lld tokens/step", (long long)o.batch,
+                     (long long)o.seq_len, (long long)o.grad_accum,
+                     (long long)(o.batch * o.seq_len * o.grad_accum))},
+      {"policy", policy_->name()},
+      {"device", strf("%s, compute %s, master float32, attention %s", device_.str().c_str(),
+                      dtype_name(compute_dtype_),
+                      model::attention_kernel_name(model_->layer().kernel()))},
+      {"optimizer", strf("AdamW lr %g (warmup %lld, cosine to %g), betas %g/%g, wd %g, clip %g",
+                         o.lr, (long long)o.warmup, o.lr * o.min_lr_ratio, o.beta1, o.beta2,
+                         o.weight_decay, o.clip)},
+      {"data", data_->describe()},
+      {"steps", strf("%lld (seed %llu)", (long long)o.steps, (unsigned long long)o.seed)},
+  };
+}
+
+TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step) {
+  const auto& o = options_;
+  const int64_t tokens_per_step = o.batch * o.seq_len * o.grad_accum;
+  const double flops_per_step = model_flops_per_step(config_, o.batch * o.grad_accum, o.seq_len);
+  TrainSummary summary;
+  summary.no_context_loss = data_->no_context_loss();
+  std::vector<double> losses;
+  double timed_seconds = 0.0;
+  int64_t timed_steps = 0;
+  using Clock = std::chrono::steady_clock;
+
+  for (int64_t step = 0; step < o.steps; ++step) {
+    memory::reset_peak_memory(device_);
+    const auto t0 = Clock::now();
+    LossSum total;
+    for (int64_t m = 0; m < o.grad_accum; ++m) {
+      auto batch = data_->next(o.batch, o.seq_len);
+      batch.tokens = batch.tokens.to(device_);
+      batch.targets = batch.targets.to(device_);
+      auto l = forward_backward(*model_, *policy_, batch, 1.0 / static_cast<double>(o.grad_accum),
+                                o.loss_chunk);
+      total.sum += l.sum;
+      total.count += l.count;
+      summary.peak_activation_bytes =
+          std::max(summary.peak_activation_bytes, policy_->peak_held().device);
+    }
+    std::vector<at::Tensor*> grads;
+    for (auto& [name, t] : model_->grads().named()) grads.push_back(t);
+    const double norm = clip_grad_norm(grads, o.clip);
+    const double lr = lr_at(step, o.steps, o.warmup, o.lr, o.min_lr_ratio);
+    optimizer_->step(lr);
+    model_->refresh_compute();
+    model_->zero_grads();
+    memory::synchronize(device_);
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+
+    StepRecord r;
+    r.step = step + 1;
+    r.loss = total.mean();
+    r.lr = lr;
+    r.grad_norm = norm;
+    r.seconds = secs;
+    r.tokens_per_s = static_cast<double>(tokens_per_step) / secs;
+    if (peak_flops_ > 0 && device_.is_cuda()) r.mfu = flops_per_step / (secs * peak_flops_);
+    r.peak_device_bytes = memory::memory_stats(device_).peak_allocated;
+    if (!std::isfinite(r.loss))
+      throw Error(cat("step ", r.step, ": the loss is ", r.loss,
+                      "; stopping (try a lower --lr or check the data)"));
+    losses.push_back(r.loss);
+    summary.seconds += secs;
+    if (step > 0 || o.steps == 1) {
+      timed_seconds += secs;
+      ++timed_steps;
+    }
+    summary.peak_device_bytes = std::max(summary.peak_device_bytes, r.peak_device_bytes);
+    on_step(r);
+  }
+
+  summary.steps = o.steps;
+  summary.tokens = tokens_per_step * o.steps;
+  summary.first_loss = losses.front();
+  const size_t tail = std::max<size_t>(1, losses.size() / 10);
+  double acc = 0.0;
+  for (size_t i = losses.size() - tail; i < losses.size(); ++i) acc += losses[i];
+  summary.final_loss = acc / static_cast<double>(tail);
+  summary.tokens_per_s = static_cast<double>(tokens_per_step * timed_steps) / timed_seconds;
+  if (peak_flops_ > 0 && device_.is_cuda())
+    summary.mfu = flops_per_step * static_cast<double>(timed_steps) / (timed_seconds * peak_flops_);
+  return summary;
+}
+
+nlohmann::json to_json(const StepRecord& r) {
+  return {{"step", r.step},
+          {"loss", r.loss},
+          {"lr", r.lr},
+          {"grad_norm", r.grad_norm},
+          {"seconds", r.seconds},
+          {"tokens_per_s", r.tokens_per_s},
+          {"mfu", optional_json(r.mfu)},
+          {"peak_device_bytes", r.peak_device_bytes}};
+}
+
+nlohmann::json to_json(const TrainSummary& s) {
+  return {{"steps", s.steps},
+          {"tokens", s.tokens},
+          {"seconds", s.seconds},
+          {"first_loss", s.first_loss},
+          {"final_loss", s.final_loss},
+          {"tokens_per_s", s.tokens_per_s},
+          {"mfu", optional_json(s.mfu)},
+          {"peak_device_bytes", s.peak_device_bytes},
+          {"peak_activation_bytes", s.peak_activation_bytes},
+          {"no_context_loss", optional_json(s.no_context_loss)}};
+}
+
+}  // namespace memo::train

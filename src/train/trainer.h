@@ -1,0 +1,78 @@
+// The training loop: resolves options into a model, data source, policy and
+// optimizer, then runs steps (micro-batches, clipping, schedule, AdamW) and
+// reports each one.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/llama.h"
+#include "runtime/policy.h"
+#include "train/data.h"
+#include "train/optimizer.h"
+#include "train/options.h"
+
+namespace memo::train {
+
+struct StepRecord {
+  int64_t step = 0;          // 1-based
+  double loss = 0.0;         // mean over the step's supervised tokens
+  double lr = 0.0;
+  double grad_norm = 0.0;    // before clipping
+  double seconds = 0.0;
+  double tokens_per_s = 0.0;
+  std::optional<double> mfu;  // CUDA only
+  int64_t peak_device_bytes = 0;
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  int64_t tokens = 0;
+  double seconds = 0.0;
+  double first_loss = 0.0;
+  double final_loss = 0.0;  // mean over the last tenth of the steps
+  double tokens_per_s = 0.0;  // excluding the first (warm-up) step when there are more
+  std::optional<double> mfu;
+  int64_t peak_device_bytes = 0;
+  int64_t peak_activation_bytes = 0;  // held by the policy between forward and backward
+  std::optional<double> no_context_loss;
+};
+
+class Trainer {
+ public:
+  explicit Trainer(const TrainOptions& options);
+  ~Trainer();
+
+  // The resolved configuration (model shape, device, dtypes, data...).
+  nlohmann::json resolved_config() const;
+  // The same as aligned "key: value" lines for the terminal.
+  std::vector<std::pair<std::string, std::string>> describe() const;
+  int64_t log_every() const { return log_every_; }
+
+  TrainSummary run(const std::function<void(const StepRecord&)>& on_step);
+
+  model::LlamaModel& model() { return *model_; }
+
+ private:
+  TrainOptions options_;
+  model::ModelConfig config_;
+  at::Device device_ = at::kCPU;
+  at::ScalarType compute_dtype_ = at::kFloat;
+  double peak_flops_ = 0.0;
+  int64_t log_every_ = 1;
+  std::unique_ptr<model::LlamaModel> model_;
+  std::unique_ptr<runtime::ActivationPolicy> policy_;
+  std::unique_ptr<DataSource> data_;
+  std::unique_ptr<AdamW> optimizer_;
+};
+
+nlohmann::json to_json(const StepRecord& r);
+nlohmann::json to_json(const TrainSummary& s);
+
+}  // namespace memo::train
