@@ -1,0 +1,114 @@
+// `memo train` from the outside: bad input gives a message naming the problem
+// and exit code 2 (never a crash or a stack trace); flags override the TOML
+// file; --json writes the documented report.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <vector>
+
+#include "cli_runner.h"
+
+namespace memo {
+namespace {
+
+using testing::run_memo;
+
+struct BadInput {
+  const char* name;
+  std::string args;
+  std::string expect;  // fragment of the message
+};
+
+std::vector<BadInput> bad_inputs() {
+  auto dir = testing::scratch_dir("cli_train");
+  auto unknown_key = testing::write_text(dir / "unknown.toml", "steps = 2\nfoo = 1\n");
+  auto wrong_type = testing::write_text(dir / "type.toml", "steps = \"ten\"\n");
+  auto bad_syntax = testing::write_text(dir / "syntax.toml", "steps = = 2\n");
+  auto not_div = testing::write_text(
+      dir / "notdiv.json",
+      R"({"model_type":"llama","vocab_size":256,"hidden_size":130,"num_hidden_layers":1,)"
+      R"("num_attention_heads":4,"intermediate_size":64})");
+  auto kv = testing::write_text(
+      dir / "kv.json",
+      R"({"model_type":"llama","vocab_size":256,"hidden_size":128,"num_hidden_layers":1,)"
+      R"("num_attention_heads":4,"num_key_value_heads":3,"intermediate_size":64})");
+  auto empty = testing::write_text(dir / "empty.bin", "");
+  std::string big_ids;
+  for (int i = 0; i < 64; ++i) big_ids += std::string("\x2c\x01", 2);  // uint16 300
+  auto big = testing::write_text(dir / "big.bin", big_ids);
+  auto tiny_text = testing::write_text(dir / "tiny.txt", "hello");
+  const std::string quick = " --steps 1 --seq-len 16 --batch 1 ";
+  return {
+      {"unknown_key", "train --config " + unknown_key, "unknown key \"foo\""},
+      {"wrong_type", "train --config " + wrong_type, "\"steps\" must be an integer"},
+      {"toml_syntax", "train --config " + bad_syntax, "syntax.toml:1"},
+      {"zero_seq_len", "train --seq-len 0", "seq_len must be a positive integer, got 0"},
+      {"negative_batch", "train --batch -3", "batch must be a positive integer, got -3"},
+      {"zero_steps", "train --steps 0", "steps must be a positive integer"},
+      {"not_an_integer", "train --steps ten", "--steps"},
+      {"hidden_not_divisible", "train --model " + not_div + quick, "not divisible by num_attention_heads"},
+      {"kv_not_dividing", "train --model " + kv + quick, "num_key_value_heads (3) must divide"},
+      {"unknown_model", "train --model llama9-1t", "unknown model \"llama9-1t\""},
+      {"gpt_for_training", "train --model gpt-7b --layers 1" + quick, "for planning"},
+      {"missing_data", "train --data /nonexistent/tokens.bin" + quick, "not found"},
+      {"empty_data", "train --data " + empty + quick, "is empty"},
+      {"id_over_vocab", "train --data " + big + " --data-dtype uint16" + quick,
+       "token id 300 at position 0 is >= the model's vocabulary size 256"},
+      {"seq_longer_than_data", "train --data " + tiny_text + " --steps 1 --seq-len 64",
+       "fewer than seq_len + 1 = 65"},
+      {"unknown_policy", "train --policy swapall" + quick, "unknown policy \"swapall\""},
+      {"unknown_device", "train --device tpu" + quick, "device \"tpu\" is unknown"},
+      {"unknown_dtype", "train --data-dtype int7" + quick, "data_dtype \"int7\" is unknown"},
+      {"unknown_flag", "train --sequence-length 5", "--sequence-length"},
+      {"no_command", "", "subcommand is required"},
+  };
+}
+
+class TrainBadInput : public ::testing::TestWithParam<BadInput> {};
+
+TEST_P(TrainBadInput, ExitsWithCode2AndNamesTheProblem) {
+  const auto& c = GetParam();
+  auto r = run_memo(c.args);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(c.expect), std::string::npos) << "expected \"" << c.expect << "\" in:\n"
+                                                        << r.output;
+  EXPECT_EQ(r.output.find("Exception raised from"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, TrainBadInput, ::testing::ValuesIn(bad_inputs()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(TrainCli, FlagsOverrideConfigAndJsonHasTheDocumentedShape) {
+  auto dir = testing::scratch_dir("cli_json");
+  auto cfg = testing::write_text(dir / "run.toml", "steps = 1\nseq_len = 32\nbatch = 2\n");
+  auto json_path = (dir / "report.json").string();
+  auto out_dir = (dir / "out").string();
+  auto r = run_memo("train --config " + cfg + " --steps 3 --json " + json_path + " --out " + out_dir);
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream in(json_path);
+  auto j = nlohmann::json::parse(in);
+  ASSERT_EQ(j["steps"].size(), 3u);  // the flag won over the file
+  EXPECT_EQ(j["config"]["seq_len"], 32);  // the file won over the default
+  for (const char* key : {"step", "loss", "tokens_per_s", "mfu", "peak_device_bytes"})
+    EXPECT_TRUE(j["steps"][0].contains(key)) << key;
+  EXPECT_GT(j["steps"][0]["peak_device_bytes"].get<int64_t>(), 0);
+  EXPECT_TRUE(j["summary"].contains("final_loss"));
+  EXPECT_TRUE(std::filesystem::exists(out_dir + "/summary.json"));
+  std::ifstream metrics(out_dir + "/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  EXPECT_EQ(lines, 3);
+}
+
+TEST(TrainCli, HelpExplainsEveryOption) {
+  auto r = run_memo("train --help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* flag : {"--config", "--model", "--seq-len", "--batch", "--steps", "--policy", "--lr",
+                           "--data", "--data-dtype", "--device", "--out", "--json"})
+    EXPECT_NE(r.output.find(flag), std::string::npos) << flag;
+}
+
+}  // namespace
+}  // namespace memo
