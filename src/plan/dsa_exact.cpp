@@ -1,0 +1,395 @@
+// Exact solver: depth-first branch and bound over canonical packings.
+//
+// Canonical form: push every buffer down as far as it goes; then each buffer
+// sits at offset 0 or on top of a buffer alive with it. Such a packing is
+// built by repeatedly filling the lowest stretch of the skyline (the highest
+// placed byte per time section), leftmost if tied, at its height h:
+//   * children "place b at h", for each unplaced b whose lifetime lies inside
+//     the stretch (a buffer at h that reached outside would collide with the
+//     higher neighbours); b is the leftmost buffer at h there, so sections of
+//     the stretch left of b are closed at h and raised to their lower
+//     neighbour;
+//   * a last child "nothing at h here": the stretch is raised to its lower
+//     neighbour.
+// Every canonical packing is reached exactly once, so no optimum is missed.
+// Also: identical buffers are placed in index order (symmetry), and buffers
+// that share no time with the rest are solved as independent subproblems.
+// Pruning, against `cap` (the capacity, or the best peak found - 1):
+//   * every unplaced buffer must still fit: landing + size <= cap;
+//   * per time section s: (lowest offset any unplaced buffer alive in s can
+//     still land at) + (bytes still to place in s) <= cap. This is LOAD with
+//     the wasted space counted, what makes perfect packings tractable.
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <thread>
+#include <tuple>
+#include <utility>
+
+#include "plan/dsa_internal.h"
+#include "plan/dsa_solver.h"
+
+namespace memo::plan {
+namespace {
+
+constexpr int64_t kInf = std::numeric_limits<int64_t>::max() / 4;
+
+struct LimitReached {};
+
+class Search {
+ public:
+  Search(const Problem& problem, const std::vector<int>& order, bool mirror, bool prefer_fit,
+         int64_t node_limit, const detail::Deadline& deadline, const std::atomic<bool>& stop)
+      : n_(static_cast<int>(order.size())),
+        prefer_fit_(prefer_fit),
+        node_limit_(node_limit),
+        deadline_(deadline),
+        stop_(stop) {
+    detail::Sections sections = detail::make_sections(problem);
+    // Internal index i = priority rank: lower index is tried first.
+    for (int b : order) {
+      const Buffer& buf = problem.buffers[b];
+      original_.push_back(b);
+      size_.push_back(buf.size);
+      align_.push_back(buf.alignment);
+      // Mirrored, time runs backwards: the same packings, another search.
+      first_.push_back(mirror ? sections.count() - sections.last[b] : sections.first[b]);
+      last_.push_back(mirror ? sections.count() - sections.first[b] : sections.last[b]);
+    }
+    sections_ = sections.count();
+    log2_.assign(sections_ + 1, 0);
+    for (int len = 2; len <= sections_; ++len) log2_[len] = log2_[len / 2] + 1;
+    high_.assign(log2_[sections_] + 1, std::vector<int64_t>(sections_));
+    low_ = high_;
+    // Identical buffers are interchangeable: only the first unplaced one of a
+    // group may be placed next (symmetry breaking).
+    twin_before_.assign(n_, -1);
+    std::map<std::tuple<int, int, int64_t, int64_t>, int> seen;
+    for (int i = 0; i < n_; ++i) {
+      auto [it, fresh] = seen.try_emplace({first_[i], last_[i], size_[i], align_[i]}, i);
+      if (!fresh) twin_before_[i] = std::exchange(it->second, i);
+    }
+  }
+
+  // Is there a packing with peak <= cap? If so it is left in packing().
+  // Throws LimitReached when the node or time limit runs out.
+  bool feasible(int64_t cap) {
+    cap_ = cap;
+    sky_.assign(sections_, 0);
+    remaining_.assign(sections_, 0);
+    offset_.assign(n_, kNoOffset);
+    undo_.clear();
+    placed_.clear();
+    for (int i = 0; i < n_; ++i)
+      for (int s = first_[i]; s < last_[i]; ++s) remaining_[s] += size_[i];
+    std::vector<int> all(n_);
+    std::iota(all.begin(), all.end(), 0);
+    std::stable_sort(all.begin(), all.end(), [&](int a, int b) { return first_[a] < first_[b]; });
+    return solve(all);
+  }
+
+  Offsets packing() const {
+    Offsets result(n_);
+    for (int i = 0; i < n_; ++i) result[original_[i]] = offset_[i];
+    return result;
+  }
+  int64_t peak() const {
+    int64_t top = 0;
+    for (int i = 0; i < n_; ++i) top = std::max(top, offset_[i] + size_[i]);
+    return top;
+  }
+  int64_t nodes() const { return nodes_; }
+
+ private:
+  // Places every buffer of `set` (unplaced, sorted by first section) or
+  // returns false with the state unchanged.
+  bool solve(const std::vector<int>& set) {
+    if (set.empty()) return true;
+    if (++nodes_ % 1024 == 0 && (deadline_.passed() || stop_)) throw LimitReached{};
+    if (node_limit_ > 0 && nodes_ > node_limit_) throw LimitReached{};
+
+    // Buffers that share no time with the rest form independent subproblems
+    // (given the skyline so far): solve them one by one, and if one has no
+    // packing, neither has this node, whatever the others did.
+    std::vector<std::vector<int>> parts;
+    int reach = -1;
+    for (int i : set) {
+      if (first_[i] >= reach) parts.emplace_back();
+      parts.back().push_back(i);
+      reach = std::max(reach, last_[i]);
+    }
+    if (parts.size() > 1) {
+      Mark mark = here();
+      for (const auto& part : parts)
+        if (!solve(part)) {
+          rollback(mark);
+          return false;
+        }
+      return true;
+    }
+    int lo = first_[set.front()], hi = reach;
+
+    // The lowest stretch of the skyline (leftmost if tied) is filled next.
+    int start = static_cast<int>(std::min_element(sky_.begin() + lo, sky_.begin() + hi) - sky_.begin());
+    int64_t height = sky_[start];
+    int end = start;
+    while (end < hi && sky_[end] == height) ++end;
+
+    // Bounds, and the candidates: buffers whose lifetime lies in the stretch.
+    // (Range max and range min-update go through sparse tables, so a node
+    // costs O(sections log sections + buffers) rather than the sum of spans.)
+    build_range_max(lo, hi);
+    int levels = log2_[hi - lo];
+    for (int k = 0; k <= levels; ++k) std::fill(low_[k].begin() + lo, low_[k].begin() + hi, kInf);
+    std::vector<int> candidates;
+    for (int i : set) {
+      int64_t landing = align_up(range_max(first_[i], last_[i]), align_[i]);  // lowest offset left
+      if (landing + size_[i] > cap_) return false;  // it can never be placed
+      int k = log2_[last_[i] - first_[i]];
+      low_[k][first_[i]] = std::min(low_[k][first_[i]], landing);
+      low_[k][last_[i] - (1 << k)] = std::min(low_[k][last_[i] - (1 << k)], landing);
+      bool twin_waits = twin_before_[i] >= 0 && offset_[twin_before_[i]] == kNoOffset;
+      if (first_[i] >= start && last_[i] <= end && !twin_waits) candidates.push_back(i);
+    }
+    for (int k = levels; k > 0; --k)
+      for (int s = lo, half = 1 << (k - 1); s + (1 << k) <= hi; ++s) {
+        low_[k - 1][s] = std::min(low_[k - 1][s], low_[k][s]);
+        low_[k - 1][s + half] = std::min(low_[k - 1][s + half], low_[k][s]);
+      }
+    // low_[0][s]: the lowest offset any unplaced buffer alive in s can take.
+    for (int s = lo; s < hi; ++s)
+      if (remaining_[s] > 0 && low_[0][s] + remaining_[s] > cap_) return false;
+    // Candidates starting at the stretch's left end waste nothing: try them first.
+    std::sort(candidates.begin(), candidates.end(), [&](int a, int b) {
+      return std::tuple(first_[a] > start, prefer_fit_ && last_[a] != end, a) <
+             std::tuple(first_[b] > start, prefer_fit_ && last_[b] != end, b);
+    });
+
+    // Children: candidate i is the leftmost buffer at this height in the
+    // stretch (so the sections left of it are closed at this height) ...
+    std::vector<int> rest;
+    for (int i : candidates) {
+      Mark mark = here();
+      place(i, align_up(height, align_[i]));
+      if (start < first_[i]) fill_up(start, first_[i], lo, hi);
+      rest.clear();
+      for (int j : set)
+        if (j != i) rest.push_back(j);
+      if (solve(rest)) return true;
+      rollback(mark);
+    }
+    // ... or nothing at all is placed at this height in the stretch.
+    if (start > lo || end < hi) {
+      Mark mark = here();
+      fill_up(start, end, lo, hi);
+      if (solve(set)) return true;
+      rollback(mark);
+    }
+    return false;
+  }
+
+  void build_range_max(int lo, int hi) {
+    std::copy(sky_.begin() + lo, sky_.begin() + hi, high_[0].begin() + lo);
+    for (int k = 1; (1 << k) <= hi - lo; ++k)
+      for (int s = lo; s + (1 << k) <= hi; ++s)
+        high_[k][s] = std::max(high_[k - 1][s], high_[k - 1][s + (1 << (k - 1))]);
+  }
+  int64_t range_max(int a, int b) const {
+    int k = log2_[b - a];
+    return std::max(high_[k][a], high_[k][b - (1 << k)]);
+  }
+
+  struct Mark {
+    size_t undo, placed;
+  };
+  Mark here() const { return {undo_.size(), placed_.size()}; }
+
+  void set_sky(int s, int64_t height) {
+    undo_.push_back({s, sky_[s]});
+    sky_[s] = height;
+  }
+
+  void place(int i, int64_t offset) {
+    offset_[i] = offset;
+    placed_.push_back(i);
+    for (int s = first_[i]; s < last_[i]; ++s) {
+      set_sky(s, offset + size_[i]);
+      remaining_[s] -= size_[i];
+    }
+  }
+
+  // Raises sections [start, end) (all at one height) to the lower of the
+  // heights just outside them, within the subproblem's sections [lo, hi).
+  void fill_up(int start, int end, int lo, int hi) {
+    int64_t target = kInf;
+    if (start > lo) target = sky_[start - 1];
+    if (end < hi) target = std::min(target, sky_[end]);
+    for (int s = start; s < end; ++s) set_sky(s, target);
+  }
+
+  void rollback(Mark mark) {
+    while (placed_.size() > mark.placed) {
+      int i = placed_.back();
+      placed_.pop_back();
+      for (int s = first_[i]; s < last_[i]; ++s) remaining_[s] += size_[i];
+      offset_[i] = kNoOffset;
+    }
+    while (undo_.size() > mark.undo) {
+      sky_[undo_.back().first] = undo_.back().second;
+      undo_.pop_back();
+    }
+  }
+
+  int n_;
+  int sections_ = 0;
+  bool prefer_fit_;  // among left-aligned candidates, try exact fits first
+  int64_t node_limit_;
+  const detail::Deadline& deadline_;
+  const std::atomic<bool>& stop_;  // another worker finished
+  std::vector<int> original_, first_, last_, twin_before_;
+  std::vector<int64_t> size_, align_, offset_;
+  std::vector<int64_t> sky_, remaining_;
+  std::vector<int> log2_;                    // floor(log2(len))
+  std::vector<std::vector<int64_t>> high_;  // sparse table: max of sky_ over 2^k sections
+  std::vector<std::vector<int64_t>> low_;   // min-updates over 2^k sections, pushed down
+  std::vector<std::pair<int, int64_t>> undo_;
+  std::vector<int> placed_;
+  int64_t cap_ = 0;
+  int64_t nodes_ = 0;
+};
+
+// Branching priorities: a few fixed orders, then random perturbations of them
+// (the search time is heavy-tailed in the order, hence restarts).
+std::vector<int> search_order(const Problem& problem, int round, std::mt19937_64& rng) {
+  const auto& bufs = problem.buffers;
+  std::vector<int> order(bufs.size());
+  std::iota(order.begin(), order.end(), 0);
+  auto length = [&](int a) { return bufs[a].upper - bufs[a].lower; };
+  auto area = [&](int a) { return static_cast<double>(bufs[a].size) * length(a); };
+  std::vector<double> noise(bufs.size(), 1.0);
+  if (round >= 4) {  // (rounds 0-3 are the plain orders)
+    std::uniform_real_distribution<double> jitter(0.7, 1.3);
+    for (double& v : noise) v = jitter(rng);
+  }
+  auto key = [&](int a) -> std::pair<double, double> {
+    switch (round % 4) {
+      case 0: return {length(a) * noise[a], static_cast<double>(bufs[a].size)};
+      case 1: return {bufs[a].size * noise[a], static_cast<double>(length(a))};
+      case 2: return {area(a) * noise[a], 0.0};
+      default: return {length(a) * noise[a], area(a)};
+    }
+  };
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return key(a) > key(b); });
+  return order;
+}
+
+}  // namespace
+
+namespace {
+
+// What the two search workers share.
+struct Shared {
+  std::mutex mutex;
+  std::atomic<bool> done{false};  // answered, proven, or out of nodes
+  std::atomic<int64_t> nodes{0};
+  bool found = false;
+  bool proven = false;  // optimal (no capacity) or infeasible (capacity) proven
+  Offsets offsets;
+  int64_t peak = kInf;
+};
+
+// Runs searches until done. Search time is heavy-tailed in the branching
+// order, so each worker restarts: round r uses order r / 2 (four fixed
+// orders, then random perturbations) and candidate rule r % 2, with a node
+// budget that doubles every kConfigs rounds. Worker 1 searches the
+// time-mirrored problem (the same packings, explored in another order). A
+// search that ends within its budget is a proof either way.
+void search_worker(const Problem& problem, const SolveOptions& options, int64_t load_bound,
+                   const detail::Deadline& deadline, Shared& shared, int worker) {
+  constexpr int kConfigs = 8;
+  std::mt19937_64 rng(options.seed + static_cast<uint64_t>(worker));
+  for (int round = 0; !shared.done && !deadline.passed(); ++round) {
+    int64_t budget = int64_t{4096} << std::min(round / kConfigs, 40);
+    if (options.node_limit > 0) {
+      int64_t left = options.node_limit - shared.nodes.load();
+      if (left <= 0) break;
+      budget = std::min(budget, left);
+    }
+    Search search(problem, search_order(problem, round / 2, rng), worker == 1, round % 2 == 1,
+                  budget, deadline, shared.done);
+    try {
+      while (!shared.done) {
+        int64_t cap;
+        {
+          std::lock_guard lock(shared.mutex);
+          cap = options.capacity ? *options.capacity : shared.peak - 1;
+        }
+        bool fits = search.feasible(cap);
+        std::lock_guard lock(shared.mutex);
+        if (!fits) {  // nothing <= cap: infeasible, or the best (cap + 1) is optimal
+          shared.proven = true;
+          shared.done = true;
+        } else if (!shared.found || search.peak() < shared.peak) {
+          shared.found = true;
+          shared.offsets = search.packing();
+          shared.peak = search.peak();
+          if (options.capacity || shared.peak <= load_bound) shared.done = true;
+        }
+      }
+    } catch (const LimitReached&) {
+    }
+    shared.nodes += search.nodes();
+  }
+}
+
+}  // namespace
+
+namespace detail {
+
+SolveResult exact_search(const Problem& problem, const SolveOptions& options,
+                         const SolveResult* incumbent) {
+  Deadline deadline(options.time_limit_s);
+  SolveResult result;
+  result.load = load(problem);
+  Shared shared;
+  if (incumbent && incumbent->found) {
+    shared.found = true;
+    shared.offsets = incumbent->offsets;
+    shared.peak = incumbent->peak;
+  }
+  // The search recurses once per placement; beyond this size it would need
+  // too deep a stack (and costs O(n) per node anyway), so it is not run.
+  if (problem.buffers.size() <= kMaxExactBuffers) {
+    std::thread helper(search_worker, std::cref(problem), std::cref(options), result.load,
+                       std::cref(deadline), std::ref(shared), 1);
+    search_worker(problem, options, result.load, deadline, shared, 0);
+    shared.done = true;
+    helper.join();
+  }
+  result.found = shared.found;
+  result.offsets = std::move(shared.offsets);
+  result.peak = result.found ? shared.peak : 0;
+  const auto& capacity = options.capacity;
+  bool fits = result.found && (!capacity || result.peak <= *capacity);
+  if (fits && (result.peak <= result.load || (shared.proven && !capacity)))
+    result.status = Status::kOptimal;
+  else if (fits)
+    result.status = capacity ? Status::kFeasible : Status::kTimeout;
+  else
+    result.status = shared.proven ? Status::kInfeasible : Status::kTimeout;
+  result.nodes = shared.nodes;
+  result.seconds = deadline.elapsed();
+  return result;
+}
+
+}  // namespace detail
+
+SolveResult solve_exact(const Problem& problem, const SolveOptions& options) {
+  return detail::exact_search(problem, options, nullptr);
+}
+
+}  // namespace memo::plan
