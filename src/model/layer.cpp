@@ -45,6 +45,42 @@ int64_t LayerActivations::bytes() const {
   return total;
 }
 
+int64_t SkeletalSpec::bytes() const {
+  int64_t n = static_cast<int64_t>(c10::elementSize(dtype));
+  for (auto s : shape) n *= s;
+  return n;
+}
+
+std::vector<SkeletalSpec> skeletal_specs(const ModelConfig& c, int64_t B, int64_t S,
+                                         at::ScalarType compute) {
+  const auto st = stat_dtype(compute);
+  return {
+      {"x", {B, S, c.hidden}, compute, 1, true},
+      {"n1", {B, S, c.hidden}, compute, 1, false},
+      {"rstd1", {B, S}, st, 1, false},
+      {"qkv", {B, S, c.qkv_dim()}, compute, 1, false},
+      {"o", {B, S, c.attn_dim()}, compute, 1, true},
+      {"lse", {B, c.heads, S}, st, 2, true},
+      {"x2", {B, S, c.hidden}, compute, 1, false},
+      {"n2", {B, S, c.hidden}, compute, 1, false},
+      {"rstd2", {B, S}, st, 1, false},
+      {"gu", {B, S, 2 * c.ffn}, compute, 1, false},
+      {"a", {B, S, c.ffn}, compute, 1, false},
+  };
+}
+
+LayerActivations allocate_skeletal(const ModelConfig& c, int64_t B, int64_t S,
+                                   at::ScalarType compute, at::Device device) {
+  auto specs = skeletal_specs(c, B, S, compute);
+  LayerActivations acts;
+  size_t i = 0;
+  acts.for_each([&](const char*, at::Tensor& t) {
+    const auto& s = specs[i++];
+    t = at::empty(s.shape, at::TensorOptions().dtype(s.dtype).device(device));
+  });
+  return acts;
+}
+
 DecoderLayer::DecoderLayer(const ModelConfig& config, AttentionKernel kernel)
     : config_(config), kernel_(kernel) {}
 
@@ -58,30 +94,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> DecoderLayer::split_heads(
   return {q, k, v};
 }
 
+namespace {
+
+// Writes `value` into the token range [t0, t0 + n) of `slot` when the slot is
+// preallocated, else makes `value` the slot (whole-sequence case only).
+void put(at::Tensor& slot, const at::Tensor& value, int64_t dim, int64_t t0, int64_t n) {
+  if (slot.defined())
+    slot.narrow(dim, t0, n).copy_(value);
+  else
+    slot = value;
+}
+
+// The token range [t0, t0 + n) of `t` along dim 1, or `t` itself when whole.
+at::Tensor tokens(const at::Tensor& t, int64_t t0, int64_t n) {
+  return (t0 == 0 && n == t.size(1)) ? t : t.narrow(1, t0, n);
+}
+
+}  // namespace
+
 void DecoderLayer::forward_pre_attention(const LayerWeights& w, const RopeTable& rope,
-                                         const at::Tensor& x, LayerActivations& acts) const {
+                                         const at::Tensor& x, LayerActivations& acts, int64_t t0,
+                                         int64_t n) const {
   const auto& c = config_;
-  rmsnorm_forward(x, w.norm1, c.rms_eps, acts.n1, acts.rstd1);
-  acts.qkv = at::matmul(acts.n1, w.wqkv.t());  // [B, S, (nh+2nkv) d]
-  auto heads = acts.qkv.view({x.size(0), x.size(1), c.heads + 2 * c.kv_heads, c.head_dim});
+  if (n == 0) n = x.size(1) - t0;
+  auto xs = tokens(x, t0, n);
+  at::Tensor n1, rstd1;
+  rmsnorm_forward(xs, w.norm1, c.rms_eps, n1, rstd1);
+  auto qkv = at::matmul(n1, w.wqkv.t());  // [B, n, (nh+2nkv) d]
+  auto heads = qkv.view({x.size(0), n, c.heads + 2 * c.kv_heads, c.head_dim});
   auto qk = heads.narrow(2, 0, c.heads + c.kv_heads);  // RoPE on q and k, not v
-  rope_apply_(qk, rope, /*inverse=*/false);
+  rope_apply_(qk, rope.slice(t0, n), /*inverse=*/false);
+  put(acts.n1, n1, 1, t0, n);
+  put(acts.rstd1, rstd1, 1, t0, n);
+  put(acts.qkv, qkv, 1, t0, n);
 }
 
 void DecoderLayer::forward_attention(LayerActivations& acts) const {
   auto [q, k, v] = split_heads(acts.qkv);
   auto out = attention_forward(kernel_, q, k, v);
   // o [B, nh, S, d] -> [B, S, nh d] (a view when the kernel wrote it token-major).
-  acts.o = out.o.transpose(1, 2).reshape({q.size(0), q.size(2), config_.attn_dim()});
-  acts.lse = out.lse;
+  auto o = out.o.transpose(1, 2).reshape({q.size(0), q.size(2), config_.attn_dim()});
+  put(acts.o, o, 1, 0, q.size(2));
+  put(acts.lse, out.lse, 2, 0, q.size(2));
 }
 
 void DecoderLayer::forward_post_attention(const LayerWeights& w, const at::Tensor& x,
-                                          LayerActivations& acts) const {
-  acts.x2 = at::matmul(acts.o, w.wo.t()).add_(x);
-  rmsnorm_forward(acts.x2, w.norm2, config_.rms_eps, acts.n2, acts.rstd2);
-  acts.gu = at::matmul(acts.n2, w.wgu.t());  // [B, S, 2f]
-  acts.a = swiglu_forward(acts.gu);          // [B, S, f]
+                                          LayerActivations& acts, int64_t t0, int64_t n) const {
+  if (n == 0) n = x.size(1) - t0;
+  auto x2 = at::matmul(tokens(acts.o, t0, n), w.wo.t()).add_(tokens(x, t0, n));
+  put(acts.x2, x2, 1, t0, n);
+  at::Tensor n2, rstd2;
+  rmsnorm_forward(x2, w.norm2, config_.rms_eps, n2, rstd2);
+  x2.reset();
+  auto gu = at::matmul(n2, w.wgu.t());  // [B, n, 2f]
+  put(acts.n2, n2, 1, t0, n);
+  put(acts.rstd2, rstd2, 1, t0, n);
+  n2.reset();
+  auto a = swiglu_forward(gu);  // [B, n, f]
+  put(acts.gu, gu, 1, t0, n);
+  put(acts.a, a, 1, t0, n);
 }
 
 void DecoderLayer::recompute(const LayerWeights& w, const RopeTable& rope,
@@ -89,6 +160,14 @@ void DecoderLayer::recompute(const LayerWeights& w, const RopeTable& rope,
   forward_pre_attention(w, rope, acts.x, acts);
   forward_attention(acts);
   forward_post_attention(w, acts.x, acts);
+}
+
+void DecoderLayer::recompute_tokens(const LayerWeights& w, const RopeTable& rope,
+                                    LayerActivations& acts, int64_t t0) const {
+  const int64_t S = acts.x.size(1);
+  if (t0 >= S) return;
+  forward_pre_attention(w, rope, acts.x, acts, t0, S - t0);
+  forward_post_attention(w, acts.x, acts, t0, S - t0);
 }
 
 at::Tensor DecoderLayer::forward(const LayerWeights& w, const RopeTable& rope, const at::Tensor& x,

@@ -52,6 +52,22 @@ struct LayerActivations {
   int64_t bytes() const;
 };
 
+// Shape and dtype of one skeletal tensor for a given batch and sequence.
+struct SkeletalSpec {
+  const char* name;
+  std::vector<int64_t> shape;
+  at::ScalarType dtype;
+  int64_t token_dim;  // the dimension that indexes tokens (2 for lse, else 1)
+  bool always_offloaded;  // x, o, lse: never recomputed token-wise
+  int64_t bytes() const;
+};
+// The skeletal set in LayerActivations::for_each order.
+std::vector<SkeletalSpec> skeletal_specs(const ModelConfig& c, int64_t batch, int64_t seq_len,
+                                         at::ScalarType compute);
+// Preallocated tensors for one skeletal set (a rounding buffer).
+LayerActivations allocate_skeletal(const ModelConfig& c, int64_t batch, int64_t seq_len,
+                                   at::ScalarType compute, at::Device device);
+
 class DecoderLayer {
  public:
   DecoderLayer(const ModelConfig& config, AttentionKernel kernel);
@@ -60,17 +76,25 @@ class DecoderLayer {
   at::Tensor forward(const LayerWeights& w, const RopeTable& rope, const at::Tensor& x,
                      LayerActivations& acts) const;
 
-  // The three forward stages, usable on a token range (rope rows matching):
-  // pre-attention (x -> n1, rstd1, qkv), attention (qkv -> o, lse) and
-  // post-attention (x, o -> x2, n2, rstd2, gu, a). forward() adds the output
-  // projection y = x2 + a Wdown^T, which backward never needs.
+  // Every tensor of `acts` may be preallocated (a rounding buffer of the
+  // activation store): forward then writes into it instead of allocating.
+
+  // The forward stages, each on the tokens [t0, t0 + n) of every sequence
+  // (n = 0: to the end). pre-attention: x -> n1, rstd1, qkv (RoPE at those
+  // positions); attention (whole sequence): qkv -> o, lse; post-attention:
+  // x, o -> x2, n2, rstd2, gu, a. A token range needs preallocated slots.
   void forward_pre_attention(const LayerWeights& w, const RopeTable& rope, const at::Tensor& x,
-                             LayerActivations& acts) const;
+                             LayerActivations& acts, int64_t t0 = 0, int64_t n = 0) const;
   void forward_attention(LayerActivations& acts) const;
-  void forward_post_attention(const LayerWeights& w, const at::Tensor& x,
-                              LayerActivations& acts) const;
+  void forward_post_attention(const LayerWeights& w, const at::Tensor& x, LayerActivations& acts,
+                              int64_t t0 = 0, int64_t n = 0) const;
   // Every skeletal tensor of `acts` from acts.x, without the output projection.
   void recompute(const LayerWeights& w, const RopeTable& rope, LayerActivations& acts) const;
+  // Token-wise recompute: the tokens [t0, S) of every skeletal tensor except
+  // x, o and lse, from acts.x and acts.o, into acts' (preallocated) slots.
+  // No attention is recomputed.
+  void recompute_tokens(const LayerWeights& w, const RopeTable& rope, LayerActivations& acts,
+                        int64_t t0) const;
 
   // dx [B, S, h] from dy [B, S, h]; adds parameter gradients into `grads`.
   at::Tensor backward(const LayerWeights& w, LayerWeights& grads, const RopeTable& rope,

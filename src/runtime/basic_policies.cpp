@@ -74,11 +74,13 @@ class RecomputePolicy final : public ActivationPolicy {
 
 }  // namespace
 
-std::vector<std::string> policy_names() { return {"keep", "recompute"}; }
+std::vector<std::string> policy_names() { return {"keep", "recompute", "offload", "memo"}; }
 
-std::unique_ptr<ActivationPolicy> make_policy(const std::string& name) {
+std::unique_ptr<ActivationPolicy> make_policy(const std::string& name, const PolicyOptions& options) {
   if (name == "keep") return std::make_unique<KeepPolicy>();
   if (name == "recompute") return std::make_unique<RecomputePolicy>();
+  if (name == "offload") return make_swap_policy(false, options);
+  if (name == "memo") return make_swap_policy(true, options);
   std::string known;
   for (const auto& n : policy_names()) known += (known.empty() ? "" : ", ") + n;
   throw InputError(cat("unknown policy \"", name, "\" (expected one of: ", known, ")"));

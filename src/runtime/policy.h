@@ -6,12 +6,27 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "model/layer.h"
 
+namespace memo::model {
+class LlamaModel;
+}
+
 namespace memo::runtime {
+
+class TraceRecorder;
+
+// Options of the swapping policies; ignored by keep and recompute.
+struct PolicyOptions {
+  std::optional<double> alpha;     // offloaded fraction; unset: chosen by the LP
+  double host_memory_bytes = 0;    // pinned host memory memo may use; 0: MemAvailable / 2
+  double device_spare_bytes = -1;  // device memory for resident tokens; < 0: measured
+  TraceRecorder* trace = nullptr;  // spans of copies and recompute, when tracing
+};
 
 // What a policy needs to rebuild a layer's skeletal set in backward.
 struct LayerContext {
@@ -38,8 +53,20 @@ class ActivationPolicy {
   virtual ~ActivationPolicy() = default;
   virtual std::string name() const = 0;
 
+  // Once before training at a (batch, seq_len): allocate buffers and host
+  // pools, measure, choose splits. Throws InputError when the run cannot fit
+  // (for example the host pool), before the first step.
+  virtual void prepare(model::LlamaModel& model, int64_t batch, int64_t seq_len) {}
+  // Lines describing the choices made in prepare (split, pool sizes...).
+  virtual std::vector<std::pair<std::string, std::string>> describe() const { return {}; }
+  // The offloaded fraction of the swappable tokens, for policies that swap.
+  virtual std::optional<double> alpha() const { return std::nullopt; }
+
   // Before layer 0's forward of a micro-batch.
   virtual void begin_step(const StepShape& shape) { shape_ = shape; }
+  // Preallocated storage layer `index`'s forward must write into (a rounding
+  // buffer), or nullptr to let it allocate.
+  virtual const model::LayerActivations* forward_storage(int64_t index) { return nullptr; }
   // Layer `index` has run forward and produced `acts`, its full skeletal set;
   // keep whatever backward will need.
   virtual void save(int64_t index, model::LayerActivations&& acts) = 0;
@@ -67,6 +94,9 @@ class ActivationPolicy {
 std::vector<std::string> policy_names();
 
 // A policy by name; throws InputError naming the known ones.
-std::unique_ptr<ActivationPolicy> make_policy(const std::string& name);
+std::unique_ptr<ActivationPolicy> make_policy(const std::string& name,
+                                              const PolicyOptions& options = {});
+// The swapping policies (swap_policy.cpp): offload = every layer, alpha 1.
+std::unique_ptr<ActivationPolicy> make_swap_policy(bool memo, const PolicyOptions& options);
 
 }  // namespace memo::runtime

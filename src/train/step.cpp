@@ -27,7 +27,14 @@ void check_batch(const model::LlamaModel& model, const MicroBatch& b) {
 }  // namespace
 
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
-                         const MicroBatch& batch, double grad_weight, int64_t loss_chunk) {
+                         const MicroBatch& batch, double grad_weight, int64_t loss_chunk,
+                         runtime::TraceRecorder* trace) {
+  auto span = [&](const char* what, int64_t i) {
+    return trace ? trace->begin(runtime::Lane::Compute, what + std::to_string(i), i) : -1;
+  };
+  auto close = [&](int64_t h) {
+    if (trace) trace->end(h);
+  };
   check_batch(model, batch);
   const auto& cfg = model.config();
   const auto& w = model.compute();
@@ -40,7 +47,10 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   policy.begin_step({cfg.layers, B, S});
   for (int64_t i = 0; i < cfg.layers; ++i) {
     model::LayerActivations acts;
+    if (const auto* storage = policy.forward_storage(i)) acts = *storage;  // a rounding buffer
+    const int64_t h = span("fwd ", i);
     auto y = model.layer().forward(w.layers[static_cast<size_t>(i)], rope, x, acts);
+    close(h);
     policy.save(i, std::move(acts));
     x = std::move(y);
   }
@@ -66,7 +76,9 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
     const auto& lw = w.layers[static_cast<size_t>(i)];
     runtime::LayerContext ctx{model.layer(), lw, rope};
     auto acts = policy.restore(i, ctx);
+    const int64_t h = span("bwd ", i);
     dx = model.layer().backward(lw, g.layers[static_cast<size_t>(i)], rope, acts, dx);
+    close(h);
   }
   policy.end_step();
   g.embed.index_add_(0, batch.tokens.reshape({-1}),

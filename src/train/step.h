@@ -8,6 +8,7 @@
 
 #include "model/llama.h"
 #include "runtime/policy.h"
+#include "runtime/trace.h"
 
 namespace memo::train {
 
@@ -24,8 +25,10 @@ struct LossSum {
 
 // Forward and backward; gradients (scaled by grad_weight / count) are added
 // into model.grads(). Returns the loss of this micro-batch.
+// With `trace`, each layer's forward and backward becomes a compute span.
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
-                         const MicroBatch& batch, double grad_weight, int64_t loss_chunk = 0);
+                         const MicroBatch& batch, double grad_weight, int64_t loss_chunk = 0,
+                         runtime::TraceRecorder* trace = nullptr);
 
 // Forward only (evaluation): the loss, nothing saved.
 LossSum forward_loss(model::LlamaModel& model, const MicroBatch& batch, int64_t loss_chunk = 0);

@@ -1,0 +1,84 @@
+// The alpha LP of DESIGN.md section 4, solved in closed form (one variable
+// per layer, all layers alike), plus the device-resident share.
+#include "plan/swap_split.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/units.h"
+
+namespace memo::plan {
+
+SplitChoice choose_split(const SplitInputs& in) {
+  require_input(in.layers > 0 && in.seq_len > 0, "swap split: layers and seq_len must be positive");
+  SplitChoice c;
+  const int64_t swapped_layers = in.swap_last_two ? in.layers : std::max<int64_t>(0, in.layers - 2);
+  const double rest = std::max(in.rest_bytes, 1.0);
+
+  double alpha = 1.0;
+  if (in.alpha) {
+    require_input(*in.alpha >= 0.0 && *in.alpha <= 1.0, "alpha must be in [0, 1], got ", *in.alpha);
+    alpha = *in.alpha;
+    c.limited_by = "override";
+  } else {
+    // Copy-out of a layer hides behind the next layer's forward; prefetch
+    // behind the backward of the layer above.
+    double by_out = in.d2h_bytes_per_s > 0 ? (in.d2h_bytes_per_s * in.forward_s - in.fixed_bytes) / rest : 1.0;
+    double by_in = in.h2d_bytes_per_s > 0 ? (in.h2d_bytes_per_s * in.backward_s - in.fixed_bytes) / rest : 1.0;
+    alpha = std::clamp(std::min(by_out, by_in), 0.0, 1.0);
+    c.limited_by = alpha < 1.0 ? "bandwidth" : "everything hides";
+  }
+  if (swapped_layers > 0 && in.host_bytes > 0) {
+    const double per_layer = in.host_bytes / static_cast<double>(swapped_layers);
+    const double by_host = (per_layer - in.fixed_bytes) / rest;
+    if (by_host < 0.0) {
+      const double need = static_cast<double>(swapped_layers) * in.fixed_bytes;
+      throw InputError(cat("host memory too small: even alpha = 0 needs ", format_bytes(need),
+                           " of pinned host memory for x, o and lse of ", swapped_layers,
+                           " layers, and ", format_bytes(in.host_bytes),
+                           " is available; use --policy recompute (no host memory), a shorter "
+                           "--seq-len, or more --host-memory-gib"));
+    }
+    if (by_host < alpha) {
+      if (in.alpha)
+        throw InputError(cat("host memory too small for alpha ", *in.alpha, ": it needs ",
+                             format_bytes(swapped_layers * (in.fixed_bytes + *in.alpha * rest)),
+                             " and ", format_bytes(in.host_bytes), " is available; alpha <= ",
+                             strf("%.3f", std::floor(by_host * 1000) / 1000),
+                             " fits, or use --policy recompute"));
+      alpha = by_host;
+      c.limited_by = "host memory";
+    }
+  }
+  // Tokens, rounded down so the byte budgets hold.
+  auto offload_tokens = static_cast<int64_t>(std::floor(alpha * static_cast<double>(in.seq_len)));
+  double resident = 0.0;
+  if (swapped_layers > 0 && in.device_spare_bytes > 0 && !in.alpha) {
+    resident = std::min(1.0 - alpha, in.device_spare_bytes / (static_cast<double>(swapped_layers) * rest));
+    resident = std::max(resident, 0.0);
+  }
+  auto resident_tokens = std::min<int64_t>(
+      in.seq_len - offload_tokens, static_cast<int64_t>(std::floor(resident * static_cast<double>(in.seq_len))));
+  c.alpha = static_cast<double>(offload_tokens) / static_cast<double>(in.seq_len);
+  c.resident = static_cast<double>(resident_tokens) / static_cast<double>(in.seq_len);
+
+  c.layers.resize(static_cast<size_t>(in.layers));
+  for (int64_t i = 0; i < in.layers; ++i) {
+    auto& l = c.layers[static_cast<size_t>(i)];
+    l.swapped = i < swapped_layers;
+    l.offload_tokens = l.swapped ? offload_tokens : in.seq_len;
+    l.resident_tokens = l.swapped ? resident_tokens : 0;
+  }
+  const double moved = in.fixed_bytes + c.alpha * rest;
+  c.host_bytes = static_cast<double>(swapped_layers) * moved;
+  c.copy_out_s = in.d2h_bytes_per_s > 0 ? moved / in.d2h_bytes_per_s : 0.0;
+  c.copy_in_s = in.h2d_bytes_per_s > 0 ? moved / in.h2d_bytes_per_s : 0.0;
+  c.recompute_s = in.recompute_s * (1.0 - c.alpha - c.resident);
+  c.exposed_copy_s = static_cast<double>(swapped_layers) *
+                     (std::max(0.0, c.copy_out_s - in.forward_s) +
+                      std::max(0.0, c.copy_in_s - (in.backward_s + c.recompute_s)));
+  return c;
+}
+
+}  // namespace memo::plan

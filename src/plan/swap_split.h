@@ -1,0 +1,59 @@
+// The token-wise split of each layer's skeletal tensors under the `memo`
+// policy, and the small LP that chooses it (DESIGN.md section 4). Pure C++.
+//
+// Per layer, x, o and lse always go to host. Of every other skeletal tensor
+// the first `offload_tokens` tokens go to host, the next `resident_tokens`
+// stay on the device, and the rest are dropped and recomputed token-wise in
+// backward. Layers with swapped = false (the last two) stay whole in their
+// rounding buffer.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace memo::plan {
+
+struct LayerSplit {
+  bool swapped = false;
+  int64_t offload_tokens = 0;
+  int64_t resident_tokens = 0;
+};
+
+// Figures the LP needs, all per GPU and per layer of the run's shape.
+struct SplitInputs {
+  int64_t layers = 0;
+  int64_t seq_len = 0;
+  double fixed_bytes = 0;     // x + o + lse of one layer (always offloaded)
+  double rest_bytes = 0;      // every other skeletal tensor of one layer, all tokens
+  double forward_s = 0;       // one layer's forward
+  double backward_s = 0;      // one layer's backward (without recompute)
+  double recompute_s = 0;     // recomputing `rest` of one layer for all tokens
+  double d2h_bytes_per_s = 0;
+  double h2d_bytes_per_s = 0;
+  double host_bytes = 0;      // host memory memo may use
+  double device_spare_bytes = 0;  // device memory left for resident tokens
+  std::optional<double> alpha;    // user override of the offloaded fraction
+  bool swap_last_two = false;     // offload: every layer; memo: not the last two
+};
+
+struct SplitChoice {
+  double alpha = 0;         // offloaded fraction of the `rest` tokens
+  double resident = 0;      // device-resident fraction
+  std::vector<LayerSplit> layers;
+  double host_bytes = 0;    // host bytes the split needs (before pool alignment)
+  double copy_out_s = 0;    // per swapped layer
+  double copy_in_s = 0;
+  double recompute_s = 0;   // per swapped layer
+  double exposed_copy_s = 0;  // per step: copy time not hidden behind compute
+  std::string limited_by;   // "bandwidth", "host memory", "override", "everything fits"
+};
+
+// Solves max alpha s.t. copy-out hides behind the forward, the prefetch hides
+// behind the backward, and the swapped layers fit in host memory; then keeps
+// a resident share on the device with the spare memory. Throws InputError
+// when even alpha = 0 does not fit in host memory, saying what would.
+SplitChoice choose_split(const SplitInputs& in);
+
+}  // namespace memo::plan

@@ -1,0 +1,362 @@
+// `offload` and `memo`: layers write their skeletal set into one of two
+// device rounding buffers; a side stream copies the kept part to a pinned
+// host pool while the next layer computes; in backward the next layer's part
+// is prefetched one layer ahead and memo's dropped tokens are recomputed
+// token-wise into the buffer, without attention (DESIGN.md section 4).
+//   offload: every layer, every tensor, all tokens to host.
+//   memo:    x, o, lse whole; the first alpha*s tokens of the others; the
+//            rest recomputed; the last two layers never leave their buffer.
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/units.h"
+#include "memory/device_memory.h"
+#include "model/llama.h"
+#include "plan/swap_split.h"
+#include "runtime/policy.h"
+#include "runtime/swap_engine.h"
+#include "runtime/trace.h"
+
+namespace memo::runtime {
+
+namespace {
+
+constexpr int64_t kHostAlign = 16;
+int64_t align_up(int64_t v) { return (v + kHostAlign - 1) / kHostAlign * kHostAlign; }
+
+double host_memory_available() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit)
+    if (key == "MemAvailable:") return static_cast<double>(kb) * 1024.0;
+  return 0.0;
+}
+
+class SwapPolicy final : public ActivationPolicy {
+ public:
+  SwapPolicy(bool memo, PolicyOptions options) : memo_(memo), options_(options) {}
+
+  std::string name() const override { return memo_ ? "memo" : "offload"; }
+  std::optional<double> alpha() const override { return split_.alpha; }
+
+  void prepare(model::LlamaModel& model, int64_t batch, int64_t seq_len) override {
+    const auto& cfg = model.config();
+    device_ = model.options().device;
+    batch_ = batch;
+    seq_len_ = seq_len;
+    specs_ = model::skeletal_specs(cfg, batch, seq_len, model.options().compute_dtype);
+    plan::SplitInputs in;
+    in.layers = cfg.layers;
+    in.seq_len = seq_len;
+    for (const auto& s : specs_) (s.always_offloaded ? in.fixed_bytes : in.rest_bytes) += static_cast<double>(s.bytes());
+    in.swap_last_two = !memo_;
+    in.alpha = memo_ ? options_.alpha : std::optional<double>(1.0);
+    in.host_bytes = options_.host_memory_bytes > 0 ? options_.host_memory_bytes : host_memory_available() / 2;
+    if (memo_ && !options_.alpha) measure(model, in);
+    in.device_spare_bytes = options_.device_spare_bytes >= 0 ? options_.device_spare_bytes : spare_device(in);
+    split_ = plan::choose_split(in);
+    // An explicit alpha with an explicit device share keeps that share resident.
+    if (memo_ && options_.alpha && options_.device_spare_bytes > 0) add_resident(in);
+    inputs_ = in;
+
+    // Rounding buffers and the host pool, each allocated once.
+    for (auto& b : buffers_)
+      b = model::allocate_skeletal(cfg, batch, seq_len, model.options().compute_dtype, device_);
+    buffer_bytes_ = buffers_[0].bytes();
+    layout_host_pool(cfg.layers);
+    engine_ = std::make_unique<SwapEngine>(device_, options_.trace);
+  }
+
+  std::vector<std::pair<std::string, std::string>> describe() const override {
+    auto pct = [](double f) { return strf("%.1f%%", 100.0 * f); };
+    int64_t swapped = 0;
+    for (const auto& l : split_.layers) swapped += l.swapped;
+    std::vector<std::pair<std::string, std::string>> out = {
+        {"split", strf("x, o, lse to host; other tensors: %s offloaded, %s resident, %s recomputed "
+                       "(alpha %.3f, %s)",
+                       pct(split_.alpha).c_str(), pct(split_.resident).c_str(),
+                       pct(1.0 - split_.alpha - split_.resident).c_str(), split_.alpha,
+                       split_.limited_by.c_str())},
+        {"layers", strf("%lld of %lld swapped%s", (long long)swapped, (long long)split_.layers.size(),
+                        memo_ ? " (the last two stay in their rounding buffers)" : "")},
+        {"memory", strf("2 rounding buffers of %s on the device; pinned host pool %s",
+                        format_bytes(static_cast<double>(buffer_bytes_)).c_str(),
+                        format_bytes(static_cast<double>(host_bytes_)).c_str())},
+    };
+    if (inputs_.forward_s > 0)
+      out.push_back({"overlap", strf("per layer: copy-out %s vs forward %s, prefetch %s vs backward %s "
+                                     "(+ recompute %s); predicted exposed copy %s per step",
+                                     format_seconds(split_.copy_out_s).c_str(),
+                                     format_seconds(inputs_.forward_s).c_str(),
+                                     format_seconds(split_.copy_in_s).c_str(),
+                                     format_seconds(inputs_.backward_s).c_str(),
+                                     format_seconds(split_.recompute_s).c_str(),
+                                     format_seconds(split_.exposed_copy_s).c_str())});
+    return out;
+  }
+
+  void begin_step(const StepShape& shape) override {
+    ActivationPolicy::begin_step(shape);
+    require_input(shape.batch == batch_ && shape.seq_len == seq_len_, name(),
+                  ": prepared for batch ", batch_, " x seq_len ", seq_len_, ", got ", shape.batch,
+                  " x ", shape.seq_len);
+    owner_[0] = owner_[1] = -1;
+    valid_[0] = valid_[1] = false;
+    x_hold_.clear();
+    resident_.clear();
+    prefetched_.clear();
+    peak_ = {};
+  }
+
+  const model::LayerActivations* forward_storage(int64_t index) override {
+    const int b = static_cast<int>(index % 2);
+    if (owner_[b] >= 0) {
+      engine_->wait_copy_out(owner_[b]);  // layer index-2's copy must be done
+      x_hold_.erase(owner_[b]);
+    }
+    owner_[b] = index;
+    valid_[b] = true;
+    return &buffers_[b];
+  }
+
+  void save(int64_t index, model::LayerActivations&& acts) override {
+    const auto& split = split_.layers[static_cast<size_t>(index)];
+    x_hold_[index] = acts.x;
+    if (split.swapped) {
+      engine_->copy_out(index, host_pairs(index, acts, /*to_host=*/true));
+      if (split.resident_tokens > 0) {
+        model::LayerActivations res;
+        size_t k = 0;
+        const auto& sp = specs_;
+        acts.for_each([&](const char*, at::Tensor& t) {
+          const auto& s = sp[k++];
+          if (s.always_offloaded) return;
+          at::Tensor slice = t.narrow(s.token_dim, split.offload_tokens, split.resident_tokens).clone();
+          set_field(res, s.name, slice);
+        });
+        resident_[index] = std::move(res);
+      }
+    }
+    note_held();
+  }
+
+  model::LayerActivations restore(int64_t index, const LayerContext& ctx) override {
+    for (int b = 0; b < 2; ++b)
+      if (owner_[b] > index) owner_[b] = -1, valid_[b] = false;  // their backward is queued
+    const int b = static_cast<int>(index % 2);
+    const auto& split = split_.layers[static_cast<size_t>(index)];
+    model::LayerActivations acts = buffers_[b];
+    if (owner_[b] == index && valid_[b]) {
+      // Still in its rounding buffer from forward (the last layers).
+      auto it = x_hold_.find(index);
+      if (it == x_hold_.end()) throw Error(cat(name(), ": input of layer ", index, " was not kept"));
+      acts.x = it->second;
+    } else {
+      if (!split.swapped) throw Error(cat(name(), ": layer ", index, " lost its rounding buffer"));
+      if (!prefetched_.count(index)) prefetch(index);
+      engine_->wait_copy_in(index);
+      const int64_t kept = split.offload_tokens + split.resident_tokens;
+      if (split.resident_tokens > 0) restore_resident(index, acts, split);
+      if (kept < seq_len_) {
+        int64_t h = options_.trace ? options_.trace->begin(Lane::Compute, "recompute " + std::to_string(index),
+                                                           index, 0, engine_->compute_stream())
+                                   : -1;
+        ctx.layer.recompute_tokens(ctx.weights, ctx.rope, acts, kept);
+        if (options_.trace) options_.trace->end(h, engine_->compute_stream());
+      }
+    }
+    x_hold_.erase(index);
+    // Prefetch the next swapped layer below into its buffer, if that is free.
+    for (int64_t j = index - 1; j >= 0; --j) {
+      if (!split_.layers[static_cast<size_t>(j)].swapped || prefetched_.count(j)) continue;
+      if (owner_[j % 2] == j && valid_[j % 2]) continue;  // still in its buffer
+      if (owner_[j % 2] < 0) prefetch(j);
+      break;
+    }
+    return acts;
+  }
+
+  void end_step() override {
+    engine_->drain();
+    x_hold_.clear();
+    resident_.clear();
+  }
+
+  HeldBytes held() const override {
+    HeldBytes h;
+    h.device = 2 * buffer_bytes_;
+    for (const auto& [i, x] : x_hold_) h.device += static_cast<int64_t>(x.nbytes());
+    for (const auto& [i, r] : resident_) h.device += r.bytes();
+    h.host = host_bytes_;
+    return h;
+  }
+
+ private:
+  static void set_field(model::LayerActivations& acts, const char* name, const at::Tensor& t) {
+    acts.for_each([&](const char* n, at::Tensor& slot) {
+      if (std::string(n) == name) slot = t;
+    });
+  }
+
+  // Host views: per swapped layer, per tensor, the kept tokens; one pinned pool.
+  void layout_host_pool(int64_t layers) {
+    host_views_.assign(static_cast<size_t>(layers), {});
+    int64_t offset = 0;
+    std::vector<std::vector<std::pair<int64_t, std::vector<int64_t>>>> places(static_cast<size_t>(layers));
+    for (int64_t i = 0; i < layers; ++i) {
+      const auto& split = split_.layers[static_cast<size_t>(i)];
+      if (!split.swapped) continue;
+      for (const auto& s : specs_) {
+        auto shape = s.shape;
+        shape[static_cast<size_t>(s.token_dim)] = s.always_offloaded ? seq_len_ : split.offload_tokens;
+        int64_t bytes = static_cast<int64_t>(c10::elementSize(s.dtype));
+        for (auto d : shape) bytes *= d;
+        places[static_cast<size_t>(i)].push_back({offset, shape});
+        offset += align_up(bytes);
+      }
+    }
+    host_bytes_ = offset;
+    auto opts = at::TensorOptions().dtype(at::kByte).pinned_memory(!device_.is_cpu());
+    pool_ = at::empty({std::max<int64_t>(host_bytes_, 1)}, opts);
+    for (int64_t i = 0; i < layers; ++i) {
+      size_t k = 0;
+      for (const auto& [off, shape] : places[static_cast<size_t>(i)]) {
+        const auto& s = specs_[k++];
+        int64_t bytes = static_cast<int64_t>(c10::elementSize(s.dtype));
+        for (auto d : shape) bytes *= d;
+        host_views_[static_cast<size_t>(i)].push_back(pool_.narrow(0, off, bytes).view(s.dtype).view(shape));
+      }
+    }
+  }
+
+  std::vector<CopyPair> host_pairs(int64_t index, const model::LayerActivations& acts, bool to_host) {
+    std::vector<CopyPair> pairs;
+    const auto& views = host_views_[static_cast<size_t>(index)];
+    size_t k = 0;
+    acts.for_each([&](const char*, const at::Tensor& t) {
+      const auto& s = specs_[k];
+      const auto& host = views[k++];
+      const int64_t n = host.size(s.token_dim);
+      if (n == 0) return;
+      auto dev = t.narrow(s.token_dim, 0, n);
+      if (to_host)
+        pairs.push_back({host, dev});
+      else
+        pairs.push_back({dev, host});
+    });
+    return pairs;
+  }
+
+  void prefetch(int64_t index) {
+    const int b = static_cast<int>(index % 2);
+    owner_[b] = index;
+    valid_[b] = false;
+    prefetched_.insert(index);
+    engine_->copy_in(index, host_pairs(index, buffers_[b], /*to_host=*/false));
+  }
+
+  void restore_resident(int64_t index, model::LayerActivations& acts, const plan::LayerSplit& split) {
+    auto it = resident_.find(index);
+    if (it == resident_.end()) return;
+    size_t k = 0;
+    auto& res = it->second;
+    acts.for_each([&](const char* name, at::Tensor& t) {
+      const auto& s = specs_[k++];
+      if (s.always_offloaded) return;
+      res.for_each([&](const char* n, at::Tensor& r) {
+        if (std::string(n) == name && r.defined())
+          t.narrow(s.token_dim, split.offload_tokens, split.resident_tokens).copy_(r);
+      });
+    });
+    resident_.erase(it);
+  }
+
+  // Host link each way and one layer's forward, backward and recompute time
+  // at the run's shape (a few seconds at most).
+  void measure(model::LlamaModel& model, plan::SplitInputs& in) {
+    using Clock = std::chrono::steady_clock;
+    auto seconds = [&](auto&& fn) {
+      fn();  // warm-up
+      memory::synchronize(device_);
+      auto t0 = Clock::now();
+      fn();
+      memory::synchronize(device_);
+      return std::chrono::duration<double>(Clock::now() - t0).count();
+    };
+    const int64_t probe = std::min<int64_t>(256ll << 20, static_cast<int64_t>(in.fixed_bytes + in.rest_bytes));
+    auto dev = at::empty({probe}, at::TensorOptions().dtype(at::kByte).device(device_));
+    auto host = at::empty({probe}, at::TensorOptions().dtype(at::kByte).pinned_memory(!device_.is_cpu()));
+    in.d2h_bytes_per_s = static_cast<double>(probe) / seconds([&] { host.copy_(dev); });
+    in.h2d_bytes_per_s = static_cast<double>(probe) / seconds([&] { dev.copy_(host); });
+    dev.reset();
+    host.reset();
+
+    const auto& cfg = model.config();
+    const auto& w = model.compute().layers.front();
+    auto rope = model.rope(seq_len_);
+    auto x = at::randn({batch_, seq_len_, cfg.hidden},
+                       at::TensorOptions().dtype(model.options().compute_dtype).device(device_));
+    model::LayerWeights scratch = w;
+    for (auto& [n, t] : scratch.named()) *t = at::zeros_like(*t);
+    model::LayerActivations acts;
+    at::Tensor y;
+    in.forward_s = seconds([&] { acts = {}; y = model.layer().forward(w, rope, x, acts); });
+    in.backward_s = seconds([&] { model.layer().backward(w, scratch, rope, acts, y); });
+    in.recompute_s = seconds([&] { model.layer().recompute_tokens(w, rope, acts, 0); });
+  }
+
+  double spare_device(const plan::SplitInputs& in) {
+    if (device_.is_cpu()) return 0.0;
+    auto [free_b, total_b] = c10::getDeviceAllocator(device_.type())->getMemoryInfo(device_.index() < 0 ? 0 : device_.index());
+    (void)total_b;
+    const double set = in.fixed_bytes + in.rest_bytes;
+    // Two rounding buffers, one layer's transient working set, and 2 GiB slack.
+    return std::max(0.0, static_cast<double>(free_b) - 3.5 * set - 2.0 * (1ll << 30));
+  }
+
+  void add_resident(const plan::SplitInputs& in) {
+    // Explicit alpha plus explicit device share (tests, experiments).
+    const int64_t swapped = memo_ ? std::max<int64_t>(0, in.layers - 2) : in.layers;
+    if (swapped == 0) return;
+    double frac = std::min(1.0 - split_.alpha, in.device_spare_bytes / (static_cast<double>(swapped) * in.rest_bytes));
+    auto res = static_cast<int64_t>(std::floor(frac * static_cast<double>(seq_len_)));
+    for (auto& l : split_.layers)
+      if (l.swapped) l.resident_tokens = std::min(res, seq_len_ - l.offload_tokens);
+    split_.resident = static_cast<double>(res) / static_cast<double>(seq_len_);
+  }
+
+  bool memo_;
+  PolicyOptions options_;
+  c10::Device device_ = c10::Device(c10::DeviceType::CPU);
+  int64_t batch_ = 0, seq_len_ = 0;
+  std::vector<model::SkeletalSpec> specs_;
+  plan::SplitInputs inputs_;
+  plan::SplitChoice split_;
+  model::LayerActivations buffers_[2];
+  int64_t buffer_bytes_ = 0;
+  at::Tensor pool_;
+  int64_t host_bytes_ = 0;
+  std::vector<std::vector<at::Tensor>> host_views_;
+  std::unique_ptr<SwapEngine> engine_;
+  int64_t owner_[2] = {-1, -1};
+  bool valid_[2] = {false, false};
+  std::map<int64_t, at::Tensor> x_hold_;
+  std::map<int64_t, model::LayerActivations> resident_;
+  std::set<int64_t> prefetched_;
+};
+
+}  // namespace
+
+std::unique_ptr<ActivationPolicy> make_swap_policy(bool memo, const PolicyOptions& options) {
+  return std::make_unique<SwapPolicy>(memo, options);
+}
+
+}  // namespace memo::runtime

@@ -1,0 +1,74 @@
+// Timeline of one step's streams (compute, device-to-host, host-to-device) in
+// Chrome trace format, which Perfetto and chrome://tracing open. Spans are
+// timed with device events on CUDA (so async copies show where they really
+// ran) and with the host clock on CPU, where every copy is synchronous.
+#pragma once
+
+#include <c10/core/Device.h>
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace memo::runtime {
+
+enum class Lane { Compute = 0, DeviceToHost = 1, HostToDevice = 2 };
+const char* lane_name(Lane lane);
+
+struct Span {
+  Lane lane;
+  std::string name;  // "fwd 3", "d2h 3", "recompute 3"...
+  int64_t layer = -1;
+  int64_t bytes = 0;
+  double start_us = 0.0;
+  double duration_us = 0.0;
+};
+
+class TraceRecorder {
+ public:
+  explicit TraceRecorder(c10::Device device);
+  ~TraceRecorder();
+
+  bool enabled() const { return enabled_; }
+  void set_enabled(bool on) { enabled_ = on; }
+
+  // The device's current (compute) stream.
+  c10::Stream current_stream() const;
+  // Opens and closes a span on the current stream.
+  int64_t begin(Lane lane, const std::string& name, int64_t layer) {
+    return begin(lane, name, layer, 0, current_stream());
+  }
+  void end(int64_t handle) { end(handle, current_stream()); }
+
+  // Opens a span on `stream` (ignored on CPU); returns its handle.
+  int64_t begin(Lane lane, const std::string& name, int64_t layer, int64_t bytes,
+                const c10::Stream& stream);
+  void end(int64_t handle, const c10::Stream& stream);
+
+  // Resolves event timings (the device must be synchronised) and appends the
+  // spans to the finished list, offset by `step_label`'s start.
+  void flush();
+  const std::vector<Span>& spans() const { return spans_; }
+  void clear() { spans_.clear(); }
+
+  // {"traceEvents": [...]} with one named thread per lane.
+  std::string chrome_json() const;
+  void write(const std::string& path) const;
+
+ private:
+  struct Pending;
+  c10::Device device_;
+  bool enabled_ = false;
+  std::vector<std::unique_ptr<Pending>> pending_;
+  std::vector<Span> spans_;
+  std::chrono::steady_clock::time_point origin_;
+  std::unique_ptr<c10::Event> origin_event_;
+  double flushed_until_us_ = 0.0;
+};
+
+}  // namespace memo::runtime
