@@ -28,6 +28,7 @@
 #include <random>
 #include <thread>
 #include <tuple>
+#include <unordered_set>
 #include <utility>
 
 #include "plan/dsa_internal.h"
@@ -84,6 +85,9 @@ class Search {
     offset_.assign(n_, kNoOffset);
     undo_.clear();
     placed_.clear();
+    failed_.clear();
+    placed_key_ = {0, 0};
+    sky_key_ = {0, 0};  // (relative to the all-zero skyline)
     for (int i = 0; i < n_; ++i)
       for (int s = first_[i]; s < last_[i]; ++s) remaining_[s] += size_[i];
     std::vector<int> all(n_);
@@ -107,8 +111,19 @@ class Search {
  private:
   // Places every buffer of `set` (unplaced, sorted by first section) or
   // returns false with the state unchanged.
+  // Memoizes failures: the rest of the search depends only on the skyline
+  // and on which buffers are placed (not where), and many orders lead to the
+  // same state (e.g. a stack of buffers in different orders).
   bool solve(const std::vector<int>& set) {
     if (set.empty()) return true;
+    Key key = state_key(set);
+    if (failed_.count(key)) return false;
+    if (solve_node(set)) return true;
+    if (failed_.size() < kMaxMemo) failed_.insert(key);
+    return false;
+  }
+
+  bool solve_node(const std::vector<int>& set) {
     if (++nodes_ % 1024 == 0 && (deadline_.passed() || stop_)) throw LimitReached{};
     if (node_limit_ > 0 && nodes_ > node_limit_) throw LimitReached{};
 
@@ -210,11 +225,53 @@ class Search {
 
   void set_sky(int s, int64_t height) {
     undo_.push_back({s, sky_[s]});
+    rehash_sky(s, sky_[s], height);
     sky_[s] = height;
+  }
+
+  // 128-bit state keys: Zobrist-style XORs of the skyline, the placed
+  // buffers and the subproblem's buffers.
+  using Key = std::pair<uint64_t, uint64_t>;
+  struct KeyHash {
+    size_t operator()(const Key& k) const { return k.first; }
+  };
+  static uint64_t mix(uint64_t x) {  // splitmix64 finalizer
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  }
+  static Key sky_term(int s, int64_t height) {
+    uint64_t x = mix(static_cast<uint64_t>(height) * 0x100000001b3ull + static_cast<uint64_t>(s));
+    return {x, mix(x ^ 0x5851f42d4c957f2dull)};
+  }
+  void rehash_sky(int s, int64_t old_height, int64_t new_height) {
+    Key a = sky_term(s, old_height), b = sky_term(s, new_height);
+    sky_key_.first ^= a.first ^ b.first;
+    sky_key_.second ^= a.second ^ b.second;
+  }
+  Key buffer_term(int i, uint64_t salt) const {
+    uint64_t x = mix(static_cast<uint64_t>(i) ^ salt);
+    return {x, mix(x ^ 0x2545f4914f6cdd1dull)};
+  }
+  void toggle_placed(int i) {
+    Key t = buffer_term(i, 0x1234567);
+    placed_key_.first ^= t.first;
+    placed_key_.second ^= t.second;
+  }
+  Key state_key(const std::vector<int>& set) const {
+    Key key{sky_key_.first ^ placed_key_.first, sky_key_.second ^ placed_key_.second};
+    for (int i : set) {
+      Key t = buffer_term(i, 0x7654321);
+      key.first ^= t.first;
+      key.second ^= t.second;
+    }
+    return key;
   }
 
   void place(int i, int64_t offset) {
     offset_[i] = offset;
+    toggle_placed(i);
     placed_.push_back(i);
     for (int s = first_[i]; s < last_[i]; ++s) {
       set_sky(s, offset + size_[i]);
@@ -237,8 +294,10 @@ class Search {
       placed_.pop_back();
       for (int s = first_[i]; s < last_[i]; ++s) remaining_[s] += size_[i];
       offset_[i] = kNoOffset;
+      toggle_placed(i);
     }
     while (undo_.size() > mark.undo) {
+      rehash_sky(undo_.back().first, sky_[undo_.back().first], undo_.back().second);
       sky_[undo_.back().first] = undo_.back().second;
       undo_.pop_back();
     }
@@ -258,6 +317,9 @@ class Search {
   std::vector<std::vector<int64_t>> low_;   // min-updates over 2^k sections, pushed down
   std::vector<std::pair<int, int64_t>> undo_;
   std::vector<int> placed_;
+  Key sky_key_{0, 0}, placed_key_{0, 0};
+  std::unordered_set<Key, KeyHash> failed_;  // states known to have no packing
+  static constexpr size_t kMaxMemo = size_t{1} << 22;
   int64_t cap_ = 0;
   int64_t nodes_ = 0;
 };
