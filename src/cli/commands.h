@@ -15,5 +15,6 @@ using Action = std::function<int()>;
 
 void add_train_command(CLI::App& root, Action& action);
 void add_dsa_command(CLI::App& root, Action& action);
+void add_bench_command(CLI::App& root, Action& action);
 
 }  // namespace memo::cli

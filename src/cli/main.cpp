@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
 
   memo::cli::Action action;
   memo::cli::add_train_command(app, action);
+  memo::cli::add_bench_command(app, action);
   memo::cli::add_dsa_command(app, action);
 
   try {

@@ -3,6 +3,7 @@
 // --json FILE and --out DIR for machines.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -60,14 +61,15 @@ void print_summary(const train::TrainSummary& s) {
               s.final_loss);
   if (s.no_context_loss)
     std::printf("  no-context loss  %.4f: %s\n", *s.no_context_loss,
-                s.final_loss < *s.no_context_loss - 0.05
+                s.final_loss < std::min(*s.no_context_loss, s.first_loss) - 0.1
                     ? "the final loss is below it, so the model reads its context"
                     : "the final loss is not below it yet: the model has not learned to use its context");
   std::printf("  throughput       %.0f tokens/s%s\n", s.tokens_per_s,
               s.mfu ? strf(", MFU %.1f%%", *s.mfu * 100).c_str() : "");
-  std::printf("  peak memory      %s on the device; %s of activations held for backward\n",
+  std::printf("  peak memory      %s on the device; %s of activations held for backward; %s on the host\n",
               format_bytes(static_cast<double>(s.peak_device_bytes)).c_str(),
-              format_bytes(static_cast<double>(s.peak_activation_bytes)).c_str());
+              format_bytes(static_cast<double>(s.peak_activation_bytes)).c_str(),
+              format_bytes(static_cast<double>(s.host_bytes)).c_str());
 }
 
 }  // namespace
@@ -94,7 +96,14 @@ void add_train_command(CLI::App& root, Action& action) {
   add_flag(app, b, "--policy", &TrainOptions::policy,
        "Activation policy: " + joined(runtime::policy_names()) +
            " (keep: all skeletal tensors stay on the device; recompute: only layer inputs, "
-           "each layer re-run in backward)");
+           "each layer re-run in backward; offload: every tensor to pinned host memory on a side "
+           "stream, prefetched a layer ahead; memo: x, o, lse to host, a fraction alpha of the "
+           "other tokens to host, the rest recomputed token-wise without attention)");
+  add_flag(app, b, "--alpha", &TrainOptions::alpha,
+           "memo: fraction of the non-x/o/lse tokens offloaded to host (negative: chosen at start-up "
+           "from the measured host link and layer times)");
+  add_flag(app, b, "--host-memory-gib", &TrainOptions::host_memory_gib,
+           "Pinned host memory offload/memo may use, in GiB (0: half of MemAvailable)");
   add_flag(app, b, "--lr", &TrainOptions::lr, "Peak learning rate");
   add_flag(app, b, "--min-lr-ratio", &TrainOptions::min_lr_ratio, "Final learning rate as a fraction of --lr");
   add_flag(app, b, "--warmup", &TrainOptions::warmup, "Linear warmup steps before the cosine decay");
@@ -121,6 +130,8 @@ void add_train_command(CLI::App& root, Action& action) {
        "Directory for config.json, metrics.jsonl (one line per step) and summary.json");
   add_flag(app, b, "--json", &TrainOptions::json,
        "Write {\"config\", \"steps\": [...], \"summary\"} to this file");
+  add_flag(app, b, "--trace", &TrainOptions::trace,
+           "Write the last step's compute and copy streams as a Chrome trace (Perfetto, chrome://tracing)");
   add_flag(app, b, "--log-every", &TrainOptions::log_every, "Print a progress line every N steps (0: ~20 lines)");
 
   app->callback([&action, config_file, bindings] {
@@ -133,6 +144,7 @@ void add_train_command(CLI::App& root, Action& action) {
       train::Trainer trainer(options);
       std::printf("memo train\n");
       for (const auto& [k, v] : trainer.describe()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
+      for (const auto& [k, v] : trainer.describe_policy()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
       std::printf("\n");
       std::fflush(stdout);
 
@@ -154,6 +166,7 @@ void add_train_command(CLI::App& root, Action& action) {
       report["summary"] = train::to_json(summary);
       if (!options.out.empty())
         write_file_atomic(options.out + "/summary.json", report["summary"].dump(2) + "\n");
+      if (!options.trace.empty()) std::printf("  trace            %s\n", options.trace.c_str());
       if (!options.json.empty()) {
         write_file_atomic(options.json, report.dump(2) + "\n");
         std::printf("  report           %s\n", options.json.c_str());

@@ -28,6 +28,8 @@ void TrainOptions::validate() const {
   require_input(beta1 >= 0 && beta1 < 1, "beta1 must be in [0, 1), got ", beta1);
   require_input(beta2 >= 0 && beta2 < 1, "beta2 must be in [0, 1), got ", beta2);
   require_input(clip >= 0, "clip must be >= 0 (0 disables clipping), got ", clip);
+  require_input(alpha < 0 || alpha <= 1, "alpha must be in [0, 1] (or negative for automatic), got ", alpha);
+  require_input(host_memory_gib >= 0, "host_memory_gib must be >= 0, got ", host_memory_gib);
   require_input(loss_chunk >= 0, "loss_chunk must be >= 0, got ", loss_chunk);
   require_input(log_every >= 0, "log_every must be >= 0, got ", log_every);
   require_input(peak_tflops >= 0, "peak_tflops must be >= 0, got ", peak_tflops);
@@ -89,6 +91,8 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
       {"grad_accum", int_key(&TrainOptions::grad_accum)},
       {"steps", int_key(&TrainOptions::steps)},
       {"policy", string_key(&TrainOptions::policy)},
+      {"alpha", float_key(&TrainOptions::alpha)},
+      {"host_memory_gib", float_key(&TrainOptions::host_memory_gib)},
       {"lr", float_key(&TrainOptions::lr)},
       {"min_lr_ratio", float_key(&TrainOptions::min_lr_ratio)},
       {"warmup", int_key(&TrainOptions::warmup)},
@@ -106,6 +110,7 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
       {"peak_tflops", float_key(&TrainOptions::peak_tflops)},
       {"out", string_key(&TrainOptions::out)},
       {"json", string_key(&TrainOptions::json)},
+      {"trace", string_key(&TrainOptions::trace)},
       {"log_every", int_key(&TrainOptions::log_every)},
   };
   return table;

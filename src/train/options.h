@@ -20,6 +20,8 @@ struct TrainOptions {
   int64_t steps = 500;
   // activation memory
   std::string policy = "keep";
+  double alpha = -1.0;            // memo: offloaded fraction; < 0 = chosen by the LP
+  double host_memory_gib = 0.0;   // pinned host memory for offload/memo; 0 = half of MemAvailable
   // optimisation
   double lr = 3e-3;
   double min_lr_ratio = 0.1;
@@ -41,6 +43,7 @@ struct TrainOptions {
   // output
   std::string out;                // directory for config.json, metrics.jsonl, summary.json
   std::string json;               // one JSON report file
+  std::string trace;              // Chrome trace of the last step's streams
   int64_t log_every = 0;          // 0 = about 20 progress lines
 
   // Throws InputError naming the first bad field.

@@ -32,31 +32,44 @@ nlohmann::json optional_json(const std::optional<double>& v) {
 
 }  // namespace
 
+Execution resolve_execution(const TrainOptions& o) {
+  Execution e;
+  const bool has_cuda = memory::cuda_available();
+  if (o.device == "cuda")
+    require_input(has_cuda, "device cuda was requested but no CUDA device is available",
+                  " (this libtorch build or machine has none); use --device cpu or auto");
+  e.device = (o.device == "cuda" || (o.device == "auto" && has_cuda)) ? at::Device(at::kCUDA, 0)
+                                                                      : at::Device(at::kCPU);
+  if (o.dtype == "auto")
+    e.compute_dtype = e.device.is_cuda() ? at::kBFloat16 : at::kFloat;
+  else
+    e.compute_dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  e.peak_flops = o.peak_tflops > 0 ? o.peak_tflops * 1e12 : (e.device.is_cuda() ? kDefaultPeakFlops : 0.0);
+  return e;
+}
+
+const char* dtype_name_of(at::ScalarType t) { return dtype_name(t); }
+
 Trainer::Trainer(const TrainOptions& options) : options_(options) {
   options_.validate();
   config_ = model::resolve_model(options_.model);
   if (options_.layers > 0) config_.layers = options_.layers;
   config_.validate(options_.model);
 
-  // Device and dtypes.
-  const bool has_cuda = memory::cuda_available();
-  if (options_.device == "cuda")
-    require_input(has_cuda, "device cuda was requested but no CUDA device is available",
-                  " (this libtorch build or machine has none); use --device cpu or auto");
-  device_ = (options_.device == "cuda" || (options_.device == "auto" && has_cuda))
-                ? at::Device(at::kCUDA, 0)
-                : at::Device(at::kCPU);
-  if (options_.dtype == "auto")
-    compute_dtype_ = device_.is_cuda() ? at::kBFloat16 : at::kFloat;
-  else
-    compute_dtype_ = options_.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
-  peak_flops_ = options_.peak_tflops > 0 ? options_.peak_tflops * 1e12
-                                         : (device_.is_cuda() ? kDefaultPeakFlops : 0.0);
+  const auto ex = resolve_execution(options_);
+  device_ = ex.device;
+  compute_dtype_ = ex.compute_dtype;
+  peak_flops_ = ex.peak_flops;
   log_every_ = options_.log_every > 0 ? options_.log_every
                                       : std::max<int64_t>(1, options_.steps / 20);
 
   // Everything that can fail on user input is checked before the model is built.
-  policy_ = runtime::make_policy(options_.policy);
+  trace_ = std::make_unique<runtime::TraceRecorder>(device_);
+  runtime::PolicyOptions po;
+  if (options_.alpha >= 0) po.alpha = options_.alpha;
+  po.host_memory_bytes = options_.host_memory_gib * static_cast<double>(1ll << 30);
+  po.trace = trace_.get();
+  policy_ = runtime::make_policy(options_.policy, po);
   if (options_.data.empty()) {
     data_ = make_synthetic_source({config_.vocab_size, 0, options_.seed}, options_.seq_len);
   } else {
@@ -77,6 +90,9 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   std::vector<at::Tensor*> params, grads;
   for (auto& [name, t] : model_->master().named()) params.push_back(t);
   for (auto& [name, t] : model_->grads().named()) grads.push_back(t);
+  // Buffers, host pool and the swap split, before the first step.
+  policy_->prepare(*model_, options_.batch, options_.seq_len);
+
   optimizer_ = std::make_unique<AdamW>(
       params, grads,
       AdamWOptions{options_.beta1, options_.beta2, 1e-8, options_.weight_decay});
@@ -105,6 +121,7 @@ nlohmann::json Trainer::resolved_config() const {
   j["grad_accum"] = o.grad_accum;
   j["steps"] = o.steps;
   j["policy"] = policy_->name();
+  j["alpha"] = policy_->alpha() ? nlohmann::json(*policy_->alpha()) : nlohmann::json(nullptr);
   j["lr"] = o.lr;
   j["min_lr_ratio"] = o.min_lr_ratio;
   j["warmup"] = o.warmup;
@@ -145,6 +162,10 @@ std::vector<std::pair<std::string, std::string>> Trainer::describe() const {
   };
 }
 
+std::vector<std::pair<std::string, std::string>> Trainer::describe_policy() const {
+  return policy_->describe();
+}
+
 TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step) {
   const auto& o = options_;
   const int64_t tokens_per_step = o.batch * o.seq_len * o.grad_accum;
@@ -160,16 +181,19 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
     memory::reset_peak_memory(device_);
     const auto t0 = Clock::now();
     LossSum total;
+    const bool tracing = !o.trace.empty() && step == o.steps - 1;  // the last step
+    trace_->set_enabled(tracing);
     for (int64_t m = 0; m < o.grad_accum; ++m) {
       auto batch = data_->next(o.batch, o.seq_len);
       batch.tokens = batch.tokens.to(device_);
       batch.targets = batch.targets.to(device_);
       auto l = forward_backward(*model_, *policy_, batch, 1.0 / static_cast<double>(o.grad_accum),
-                                o.loss_chunk);
+                                o.loss_chunk, tracing ? trace_.get() : nullptr);
       total.sum += l.sum;
       total.count += l.count;
       summary.peak_activation_bytes =
           std::max(summary.peak_activation_bytes, policy_->peak_held().device);
+      summary.host_bytes = std::max(summary.host_bytes, policy_->peak_held().host);
     }
     std::vector<at::Tensor*> grads;
     for (auto& [name, t] : model_->grads().named()) grads.push_back(t);
@@ -179,6 +203,11 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
     model_->refresh_compute();
     model_->zero_grads();
     memory::synchronize(device_);
+    if (tracing) {
+      trace_->flush();
+      trace_->write(o.trace);
+      trace_->set_enabled(false);
+    }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
 
     StepRecord r;
@@ -237,6 +266,7 @@ nlohmann::json to_json(const TrainSummary& s) {
           {"mfu", optional_json(s.mfu)},
           {"peak_device_bytes", s.peak_device_bytes},
           {"peak_activation_bytes", s.peak_activation_bytes},
+          {"host_bytes", s.host_bytes},
           {"no_context_loss", optional_json(s.no_context_loss)}};
 }
 

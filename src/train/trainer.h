@@ -14,6 +14,7 @@
 
 #include "model/llama.h"
 #include "runtime/policy.h"
+#include "runtime/trace.h"
 #include "train/data.h"
 #include "train/optimizer.h"
 #include "train/options.h"
@@ -41,8 +42,18 @@ struct TrainSummary {
   std::optional<double> mfu;
   int64_t peak_device_bytes = 0;
   int64_t peak_activation_bytes = 0;  // held by the policy between forward and backward
+  int64_t host_bytes = 0;             // pinned host memory the policy holds
   std::optional<double> no_context_loss;
 };
+
+// Device, compute dtype and MFU peak resolved from the options.
+struct Execution {
+  at::Device device = at::kCPU;
+  at::ScalarType compute_dtype = at::kFloat;
+  double peak_flops = 0.0;  // 0: no MFU (CPU)
+};
+Execution resolve_execution(const TrainOptions& options);
+const char* dtype_name_of(at::ScalarType t);
 
 class Trainer {
  public:
@@ -53,6 +64,8 @@ class Trainer {
   nlohmann::json resolved_config() const;
   // The same as aligned "key: value" lines for the terminal.
   std::vector<std::pair<std::string, std::string>> describe() const;
+  // The policy's own choices (split, buffers, host pool), if any.
+  std::vector<std::pair<std::string, std::string>> describe_policy() const;
   int64_t log_every() const { return log_every_; }
 
   TrainSummary run(const std::function<void(const StepRecord&)>& on_step);
@@ -70,6 +83,7 @@ class Trainer {
   std::unique_ptr<runtime::ActivationPolicy> policy_;
   std::unique_ptr<DataSource> data_;
   std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<runtime::TraceRecorder> trace_;
 };
 
 nlohmann::json to_json(const StepRecord& r);

@@ -1,0 +1,105 @@
+// `memo bench`: every activation policy on the same model, shape and batch,
+// one table (and --json).
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <memory>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "core/files.h"
+#include "core/units.h"
+#include "model/config.h"
+#include "train/bench.h"
+
+namespace memo::cli {
+
+namespace {
+
+nlohmann::json opt(const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); }
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& root, Action& action) {
+  auto* app = root.add_subcommand(
+      "bench",
+      "Run the same model, shape and batch under each activation policy in one process and\n"
+      "print step time, ratio to keep, MFU, peak device memory, host bytes, alpha and the\n"
+      "largest relative gradient difference from keep. A policy that runs out of memory is\n"
+      "shown as such and the others still run.");
+  auto o = std::make_shared<train::BenchOptions>();
+  o->run.model = "tiny";
+  o->run.layers = 4;
+  o->run.seq_len = 512;
+  o->run.batch = 2;
+  auto policies = std::make_shared<std::string>("keep,recompute,offload,memo");
+  auto json = std::make_shared<std::string>();
+  app->add_option("--model", o->run.model, "Preset or Hugging Face config.json")->capture_default_str();
+  app->add_option("--layers", o->run.layers, "Layers (0 keeps the model's)")->capture_default_str();
+  app->add_option("--seq-len", o->run.seq_len, "Tokens per sequence")->capture_default_str();
+  app->add_option("--batch", o->run.batch, "Sequences per step")->capture_default_str();
+  app->add_option("--steps", o->steps, "Timed steps per policy (after one untimed)")->capture_default_str();
+  app->add_option("--policies", *policies, "Comma-separated policies")->capture_default_str();
+  app->add_option("--alpha", o->run.alpha, "memo's offloaded fraction (negative: chosen by the LP)")
+      ->capture_default_str();
+  app->add_option("--host-memory-gib", o->run.host_memory_gib,
+                  "Pinned host memory for offload/memo in GiB (0: half of MemAvailable)")
+      ->capture_default_str();
+  app->add_option("--device", o->run.device, "auto, cpu or cuda")->capture_default_str();
+  app->add_option("--dtype", o->run.dtype, "Compute dtype: auto, float32 or bfloat16")->capture_default_str();
+  app->add_option("--attention", o->run.attention, "CUDA attention kernel: auto, cudnn or flash")
+      ->capture_default_str();
+  app->add_option("--seed", o->run.seed, "Seed for weights and the batch")->capture_default_str();
+  app->add_option("--peak-tflops", o->run.peak_tflops, "Peak for MFU (0: 989 on CUDA)")->capture_default_str();
+  app->add_option("--trace", o->trace, "Write PREFIX.POLICY.json Chrome traces of each policy's last step");
+  app->add_option("--json", *json, "Write {\"rows\": [...]} to this file");
+
+  app->callback([&action, o, policies, json] {
+    action = [o, policies, json]() -> int {
+      o->policies = split_list(*policies);
+      std::printf("memo bench: %s, %lld layers, batch %lld x seq_len %lld\n", o->run.model.c_str(),
+                  (long long)o->run.layers, (long long)o->run.batch, (long long)o->run.seq_len);
+      auto rows = train::run_bench(*o, [](const std::string& line) {
+        std::fprintf(stderr, "  %s\n", line.c_str());
+      });
+      std::printf("\n%-10s %-6s %10s %8s %7s %12s %12s %12s %7s %14s\n", "policy", "status", "step",
+                  "vs keep", "MFU", "peak alloc", "peak resv", "host", "alpha", "grad diff");
+      nlohmann::json out;
+      out["rows"] = nlohmann::json::array();
+      for (const auto& r : rows) {
+        std::printf("%-10s %-6s %10s %8s %7s %12s %12s %12s %7s %14s\n", r.policy.c_str(), r.status.c_str(),
+                    r.status == "ok" ? format_seconds(r.step_s).c_str() : "-",
+                    r.ratio_to_keep ? strf("%.3fx", *r.ratio_to_keep).c_str() : "-",
+                    r.mfu ? strf("%.1f%%", *r.mfu * 100).c_str() : "-",
+                    format_bytes(static_cast<double>(r.peak_allocated_bytes)).c_str(),
+                    format_bytes(static_cast<double>(r.peak_reserved_bytes)).c_str(),
+                    format_bytes(static_cast<double>(r.host_bytes)).c_str(),
+                    r.alpha ? strf("%.3f", *r.alpha).c_str() : "-",
+                    r.max_grad_rel_diff ? strf("%.2e", *r.max_grad_rel_diff).c_str() : "-");
+        out["rows"].push_back({{"policy", r.policy},
+                               {"status", r.status},
+                               {"step_s", r.status == "ok" ? nlohmann::json(r.step_s) : nlohmann::json(nullptr)},
+                               {"ratio_to_keep", opt(r.ratio_to_keep)},
+                               {"mfu", opt(r.mfu)},
+                               {"peak_allocated_bytes", r.peak_allocated_bytes},
+                               {"peak_reserved_bytes", r.peak_reserved_bytes},
+                               {"host_bytes", r.host_bytes},
+                               {"alpha", opt(r.alpha)},
+                               {"max_grad_rel_diff", opt(r.max_grad_rel_diff)}});
+      }
+      if (!json->empty()) write_file_atomic(*json, out.dump(2) + "\n");
+      return 0;
+    };
+  });
+}
+
+}  // namespace memo::cli

@@ -1,0 +1,40 @@
+// `memo bench`: the same model, shape and batch under several activation
+// policies in one process, side by side: step time, ratio to keep, MFU, peak
+// device memory, host bytes, alpha, and how far each policy's gradients are
+// from keep's on the same batch.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "train/options.h"
+
+namespace memo::train {
+
+struct BenchOptions {
+  TrainOptions run;  // model, layers, seq_len, batch, device, dtype, seed, alpha, host memory...
+  int64_t steps = 3;  // timed forward+backward steps per policy (after one untimed)
+  std::vector<std::string> policies = {"keep", "recompute", "offload", "memo"};
+  std::string trace;  // prefix: writes PREFIX.POLICY.json for each policy's last step
+};
+
+struct BenchRow {
+  std::string policy;
+  std::string status = "ok";  // ok, oom
+  double step_s = 0;          // median forward+backward time
+  std::optional<double> ratio_to_keep;
+  std::optional<double> mfu;
+  int64_t peak_allocated_bytes = 0;
+  int64_t peak_reserved_bytes = 0;
+  int64_t host_bytes = 0;
+  std::optional<double> alpha;
+  std::optional<double> max_grad_rel_diff;  // against keep, same weights and batch
+};
+
+// Runs every policy; `progress` gets one line per stage.
+std::vector<BenchRow> run_bench(const BenchOptions& options,
+                                const std::function<void(const std::string&)>& progress);
+
+}  // namespace memo::train
