@@ -25,6 +25,12 @@ for seq in 32768 65536; do
   done
 done
 
+# Issue 3's targets: memo vs keep at 64K, memo vs recompute at 128K (keep OOMs there).
+for seq in 65536 131072; do
+  build/memo bench --model llama3-8b --layers 4 --seq-len $seq --batch 1 --steps 3 \
+    --json "$OUT/bench_${seq}.json" --trace "$OUT/trace_${seq}" 2>&1 | tail -6
+done
+
 if [[ -f .carry/probes/gpu_anchor.py ]]; then
   BUDGET_S=${BUDGET_S:-240} OUT="$OUT" python3 .carry/probes/gpu_anchor.py > "$OUT/anchor.log" 2>&1
   tail -25 "$OUT/anchor.log"
