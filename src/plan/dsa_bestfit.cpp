@@ -187,13 +187,15 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
   SolveResult result;
   result.load = load(problem);
   Sections sections = detail::make_sections(problem);
-  auto consider = [&](const Offsets& offsets) {
+  std::vector<int> best_order;
+  auto consider = [&](const Offsets& offsets, const std::vector<int>& order) {
     ++result.nodes;
     int64_t p = peak(problem, offsets);
     if (!result.found || p < result.peak) {
       result.found = true;
       result.offsets = offsets;
       result.peak = p;
+      best_order = order;
     }
   };
   auto good_enough = [&] {
@@ -201,38 +203,34 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
   };
 
   auto orders = base_orders(problem);
-  if (problem.buffers.empty()) consider({});
-  // The same greedy on the time-mirrored problem fills the skyline from the
-  // other end, a cheap second family of packings.
-  Sections mirrored = sections;
-  for (size_t b = 0; b < problem.buffers.size(); ++b) {
-    mirrored.first[b] = sections.count() - sections.last[b];
-    mirrored.last[b] = sections.count() - sections.first[b];
-  }
+  if (problem.buffers.empty()) consider({}, {});
   for (const auto& order : orders) {
-    for (const Sections* secs : {&sections, &mirrored}) {
-      consider(detail::skyline_fit(problem, *secs, detail::rank_of(order)));
-      if (good_enough()) break;
-    }
+    consider(detail::skyline_fit(problem, sections, detail::rank_of(order)), order);
     if (good_enough()) break;
   }
-  // Randomized rounds polish near misses (within 2% of the target, LOAD or
-  // the capacity; they do not close larger gaps): a base order with random
-  // nearby swaps, until half the time limit (at most 2 s) is spent.
+
+  // Near misses (within 2% of the target, LOAD or the capacity) are polished
+  // by iterated greedy: mutate the order that gave the best packing with a
+  // few random nearby swaps and keep the mutant if it packs as low or lower
+  // (so the walk drifts along plateaus), until half the time limit (at most
+  // 2 s) is spent.
   std::mt19937_64 rng(options.seed);
   double budget = std::min(options.time_limit_s / 2, 2.0);
   int64_t target = std::max(result.load, options.capacity.value_or(0));
   bool near_miss = result.found && result.peak <= target + target / 50;
-  for (int round = 0; near_miss && !good_enough() && deadline.elapsed() < budget; ++round) {
-    std::vector<int> order = orders[round % orders.size()];
+  std::vector<int> incumbent = best_order;
+  while (near_miss && !good_enough() && deadline.elapsed() < budget) {
+    std::vector<int> order = incumbent;
     std::uniform_int_distribution<size_t> pick(0, order.size() - 1);
-    size_t swaps = 1 + order.size() / 20;
+    size_t swaps = 1 + pick(rng) % (1 + order.size() / 200);
     for (size_t k = 0; k < swaps; ++k) {
       size_t i = pick(rng);
       size_t j = std::min(order.size() - 1, i + 1 + pick(rng) % 8);
       std::swap(order[i], order[j]);
     }
-    consider(detail::skyline_fit(problem, sections, detail::rank_of(order)));
+    Offsets offsets = detail::skyline_fit(problem, sections, detail::rank_of(order));
+    if (peak(problem, offsets) <= result.peak) incumbent = order;
+    consider(offsets, order);
   }
 
   if (result.found) {
