@@ -1,14 +1,15 @@
 // Exact solver: depth-first branch and bound over canonical packings.
 //
 // Canonical form: push every buffer down as far as it goes; then each buffer
-// sits at offset 0 or on top of a buffer alive with it. Such a packing is
-// built by repeatedly filling the lowest stretch of the skyline (the highest
-// placed byte per time section), leftmost if tied, at its height h:
+// sits at offset 0 or on top of a buffer alive with it. The search keeps a
+// skyline (per time section, the height below which everything is decided:
+// placed, or known to stay empty) and fills a stretch that is a local minimum
+// of it (the leftmost one), at its height h:
 //   * children "place b at h", for each unplaced b whose lifetime lies inside
-//     the stretch (a buffer at h that reached outside would collide with the
-//     higher neighbours); b is the leftmost buffer at h there, so sections of
-//     the stretch left of b are closed at h and raised to their lower
-//     neighbour;
+//     the stretch (one at h reaching outside would cut into the decided space
+//     of the higher neighbours); b is the leftmost buffer at h there, so
+//     sections of the stretch left of b are closed at h and raised to their
+//     lower neighbour;
 //   * a last child "nothing at h here": the stretch is raised to its lower
 //     neighbour.
 // Every canonical packing is reached exactly once, so no optimum is missed.
@@ -148,11 +149,17 @@ class Search {
     }
     int lo = first_[set.front()], hi = reach;
 
-    // The lowest stretch of the skyline (leftmost if tied) is filled next.
-    int start = static_cast<int>(std::min_element(sky_.begin() + lo, sky_.begin() + hi) - sky_.begin());
+    // The stretch filled next is the leftmost local minimum of the skyline
+    // (a maximal run of equal height whose neighbours are higher): skip runs
+    // that descend to their right. Working left to right keeps the decisions
+    // that a failure depends on close together in the search.
+    int start = lo, end;
+    while (true) {
+      for (end = start; end < hi && sky_[end] == sky_[start];) ++end;
+      if (end == hi || sky_[end] > sky_[start]) break;
+      start = end;
+    }
     int64_t height = sky_[start];
-    int end = start;
-    while (end < hi && sky_[end] == height) ++end;
 
     // Bounds, and the candidates: buffers whose lifetime lies in the stretch.
     // (Range max and range min-update go through sparse tables, so a node
