@@ -368,7 +368,8 @@ struct Shared {
   bool found = false;
   bool proven = false;  // optimal (no capacity) or infeasible (capacity) proven
   Offsets offsets;
-  int64_t peak = kInf;
+  int64_t peak = kInf;   // best found (an upper bound)
+  int64_t lower = 0;     // proven: no packing has a smaller peak
 };
 
 // Runs searches until done. Search time is heavy-tailed in the branching
@@ -377,7 +378,7 @@ struct Shared {
 // budget that doubles every kConfigs rounds. Worker 1 searches the
 // time-mirrored problem (the same packings, explored in another order). A
 // search that ends within its budget is a proof either way.
-void search_worker(const Problem& problem, const SolveOptions& options, int64_t load_bound,
+void search_worker(const Problem& problem, const SolveOptions& options,
                    const detail::Deadline& deadline, Shared& shared, int worker) {
   constexpr int kConfigs = 8;
   std::mt19937_64 rng(options.seed + static_cast<uint64_t>(worker));
@@ -392,21 +393,32 @@ void search_worker(const Problem& problem, const SolveOptions& options, int64_t 
                   budget, deadline, shared.done);
     try {
       while (!shared.done) {
+        // Without a capacity, odd rounds try the midpoint between the proven
+        // lower bound and the best peak (bisection), even rounds just below
+        // the best peak (descent).
         int64_t cap;
         {
           std::lock_guard lock(shared.mutex);
-          cap = options.capacity ? *options.capacity : shared.peak - 1;
+          if (options.capacity)
+            cap = *options.capacity;
+          else if (round % 2 == 1 && shared.peak < kInf)
+            cap = shared.lower + (shared.peak - 1 - shared.lower) / 2;
+          else
+            cap = shared.peak - 1;
         }
         bool fits = search.feasible(cap);
         std::lock_guard lock(shared.mutex);
-        if (!fits) {  // nothing <= cap: infeasible, or the best (cap + 1) is optimal
-          shared.proven = true;
-          shared.done = true;
+        if (!fits) {  // proven: nothing fits within cap
+          shared.lower = std::max(shared.lower, cap + 1);
+          if (options.capacity || shared.lower >= shared.peak) {
+            shared.proven = true;
+            shared.done = true;
+          }
         } else if (!shared.found || search.peak() < shared.peak) {
           shared.found = true;
           shared.offsets = search.packing();
           shared.peak = search.peak();
-          if (options.capacity || shared.peak <= load_bound) shared.done = true;
+          if (options.capacity || shared.peak <= shared.lower) shared.done = true;
         }
       }
     } catch (const LimitReached&) {
@@ -425,6 +437,7 @@ SolveResult exact_search(const Problem& problem, const SolveOptions& options,
   SolveResult result;
   result.load = load(problem);
   Shared shared;
+  shared.lower = result.load;
   if (incumbent && incumbent->found) {
     shared.found = true;
     shared.offsets = incumbent->offsets;
@@ -433,9 +446,9 @@ SolveResult exact_search(const Problem& problem, const SolveOptions& options,
   // The search recurses once per placement; beyond this size it would need
   // too deep a stack (and costs O(n) per node anyway), so it is not run.
   if (problem.buffers.size() <= kMaxExactBuffers) {
-    std::thread helper(search_worker, std::cref(problem), std::cref(options), result.load,
+    std::thread helper(search_worker, std::cref(problem), std::cref(options),
                        std::cref(deadline), std::ref(shared), 1);
-    search_worker(problem, options, result.load, deadline, shared, 0);
+    search_worker(problem, options, deadline, shared, 0);
     shared.done = true;
     helper.join();
   }
