@@ -326,7 +326,7 @@ class Search {
   std::vector<int> placed_;
   Key sky_key_{0, 0}, placed_key_{0, 0};
   std::unordered_set<Key, KeyHash> failed_;  // states known to have no packing
-  static constexpr size_t kMaxMemo = size_t{1} << 22;
+  static constexpr size_t kMaxMemo = size_t{1} << 20;  // about 64 MB
   int64_t cap_ = 0;
   int64_t nodes_ = 0;
 };
@@ -383,47 +383,55 @@ void search_worker(const Problem& problem, const SolveOptions& options,
   constexpr int kConfigs = 8;
   std::mt19937_64 rng(options.seed + static_cast<uint64_t>(worker));
   for (int round = 0; !shared.done && !deadline.passed(); ++round) {
-    int64_t budget = int64_t{4096} << std::min(round / kConfigs, 40);
-    if (options.node_limit > 0) {
-      int64_t left = options.node_limit - shared.nodes.load();
-      if (left <= 0) break;
-      budget = std::min(budget, left);
-    }
-    Search search(problem, search_order(problem, round / 2, rng), worker == 1, round % 2 == 1,
-                  budget, deadline, shared.done);
-    try {
-      while (!shared.done) {
-        // Without a capacity, odd rounds try the midpoint between the proven
-        // lower bound and the best peak (bisection), even rounds just below
-        // the best peak (descent).
-        int64_t cap;
-        {
-          std::lock_guard lock(shared.mutex);
-          if (options.capacity)
-            cap = *options.capacity;
-          else if (round % 2 == 1 && shared.peak < kInf)
-            cap = shared.lower + (shared.peak - 1 - shared.lower) / 2;
-          else
-            cap = shared.peak - 1;
-        }
-        bool fits = search.feasible(cap);
-        std::lock_guard lock(shared.mutex);
-        if (!fits) {  // proven: nothing fits within cap
-          shared.lower = std::max(shared.lower, cap + 1);
-          if (options.capacity || shared.lower >= shared.peak) {
-            shared.proven = true;
-            shared.done = true;
-          }
-        } else if (!shared.found || search.peak() < shared.peak) {
-          shared.found = true;
-          shared.offsets = search.packing();
-          shared.peak = search.peak();
-          if (options.capacity || shared.peak <= shared.lower) shared.done = true;
-        }
+    std::vector<int> order = search_order(problem, round / 2, rng);
+    // With a capacity there is one target. Without, each round tries three,
+    // each with the round's budget: the proven lower bound (LOAD at first:
+    // often reachable, and pruning is strongest there), the midpoint between
+    // it and the best peak, and just below the best peak (repeatedly).
+    for (int target = 0; target < (options.capacity ? 1 : 3) && !shared.done; ++target) {
+      int64_t budget = int64_t{4096} << std::min(round / kConfigs, 40);
+      if (options.node_limit > 0) {
+        int64_t left = options.node_limit - shared.nodes.load();
+        if (left <= 0) return;
+        budget = std::min(budget, left);
       }
-    } catch (const LimitReached&) {
+      Search search(problem, order, worker == 1, round % 2 == 1, budget, deadline, shared.done);
+      try {
+        while (!shared.done) {
+          int64_t cap;
+          {
+            std::lock_guard lock(shared.mutex);
+            if (options.capacity)
+              cap = *options.capacity;
+            else if (target == 0 || shared.peak == kInf)
+              cap = shared.lower;
+            else if (target == 1)
+              cap = shared.lower + (shared.peak - 1 - shared.lower) / 2;
+            else
+              cap = shared.peak - 1;
+          }
+          bool fits = search.feasible(cap);
+          std::lock_guard lock(shared.mutex);
+          if (!fits) {  // proven: nothing fits within cap
+            shared.lower = std::max(shared.lower, cap + 1);
+            if (options.capacity || shared.lower >= shared.peak) {
+              shared.proven = true;
+              shared.done = true;
+            }
+            break;
+          }
+          if (!shared.found || search.peak() < shared.peak) {
+            shared.found = true;
+            shared.offsets = search.packing();
+            shared.peak = search.peak();
+          }
+          if (options.capacity || shared.peak <= shared.lower) shared.done = true;
+          if (target != 2) break;  // only the descent goes on
+        }
+      } catch (const LimitReached&) {
+      }
+      shared.nodes += search.nodes();
     }
-    shared.nodes += search.nodes();
   }
 }
 
@@ -471,7 +479,21 @@ SolveResult exact_search(const Problem& problem, const SolveOptions& options,
 }  // namespace detail
 
 SolveResult solve_exact(const Problem& problem, const SolveOptions& options) {
-  return detail::exact_search(problem, options, nullptr);
+  // Beyond kMaxExactBuffers the search does not run (see exact_search); say
+  // what best-fit can, rather than nothing.
+  if (problem.buffers.size() > detail::kMaxExactBuffers) return solve_bestfit(problem, options);
+  if (options.capacity) return detail::exact_search(problem, options, nullptr);
+  // Minimising: start from best-fit's fixed orders (no randomized rounds), so
+  // that a packing is at hand whenever the time runs out.
+  detail::Deadline deadline(options.time_limit_s);
+  SolveOptions quick = options;
+  quick.time_limit_s = 0;
+  SolveResult fit = solve_bestfit(problem, quick);
+  SolveOptions rest = options;
+  rest.time_limit_s = std::max(0.0, deadline.left());
+  SolveResult result = detail::exact_search(problem, rest, &fit);
+  result.seconds = deadline.elapsed();
+  return result;
 }
 
 }  // namespace memo::plan

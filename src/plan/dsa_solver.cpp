@@ -22,7 +22,9 @@ const std::vector<SolverInfo>& solvers() {
        solve_auto},
       {"bestfit", "lowest-gap best-fit over several buffer orders plus randomized ones",
        solve_bestfit},
-      {"exact", "branch and bound over canonical placements (proves optimal/infeasible)",
+      {"exact",
+       "branch and bound over canonical placements (proves optimal/infeasible; above 3000 "
+       "buffers it falls back to best-fit)",
        solve_exact},
   };
   return table;

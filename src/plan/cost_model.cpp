@@ -1,0 +1,349 @@
+// The cost model and capacity planner (see cost_model.h for the parallel
+// conventions). Formulas, per GPU of one replica (g = max(tp, sp) x cp GPUs):
+//   static     weights P/tp x (compute + master bytes), gradients P/tp x 4,
+//              Adam moments 2 x 4 x P / (tp x dp x cp)  (ZeRO-1)
+//   keep       n x skeletal
+//   recompute  n x x + one layer's skeletal (rebuilt in its backward)
+//   offload    2 rounding buffers; host n x skeletal
+//   memo       2 rounding buffers + resident share; host (n - 2) x (x + o + lse
+//              + alpha x rest), alpha from choose_split
+//   transient  one layer's backward working set (gradients of its skeletal
+//              set, dy and dx, its weight gradients in the compute dtype)
+//              + the loss chunk + the final norm output and its gradient
+//   reserve    Hardware::reserve_bytes (context, workspaces, allocator slack)
+// Time: matmuls at peak x matmul_efficiency, attention at peak x
+// attention_efficiency; a layer's backward is 2x its matmuls and 2.5x its
+// attention forward; copies overlap as choose_split models; no communication.
+#include "plan/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/units.h"
+#include "plan/swap_split.h"
+
+namespace memo::plan {
+
+int64_t ModelShape::layer_matmul_params() const {
+  // Llama: QKV, O, gate/up, down. GPT: QKV, O (4 h^2 with nh d = h), fc1, fc2.
+  const int64_t qkv = hidden * (heads + 2 * kv_heads) * head_dim;
+  const int64_t o = heads * head_dim * hidden;
+  const int64_t mlp = (arch == ModelArch::Gpt ? 2 : 3) * hidden * ffn;
+  return qkv + o + mlp;
+}
+
+int64_t ModelShape::matmul_params() const { return layers * layer_matmul_params() + vocab * hidden; }
+
+int64_t ModelShape::total_params() const {
+  const int64_t norms = layers * 2 * hidden + hidden;
+  return layers * layer_matmul_params() + norms + vocab * hidden * (tied_embeddings ? 1 : 2);
+}
+
+std::vector<std::string> plan_policy_names() { return {"keep", "recompute", "offload", "memo"}; }
+
+const PolicyPlan& Plan::policy(const std::string& name) const {
+  for (const auto& p : policies)
+    if (p.policy == name) return p;
+  throw InputError(cat("plan: no policy \"", name, "\""));
+}
+
+void validate_plan_inputs(const PlanInputs& in) {
+  const auto& m = in.model;
+  auto positive = [&](int64_t v, const char* field) {
+    require_input(v > 0, "model ", m.name, ": ", field, " must be a positive integer, got ", v);
+  };
+  positive(m.vocab, "vocab_size");
+  positive(m.hidden, "hidden_size");
+  positive(m.layers, "num_hidden_layers (--layers)");
+  positive(m.heads, "num_attention_heads");
+  positive(m.kv_heads, "num_key_value_heads");
+  positive(m.head_dim, "head_dim");
+  positive(m.ffn, "intermediate_size");
+  require_input(m.heads % m.kv_heads == 0, "model ", m.name, ": num_key_value_heads (", m.kv_heads,
+                ") must divide num_attention_heads (", m.heads, ")");
+  require_input(in.seq_len > 0, "--seq-len must be a positive integer, got ", in.seq_len);
+  require_input(in.batch > 0, "--batch must be a positive integer, got ", in.batch);
+  const auto& p = in.parallel;
+  auto degree = [](int64_t v, const char* flag) {
+    require_input(v > 0, flag, " must be a positive integer, got ", v);
+  };
+  degree(p.tp, "--tp");
+  degree(p.sp, "--sp");
+  degree(p.cp, "--cp");
+  degree(p.dp, "--dp");
+  require_input(m.heads % p.tp == 0, "--tp ", p.tp, " must divide the attention heads (", m.heads, ")");
+  require_input(m.kv_heads % p.tp == 0, "--tp ", p.tp, " must divide the kv heads (", m.kv_heads, ")");
+  require_input(p.sp == 1 || p.tp == 1 || p.sp == p.tp, "--sp ", p.sp,
+                " must be 1, equal --tp (Megatron sequence parallelism) or come with --tp 1 "
+                "(Ulysses); got --tp ",
+                p.tp);
+  if (p.tp == 1 && p.sp > 1)
+    require_input(m.heads % p.sp == 0 && m.kv_heads % p.sp == 0, "--sp ", p.sp,
+                  " (Ulysses) must divide the attention heads (", m.heads, ") and kv heads (", m.kv_heads, ")");
+  require_input(in.seq_len % p.sp == 0, "--sp ", p.sp, " must divide --seq-len ", in.seq_len);
+  require_input(in.seq_len % p.cp == 0, "--cp ", p.cp, " must divide --seq-len ", in.seq_len);
+  require_input(in.seq_len % (p.sp * p.cp) == 0, "--sp x --cp (", p.sp * p.cp, ") must divide --seq-len ",
+                in.seq_len);
+  bool known = in.policy == "best";
+  for (const auto& n : plan_policy_names()) known = known || in.policy == n;
+  require_input(known, "unknown --policy \"", in.policy, "\": keep, recompute, offload, memo or best");
+  require_input(in.compute_bytes == 2 || in.compute_bytes == 4 || in.compute_bytes == 8,
+                "compute dtype must be 2, 4 or 8 bytes, got ", in.compute_bytes);
+  in.hardware.validate();
+}
+
+std::vector<TensorBytes> skeletal_bytes(const PlanInputs& in) {
+  const auto& m = in.model;
+  const auto& p = in.parallel;
+  const double B = static_cast<double>(in.batch), S = static_cast<double>(in.seq_len);
+  const double cb = in.compute_bytes;
+  const double st = std::max(4, in.compute_bytes);  // statistics: fp32 (fp64 in float64 runs)
+  const double g = static_cast<double>(std::max(p.tp, p.sp));
+  // Hidden-width tensors split by tokens over sp x cp; the others over heads
+  // (or ffn columns) by max(tp, sp) and tokens by cp.
+  auto hid = [&](const char* n, double width, double bytes, bool fixed = false) {
+    return TensorBytes{n, B * S * width * bytes / static_cast<double>(p.sp * p.cp), fixed};
+  };
+  auto split = [&](const char* n, double width, double bytes, bool fixed = false) {
+    return TensorBytes{n, B * S * width * bytes / (g * static_cast<double>(p.cp)), fixed};
+  };
+  const double h = static_cast<double>(m.hidden), nh = static_cast<double>(m.heads);
+  const double nkv = static_cast<double>(m.kv_heads), d = static_cast<double>(m.head_dim);
+  const double f = static_cast<double>(m.ffn);
+  if (m.arch == ModelArch::Gpt) {
+    // DESIGN.md section 3: 16 h elements per token (8 h + fc1 4h + GeLU 4h) plus lse.
+    return {hid("x", h, cb, true),       hid("ln1", h, cb),         split("q", nh * d, cb),
+            split("k", nkv * d, cb),     split("v", nkv * d, cb),   split("o", nh * d, cb, true),
+            split("lse", nh, st, true),  hid("x2", h, cb),          hid("ln2", h, cb),
+            split("fc1", f, cb),         split("gelu", f, cb)};
+  }
+  // model::skeletal_specs order and dtypes.
+  return {hid("x", h, cb, true),        hid("n1", h, cb),   hid("rstd1", 1, st),
+          split("qkv", (nh + 2 * nkv) * d, cb), split("o", nh * d, cb, true), split("lse", nh, st, true),
+          hid("x2", h, cb),             hid("n2", h, cb),   hid("rstd2", 1, st),
+          split("gu", 2 * f, cb),       split("a", f, cb)};
+}
+
+namespace {
+
+// Everything but max_seq, at in.seq_len.
+Plan evaluate(const PlanInputs& in) {
+  Plan pl;
+  pl.in = in;
+  const auto& m = in.model;
+  const auto& p = in.parallel;
+  const auto& hw = in.hardware;
+  const double n = static_cast<double>(m.layers);
+  const double B = static_cast<double>(in.batch), S = static_cast<double>(in.seq_len);
+  const double gpus = static_cast<double>(p.replica_gpus());
+  const double tp = static_cast<double>(p.tp);
+
+  const double P = static_cast<double>(m.total_params());
+  pl.weight_bytes = P / tp * (in.compute_bytes + in.master_bytes);
+  pl.grad_bytes = P / tp * in.master_bytes;
+  pl.optimizer_bytes = 2.0 * in.master_bytes * P / (tp * static_cast<double>(p.dp * p.cp));
+  const double static_bytes = pl.weight_bytes + pl.grad_bytes + pl.optimizer_bytes;
+
+  pl.skeletal = skeletal_bytes(in);
+  for (const auto& t : pl.skeletal) {
+    pl.per_layer_skeletal_bytes += t.bytes;
+    (t.always_offloaded ? pl.fixed_bytes : pl.rest_bytes) += t.bytes;
+  }
+  const double skel = pl.per_layer_skeletal_bytes;
+  const double x_bytes = pl.skeletal.front().bytes;  // the layer input, hidden-width
+  const double layer_params = static_cast<double>(m.layer_matmul_params());
+  pl.transient_bytes = (skel + 2.0 * x_bytes + layer_params / tp * in.compute_bytes) +
+                       (in.loss_chunk_bytes + 2.0 * x_bytes);
+
+  // Time.
+  const double mm_rate = hw.peak_flops * hw.matmul_efficiency * gpus;
+  const double at_rate = hw.peak_flops * hw.attention_efficiency * gpus;
+  const double attn_fwd = B * 4.0 * S * S * static_cast<double>(m.heads * m.head_dim) / 2.0;  // per layer
+  const double layer_mm_fwd = 2.0 * B * S * layer_params;
+  const double down_fwd = 2.0 * B * S * static_cast<double>(m.hidden * m.ffn);
+  pl.layer_forward_s = layer_mm_fwd / mm_rate + attn_fwd / at_rate;
+  pl.layer_backward_s = 2.0 * layer_mm_fwd / mm_rate + 2.5 * attn_fwd / at_rate;
+  pl.layer_recompute_s = (layer_mm_fwd - down_fwd) / mm_rate;  // token-wise, all tokens, no attention
+  const double full_recompute_s = pl.layer_forward_s - down_fwd / mm_rate;
+  pl.model_flops = 6.0 * B * S * static_cast<double>(m.matmul_params()) + 3.5 * n * attn_fwd;
+  const double matmul_s = 6.0 * B * S * static_cast<double>(m.matmul_params()) / mm_rate;
+  const double attention_s = 3.5 * n * attn_fwd / at_rate;
+
+  const double fixed_device = static_bytes + pl.transient_bytes + hw.reserve_bytes;
+  const double host_share = hw.host_share();
+
+  auto finish = [&](PolicyPlan& pp) {
+    pp.device_bytes = fixed_device + pp.activation_bytes;
+    pp.matmul_s = matmul_s;
+    pp.attention_s = attention_s;
+    pp.step_s = matmul_s + attention_s + pp.recompute_s + pp.exposed_copy_s;
+    pp.mfu = pl.model_flops / (pp.step_s * hw.peak_flops * gpus);
+    pp.tokens_per_s = B * S * static_cast<double>(p.dp) / pp.step_s;
+    if (pp.why_not.empty() && pp.device_bytes > hw.device_bytes)
+      pp.why_not = cat("needs ", format_bytes(pp.device_bytes), " per GPU, ", format_bytes(hw.device_bytes),
+                       " available");
+    if (pp.why_not.empty() && pp.host_bytes > host_share)
+      pp.why_not = cat("needs ", format_bytes(pp.host_bytes), " of host memory per GPU, ",
+                       format_bytes(host_share), " available");
+    pp.fits = pp.why_not.empty();
+  };
+
+  SplitInputs si;
+  si.layers = m.layers;
+  si.seq_len = std::max<int64_t>(1, in.seq_len / p.cp);
+  si.fixed_bytes = pl.fixed_bytes;
+  si.rest_bytes = pl.rest_bytes;
+  si.forward_s = pl.layer_forward_s;
+  si.backward_s = pl.layer_backward_s;
+  si.recompute_s = pl.layer_recompute_s;
+  si.d2h_bytes_per_s = hw.d2h_bytes_per_s;
+  si.h2d_bytes_per_s = hw.h2d_bytes_per_s;
+  si.host_bytes = host_share;
+
+  PolicyPlan keep;
+  keep.policy = "keep";
+  keep.activation_bytes = n * skel;
+  finish(keep);
+
+  PolicyPlan rec;
+  rec.policy = "recompute";
+  rec.activation_bytes = n * x_bytes + skel;
+  rec.recompute_s = n * full_recompute_s;
+  finish(rec);
+
+  PolicyPlan off;
+  off.policy = "offload";
+  off.buffer_bytes = 2.0 * skel;
+  off.activation_bytes = off.buffer_bytes;
+  off.host_bytes = n * skel;
+  off.alpha = 1.0;
+  off.limited_by = "every layer swapped whole";
+  if (off.host_bytes <= host_share) {
+    SplitInputs s = si;
+    s.alpha = 1.0;
+    s.swap_last_two = true;
+    try {
+      auto c = choose_split(s);
+      off.exposed_copy_s = c.exposed_copy_s;
+      off.alpha_per_layer.assign(static_cast<size_t>(m.layers), 1.0);
+    } catch (const InputError& e) {
+      off.why_not = e.what();  // host memory, at the rounding edge
+    }
+  }
+  finish(off);
+
+  PolicyPlan memo;
+  memo.policy = "memo";
+  memo.buffer_bytes = 2.0 * skel;
+  const int64_t swapped = std::max<int64_t>(0, m.layers - 2);
+  const double spare = hw.device_bytes - fixed_device - memo.buffer_bytes;
+  const double min_host = static_cast<double>(swapped) * pl.fixed_bytes;
+  if (spare < 0) {
+    memo.why_not = cat("needs ", format_bytes(fixed_device + memo.buffer_bytes), " per GPU before any resident "
+                       "share, ", format_bytes(hw.device_bytes), " available");
+  } else if (min_host > host_share) {
+    memo.host_bytes = min_host;
+    memo.why_not = cat("x, o and lse of ", swapped, " layers need ", format_bytes(min_host),
+                       " of host memory per GPU, ", format_bytes(host_share), " available");
+  } else {
+    SplitInputs s = si;
+    s.device_spare_bytes = spare;
+    SplitChoice c;
+    try {
+      c = choose_split(s);
+    } catch (const InputError& e) {
+      memo.why_not = e.what();
+      c = {};
+    }
+    memo.alpha = c.alpha;
+    memo.resident = c.resident;
+    memo.limited_by = c.limited_by;
+    memo.host_bytes = c.host_bytes;
+    memo.resident_bytes = static_cast<double>(swapped) * c.resident * pl.rest_bytes;
+    memo.recompute_s = static_cast<double>(swapped) * c.recompute_s;
+    memo.exposed_copy_s = c.exposed_copy_s;
+    for (const auto& l : c.layers) memo.alpha_per_layer.push_back(l.swapped ? c.alpha : 0.0);
+  }
+  memo.activation_bytes = memo.buffer_bytes + memo.resident_bytes;
+  finish(memo);
+
+  pl.policies = {keep, rec, off, memo};
+  return pl;
+}
+
+// Largest seq_len (a multiple of sp x cp) at which `policy` fits; 0 if none.
+int64_t longest_fitting(const PlanInputs& base, size_t policy) {
+  const int64_t unit = base.parallel.sp * base.parallel.cp;
+  auto fits = [&](int64_t k) {
+    PlanInputs in = base;
+    in.seq_len = k * unit;
+    return evaluate(in).policies[policy].fits;
+  };
+  if (!fits(1)) return 0;
+  const int64_t cap = (int64_t{1} << 36) / unit;  // 64G tokens: beyond any real host
+  int64_t lo = 1, hi = 2;
+  while (hi < cap && fits(hi)) {
+    lo = hi;
+    hi *= 2;
+  }
+  if (hi >= cap) {
+    if (fits(cap)) return cap * unit;
+    hi = cap;
+  }
+  while (hi - lo > 1) {  // fits(lo), !fits(hi)
+    const int64_t mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo * unit;
+}
+
+std::string tokens(int64_t t) {
+  if (t >= 1024 && t % 1024 == 0) return strf("%lldK", static_cast<long long>(t / 1024));
+  return std::to_string(t);
+}
+
+std::string make_verdict(const Plan& pl) {
+  const auto& hw = pl.in.hardware;
+  const auto* c = pl.chosen_plan();
+  if (!c) {
+    const PolicyPlan* longest = &pl.policies.front();
+    for (const auto& p : pl.policies)
+      if (p.max_seq > longest->max_seq) longest = &p;
+    return cat("nothing fits at ", tokens(pl.in.seq_len), " tokens on ", hw.name, "; the longest that fits is ",
+               tokens(longest->max_seq), " with ", longest->policy);
+  }
+  std::string head = pl.in.policy == "best" ? cat("best: ", c->policy) : c->policy;
+  if (!c->fits)
+    return cat(head, " does not fit: ", c->why_not, "; longest that fits: ", tokens(c->max_seq), " tokens");
+  std::string out = cat(head, " fits: ", format_bytes(c->device_bytes), " of ", format_bytes(hw.device_bytes),
+                        " per GPU, ", format_bytes(c->host_bytes), " host; ", format_seconds(c->step_s),
+                        "/step, MFU ", strf("%.1f%%", 100.0 * c->mfu), ", ",
+                        format_count(c->tokens_per_s), " tokens/s");
+  if (c->alpha && c->policy == "memo") out += strf(" (alpha %.3f, %s)", *c->alpha, c->limited_by.c_str());
+  return out;
+}
+
+}  // namespace
+
+Plan make_plan(const PlanInputs& in) {
+  validate_plan_inputs(in);
+  Plan pl = evaluate(in);
+  for (size_t i = 0; i < pl.policies.size(); ++i) pl.policies[i].max_seq = longest_fitting(in, i);
+  if (in.policy == "best") {
+    // The fastest that fits; on a tie, the simpler or thriftier one, in this order
+    // (memo before offload: the same time with less host memory).
+    for (int i : {0, 3, 1, 2}) {
+      const auto& p = pl.policies[static_cast<size_t>(i)];
+      if (p.fits && (pl.chosen < 0 || p.step_s < pl.policies[static_cast<size_t>(pl.chosen)].step_s))
+        pl.chosen = i;
+    }
+  } else {
+    for (size_t i = 0; i < pl.policies.size(); ++i)
+      if (pl.policies[i].policy == in.policy) pl.chosen = static_cast<int>(i);
+  }
+  pl.verdict = make_verdict(pl);
+  return pl;
+}
+
+}  // namespace memo::plan

@@ -1,0 +1,135 @@
+// The cost model and capacity planner behind `memo plan` (DESIGN.md section
+// 6): from a model shape, sequence length, micro-batch, hardware figures and
+// parallel degrees, the per-GPU bytes of weights, gradients, optimizer state,
+// skeletal and transient activations, host bytes, memo's alpha (via
+// choose_split), the predicted step time and MFU of each activation policy,
+// and the longest sequence each policy fits. Pure C++ (no torch).
+//
+// Parallel degrees and what each one divides (per GPU):
+//   tp  tensor parallel: weights, gradients, and the head/ffn-split
+//       activations (qkv, o, lse, gu, a; GPT: q, k, v, o, fc1, gelu).
+//   sp  sequence parallel: 1, tp (Megatron sequence parallelism over the
+//       tensor-parallel group) or any degree with tp = 1 (Ulysses). It splits
+//       the hidden-width activations (x, n1, x2, n2 and the rstd rows) by
+//       tokens; with tp = 1 it also splits the others (heads during attention).
+//   cp  context parallel: every activation by tokens.
+//   dp  data parallel: optimizer state only (ZeRO-1, sharded over dp x cp);
+//       each replica runs its own micro-batch of `batch` sequences.
+// A replica spans max(tp, sp) x cp GPUs; compute divides by that. Collective
+// communication time is not modelled.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "plan/hardware.h"
+
+namespace memo::plan {
+
+enum class ModelArch { Llama, Gpt };
+
+// The shape of a model, as the planner needs it (cli/ converts
+// model::ModelConfig into this).
+struct ModelShape {
+  std::string name = "custom";
+  ModelArch arch = ModelArch::Llama;
+  int64_t vocab = 0;
+  int64_t hidden = 0;    // h
+  int64_t layers = 0;    // n
+  int64_t heads = 0;     // nh
+  int64_t kv_heads = 0;  // nkv
+  int64_t head_dim = 0;  // d
+  int64_t ffn = 0;       // f (GPT: MLP inner size, 4h)
+  bool tied_embeddings = false;
+
+  int64_t layer_matmul_params() const;  // QKV, O, MLP
+  int64_t matmul_params() const;        // all layers + lm head (DESIGN.md section 7)
+  int64_t total_params() const;         // + norms + embedding (once when tied)
+};
+
+struct ParallelDegrees {
+  int64_t tp = 1, sp = 1, cp = 1, dp = 1;
+  int64_t replica_gpus() const { return (tp > sp ? tp : sp) * cp; }
+};
+
+struct PlanInputs {
+  ModelShape model;
+  int64_t seq_len = 0;
+  int64_t batch = 1;               // sequences per micro-batch per replica
+  std::string policy = "best";     // keep | recompute | offload | memo | best
+  Hardware hardware;
+  ParallelDegrees parallel;
+  int compute_bytes = 2;           // bf16 on the GPU (4: float32, as on CPU)
+  int master_bytes = 4;            // fp32 master weights, gradients, Adam moments
+  double loss_chunk_bytes = 256.0 * (1 << 20);  // the runtime's default chunk budget
+};
+
+// One skeletal tensor of one layer, per GPU.
+struct TensorBytes {
+  std::string name;
+  double bytes = 0;
+  bool always_offloaded = false;  // x, o, lse: swapped whole, never recomputed
+};
+
+// One activation policy's prediction.
+struct PolicyPlan {
+  std::string policy;
+  bool fits = false;
+  std::string why_not;         // when it does not fit
+  // Device bytes per GPU.
+  double activation_bytes = 0;  // held between forward and backward (buffers included)
+  double buffer_bytes = 0;      // the two rounding buffers (offload, memo)
+  double resident_bytes = 0;    // memo's device-resident share
+  double device_bytes = 0;      // static + activations + transient + reserve
+  double host_bytes = 0;        // pinned host bytes per GPU
+  // memo/offload split.
+  std::optional<double> alpha;
+  double resident = 0;
+  std::vector<double> alpha_per_layer;  // 0 for layers kept in the buffers
+  std::string limited_by;
+  // Time per step, per GPU.
+  double matmul_s = 0, attention_s = 0, recompute_s = 0, exposed_copy_s = 0, step_s = 0;
+  double mfu = 0;
+  double tokens_per_s = 0;     // all replicas
+  int64_t max_seq = 0;         // longest sequence that fits (0: none)
+};
+
+struct Plan {
+  PlanInputs in;
+  // Static bytes per GPU.
+  double weight_bytes = 0;     // compute copy + master
+  double grad_bytes = 0;
+  double optimizer_bytes = 0;
+  // One layer's skeletal set per GPU, in the runtime's order.
+  std::vector<TensorBytes> skeletal;
+  double per_layer_skeletal_bytes = 0;
+  double fixed_bytes = 0;      // x + o + lse
+  double rest_bytes = 0;       // the others
+  double transient_bytes = 0;  // one layer's backward working set + loss chunk
+  // Time figures per GPU.
+  double layer_forward_s = 0, layer_backward_s = 0, layer_recompute_s = 0;
+  double model_flops = 0;      // per step, one replica (DESIGN.md section 7)
+  std::vector<PolicyPlan> policies;  // keep, recompute, offload, memo
+  int chosen = -1;             // index into policies; -1: nothing fits
+  std::string verdict;
+
+  const PolicyPlan* chosen_plan() const { return chosen >= 0 ? &policies[static_cast<size_t>(chosen)] : nullptr; }
+  const PolicyPlan& policy(const std::string& name) const;
+};
+
+// The policies the planner models, in display order.
+std::vector<std::string> plan_policy_names();
+
+// Throws InputError naming the field for a bad shape, hardware, degree or policy.
+void validate_plan_inputs(const PlanInputs& in);
+
+// One layer's skeletal tensors per GPU (DESIGN.md section 3; for Llama, the
+// exact list and dtypes of model::skeletal_specs).
+std::vector<TensorBytes> skeletal_bytes(const PlanInputs& in);
+
+// The whole plan (validates first).
+Plan make_plan(const PlanInputs& in);
+
+}  // namespace memo::plan
