@@ -1,0 +1,232 @@
+// `memo plan`: the cost model and capacity planner (plan/cost_model.h) from
+// the command line: per-GPU memory, alpha, predicted step time and MFU of each
+// activation policy, and the longest sequence each fits; a table on stdout
+// and, with --json, the same figures in a file.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <memory>
+#include <optional>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/files.h"
+#include "core/units.h"
+#include "model/config.h"
+#include "plan/cost_model.h"
+
+namespace memo::cli {
+
+namespace {
+
+struct PlanFlags {
+  std::string model = "llama3-8b";
+  int64_t layers = 0;
+  int64_t seq_len = 131072;
+  int64_t batch = 1;
+  std::string policy = "best";
+  std::string hardware = "h200-141gb";
+  std::optional<double> device_gib, peak_tflops, h2d_gbps, d2h_gbps, host_gib;
+  std::optional<int> gpus_per_host;
+  std::optional<double> matmul_efficiency, attention_efficiency;
+  int64_t tp = 1, sp = 1, cp = 1, dp = 1;
+  std::string json;
+};
+
+plan::ModelShape to_shape(const model::ModelConfig& c) {
+  plan::ModelShape s;
+  s.name = c.name;
+  s.arch = c.arch == model::Arch::Gpt ? plan::ModelArch::Gpt : plan::ModelArch::Llama;
+  s.vocab = c.vocab_size;
+  s.hidden = c.hidden;
+  s.layers = c.layers;
+  s.heads = c.heads;
+  s.kv_heads = c.kv_heads;
+  s.head_dim = c.head_dim;
+  s.ffn = c.ffn;
+  s.tied_embeddings = c.tie_embeddings;
+  return s;
+}
+
+plan::PlanInputs to_inputs(const PlanFlags& f) {
+  plan::PlanInputs in;
+  in.model = to_shape(model::resolve_model(f.model));
+  if (f.layers != 0) {
+    require_input(f.layers > 0, "--layers must be positive (0 keeps the model's), got ", f.layers);
+    in.model.layers = f.layers;
+  }
+  in.seq_len = f.seq_len;
+  in.batch = f.batch;
+  in.policy = f.policy;
+  in.hardware = plan::hardware_preset(f.hardware);
+  auto& hw = in.hardware;
+  if (f.device_gib) hw.device_bytes = *f.device_gib * (1ull << 30);
+  if (f.peak_tflops) hw.peak_flops = *f.peak_tflops * 1e12;
+  if (f.h2d_gbps) hw.h2d_bytes_per_s = *f.h2d_gbps * 1e9;
+  if (f.d2h_gbps) hw.d2h_bytes_per_s = *f.d2h_gbps * 1e9;
+  if (f.host_gib) hw.host_bytes = *f.host_gib * (1ull << 30);
+  if (f.gpus_per_host) hw.gpus_per_host = *f.gpus_per_host;
+  if (f.matmul_efficiency) hw.matmul_efficiency = *f.matmul_efficiency;
+  if (f.attention_efficiency) hw.attention_efficiency = *f.attention_efficiency;
+  in.parallel = {f.tp, f.sp, f.cp, f.dp};
+  return in;
+}
+
+nlohmann::json opt(const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); }
+
+nlohmann::json to_json(const plan::Plan& pl) {
+  const auto& in = pl.in;
+  nlohmann::json j;
+  j["model"] = in.model.name;
+  j["layers"] = in.model.layers;
+  j["seq_len"] = in.seq_len;
+  j["batch"] = in.batch;
+  j["policy"] = in.policy;
+  j["hardware"] = {{"name", in.hardware.name},
+                   {"peak_flops", in.hardware.peak_flops},
+                   {"device_bytes", in.hardware.device_bytes},
+                   {"h2d_bytes_per_s", in.hardware.h2d_bytes_per_s},
+                   {"d2h_bytes_per_s", in.hardware.d2h_bytes_per_s},
+                   {"host_bytes", in.hardware.host_bytes},
+                   {"gpus_per_host", in.hardware.gpus_per_host},
+                   {"matmul_efficiency", in.hardware.matmul_efficiency},
+                   {"attention_efficiency", in.hardware.attention_efficiency},
+                   {"reserve_bytes", in.hardware.reserve_bytes}};
+  j["parallel"] = {{"tp", in.parallel.tp}, {"sp", in.parallel.sp}, {"cp", in.parallel.cp}, {"dp", in.parallel.dp}};
+  j["weight_bytes"] = pl.weight_bytes;
+  j["grad_bytes"] = pl.grad_bytes;
+  j["optimizer_bytes"] = pl.optimizer_bytes;
+  j["per_layer_skeletal_bytes"] = pl.per_layer_skeletal_bytes;
+  nlohmann::json tensors = nlohmann::json::object();
+  for (const auto& t : pl.skeletal) tensors[t.name] = t.bytes;
+  j["skeletal_tensor_bytes"] = tensors;
+  j["rounding_buffer_bytes"] = 2.0 * pl.per_layer_skeletal_bytes;
+  j["transient_bytes"] = pl.transient_bytes;
+  j["model_flops"] = pl.model_flops;
+  j["layer_forward_s"] = pl.layer_forward_s;
+  j["layer_backward_s"] = pl.layer_backward_s;
+  j["chosen"] = pl.chosen_plan() ? nlohmann::json(pl.chosen_plan()->policy) : nlohmann::json(nullptr);
+  j["verdict"] = pl.verdict;
+  const auto* c = pl.chosen_plan();
+  j["host_bytes"] = c ? c->host_bytes : 0.0;
+  j["alpha"] = c ? opt(c->alpha) : nlohmann::json(nullptr);
+  j["alpha_per_layer"] = c ? nlohmann::json(c->alpha_per_layer) : nlohmann::json::array();
+  j["step_s"] = c ? nlohmann::json(c->step_s) : nlohmann::json(nullptr);
+  j["mfu"] = c ? nlohmann::json(c->mfu) : nlohmann::json(nullptr);
+  j["max_seq"] = nlohmann::json::object();
+  j["policies"] = nlohmann::json::array();
+  for (const auto& p : pl.policies) {
+    j["max_seq"][p.policy] = p.max_seq;
+    j["policies"].push_back({{"policy", p.policy},
+                             {"fits", p.fits},
+                             {"why_not", p.why_not},
+                             {"device_bytes", p.device_bytes},
+                             {"activation_bytes", p.activation_bytes},
+                             {"buffer_bytes", p.buffer_bytes},
+                             {"resident_bytes", p.resident_bytes},
+                             {"host_bytes", p.host_bytes},
+                             {"alpha", opt(p.alpha)},
+                             {"resident", p.resident},
+                             {"limited_by", p.limited_by},
+                             {"matmul_s", p.matmul_s},
+                             {"attention_s", p.attention_s},
+                             {"recompute_s", p.recompute_s},
+                             {"exposed_copy_s", p.exposed_copy_s},
+                             {"step_s", p.step_s},
+                             {"mfu", p.mfu},
+                             {"tokens_per_s", p.tokens_per_s},
+                             {"max_seq", p.max_seq}});
+  }
+  return j;
+}
+
+void print_plan(const plan::Plan& pl) {
+  const auto& in = pl.in;
+  const auto& m = in.model;
+  const auto& hw = in.hardware;
+  const auto& p = in.parallel;
+  std::printf("memo plan\n");
+  std::printf("  model      %s: %lld layers, hidden %lld, heads %lld/%lld kv, head dim %lld, ffn %lld, vocab %lld, "
+              "%s parameters\n",
+              m.name.c_str(), (long long)m.layers, (long long)m.hidden, (long long)m.heads, (long long)m.kv_heads,
+              (long long)m.head_dim, (long long)m.ffn, (long long)m.vocab,
+              format_count(static_cast<double>(m.total_params())).c_str());
+  std::printf("  shape      batch %lld x seq_len %lld per replica; tp %lld, sp %lld, cp %lld, dp %lld (%lld GPUs "
+              "per replica)\n",
+              (long long)in.batch, (long long)in.seq_len, (long long)p.tp, (long long)p.sp, (long long)p.cp,
+              (long long)p.dp, (long long)p.replica_gpus());
+  std::printf("  hardware   %s: %.0f TFLOP/s bf16 (matmul %.0f%%, attention %.0f%%), %s device, "
+              "link %.0f/%.0f GB/s, host %s per %d GPUs (%s each)\n",
+              hw.name.c_str(), hw.peak_flops / 1e12, 100 * hw.matmul_efficiency, 100 * hw.attention_efficiency,
+              format_bytes(hw.device_bytes).c_str(), hw.h2d_bytes_per_s / 1e9, hw.d2h_bytes_per_s / 1e9,
+              format_bytes(hw.host_bytes).c_str(), hw.gpus_per_host, format_bytes(hw.host_share()).c_str());
+  std::printf("\nper GPU\n");
+  std::printf("  weights    %s (bf16 copy + fp32 master)\n", format_bytes(pl.weight_bytes).c_str());
+  std::printf("  gradients  %s (fp32)\n", format_bytes(pl.grad_bytes).c_str());
+  std::printf("  optimizer  %s (2 x fp32, ZeRO-1 over dp x cp)\n", format_bytes(pl.optimizer_bytes).c_str());
+  std::printf("  skeletal   %s per layer:", format_bytes(pl.per_layer_skeletal_bytes).c_str());
+  for (const auto& t : pl.skeletal) std::printf(" %s %s", t.name.c_str(), format_bytes(t.bytes).c_str());
+  std::printf("\n  transient  %s (one layer's backward working set + loss chunk)\n",
+              format_bytes(pl.transient_bytes).c_str());
+  std::printf("  per layer  forward %s, backward %s, token-wise recompute %s\n",
+              format_seconds(pl.layer_forward_s).c_str(), format_seconds(pl.layer_backward_s).c_str(),
+              format_seconds(pl.layer_recompute_s).c_str());
+
+  std::printf("\n%-10s %-5s %12s %12s %12s %7s %10s %10s %10s %10s %10s %7s %10s %10s\n", "policy", "fits",
+              "device", "activations", "host", "alpha", "matmul", "attention", "recompute", "copy", "step", "MFU",
+              "tokens/s", "max seq");
+  for (const auto& q : pl.policies) {
+    std::printf("%-10s %-5s %12s %12s %12s %7s %10s %10s %10s %10s %10s %7s %10s %10lld\n", q.policy.c_str(),
+                q.fits ? "yes" : "no", format_bytes(q.device_bytes).c_str(),
+                format_bytes(q.activation_bytes).c_str(), format_bytes(q.host_bytes).c_str(),
+                q.alpha ? strf("%.3f", *q.alpha).c_str() : "-", format_seconds(q.matmul_s).c_str(),
+                format_seconds(q.attention_s).c_str(), format_seconds(q.recompute_s).c_str(),
+                format_seconds(q.exposed_copy_s).c_str(), format_seconds(q.step_s).c_str(),
+                strf("%.1f%%", 100 * q.mfu).c_str(), format_count(q.tokens_per_s).c_str(), (long long)q.max_seq);
+  }
+  std::printf("\nverdict: %s\n", pl.verdict.c_str());
+}
+
+}  // namespace
+
+void add_plan_command(CLI::App& root, Action& action) {
+  auto* app = root.add_subcommand(
+      "plan",
+      "Predict, without running, each activation policy's per-GPU memory, host memory, memo's\n"
+      "alpha, step time and MFU for a model, sequence length, hardware and parallel degrees,\n"
+      "and the longest sequence each policy fits (DESIGN.md section 6).");
+  auto f = std::make_shared<PlanFlags>();
+  app->add_option("--model", f->model, "Preset or Hugging Face config.json")->capture_default_str();
+  app->add_option("--layers", f->layers, "Layers (0 keeps the model's)")->capture_default_str();
+  app->add_option("--seq-len", f->seq_len, "Tokens per sequence")->capture_default_str();
+  app->add_option("--batch", f->batch, "Sequences per micro-batch per replica")->capture_default_str();
+  app->add_option("--policy", f->policy, "keep, recompute, offload, memo or best")->capture_default_str();
+  app->add_option("--hardware", f->hardware, "a100-80gb, a800-80gb, h100-80gb or h200-141gb")
+      ->capture_default_str();
+  app->add_option("--device-gib", f->device_gib, "Override: device memory per GPU, GiB");
+  app->add_option("--peak-tflops", f->peak_tflops, "Override: peak dense bf16 TFLOP/s per GPU");
+  app->add_option("--h2d-gbps", f->h2d_gbps, "Override: host-to-device GB/s per GPU");
+  app->add_option("--d2h-gbps", f->d2h_gbps, "Override: device-to-host GB/s per GPU");
+  app->add_option("--host-gib", f->host_gib, "Override: host memory per host, GiB");
+  app->add_option("--gpus-per-host", f->gpus_per_host, "Override: GPUs sharing one host's memory");
+  app->add_option("--matmul-efficiency", f->matmul_efficiency, "Override: fraction of peak matmuls reach");
+  app->add_option("--attention-efficiency", f->attention_efficiency,
+                  "Override: fraction of peak causal attention reaches");
+  app->add_option("--tp", f->tp, "Tensor parallel degree")->capture_default_str();
+  app->add_option("--sp", f->sp, "Sequence parallel degree (1, = tp, or with tp 1)")->capture_default_str();
+  app->add_option("--cp", f->cp, "Context parallel degree")->capture_default_str();
+  app->add_option("--dp", f->dp, "Data parallel degree")->capture_default_str();
+  app->add_option("--json", f->json, "Write the plan as JSON to this file");
+
+  app->callback([&action, f] {
+    action = [f]() -> int {
+      auto plan = plan::make_plan(to_inputs(*f));
+      print_plan(plan);
+      if (!f->json.empty()) write_file_atomic(f->json, to_json(plan).dump(2) + "\n");
+      return 0;
+    };
+  });
+}
+
+}  // namespace memo::cli
