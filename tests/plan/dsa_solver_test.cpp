@@ -115,6 +115,14 @@ TEST(DsaSolvers, LargeRandomInstanceValidatesWithBestFit) {
   expect_valid(p, solve("bestfit", p, o));
 }
 
+TEST(DsaExact, FallsBackToBestFitAboveItsSizeLimit) {
+  std::mt19937_64 rng(19);
+  Problem p = random_problem(rng, 3500, 4000, 1000);
+  SolveOptions o;
+  o.time_limit_s = 0.5;
+  expect_valid(p, solve("exact", p, o));
+}
+
 TEST(DsaExact, OptimumEqualsBruteForce) {
   std::mt19937_64 rng(3);
   for (int trial = 0; trial < 150; ++trial) {
