@@ -50,35 +50,28 @@ class DsaCli : public ::testing::Test {
     std::ofstream(path) << text;
     return path.string();
   }
+  // `memo dsa` on a file `name` holding `text` exits with 2 and says `fragment`.
+  void expect_input_error(const std::string& name, const std::string& text,
+                          const std::string& fragment) {
+    CliRun run = run_memo("dsa " + write(name, text));
+    EXPECT_EQ(run.exit_code, 2) << run.output;
+    EXPECT_NE(run.output.find(fragment), std::string::npos) << run.output;
+  }
   std::string dir_;
 };
 
 TEST_F(DsaCli, NonNumericFieldExitsTwoNamingTheLine) {
-  std::string file = write("bad.csv", "id,lower,upper,size\nb1,0,3,4\nb2,0,oops,4\n");
-  CliRun run = run_memo("dsa " + file);
-  EXPECT_EQ(run.exit_code, 2) << run.output;
-  EXPECT_NE(run.output.find("bad.csv:3:"), std::string::npos) << run.output;
+  expect_input_error("bad.csv", "id,lower,upper,size\nb1,0,3,4\nb2,0,oops,4\n", "bad.csv:3:");
 }
 
 TEST_F(DsaCli, MissingColumnExitsTwoNamingTheLine) {
-  std::string file = write("nosize.csv", "id,lower,upper\nb1,0,3\n");
-  CliRun run = run_memo("dsa " + file);
-  EXPECT_EQ(run.exit_code, 2) << run.output;
-  EXPECT_NE(run.output.find("nosize.csv:1:"), std::string::npos) << run.output;
+  expect_input_error("nosize.csv", "id,lower,upper\nb1,0,3\n", "nosize.csv:1:");
 }
 
-TEST_F(DsaCli, EmptyFileExitsTwo) {
-  std::string file = write("empty.csv", "");
-  CliRun run = run_memo("dsa " + file);
-  EXPECT_EQ(run.exit_code, 2) << run.output;
-  EXPECT_NE(run.output.find("empty"), std::string::npos) << run.output;
-}
+TEST_F(DsaCli, EmptyFileExitsTwo) { expect_input_error("empty.csv", "", "empty"); }
 
 TEST_F(DsaCli, BadLifetimeExitsTwoNamingTheLine) {
-  std::string file = write("life.csv", "id,lower,upper,size\nb1,0,3,4\nb2,5,5,4\n");
-  CliRun run = run_memo("dsa " + file);
-  EXPECT_EQ(run.exit_code, 2) << run.output;
-  EXPECT_NE(run.output.find("life.csv:3:"), std::string::npos) << run.output;
+  expect_input_error("life.csv", "id,lower,upper,size\nb1,0,3,4\nb2,5,5,4\n", "life.csv:3:");
 }
 
 TEST_F(DsaCli, SolvesAndWritesAValidPacking) {

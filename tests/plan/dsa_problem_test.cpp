@@ -25,6 +25,13 @@ std::string parse_error(const std::string& text) {
   return "";
 }
 
+// Parsing `text` fails with a message naming "test.csv:<line>:" and `fragment`.
+void expect_error(const std::string& text, int line, const std::string& fragment) {
+  std::string msg = parse_error(text);
+  EXPECT_NE(msg.find("test.csv:" + std::to_string(line) + ":"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(fragment), std::string::npos) << msg;
+}
+
 TEST(DsaCsv, ReadsMinimallocFormat) {
   CsvContents csv = parse("id,lower,upper,size\nb1,0,3,4\nb2,3,9,4\n");
   ASSERT_EQ(csv.problem.buffers.size(), 2u);
@@ -60,38 +67,28 @@ TEST(DsaCsv, EmptyFileIsAnError) {
 }
 
 TEST(DsaCsv, MissingColumnNamesTheColumnAndLine) {
-  std::string msg = parse_error("id,lower,upper\nb1,0,3\n");
-  EXPECT_NE(msg.find("test.csv:1:"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("size"), std::string::npos) << msg;
+  expect_error("id,lower,upper\nb1,0,3\n", 1, "size");
 }
 
 TEST(DsaCsv, ShortRowNamesTheLine) {
-  std::string msg = parse_error("id,lower,upper,size\nb1,0,3,4\nb2,0,3\n");
-  EXPECT_NE(msg.find("test.csv:3:"), std::string::npos) << msg;
+  expect_error("id,lower,upper,size\nb1,0,3,4\nb2,0,3\n", 3, "fields");
 }
 
 TEST(DsaCsv, NonNumericFieldNamesTheLine) {
-  std::string msg = parse_error("id,lower,upper,size\nb1,0,3,4\n\nb2,0,x3,4\n");
-  EXPECT_NE(msg.find("test.csv:4:"), std::string::npos) << msg;  // blank line 3 still counts
-  EXPECT_NE(msg.find("x3"), std::string::npos) << msg;
+  // The blank line 3 still counts.
+  expect_error("id,lower,upper,size\nb1,0,3,4\n\nb2,0,x3,4\n", 4, "x3");
 }
 
 TEST(DsaCsv, NegativeSizeNamesTheLine) {
-  std::string msg = parse_error("id,lower,upper,size\nb1,0,3,-4\n");
-  EXPECT_NE(msg.find("test.csv:2:"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("negative size"), std::string::npos) << msg;
+  expect_error("id,lower,upper,size\nb1,0,3,-4\n", 2, "negative size");
 }
 
 TEST(DsaCsv, EmptyLifetimeNamesTheLine) {
-  std::string msg = parse_error("id,lower,upper,size\nb1,3,3,4\n");
-  EXPECT_NE(msg.find("test.csv:2:"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("lower"), std::string::npos) << msg;
+  expect_error("id,lower,upper,size\nb1,3,3,4\n", 2, "lower");
 }
 
 TEST(DsaCsv, DuplicateIdNamesTheLine) {
-  std::string msg = parse_error("id,lower,upper,size\nb1,0,3,4\nb1,1,2,4\n");
-  EXPECT_NE(msg.find("test.csv:3:"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("duplicate id"), std::string::npos) << msg;
+  expect_error("id,lower,upper,size\nb1,0,3,4\nb1,1,2,4\n", 3, "duplicate id");
 }
 
 TEST(DsaCsv, UnknownColumnIsAnError) {
