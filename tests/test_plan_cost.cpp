@@ -273,6 +273,13 @@ TEST(PlanCli, WritesJsonWithTheDocumentedKeys) {
   EXPECT_EQ(j["per_layer_skeletal_bytes"].get<double>(), 139400.0 / 8 * 262144);
 }
 
+TEST(PlanCli, ProfileMeasuresThePresentDevice) {
+  auto r = testing::run_memo("plan --model tiny --seq-len 1024 --profile");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("profile    measured on"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(profiled)"), std::string::npos) << r.output;
+}
+
 TEST(PlanCli, BadInputExits2NamingTheField) {
   auto r = testing::run_memo("plan --hardware tpu-v9");
   EXPECT_EQ(r.code, 2) << r.output;

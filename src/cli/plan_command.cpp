@@ -1,10 +1,17 @@
 // `memo plan`: the cost model and capacity planner (plan/cost_model.h) from
 // the command line: per-GPU memory, alpha, predicted step time and MFU of each
 // activation policy, and the longest sequence each fits; a table on stdout
-// and, with --json, the same figures in a file.
+// and, with --json, the same figures in a file. --profile measures matmul and
+// attention rates, the host link and device memory on the present device and
+// plans with those instead of the preset's assumptions.
+#include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -13,6 +20,8 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/units.h"
+#include "memory/device_memory.h"
+#include "model/attention.h"
 #include "model/config.h"
 #include "plan/cost_model.h"
 
@@ -31,8 +40,87 @@ struct PlanFlags {
   std::optional<int> gpus_per_host;
   std::optional<double> matmul_efficiency, attention_efficiency;
   int64_t tp = 1, sp = 1, cp = 1, dp = 1;
+  bool profile = false;
   std::string json;
 };
+
+// Mean seconds of fn() over a few runs after one warm-up, device synchronised.
+template <typename Fn>
+double time_it(const at::Device& device, Fn&& fn) {
+  const int reps = device.is_cpu() ? 3 : 10;
+  fn();
+  memory::synchronize(device);
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) fn();
+  memory::synchronize(device);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+}
+
+// --profile: replaces the preset's efficiencies (and, on CUDA, device memory
+// and link bandwidth) with figures measured here at the model's shapes. On
+// CPU there is no nominal peak: the measured matmul rate becomes the peak.
+std::string profile_hardware(const plan::PlanInputs& in, plan::Hardware& hw) {
+  const bool cuda = memory::cuda_available();
+  const at::Device device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  const auto dtype = cuda ? at::kBFloat16 : at::kFloat;
+  const auto opts = at::TensorOptions().dtype(dtype).device(device);
+  const auto& m = in.model;
+  const int64_t g = std::max(in.parallel.tp, in.parallel.sp);
+  const double target = cuda ? 2e13 : 5e9;  // FLOPs per timed call
+
+  // A layer-shaped matmul: tokens x h times h x f/g (the gate/up projection's slice).
+  const int64_t cols = std::max<int64_t>(1, m.ffn / g);
+  int64_t tokens = static_cast<int64_t>(target / (2.0 * static_cast<double>(m.hidden * cols)));
+  tokens = std::clamp<int64_t>(tokens / 64 * 64, 64, 65536);
+  auto a = at::randn({tokens, m.hidden}, opts);
+  auto w = at::randn({m.hidden, cols}, opts);
+  const double mm_flops = 2.0 * static_cast<double>(tokens * m.hidden * cols);
+  const double mm_rate = mm_flops / time_it(device, [&] { (void)at::mm(a, w); });
+  a.reset();
+  w.reset();
+
+  // Causal fused attention forward + backward with this GPU's heads.
+  const int64_t nh = std::max<int64_t>(1, m.heads / g), nkv = std::max<int64_t>(1, m.kv_heads / g);
+  const double per_s2 = 3.5 * 2.0 * static_cast<double>(nh * m.head_dim);
+  int64_t S = static_cast<int64_t>(std::sqrt(target / per_s2));
+  S = std::clamp<int64_t>(S / 128 * 128, 128, cuda ? 32768 : 4096);
+  auto kernel = model::pick_attention_kernel(device);
+  auto q = at::randn({1, nh, S, m.head_dim}, opts);
+  auto k = at::randn({1, nkv, S, m.head_dim}, opts);
+  auto v = at::randn({1, nkv, S, m.head_dim}, opts);
+  const double at_s = time_it(device, [&] {
+    auto out = model::attention_forward(kernel, q, k, v);
+    (void)model::attention_backward(kernel, out.o, q, k, v, out.o, out.lse);
+  });
+  const double at_rate = per_s2 * static_cast<double>(S) * static_cast<double>(S) / at_s;
+  q.reset();
+  k.reset();
+  v.reset();
+
+  std::string where = cuda ? "cuda:0" : "cpu";
+  if (cuda) {
+    auto [free_b, total_b] = c10::getDeviceAllocator(device.type())->getMemoryInfo(0);
+    (void)free_b;
+    hw.device_bytes = static_cast<double>(total_b);
+    const int64_t bytes = 256ll << 20;
+    auto dev = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(device));
+    auto host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    hw.d2h_bytes_per_s = static_cast<double>(bytes) / time_it(device, [&] { host.copy_(dev); });
+    hw.h2d_bytes_per_s = static_cast<double>(bytes) / time_it(device, [&] { dev.copy_(host); });
+  } else {
+    hw.peak_flops = mm_rate;  // no nominal peak on a CPU
+  }
+  hw.matmul_efficiency = std::min(1.0, mm_rate / hw.peak_flops);
+  hw.attention_efficiency = std::min(1.0, at_rate / hw.peak_flops);
+  hw.name += " (profiled)";
+  return strf("measured on %s: matmul %lld x %lld x %lld %.4g TFLOP/s (%.0f%% of peak), causal attention "
+              "%lld heads x %lld tokens fwd+bwd %.4g TFLOP/s (%.0f%%)%s",
+              where.c_str(), (long long)tokens, (long long)m.hidden, (long long)cols, mm_rate / 1e12,
+              100 * hw.matmul_efficiency, (long long)nh, (long long)S, at_rate / 1e12, 100 * hw.attention_efficiency,
+              cuda ? strf(", link %.1f/%.1f GB/s, device %s", hw.h2d_bytes_per_s / 1e9, hw.d2h_bytes_per_s / 1e9,
+                          format_bytes(hw.device_bytes).c_str()).c_str()
+                   : "; on CPU the measured matmul rate is taken as the peak");
+}
 
 plan::ModelShape to_shape(const model::ModelConfig& c) {
   plan::ModelShape s;
@@ -61,6 +149,12 @@ plan::PlanInputs to_inputs(const PlanFlags& f) {
   in.policy = f.policy;
   in.hardware = plan::hardware_preset(f.hardware);
   auto& hw = in.hardware;
+  in.parallel = {f.tp, f.sp, f.cp, f.dp};
+  if (f.profile) {
+    plan::validate_plan_inputs(in);  // before spending time measuring
+    std::printf("profile    %s\n", profile_hardware(in, hw).c_str());
+  }
+  // Explicit flags override both the preset and the profile.
   if (f.device_gib) hw.device_bytes = *f.device_gib * (1ull << 30);
   if (f.peak_tflops) hw.peak_flops = *f.peak_tflops * 1e12;
   if (f.h2d_gbps) hw.h2d_bytes_per_s = *f.h2d_gbps * 1e9;
@@ -69,7 +163,6 @@ plan::PlanInputs to_inputs(const PlanFlags& f) {
   if (f.gpus_per_host) hw.gpus_per_host = *f.gpus_per_host;
   if (f.matmul_efficiency) hw.matmul_efficiency = *f.matmul_efficiency;
   if (f.attention_efficiency) hw.attention_efficiency = *f.attention_efficiency;
-  in.parallel = {f.tp, f.sp, f.cp, f.dp};
   return in;
 }
 
@@ -146,7 +239,6 @@ void print_plan(const plan::Plan& pl) {
   const auto& m = in.model;
   const auto& hw = in.hardware;
   const auto& p = in.parallel;
-  std::printf("memo plan\n");
   std::printf("  model      %s: %lld layers, hidden %lld, heads %lld/%lld kv, head dim %lld, ffn %lld, vocab %lld, "
               "%s parameters\n",
               m.name.c_str(), (long long)m.layers, (long long)m.hidden, (long long)m.heads, (long long)m.kv_heads,
@@ -156,7 +248,7 @@ void print_plan(const plan::Plan& pl) {
               "per replica)\n",
               (long long)in.batch, (long long)in.seq_len, (long long)p.tp, (long long)p.sp, (long long)p.cp,
               (long long)p.dp, (long long)p.replica_gpus());
-  std::printf("  hardware   %s: %.0f TFLOP/s bf16 (matmul %.0f%%, attention %.0f%%), %s device, "
+  std::printf("  hardware   %s: %.4g TFLOP/s bf16 (matmul %.0f%%, attention %.0f%%), %s device, "
               "link %.0f/%.0f GB/s, host %s per %d GPUs (%s each)\n",
               hw.name.c_str(), hw.peak_flops / 1e12, 100 * hw.matmul_efficiency, 100 * hw.attention_efficiency,
               format_bytes(hw.device_bytes).c_str(), hw.h2d_bytes_per_s / 1e9, hw.d2h_bytes_per_s / 1e9,
@@ -218,9 +310,13 @@ void add_plan_command(CLI::App& root, Action& action) {
   app->add_option("--cp", f->cp, "Context parallel degree")->capture_default_str();
   app->add_option("--dp", f->dp, "Data parallel degree")->capture_default_str();
   app->add_option("--json", f->json, "Write the plan as JSON to this file");
+  app->add_flag("--profile", f->profile,
+                "Measure matmul and attention rates (and on CUDA the host link and device memory) here\n"
+                "and plan with them instead of the preset's figures");
 
   app->callback([&action, f] {
     action = [f]() -> int {
+      std::printf("memo plan\n");
       auto plan = plan::make_plan(to_inputs(*f));
       print_plan(plan);
       if (!f->json.empty()) write_file_atomic(f->json, to_json(plan).dump(2) + "\n");
