@@ -173,11 +173,15 @@ TEST(PlanCost, MemoAlphaNeverExceedsTheHostBound) {
 }
 
 TEST(PlanCost, ModelFlopsFollowSection7) {
-  auto cfg = model::resolve_model("llama3-8b");
-  auto in = inputs("llama3-8b", 32768, 2);
-  auto pl = plan::make_plan(in);
-  EXPECT_DOUBLE_EQ(pl.model_flops, train::model_flops_per_step(cfg, 2, 32768));
-  for (const auto& p : pl.policies) EXPECT_DOUBLE_EQ(p.mfu, pl.model_flops / (p.step_s * 989e12)) << p.policy;
+  for (const char* name : {"llama3-8b", "gpt-7b", "llama3.2-1b"}) {
+    auto cfg = model::resolve_model(name);
+    auto in = inputs(name, 32768, 2);
+    auto pl = plan::make_plan(in);
+    EXPECT_DOUBLE_EQ(pl.model_flops, train::model_flops_per_step(cfg, 2, 32768)) << name;
+    EXPECT_EQ(in.model.total_params(), cfg.total_params()) << name;
+    for (const auto& p : pl.policies)
+      EXPECT_DOUBLE_EQ(p.mfu, pl.model_flops / (p.step_s * 989e12)) << name << " " << p.policy;
+  }
 }
 
 TEST(PlanCost, MaxSeqIsTheLongestThatFits) {
