@@ -13,13 +13,16 @@
 //   * a last child "nothing at h here": the stretch is raised to its lower
 //     neighbour.
 // Every canonical packing is reached exactly once, so no optimum is missed.
-// Also: identical buffers are placed in index order (symmetry), and buffers
-// that share no time with the rest are solved as independent subproblems.
-// Pruning, against `cap` (the capacity, or the best peak found - 1):
+// Also: identical buffers are placed in index order (symmetry), buffers that
+// share no time with the rest are solved as independent subproblems, and
+// failed states (skyline + placed set) are remembered.
+// Pruning, against `cap` (the capacity, or the peak a run aims below):
 //   * every unplaced buffer must still fit: landing + size <= cap;
 //   * per time section s: (lowest offset any unplaced buffer alive in s can
 //     still land at) + (bytes still to place in s) <= cap. This is LOAD with
 //     the wasted space counted, what makes perfect packings tractable.
+// Search time is heavy-tailed in the branching order, so two threads run
+// restarts over orders with doubling node budgets (search_worker).
 #include <algorithm>
 #include <atomic>
 #include <limits>
