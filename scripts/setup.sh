@@ -33,3 +33,15 @@ if [[ "$(scripts/torch-prefix.sh --kind)" == venv ]]; then
     touch "$stamp"
   fi
 fi
+
+# Test-only Python packages for tests/python (transformers parity). Pinned to
+# versions that pip resolves without pulling another torch.
+PY_TEST_PACKAGES=(transformers==5.24.0 pytest==9.2.0 numpy==2.4.6)
+if [[ -x .venv/bin/python ]]; then
+  stamp=.venv/.memo-pytest-$(echo "${PY_TEST_PACKAGES[*]}" | tr ' =' '_-')
+  if [[ ! -f $stamp ]]; then
+    echo "setup: installing ${PY_TEST_PACKAGES[*]} into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check "${PY_TEST_PACKAGES[@]}"
+    touch "$stamp"
+  fi
+fi

@@ -17,5 +17,6 @@ void add_train_command(CLI::App& root, Action& action);
 void add_dsa_command(CLI::App& root, Action& action);
 void add_bench_command(CLI::App& root, Action& action);
 void add_plan_command(CLI::App& root, Action& action);
+void add_eval_command(CLI::App& root, Action& action);
 
 }  // namespace memo::cli

@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   memo::cli::add_bench_command(app, action);
   memo::cli::add_dsa_command(app, action);
   memo::cli::add_plan_command(app, action);
+  memo::cli::add_eval_command(app, action);
 
   try {
     app.parse(argc, argv);

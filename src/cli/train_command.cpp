@@ -66,6 +66,20 @@ void print_summary(const train::TrainSummary& s) {
                     : "the final loss is not below it yet: the model has not learned to use its context");
   std::printf("  throughput       %.0f tokens/s%s\n", s.tokens_per_s,
               s.mfu ? strf(", MFU %.1f%%", *s.mfu * 100).c_str() : "");
+  if (s.memory_plan.active) {
+    const auto& m = s.memory_plan;
+    std::printf("  memory plan      arena %s (%s), LOAD %s, arena/LOAD %.4f, %lld level-1 plans\n",
+                format_bytes(static_cast<double>(m.arena_bytes)).c_str(), m.source.c_str(),
+                format_bytes(static_cast<double>(m.flat_load)).c_str(),
+                m.flat_load ? static_cast<double>(m.arena_bytes) / static_cast<double>(m.flat_load) : 0.0,
+                static_cast<long long>(m.level1_plans));
+    std::printf("                   last step: %lld requests from the arena, %lld mallocs, %lld frees; "
+                "%lld fallbacks in all planned steps%s; fragmentation %s\n",
+                static_cast<long long>(m.planned_requests), static_cast<long long>(m.base_allocs_last_step),
+                static_cast<long long>(m.base_frees_last_step), static_cast<long long>(m.fallbacks),
+                m.fallbacks ? " (requests the plan did not expect; served by the plain allocator)" : "",
+                format_bytes(static_cast<double>(m.fragmentation_bytes)).c_str());
+  }
   std::printf("  peak memory      %s on the device; %s of activations held for backward; %s on the host\n",
               format_bytes(static_cast<double>(s.peak_device_bytes)).c_str(),
               format_bytes(static_cast<double>(s.peak_activation_bytes)).c_str(),
@@ -115,7 +129,15 @@ void add_train_command(CLI::App& root, Action& action) {
        "Token file to train on; empty: the built-in synthetic in-context alphabet task");
   add_flag(app, b, "--data-dtype", &TrainOptions::data_dtype,
        "How --data is read: text (bytes, vocabulary 256), uint16 or uint32 (flat little-endian "
-       "token ids, nanoGPT/llm.c format), or auto (.bin -> uint16, else text)");
+       "token ids, nanoGPT/llm.c format), megatron (PREFIX.bin + PREFIX.idx, documents packed "
+       "in a shuffled resumable order), or auto (megatron when PREFIX.idx exists, .bin -> uint16, else text)");
+  add_flag(app, b, "--resume", &TrainOptions::resume,
+           "Continue from a checkpoint: its directory, or an --out directory (its newest); give the "
+           "same options as the interrupted run");
+  add_flag(app, b, "--checkpoint-every", &TrainOptions::checkpoint_every,
+           "Save OUT/checkpoints/step-N every N steps and after the last (Hugging Face weights + "
+           "optimizer state + data position; 0: never)");
+  add_flag(app, b, "--keep-checkpoints", &TrainOptions::keep_checkpoints, "Newest checkpoints kept (0: all)");
   add_flag(app, b, "--device", &TrainOptions::device, "auto (CUDA when present), cpu or cuda");
   add_flag(app, b, "--dtype", &TrainOptions::dtype,
        "Compute dtype: auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16; "
@@ -132,6 +154,19 @@ void add_train_command(CLI::App& root, Action& action) {
        "Write {\"config\", \"steps\": [...], \"summary\"} to this file");
   add_flag(app, b, "--trace", &TrainOptions::trace,
            "Write the last step's compute and copy streams as a Chrome trace (Perfetto, chrome://tracing)");
+  {
+    auto planned = std::make_shared<bool>(false);
+    auto* opt = app->add_flag("--planned-memory", *planned,
+                              "Serve each step from one arena laid out by the bi-level memory plan "
+                              "(profiled at step 2, cached on disk; CPU allocator only so far)");
+    b.push_back({opt, [planned](TrainOptions& o) { o.planned_memory = *planned; }});
+  }
+  add_flag(app, b, "--plan-cache", &TrainOptions::plan_cache,
+           "Directory of cached memory plans (default: OUT/plans, else ~/.cache/memo/plans)");
+  add_flag(app, b, "--memory-timeline", &TrainOptions::memory_timeline,
+           "Write an HTML plot of allocated and reserved bytes over one profiled step, regions marked");
+  add_flag(app, b, "--export-dsa", &TrainOptions::export_dsa,
+           "Write the profiled step's regions (level 1) and the step (level 2) as DSA CSVs into this directory");
   add_flag(app, b, "--log-every", &TrainOptions::log_every, "Print a progress line every N steps (0: ~20 lines)");
 
   app->callback([&action, config_file, bindings] {
@@ -153,7 +188,7 @@ void add_train_command(CLI::App& root, Action& action) {
       report["steps"] = nlohmann::json::array();
       if (!options.out.empty()) {
         write_file_atomic(options.out + "/config.json", report["config"].dump(2) + "\n");
-        write_file_atomic(options.out + "/metrics.jsonl", "");
+        if (options.resume.empty()) write_file_atomic(options.out + "/metrics.jsonl", "");
       }
       const int64_t every = trainer.log_every();
       auto summary = trainer.run([&](const train::StepRecord& r) {

@@ -142,7 +142,7 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& source) 
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for 1e400
     throw InputError(cat(source, ": not valid JSON (", e.what(), ")"));
   }
   require_input(j.is_object(), source, ": expected a JSON object");
@@ -185,6 +185,23 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& source) 
     c.rope_scaling.high_freq_factor = get_field_or<double>(rs, "high_freq_factor", 4.0, where);
     c.rope_scaling.original_max_position =
         get_field_or<int64_t>(rs, "original_max_position_embeddings", 8192, where);
+  }
+  // transformers >= 5 writes the RoPE settings as one "rope_parameters" object.
+  if (j.contains("rope_parameters") && !j.at("rope_parameters").is_null()) {
+    const auto& rp = j.at("rope_parameters");
+    std::string where = source + ": rope_parameters";
+    require_input(rp.is_object(), where, " must be an object");
+    c.rope_theta = get_field_or<double>(rp, "rope_theta", c.rope_theta, where);
+    auto kind = get_field_or<std::string>(rp, "rope_type", "default", where);
+    require_input(kind == "default" || kind == "llama3", where, ".rope_type \"", kind,
+                  "\" is not supported (expected \"default\" or \"llama3\")");
+    if (kind == "llama3") {
+      c.rope_scaling.factor = get_field<double>(rp, "factor", where);
+      c.rope_scaling.low_freq_factor = get_field_or<double>(rp, "low_freq_factor", 1.0, where);
+      c.rope_scaling.high_freq_factor = get_field_or<double>(rp, "high_freq_factor", 4.0, where);
+      c.rope_scaling.original_max_position =
+          get_field_or<int64_t>(rp, "original_max_position_embeddings", 8192, where);
+    }
   }
   c.validate(source);
   return c;

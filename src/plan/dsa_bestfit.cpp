@@ -213,13 +213,18 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
   // by iterated greedy: mutate the order that gave the best packing with a
   // few random nearby swaps and keep the mutant if it packs as low or lower
   // (so the walk drifts along plateaus), until half the time limit (at most
-  // 2 s) is spent.
+  // 2 s) is spent, or until options.node_limit greedy runs when that is set.
   std::mt19937_64 rng(options.seed);
   double budget = std::min(options.time_limit_s / 2, 2.0);
   int64_t target = std::max(result.load, options.capacity.value_or(0));
   bool near_miss = result.found && result.peak <= target + target / 50;
   std::vector<int> incumbent = best_order;
-  while (near_miss && !good_enough() && deadline.elapsed() < budget) {
+  // A node limit makes the polish a fixed number of greedy runs, so the
+  // result is the same on every run (the memory planner needs that).
+  auto more = [&] {
+    return options.node_limit > 0 ? result.nodes < options.node_limit : deadline.elapsed() < budget;
+  };
+  while (near_miss && !good_enough() && more()) {
     std::vector<int> order = incumbent;
     std::uniform_int_distribution<size_t> pick(0, order.size() - 1);
     size_t swaps = 1 + pick(rng) % (1 + order.size() / 200);

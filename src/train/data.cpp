@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/units.h"
+#include "train/data_megatron.h"
 #include "train/loss.h"
 
 namespace memo::train {
@@ -30,6 +31,10 @@ uint64_t Rng::below(uint64_t n) {
   do r = next();
   while (r >= limit);
   return r % n;
+}
+
+void DataSource::restore(const std::vector<uint64_t>& s) {
+  require_input(s.empty(), "checkpoint: the data position does not fit this data source");
 }
 
 namespace {
@@ -89,6 +94,11 @@ class SyntheticAlphabet final : public DataSource {
   std::optional<double> no_context_loss() const override {
     return std::log(static_cast<double>(vocab_));
   }
+  std::vector<uint64_t> state() const override { return {rng_.state()}; }
+  void restore(const std::vector<uint64_t>& s) override {
+    require_input(s.size() == 1, "checkpoint: the data position does not fit the synthetic task");
+    rng_.set_state(s[0]);
+  }
 
  private:
   int64_t vocab_;
@@ -138,6 +148,11 @@ class TokenFile final : public DataSource {
     return strf("%s: %s tokens of %s", path_.c_str(), format_count(static_cast<double>(tokens_)).c_str(),
                 dtype_.c_str());
   }
+  std::vector<uint64_t> state() const override { return {rng_.state()}; }
+  void restore(const std::vector<uint64_t>& s) override {
+    require_input(s.size() == 1, "checkpoint: the data position does not fit data file ", path_);
+    rng_.set_state(s[0]);
+  }
 
  private:
   void read(int64_t start, int64_t count, std::vector<int64_t>& out) {
@@ -186,13 +201,15 @@ std::unique_ptr<DataSource> make_synthetic_source(const SyntheticOptions& option
 
 std::unique_ptr<DataSource> make_file_source(const std::string& path, const std::string& dtype,
                                              int64_t vocab, int64_t seq_len, uint64_t seed) {
+  if (is_megatron_data(path, dtype))
+    return make_packed_source(open_token_corpus(path, dtype, vocab), seq_len, seed);
   std::string kind = dtype;
   if (kind == "auto") kind = std::filesystem::path(path).extension() == ".bin" ? "uint16" : "text";
   int width = 0;
   if (kind == "text") width = 1;
   if (kind == "uint16") width = 2;
   if (kind == "uint32") width = 4;
-  require_input(width > 0, "data dtype \"", dtype, "\" is unknown (expected auto, text, uint16 or uint32)");
+  require_input(width > 0, "data dtype \"", dtype, "\" is unknown (expected auto, text, uint16, uint32 or megatron)");
   if (kind == "text")
     require_input(vocab >= 256, "data file ", path, " is read as bytes (vocabulary 256) but the model's "
                   "vocabulary is only ", vocab);

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "train/step.h"
 
@@ -22,6 +23,10 @@ class DataSource {
   virtual std::string describe() const = 0;
   // The loss a model that ignores the context would reach (synthetic task), if known.
   virtual std::optional<double> no_context_loss() const { return std::nullopt; }
+  // The resumable position (RNG state, counters) as integers, for checkpoints.
+  virtual std::vector<uint64_t> state() const { return {}; }
+  // Continues from a state() of a source built with the same arguments.
+  virtual void restore(const std::vector<uint64_t>& state);
 };
 
 // Small deterministic generator (splitmix64): identical streams on every platform.
@@ -31,6 +36,8 @@ class Rng {
   uint64_t next();
   // Uniform in [0, n), n > 0.
   uint64_t below(uint64_t n);
+  uint64_t state() const { return state_; }
+  void set_state(uint64_t s) { state_ = s; }
 
  private:
   uint64_t state_;

@@ -21,6 +21,11 @@ class AdamW {
   AdamW(std::vector<at::Tensor*> params, std::vector<at::Tensor*> grads, AdamWOptions options);
   void step(double lr);
   int64_t steps_taken() const { return t_; }
+  // Checkpoint access: the first and second moments (one per parameter, in
+  // order) and the step count that drives the bias correction.
+  std::vector<at::Tensor>& first_moments() { return m_; }
+  std::vector<at::Tensor>& second_moments() { return v_; }
+  void set_steps_taken(int64_t t) { t_ = t; }
   // Bytes of optimizer state (first and second moments).
   int64_t state_bytes() const;
 

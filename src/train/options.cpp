@@ -38,8 +38,11 @@ void TrainOptions::validate() const {
   require_input(dtype == "auto" || dtype == "float32" || dtype == "bfloat16", "dtype \"", dtype,
                 "\" is unknown (expected auto, float32 or bfloat16)");
   require_input(data_dtype == "auto" || data_dtype == "text" || data_dtype == "uint16" ||
-                    data_dtype == "uint32",
-                "data_dtype \"", data_dtype, "\" is unknown (expected auto, text, uint16 or uint32)");
+                    data_dtype == "uint32" || data_dtype == "megatron",
+                "data_dtype \"", data_dtype, "\" is unknown (expected auto, text, uint16, uint32 or megatron)");
+  require_input(checkpoint_every >= 0, "checkpoint_every must be >= 0, got ", checkpoint_every);
+  require_input(keep_checkpoints >= 0, "keep_checkpoints must be >= 0, got ", keep_checkpoints);
+  require_input(checkpoint_every == 0 || !out.empty(), "checkpoint_every needs --out (checkpoints go to OUT/checkpoints)");
   require_input(model.size() > 0, "model must not be empty");
 }
 
@@ -75,6 +78,13 @@ Setter float_key(double TrainOptions::*field) {
   };
 }
 
+Setter bool_key(bool TrainOptions::*field) {
+  return [field](const toml::node& n, TrainOptions& o, const std::string& where) {
+    require_input(n.is_boolean(), where, " must be true or false, got ", n.type());
+    o.*field = *n.value<bool>();
+  };
+}
+
 Setter string_key(std::string TrainOptions::*field) {
   return [field](const toml::node& n, TrainOptions& o, const std::string& where) {
     require_input(n.is_string(), where, " must be a string, got ", n.type());
@@ -102,6 +112,9 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
       {"clip", float_key(&TrainOptions::clip)},
       {"data", string_key(&TrainOptions::data)},
       {"data_dtype", string_key(&TrainOptions::data_dtype)},
+      {"resume", string_key(&TrainOptions::resume)},
+      {"checkpoint_every", int_key(&TrainOptions::checkpoint_every)},
+      {"keep_checkpoints", int_key(&TrainOptions::keep_checkpoints)},
       {"device", string_key(&TrainOptions::device)},
       {"dtype", string_key(&TrainOptions::dtype)},
       {"attention", string_key(&TrainOptions::attention)},
@@ -111,6 +124,10 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
       {"out", string_key(&TrainOptions::out)},
       {"json", string_key(&TrainOptions::json)},
       {"trace", string_key(&TrainOptions::trace)},
+      {"planned_memory", bool_key(&TrainOptions::planned_memory)},
+      {"plan_cache", string_key(&TrainOptions::plan_cache)},
+      {"memory_timeline", string_key(&TrainOptions::memory_timeline)},
+      {"export_dsa", string_key(&TrainOptions::export_dsa)},
       {"log_every", int_key(&TrainOptions::log_every)},
   };
   return table;

@@ -33,6 +33,10 @@ struct TrainOptions {
   // data
   std::string data;               // empty: the built-in synthetic task
   std::string data_dtype = "auto";
+  // checkpoints (train/checkpoint.h)
+  std::string resume;             // a checkpoint directory, or an --out directory (its newest)
+  int64_t checkpoint_every = 0;   // OUT/checkpoints/step-N every N steps and after the last; 0 = never
+  int64_t keep_checkpoints = 3;   // newest checkpoints kept; 0 = all
   // execution
   std::string device = "auto";    // auto, cpu, cuda
   std::string dtype = "auto";     // compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16
@@ -44,6 +48,11 @@ struct TrainOptions {
   std::string out;                // directory for config.json, metrics.jsonl, summary.json
   std::string json;               // one JSON report file
   std::string trace;              // Chrome trace of the last step's streams
+  // memory planning (DESIGN.md section 5)
+  bool planned_memory = false;    // serve steps from a bi-level planned arena (CPU)
+  std::string plan_cache;         // plan cache directory; empty: OUT/plans or ~/.cache/memo/plans
+  std::string memory_timeline;    // HTML timeline of one profiled step
+  std::string export_dsa;         // directory for the profiled regions as DSA CSVs
   int64_t log_every = 0;          // 0 = about 20 progress lines
 
   // Throws InputError naming the first bad field.

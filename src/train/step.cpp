@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include "core/error.h"
+#include "memory/planned_allocator.h"
 #include "train/loss.h"
 
 namespace memo::train {
@@ -42,42 +43,57 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   const int64_t B = batch.tokens.size(0), S = batch.tokens.size(1);
   const auto rope = model.rope(S);
 
-  // Forward.
-  auto x = embed_tokens(model, batch.tokens);  // [B, S, h]
+  // Forward. Regions mark the profiler's level-1 units (memory/planned_allocator.h).
+  at::Tensor x;
+  {
+    memory::RegionScope region("embed");
+    x = embed_tokens(model, batch.tokens);  // [B, S, h]
+  }
   policy.begin_step({cfg.layers, B, S});
   for (int64_t i = 0; i < cfg.layers; ++i) {
     model::LayerActivations acts;
     if (const auto* storage = policy.forward_storage(i)) acts = *storage;  // a rounding buffer
     const int64_t h = span("fwd ", i);
-    auto y = model.layer().forward(w.layers[static_cast<size_t>(i)], rope, x, acts);
+    at::Tensor y;
+    {
+      memory::RegionScope region("layer_fwd");
+      y = model.layer().forward(w.layers[static_cast<size_t>(i)], rope, x, acts);
+    }
     close(h);
     policy.save(i, std::move(acts));
     x = std::move(y);
   }
-  at::Tensor nf, rstdf;
-  model::rmsnorm_forward(x, w.final_norm, cfg.rms_eps, nf, rstdf);
-
-  // Loss: count first, so that the gradient is of the mean over this batch.
+  // Final norm, loss, and their backward: count first, so that the gradient
+  // is of the mean over this batch.
   const auto targets = batch.targets.reshape({-1});
-  const int64_t count = targets.ne(kIgnoreTarget).sum().item<int64_t>();
-  const double scale = count > 0 ? grad_weight / static_cast<double>(count) : 0.0;
-  auto ce = chunked_cross_entropy(nf.view({B * S, cfg.hidden}), w.head(), targets, loss_chunk,
-                                  scale, &g.head());
-  nf.reset();
+  CrossEntropyResult ce;
+  at::Tensor dx;
+  {
+    memory::RegionScope region("loss");
+    at::Tensor nf, rstdf;
+    model::rmsnorm_forward(x, w.final_norm, cfg.rms_eps, nf, rstdf);
+    const int64_t count = targets.ne(kIgnoreTarget).sum().item<int64_t>();
+    const double scale = count > 0 ? grad_weight / static_cast<double>(count) : 0.0;
+    ce = chunked_cross_entropy(nf.view({B * S, cfg.hidden}), w.head(), targets, loss_chunk, scale,
+                               &g.head());
+    nf.reset();
+    dx = ce.dh.defined() ? model::rmsnorm_backward(ce.dh.view({B, S, cfg.hidden}), x, rstdf,
+                                                   w.final_norm, g.final_norm)
+                         : at::zeros_like(x);
+    ce.dh.reset();
+  }
+  x.reset();
 
   // Backward.
-  at::Tensor dx = ce.dh.defined()
-                      ? model::rmsnorm_backward(ce.dh.view({B, S, cfg.hidden}), x, rstdf,
-                                                w.final_norm, g.final_norm)
-                      : at::zeros_like(x);
-  ce.dh.reset();
-  x.reset();
   for (int64_t i = cfg.layers - 1; i >= 0; --i) {
     const auto& lw = w.layers[static_cast<size_t>(i)];
     runtime::LayerContext ctx{model.layer(), lw, rope};
     auto acts = policy.restore(i, ctx);
     const int64_t h = span("bwd ", i);
-    dx = model.layer().backward(lw, g.layers[static_cast<size_t>(i)], rope, acts, dx);
+    {
+      memory::RegionScope region("layer_bwd");
+      dx = model.layer().backward(lw, g.layers[static_cast<size_t>(i)], rope, acts, dx);
+    }
     close(h);
   }
   policy.end_step();

@@ -4,11 +4,15 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 
 #include "core/error.h"
 #include "core/units.h"
 #include "memory/device_memory.h"
+#include "model/hf_checkpoint.h"
+#include "train/checkpoint.h"
+#include "memory/planned_allocator.h"
 #include "train/flops.h"
 #include "train/step.h"
 
@@ -78,6 +82,36 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   }
 
   if (device_.is_cpu()) memory::install_cpu_memory_meter();
+  // Memory planning wraps the CPU allocator, so it comes before the model.
+  MemoryPlanningOptions mp;
+  mp.planned = options_.planned_memory;
+  require_input(!mp.planned || device_.is_cpu(), "--planned-memory runs on the CPU allocator only so far; "
+                "the CUDA pluggable allocator is not built yet (use --device cpu)");
+  mp.timeline_path = options_.memory_timeline;
+  mp.export_dir = options_.export_dsa;
+  mp.cache_dir = options_.plan_cache;
+  if (mp.cache_dir.empty() && mp.planned) {
+    const char* home = std::getenv("HOME");
+    mp.cache_dir = !options_.out.empty() ? options_.out + "/plans"
+                                         : std::string(home ? home : ".") + "/.cache/memo/plans";
+  }
+  mp.key = {{"model", config_.name},
+            {"shape", {config_.vocab_size, config_.hidden, config_.layers, config_.heads, config_.kv_heads,
+                       config_.head_dim, config_.ffn, config_.tie_embeddings}},
+            {"batch", options_.batch},
+            {"seq_len", options_.seq_len},
+            {"grad_accum", options_.grad_accum},
+            {"policy", options_.policy},
+            {"alpha", options_.alpha},
+            {"host_memory_gib", options_.host_memory_gib},
+            {"loss_chunk", options_.loss_chunk},
+            {"clip", options_.clip},
+            {"device", device_.str()},
+            {"dtype", dtype_name(compute_dtype_)},
+            {"data", options_.data.empty() ? "synthetic" : options_.data_dtype}};
+  if (!mp.timeline_path.empty() || !mp.export_dir.empty() || mp.planned)
+    require_input(device_.is_cpu(), "memory profiling runs on the CPU allocator only so far");
+  planning_ = std::make_unique<MemoryPlanning>(mp);
   at::manual_seed(options_.seed);
   model::ModelOptions mo;
   mo.device = device_;
@@ -96,6 +130,18 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   optimizer_ = std::make_unique<AdamW>(
       params, grads,
       AdamWOptions{options_.beta1, options_.beta2, 1e-8, options_.weight_decay});
+
+  // Starting weights: a checkpoint to resume, or a Hugging Face directory's weights.
+  if (!options_.resume.empty()) {
+    resumed_from_ = find_checkpoint(options_.resume);
+    start_step_ = load_checkpoint(resumed_from_, *model_, *optimizer_, *data_);
+    require_input(start_step_ < options_.steps, "--resume ", resumed_from_, ": the checkpoint is at step ",
+                  start_step_, ", not before --steps ", options_.steps, "; nothing to do");
+  } else if (model::has_hf_weights(options_.model)) {
+    model::load_hf_weights(options_.model, config_, model_->master());
+    model_->refresh_compute();
+    weights_from_ = options_.model;
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -141,7 +187,7 @@ nlohmann::json Trainer::resolved_config() const {
 std::vector<std::pair<std::string, std::string>> Trainer::describe() const {
   const auto& c = config_;
   const auto& o = options_;
-  return {
+  std::vector<std::pair<std::string, std::string>> out = {
       {"model", strf("%s: %lld layers, hidden %lld, heads %lld/%lld kv, head dim %lld, ffn %lld, "
                      "vocab %lld, %s parameters",
                      c.name.c_str(), (long long)c.layers, (long long)c.hidden, (long long)c.heads,
@@ -160,6 +206,14 @@ std::vector<std::pair<std::string, std::string>> Trainer::describe() const {
       {"data", data_->describe()},
       {"steps", strf("%lld (seed %llu)", (long long)o.steps, (unsigned long long)o.seed)},
   };
+  if (!weights_from_.empty()) out.emplace_back("weights", weights_from_ + " (Hugging Face safetensors)");
+  if (!resumed_from_.empty())
+    out.emplace_back("resume", strf("%s (after step %lld)", resumed_from_.c_str(), (long long)start_step_));
+  if (o.checkpoint_every > 0)
+    out.emplace_back("checkpoint", strf("every %lld steps and after the last, in %s/checkpoints (keep %lld)",
+                                        (long long)o.checkpoint_every, o.out.c_str(),
+                                        (long long)o.keep_checkpoints));
+  return out;
 }
 
 std::vector<std::pair<std::string, std::string>> Trainer::describe_policy() const {
@@ -177,7 +231,8 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
   int64_t timed_steps = 0;
   using Clock = std::chrono::steady_clock;
 
-  for (int64_t step = 0; step < o.steps; ++step) {
+  for (int64_t step = start_step_; step < o.steps; ++step) {
+    planning_->before_step(step);
     memory::reset_peak_memory(device_);
     const auto t0 = Clock::now();
     LossSum total;
@@ -197,12 +252,18 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
     }
     std::vector<at::Tensor*> grads;
     for (auto& [name, t] : model_->grads().named()) grads.push_back(t);
-    const double norm = clip_grad_norm(grads, o.clip);
-    const double lr = lr_at(step, o.steps, o.warmup, o.lr, o.min_lr_ratio);
-    optimizer_->step(lr);
-    model_->refresh_compute();
-    model_->zero_grads();
+    double norm = 0.0, lr = 0.0;
+    {
+      memory::RegionScope region("optimizer");
+      norm = clip_grad_norm(grads, o.clip);
+      lr = lr_at(step, o.steps, o.warmup, o.lr, o.min_lr_ratio);
+      optimizer_->step(lr);
+      model_->refresh_compute();
+      model_->zero_grads();
+    }
     memory::synchronize(device_);
+    grads.clear();
+    planning_->after_step(step);
     if (tracing) {
       trace_->flush();
       trace_->write(o.trace);
@@ -222,18 +283,25 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
     if (!std::isfinite(r.loss))
       throw Error(cat("step ", r.step, ": the loss is ", r.loss,
                       "; stopping (try a lower --lr or check the data)"));
+    if (!std::isfinite(r.grad_norm))  // the optimizer step has already spoiled the weights
+      throw Error(cat("step ", r.step, ": the gradient norm is ", r.grad_norm,
+                      "; stopping (try a lower --lr or check the data)"));
     losses.push_back(r.loss);
     summary.seconds += secs;
-    if (step > 0 || o.steps == 1) {
+    if (step > start_step_ || o.steps - start_step_ == 1) {
       timed_seconds += secs;
       ++timed_steps;
     }
     summary.peak_device_bytes = std::max(summary.peak_device_bytes, r.peak_device_bytes);
     on_step(r);
+    // Only after the finite-loss check: a diverged step never overwrites a good checkpoint.
+    if (o.checkpoint_every > 0 && ((step + 1) % o.checkpoint_every == 0 || step + 1 == o.steps))
+      save_checkpoint(o.out, step + 1, *model_, *optimizer_, *data_, resolved_config(), o.keep_checkpoints);
   }
 
-  summary.steps = o.steps;
-  summary.tokens = tokens_per_step * o.steps;
+  summary.memory_plan = planning_->report();
+  summary.steps = o.steps - start_step_;
+  summary.tokens = tokens_per_step * summary.steps;
   summary.first_loss = losses.front();
   const size_t tail = std::max<size_t>(1, losses.size() / 10);
   double acc = 0.0;
@@ -267,7 +335,8 @@ nlohmann::json to_json(const TrainSummary& s) {
           {"peak_device_bytes", s.peak_device_bytes},
           {"peak_activation_bytes", s.peak_activation_bytes},
           {"host_bytes", s.host_bytes},
-          {"no_context_loss", optional_json(s.no_context_loss)}};
+          {"no_context_loss", optional_json(s.no_context_loss)},
+          {"memory_plan", to_json(s.memory_plan)}};
 }
 
 }  // namespace memo::train

@@ -16,6 +16,7 @@
 #include "runtime/policy.h"
 #include "runtime/trace.h"
 #include "train/data.h"
+#include "train/memory_planning.h"
 #include "train/optimizer.h"
 #include "train/options.h"
 
@@ -44,6 +45,7 @@ struct TrainSummary {
   int64_t peak_activation_bytes = 0;  // held by the policy between forward and backward
   int64_t host_bytes = 0;             // pinned host memory the policy holds
   std::optional<double> no_context_loss;
+  MemoryPlanReport memory_plan;  // with --planned-memory
 };
 
 // Device, compute dtype and MFU peak resolved from the options.
@@ -84,6 +86,10 @@ class Trainer {
   std::unique_ptr<DataSource> data_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<runtime::TraceRecorder> trace_;
+  int64_t start_step_ = 0;     // steps already taken (a resumed run)
+  std::string resumed_from_;   // the checkpoint resumed from
+  std::string weights_from_;   // a Hugging Face directory the weights came from
+  std::unique_ptr<MemoryPlanning> planning_;
 };
 
 nlohmann::json to_json(const StepRecord& r);

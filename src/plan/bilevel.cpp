@@ -1,0 +1,126 @@
+// Bi-level planning: group region instances by signature, pack each group
+// once (level 1), then pack the step (level 2).
+#include "plan/bilevel.h"
+
+#include <map>
+
+#include "core/error.h"
+
+namespace memo::plan {
+
+namespace {
+
+// A request stays inside its region when it is freed before the region ends.
+bool transient(const RequestTrace& t, const Request& r) {
+  return r.region >= 0 && r.free_time >= 0 &&
+         r.free_time <= t.regions[static_cast<size_t>(r.region)].end_time;
+}
+
+}  // namespace
+
+Problem region_problem(const RequestTrace& t, int64_t region) {
+  Problem p;
+  const auto& span = t.regions[static_cast<size_t>(region)];
+  for (size_t k = 0; k < t.requests.size(); ++k) {
+    const auto& r = t.requests[k];
+    if (r.region != region || !transient(t, r)) continue;
+    p.buffers.push_back({std::to_string(k), r.alloc_time - span.begin_time, r.free_time - span.begin_time,
+                         r.bytes, 1});
+  }
+  return p;
+}
+
+BilevelPlan plan_bilevel(const RequestTrace& t, int64_t alignment, const SolveOptions& options) {
+  BilevelPlan plan;
+  plan.placements.resize(t.requests.size());
+  for (size_t k = 0; k < t.requests.size(); ++k) plan.placements[k].bytes = t.requests[k].bytes;
+
+  // Level 1: one plan per distinct (name, transient sizes in order) signature.
+  std::map<std::pair<std::string, std::vector<int64_t>>, size_t> groups;
+  std::vector<size_t> group_of(t.regions.size());
+  for (size_t r = 0; r < t.regions.size(); ++r) {
+    auto p = region_problem(t, static_cast<int64_t>(r));
+    std::vector<int64_t> sig;
+    for (const auto& b : p.buffers) sig.push_back(b.size), sig.push_back(b.lower), sig.push_back(b.upper);
+    auto key = std::make_pair(t.regions[r].name, sig);
+    auto it = groups.find(key);
+    if (it == groups.end()) {
+      Level1Plan l1;
+      l1.region = t.regions[r].name;
+      l1.problem = p;
+      for (auto& b : l1.problem.buffers) b.alignment = alignment;
+      if (!l1.problem.buffers.empty()) {
+        auto res = solve_bestfit(l1.problem, options);
+        if (!res.found) throw Error(cat("memory plan: no packing for region ", l1.region));
+        l1.offsets = res.offsets;
+        l1.peak = res.peak;
+        l1.load = res.load;
+      }
+      it = groups.emplace(key, plan.level1.size()).first;
+      plan.level1.push_back(std::move(l1));
+    }
+    group_of[r] = it->second;
+    plan.level1[it->second].instances++;
+  }
+
+  // Level 2: region instances as pseudo-buffers, plus requests that cross
+  // regions but are freed within the step.
+  std::vector<int64_t> region_buffer(t.regions.size(), -1);
+  for (size_t r = 0; r < t.regions.size(); ++r) {
+    const auto& l1 = plan.level1[group_of[r]];
+    if (l1.peak == 0) continue;
+    region_buffer[r] = static_cast<int64_t>(plan.level2.buffers.size());
+    plan.level2.buffers.push_back({"region:" + t.regions[r].name + ":" + std::to_string(r),
+                                   t.regions[r].begin_time, t.regions[r].end_time + 1, l1.peak, alignment});
+  }
+  std::vector<int64_t> request_buffer(t.requests.size(), -1);
+  for (size_t k = 0; k < t.requests.size(); ++k) {
+    const auto& r = t.requests[k];
+    if (transient(t, r) || r.free_time < 0) continue;  // level 1, or escapes the step
+    request_buffer[k] = static_cast<int64_t>(plan.level2.buffers.size());
+    plan.level2.buffers.push_back({std::to_string(k), r.alloc_time, r.free_time, r.bytes, alignment});
+  }
+  if (!plan.level2.buffers.empty()) {
+    auto res = solve_bestfit(plan.level2, options);
+    if (!res.found) throw Error("memory plan: no packing for the step");
+    plan.level2_offsets = res.offsets;
+    plan.arena_bytes = res.peak;
+  }
+
+  // Placements, request by request.
+  std::vector<size_t> next_in_region(t.regions.size(), 0);
+  for (size_t k = 0; k < t.requests.size(); ++k) {
+    const auto& r = t.requests[k];
+    auto& pl = plan.placements[k];
+    if (transient(t, r)) {
+      const size_t g = group_of[static_cast<size_t>(r.region)];
+      const size_t j = next_in_region[static_cast<size_t>(r.region)]++;
+      const int64_t base = plan.level2_offsets[static_cast<size_t>(region_buffer[static_cast<size_t>(r.region)])];
+      pl = {Placement::Kind::Arena, r.bytes, base + plan.level1[g].offsets[j]};
+    } else if (request_buffer[k] >= 0) {
+      pl = {Placement::Kind::Arena, r.bytes, plan.level2_offsets[static_cast<size_t>(request_buffer[k])]};
+    } else {
+      pl.kind = Placement::Kind::Fallback;
+      plan.fallback_requests++;
+    }
+  }
+  Problem flat;
+  Offsets flat_offsets;
+  flatten(t, plan, flat, flat_offsets);
+  plan.flat_load = load(flat);
+  return plan;
+}
+
+void flatten(const RequestTrace& t, const BilevelPlan& plan, Problem& problem, Offsets& offsets) {
+  problem.buffers.clear();
+  offsets.clear();
+  for (size_t k = 0; k < t.requests.size(); ++k) {
+    const auto& pl = plan.placements[k];
+    if (pl.kind != Placement::Kind::Arena) continue;
+    const auto& r = t.requests[k];
+    problem.buffers.push_back({std::to_string(k), r.alloc_time, r.free_time, r.bytes, 1});
+    offsets.push_back(pl.offset);
+  }
+}
+
+}  // namespace memo::plan

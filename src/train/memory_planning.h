@@ -1,0 +1,68 @@
+// Drives the planned allocator through a run (--planned-memory): step 0 runs
+// plainly (lazy one-off allocations happen there), step 1 is profiled and
+// planned (or the plan comes from the on-disk cache, keyed by model, shape,
+// policy and library versions), later steps are served from the arena.
+// Also writes the memory timeline (HTML) and the regions as DSA CSVs.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "plan/bilevel.h"
+
+namespace memo::train {
+
+struct MemoryPlanningOptions {
+  bool planned = false;
+  std::string cache_dir;       // empty: no cache
+  std::string timeline_path;   // HTML timeline of the profiled step
+  std::string export_dir;      // level-1 regions and level 2 as DSA CSVs
+  nlohmann::json key;          // what the plan depends on
+};
+
+struct MemoryPlanReport {
+  bool active = false;
+  std::string source;              // "profiled" or "cache"
+  int64_t arena_bytes = 0;
+  int64_t flat_load = 0;           // LOAD of the planned requests
+  int64_t level1_plans = 0;
+  int64_t planned_requests = 0;    // per planned step (last one)
+  int64_t fallbacks = 0;           // summed over planned steps
+  int64_t first_fallback_request = -1;  // request index and size of the last step's first miss
+  int64_t first_fallback_bytes = 0;
+  int64_t base_allocs_last_step = 0;
+  int64_t base_frees_last_step = 0;
+  int64_t fragmentation_bytes = 0;  // arena - peak live planned bytes
+  std::string cache_file;
+};
+
+class MemoryPlanning {
+ public:
+  explicit MemoryPlanning(MemoryPlanningOptions options);
+  bool enabled() const { return options_.planned || !options_.timeline_path.empty(); }
+  void before_step(int64_t step);
+  void after_step(int64_t step);
+  const MemoryPlanReport& report() const { return report_; }
+
+ private:
+  bool load_cache();
+  void save_cache(const plan::BilevelPlan& plan) const;
+  std::string cache_file() const;
+
+  MemoryPlanningOptions options_;
+  MemoryPlanReport report_;
+  bool recording_ = false;
+  std::optional<plan::BilevelPlan> plan_;
+};
+
+nlohmann::json to_json(const MemoryPlanReport& r);
+
+// A self-contained HTML page plotting live bytes over the profiled step, with
+// the arena size and LOAD and the regions marked.
+std::string memory_timeline_html(const plan::RequestTrace& trace, int64_t arena_bytes);
+
+}  // namespace memo::train
