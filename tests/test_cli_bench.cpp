@@ -62,3 +62,24 @@ TEST(TrainCli, TooSmallHostMemoryFailsBeforeTheFirstStep) {
 
 }  // namespace
 }  // namespace memo
+
+namespace memo {
+namespace {
+
+TEST(BenchCli, PlannedMemoryColumnShowsNoFallbacksAndNoMallocs) {
+  auto dir = testing::scratch_dir("bench_planned");
+  auto json_path = (dir / "bench.json").string();
+  auto r = testing::run_memo("bench --layers 3 --seq-len 24 --batch 2 --steps 2 --alpha 0.5 --planned-memory --json " +
+                             json_path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream in(json_path);
+  auto j = nlohmann::json::parse(in);
+  for (const auto& row : j["rows"]) {
+    EXPECT_GT(row["arena_bytes"].get<int64_t>(), 0) << row["policy"];
+    EXPECT_EQ(row["plan_fallbacks"].get<int64_t>(), 0) << row["policy"];
+    EXPECT_EQ(row["mallocs_per_step"].get<int64_t>(), 0) << row["policy"];
+  }
+}
+
+}  // namespace
+}  // namespace memo

@@ -11,6 +11,8 @@
 #include "core/error.h"
 #include "core/units.h"
 #include "memory/device_memory.h"
+#include "memory/planned_allocator.h"
+#include "plan/bilevel.h"
 #include "model/llama.h"
 #include "runtime/policy.h"
 #include "runtime/trace.h"
@@ -46,7 +48,10 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
   if (o.layers > 0) cfg.layers = o.layers;
   cfg.validate(o.model);
   const auto ex = resolve_execution(o);
+  require_input(!options.planned_memory || ex.device.is_cpu(),
+                "--planned-memory runs on the CPU allocator only so far (use --device cpu)");
   if (ex.device.is_cpu()) memory::install_cpu_memory_meter();
+  if (options.planned_memory) memory::PlannedAllocator::install();
 
   auto batch = make_synthetic_source({cfg.vocab_size, 0, o.seed}, o.seq_len)->next(o.batch, o.seq_len);
   batch.tokens = batch.tokens.to(ex.device);
@@ -85,6 +90,24 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
       if (keep_grads) row.max_grad_rel_diff = max_rel_diff(grads, *keep_grads);
       grads.clear();
 
+      // Planned memory: profile one step, plan it, serve the timed steps from the arena.
+      memory::PlannedAllocator* planner = nullptr;
+      if (options.planned_memory) {
+        planner = &memory::PlannedAllocator::install();
+        planner->start_recording();
+        planner->begin_step();
+        forward_backward(model, *policy, batch, 1.0, o.loss_chunk);
+        model.zero_grads();
+        planner->end_step();
+        plan::SolveOptions so;
+        so.time_limit_s = 60;
+        so.node_limit = 300;
+        auto p = plan::plan_bilevel(planner->stop_recording(), 64, so);
+        planner->arm(p);
+        planner->reset_counters();
+        row.arena_bytes = p.arena_bytes;
+        row.plan_fallbacks = 0;
+      }
       std::vector<double> times;
       memory::reset_peak_memory(ex.device);
       for (int64_t s = 0; s < options.steps; ++s) {
@@ -92,9 +115,17 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
         trace.set_enabled(tracing);
         model.zero_grads();
         memory::synchronize(ex.device);
+        if (planner) planner->begin_step();
         const auto t0 = std::chrono::steady_clock::now();
         forward_backward(model, *policy, batch, 1.0, o.loss_chunk, tracing ? &trace : nullptr);
         memory::synchronize(ex.device);
+        if (planner) {
+          planner->end_step();
+          const auto s = planner->stats();
+          *row.plan_fallbacks += s.fallback;
+          row.mallocs_per_step = s.base_allocs;
+          planner->reset_counters();
+        }
         times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         progress(strf("%s: step %lld/%lld %s", name.c_str(), (long long)s + 1, (long long)options.steps,
                       format_seconds(times.back()).c_str()));
@@ -111,6 +142,7 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
       row.host_bytes = policy->peak_held().host;
       if (ex.peak_flops > 0) row.mfu = flops / (row.step_s * ex.peak_flops);
       if (name == "keep") keep_time = row.step_s;
+      if (planner) planner->disarm();
     } catch (const c10::OutOfMemoryError&) {
       // Out of device memory is a result of this row, not a failure of the bench.
       row.status = "oom";

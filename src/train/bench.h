@@ -18,6 +18,7 @@ struct BenchOptions {
   int64_t steps = 3;  // timed forward+backward steps per policy (after one untimed)
   std::vector<std::string> policies = {"keep", "recompute", "offload", "memo"};
   std::string trace;  // prefix: writes PREFIX.POLICY.json for each policy's last step
+  bool planned_memory = false;  // timed steps served from a bi-level planned arena (CPU)
 };
 
 struct BenchRow {
@@ -31,6 +32,9 @@ struct BenchRow {
   int64_t host_bytes = 0;
   std::optional<double> alpha;
   std::optional<double> max_grad_rel_diff;  // against keep, same weights and batch
+  std::optional<int64_t> arena_bytes;       // with planned memory
+  std::optional<int64_t> plan_fallbacks;    // requests the plan did not expect, over the timed steps
+  std::optional<int64_t> mallocs_per_step;  // calls into the plain allocator in the last timed step
 };
 
 // Runs every policy; `progress` gets one line per stage.
