@@ -64,6 +64,16 @@ TEST(Checkpoint, ResumeFromAnOutDirectoryTakesTheNewest) {
   fs::remove_all(dir);
 }
 
+TEST(Checkpoint, LeftoversOfAnInterruptedSaveAreRemoved) {
+  auto dir = testing::scratch_dir("ckpt_leftover");
+  fs::create_directories(dir / "o/checkpoints/step-00000007.tmp");
+  std::ofstream(dir / "o/checkpoints/step-00000007.tmp/model.safetensors") << "half";
+  auto r = run_memo("train --steps 2 --seq-len 16 --batch 2 --out " + (dir / "o").string() + " --checkpoint-every 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(checkpoints_in(dir / "o"), (std::vector<std::string>{"step-00000002"}));
+  fs::remove_all(dir);
+}
+
 TEST(Checkpoint, KeepsOnlyTheNewestK) {
   auto dir = testing::scratch_dir("ckpt_keep");
   auto r = run_memo("train --steps 6 --seq-len 16 --batch 2 --out " + (dir / "o").string() +
@@ -111,6 +121,29 @@ TEST(Checkpoint, ResumeWithADifferentModelIsAnInputError) {
   auto bad = run_memo("train --steps 4 --seq-len 16 --batch 2 --layers 3 --resume " + (dir / "o").string());
   EXPECT_EQ(bad.code, 2) << bad.output;
   EXPECT_NE(bad.output.find("is missing"), std::string::npos) << bad.output;
+  fs::remove_all(dir);
+}
+
+TEST(Checkpoint, DamagedOptimizerStateIsAnInputError) {
+  auto dir = testing::scratch_dir("ckpt_damaged");
+  auto r = run_memo("train --steps 2 --seq-len 16 --batch 2 --out " + (dir / "o").string() + " --checkpoint-every 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto opt = dir / "o/checkpoints/step-00000002/optimizer.safetensors";
+  fs::resize_file(opt, fs::file_size(opt) - 8);
+  auto bad = run_memo("train --steps 4 --seq-len 16 --batch 2 --resume " + (dir / "o").string());
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("optimizer.safetensors"), std::string::npos) << bad.output;
+  fs::remove_all(dir);
+}
+
+TEST(Checkpoint, DamagedTrainerStateIsAnInputError) {
+  auto dir = testing::scratch_dir("ckpt_state");
+  auto r = run_memo("train --steps 2 --seq-len 16 --batch 2 --out " + (dir / "o").string() + " --checkpoint-every 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ofstream(dir / "o/checkpoints/step-00000002/trainer_state.json") << "{\"step\": 2";
+  auto bad = run_memo("train --steps 4 --seq-len 16 --batch 2 --resume " + (dir / "o").string());
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("trainer_state.json"), std::string::npos) << bad.output;
   fs::remove_all(dir);
 }
 

@@ -327,5 +327,45 @@ TEST(HfCheckpoint, EvalWritesLossAndPerplexity) {
   fs::remove_all(dir);
 }
 
+TEST(HfCheckpoint, Transformers5RopeParametersParse) {
+  auto c = model::parse_hf_config(
+      R"({"model_type": "llama", "vocab_size": 96, "hidden_size": 64, "num_hidden_layers": 2,)"
+      R"( "num_attention_heads": 4, "intermediate_size": 112, "rope_parameters": {"rope_type": "llama3",)"
+      R"( "rope_theta": 500000.0, "factor": 8.0, "original_max_position_embeddings": 16}})",
+      "v5.json");
+  EXPECT_EQ(c.rope_theta, 500000.0);
+  EXPECT_EQ(c.rope_scaling.factor, 8.0);
+  EXPECT_EQ(c.rope_scaling.original_max_position, 16);
+}
+
+TEST(HfCheckpoint, WrittenConfigParsesBackToTheSameShape) {
+  auto c = small_config(true);
+  c.rope_scaling = {8.0, 1.0, 4.0, 16};
+  auto back = model::parse_hf_config(model::hf_config_json(c, at::kFloat).dump(), "memo.json");
+  EXPECT_EQ(back.qkv_dim(), c.qkv_dim());
+  EXPECT_EQ(back.ffn, c.ffn);
+  EXPECT_EQ(back.tie_embeddings, true);
+  EXPECT_EQ(back.rope_scaling.factor, 8.0);
+  EXPECT_EQ(back.rms_eps, c.rms_eps);
+}
+
+TEST(HfCheckpoint, TrainingStartsFromTheHfWeights) {
+  auto dir = saved_checkpoint("hf_train");
+  write_ones(dir / "tok.bin", 400);
+  auto r = testing::run_memo("train --model " + dir.string() + " --data " + (dir / "tok.bin").string() +
+                             " --data-dtype uint16 --steps 1 --seq-len 8 --batch 2 --lr 1e-12 --out " +
+                             (dir / "o").string() + " --checkpoint-every 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("(Hugging Face safetensors)"), std::string::npos) << r.output;
+  auto a = make_model(small_config(false), 1);  // what was saved
+  auto b = make_model(small_config(false), 2);
+  model::load_hf_weights((dir / "o/checkpoints/step-00000001").string(), b.config(), b.master());
+  auto x = a.master().named();
+  auto y = b.master().named();
+  for (size_t i = 0; i < x.size(); ++i)  // a step of lr 1e-12 moves nothing visibly
+    EXPECT_TRUE(at::allclose(*x[i].second, *y[i].second, 0, 1e-9)) << x[i].first;
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace memo

@@ -62,7 +62,11 @@ std::string save_checkpoint(const std::string& out_dir, int64_t step, model::Lla
   const fs::path final_dir = root / step_name(step);
   const fs::path tmp = root / (step_name(step) + ".tmp");
   std::error_code ec;
-  fs::remove_all(tmp, ec);  // a leftover from an interrupted save
+  std::vector<fs::path> leftovers;  // of interrupted saves
+  if (fs::is_directory(root, ec))
+    for (const auto& e : fs::directory_iterator(root, ec))
+      if (e.path().filename().string().ends_with(".tmp")) leftovers.push_back(e.path());
+  for (const auto& p : leftovers) fs::remove_all(p, ec);
   fs::create_directories(tmp, ec);
   require_input(!ec, "cannot create checkpoint directory ", tmp.string(), ": ", ec.message());
 
