@@ -60,6 +60,22 @@ TEST(FuzzRegressions, NumberOverflowInConfigIsAnInputError) {
   EXPECT_THROW(model::parse_hf_config(R"({"model_type": "llama", "vocab_size": 1e400})", "x.json"), InputError);
 }
 
+TEST(FuzzRegressions, HugeFloatForAnIntegerFieldIsAnInputError) {
+  try {
+    model::parse_hf_config(R"({"model_type": "llama", "vocab_size": 128e256, "hidden_size": 64})", "x.json");
+    ADD_FAILURE() << "no InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("\"vocab_size\" must be an integer"), std::string::npos) << e.what();
+  }
+}
+
+TEST(FuzzRegressions, IntegralFloatForAnIntegerFieldIsAccepted) {
+  auto c = model::parse_hf_config(R"({"model_type": "llama", "vocab_size": 96.0, "hidden_size": 64,)"
+                                  R"( "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 112})",
+                                  "x.json");
+  EXPECT_EQ(c.vocab_size, 96);
+}
+
 TEST(FuzzRegressions, SeedCorporaParse) {
   for (const auto& f : files_in("corpus/safetensors")) EXPECT_NO_THROW(parse_safetensors(slurp(f))) << f;
   for (const auto& f : files_in("corpus/hf_config")) EXPECT_NO_THROW(model::parse_hf_config(slurp(f), f)) << f;

@@ -3,7 +3,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
+#include <type_traits>
 #include <fstream>
 #include <sstream>
 
@@ -116,6 +118,16 @@ ModelConfig preset(const std::string& name) {
 
 template <typename T>
 T get_field(const nlohmann::json& j, const char* key, const std::string& source) {
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    // A float where an integer belongs: only an exact, representable value
+    // (converting 1e300 to int64 is undefined; found by fuzz/fuzz_hf_config).
+    if (j.contains(key) && j.at(key).is_number_float()) {
+      const double v = j.at(key).get<double>();
+      require_input(std::isfinite(v) && v == std::trunc(v) && std::fabs(v) < 9.0e15, source, ": field \"", key,
+                    "\" must be an integer, got ", v);
+      return static_cast<T>(v);
+    }
+  }
   try {
     return j.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
