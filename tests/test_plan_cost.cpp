@@ -21,25 +21,10 @@
 namespace memo {
 namespace {
 
-plan::ModelShape shape_of(const model::ModelConfig& c) {
-  plan::ModelShape s;
-  s.name = c.name;
-  s.arch = c.arch == model::Arch::Gpt ? plan::ModelArch::Gpt : plan::ModelArch::Llama;
-  s.vocab = c.vocab_size;
-  s.hidden = c.hidden;
-  s.layers = c.layers;
-  s.heads = c.heads;
-  s.kv_heads = c.kv_heads;
-  s.head_dim = c.head_dim;
-  s.ffn = c.ffn;
-  s.tied_embeddings = c.tie_embeddings;
-  return s;
-}
-
 plan::PlanInputs inputs(const std::string& model, int64_t seq_len, int64_t batch = 1,
                         const std::string& hardware = "h200-141gb") {
   plan::PlanInputs in;
-  in.model = shape_of(model::resolve_model(model));
+  in.model = model::to_plan_shape(model::resolve_model(model));
   in.seq_len = seq_len;
   in.batch = batch;
   in.hardware = plan::hardware_preset(hardware);

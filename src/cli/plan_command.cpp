@@ -122,24 +122,9 @@ std::string profile_hardware(const plan::PlanInputs& in, plan::Hardware& hw) {
                    : "; on CPU the measured matmul rate is taken as the peak");
 }
 
-plan::ModelShape to_shape(const model::ModelConfig& c) {
-  plan::ModelShape s;
-  s.name = c.name;
-  s.arch = c.arch == model::Arch::Gpt ? plan::ModelArch::Gpt : plan::ModelArch::Llama;
-  s.vocab = c.vocab_size;
-  s.hidden = c.hidden;
-  s.layers = c.layers;
-  s.heads = c.heads;
-  s.kv_heads = c.kv_heads;
-  s.head_dim = c.head_dim;
-  s.ffn = c.ffn;
-  s.tied_embeddings = c.tie_embeddings;
-  return s;
-}
-
 plan::PlanInputs to_inputs(const PlanFlags& f) {
   plan::PlanInputs in;
-  in.model = to_shape(model::resolve_model(f.model));
+  in.model = model::to_plan_shape(model::resolve_model(f.model));
   if (f.layers != 0) {
     require_input(f.layers > 0, "--layers must be positive (0 keeps the model's), got ", f.layers);
     in.model.layers = f.layers;

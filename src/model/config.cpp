@@ -145,6 +145,21 @@ T get_field_or(const nlohmann::json& j, const char* key, T fallback, const std::
 
 }  // namespace
 
+plan::ModelShape to_plan_shape(const ModelConfig& c) {
+  plan::ModelShape s;
+  s.name = c.name;
+  s.arch = c.arch == Arch::Gpt ? plan::ModelArch::Gpt : plan::ModelArch::Llama;
+  s.vocab = c.vocab_size;
+  s.hidden = c.hidden;
+  s.layers = c.layers;
+  s.heads = c.heads;
+  s.kv_heads = c.kv_heads;
+  s.head_dim = c.head_dim;
+  s.ffn = c.ffn;
+  s.tied_embeddings = c.tie_embeddings;
+  return s;
+}
+
 std::vector<std::string> preset_names() {
   return {"tiny",   "llama3.2-1b", "llama3.2-3b", "llama3-8b", "llama2-7b",
           "gpt-7b", "gpt-13b",     "gpt-30b",     "gpt-65b"};

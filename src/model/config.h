@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "plan/cost_model.h"
+
 namespace memo::model {
 
 enum class Arch { Llama, Gpt };
@@ -54,6 +56,9 @@ std::vector<std::string> preset_names();
 // A preset by name, or a Hugging Face config.json path. Throws InputError for
 // an unknown name or a malformed/unsupported file.
 ModelConfig resolve_model(const std::string& name_or_path);
+
+// The shape the planner's cost model needs (plan/ knows nothing of model/).
+plan::ModelShape to_plan_shape(const ModelConfig& c);
 
 // Parses the text of a Hugging Face Llama config.json; `source` names it in errors.
 ModelConfig parse_hf_config(const std::string& json_text, const std::string& source);
