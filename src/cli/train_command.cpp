@@ -101,7 +101,8 @@ void add_train_command(CLI::App& root, Action& action) {
   auto bindings = std::make_shared<std::vector<Binding>>();
   auto& b = *bindings;
   add_flag(app, b, "--model", &TrainOptions::model,
-       "Model: a preset (" + joined(model::preset_names()) + ") or a Hugging Face config.json path");
+       "Model: a preset (" + joined(model::preset_names()) + "), a Hugging Face config.json, or a Hugging Face "
+       "checkpoint directory (config.json + *.safetensors: training starts from its weights)");
   add_flag(app, b, "--layers", &TrainOptions::layers, "Override the model's layer count (0 keeps it)");
   add_flag(app, b, "--seq-len", &TrainOptions::seq_len, "Tokens per sequence");
   add_flag(app, b, "--batch", &TrainOptions::batch, "Sequences per micro-batch");
