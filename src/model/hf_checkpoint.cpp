@@ -193,7 +193,7 @@ void load_hf_weights(const std::string& dir, const ModelConfig& config, ModelWei
 
 std::vector<std::pair<std::string, at::Tensor>> to_hf_tensors(const ModelConfig& c, const ModelWeights& w,
                                                               at::ScalarType dtype) {
-  auto ws = const_cast<ModelWeights&>(w);  // a shallow copy: slots_for only takes addresses
+  ModelWeights ws = w;  // a shallow copy (tensor handles): slots_for takes addresses
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (auto& [name, s] : slots_for(c, ws))
     out.emplace_back(name, s.target->narrow(0, s.row, s.shape[0]).to(at::kCPU, dtype).contiguous());
