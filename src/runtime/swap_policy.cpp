@@ -133,14 +133,14 @@ class SwapPolicy final : public ActivationPolicy {
     if (split.swapped) {
       engine_->copy_out(index, host_pairs(index, acts, /*to_host=*/true));
       if (split.resident_tokens > 0) {
-        model::LayerActivations res;
+        // The resident tokens of every recomputable tensor, by skeletal position.
+        std::vector<at::Tensor> res;
         size_t k = 0;
-        const auto& sp = specs_;
         acts.for_each([&](const char*, at::Tensor& t) {
-          const auto& s = sp[k++];
-          if (s.always_offloaded) return;
-          at::Tensor slice = t.narrow(s.token_dim, split.offload_tokens, split.resident_tokens).clone();
-          set_field(res, s.name, slice);
+          const auto& s = specs_[k++];
+          res.push_back(s.always_offloaded
+                            ? at::Tensor()
+                            : t.narrow(s.token_dim, split.offload_tokens, split.resident_tokens).clone());
         });
         resident_[index] = std::move(res);
       }
@@ -194,18 +194,14 @@ class SwapPolicy final : public ActivationPolicy {
     HeldBytes h;
     h.device = 2 * buffer_bytes_;
     for (const auto& [i, x] : x_hold_) h.device += static_cast<int64_t>(x.nbytes());
-    for (const auto& [i, r] : resident_) h.device += r.bytes();
+    for (const auto& [i, tensors] : resident_)
+      for (const auto& t : tensors)
+        if (t.defined()) h.device += static_cast<int64_t>(t.nbytes());
     h.host = host_bytes_;
     return h;
   }
 
  private:
-  static void set_field(model::LayerActivations& acts, const char* name, const at::Tensor& t) {
-    acts.for_each([&](const char* n, at::Tensor& slot) {
-      if (std::string(n) == name) slot = t;
-    });
-  }
-
   // Host views: per swapped layer, per tensor, the kept tokens; one pinned pool.
   void layout_host_pool(int64_t layers) {
     host_views_.assign(static_cast<size_t>(layers), {});
@@ -267,14 +263,10 @@ class SwapPolicy final : public ActivationPolicy {
     auto it = resident_.find(index);
     if (it == resident_.end()) return;
     size_t k = 0;
-    auto& res = it->second;
-    acts.for_each([&](const char* name, at::Tensor& t) {
-      const auto& s = specs_[k++];
-      if (s.always_offloaded) return;
-      res.for_each([&](const char* n, at::Tensor& r) {
-        if (std::string(n) == name && r.defined())
-          t.narrow(s.token_dim, split.offload_tokens, split.resident_tokens).copy_(r);
-      });
+    acts.for_each([&](const char*, at::Tensor& t) {
+      const auto& s = specs_[k];
+      const auto& r = it->second[k++];
+      if (r.defined()) t.narrow(s.token_dim, split.offload_tokens, split.resident_tokens).copy_(r);
     });
     resident_.erase(it);
   }
@@ -349,7 +341,7 @@ class SwapPolicy final : public ActivationPolicy {
   int64_t owner_[2] = {-1, -1};
   bool valid_[2] = {false, false};
   std::map<int64_t, at::Tensor> x_hold_;
-  std::map<int64_t, model::LayerActivations> resident_;
+  std::map<int64_t, std::vector<at::Tensor>> resident_;  // per layer, by skeletal position
   std::set<int64_t> prefetched_;
 };
 

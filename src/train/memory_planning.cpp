@@ -58,10 +58,12 @@ bool MemoryPlanning::load_cache() {
     pl.offset = e[2].get<int64_t>();
     p.placements.push_back(pl);
   }
-  p.level1.resize(j.at("level1_plans").get<size_t>());
-  plan_ = std::move(p);
   report_.source = "cache";
   report_.cache_file = path;
+  report_.arena_bytes = p.arena_bytes;
+  report_.flat_load = p.flat_load;
+  report_.level1_plans = j.at("level1_plans").get<int64_t>();
+  plan_ = std::move(p);
   return true;
 }
 
@@ -130,14 +132,12 @@ void MemoryPlanning::after_step(int64_t step) {
     save_cache(p);
     report_.source = "profiled";
     report_.cache_file = cache_file();
+    report_.arena_bytes = p.arena_bytes;
+    report_.flat_load = p.flat_load;
+    report_.level1_plans = static_cast<int64_t>(p.level1.size());
     a.arm(p);
     report_.active = true;
     plan_ = std::move(p);
-  }
-  if (plan_) {
-    report_.arena_bytes = plan_->arena_bytes;
-    report_.flat_load = plan_->flat_load;
-    report_.level1_plans = static_cast<int64_t>(plan_->level1.size());
   }
 }
 
