@@ -11,13 +11,19 @@
 namespace memo {
 namespace {
 
-TEST(BenchCli, EveryPolicyGetsARowAndMatchesKeep) {
-  auto dir = testing::scratch_dir("bench");
-  auto json_path = (dir / "bench.json").string();
-  auto r = testing::run_memo("bench --layers 3 --seq-len 24 --batch 2 --steps 1 --alpha 0.37 --json " + json_path);
-  ASSERT_EQ(r.code, 0) << r.output;
+// Runs `memo bench ARGS --json F` in a fresh scratch folder and parses F
+// (empty when the run failed, with the output in a test failure).
+nlohmann::json run_bench_json(const std::string& scratch, const std::string& args) {
+  auto json_path = (testing::scratch_dir(scratch) / "bench.json").string();
+  auto r = testing::run_memo("bench " + args + " --json " + json_path);
+  EXPECT_EQ(r.code, 0) << r.output;
+  if (r.code != 0) return {};
   std::ifstream in(json_path);
-  auto j = nlohmann::json::parse(in);
+  return nlohmann::json::parse(in);
+}
+
+TEST(BenchCli, EveryPolicyGetsARowAndMatchesKeep) {
+  auto j = run_bench_json("bench", "--layers 3 --seq-len 24 --batch 2 --steps 1 --alpha 0.37");
   ASSERT_EQ(j["rows"].size(), 4u);
   std::set<std::string> seen;
   for (const auto& row : j["rows"]) {
@@ -60,24 +66,24 @@ TEST(TrainCli, TooSmallHostMemoryFailsBeforeTheFirstStep) {
   EXPECT_EQ(r.output.find("step 1/"), std::string::npos) << r.output;
 }
 
-}  // namespace
-}  // namespace memo
-
-namespace memo {
-namespace {
-
 TEST(BenchCli, PlannedMemoryColumnShowsNoFallbacksAndNoMallocs) {
-  auto dir = testing::scratch_dir("bench_planned");
-  auto json_path = (dir / "bench.json").string();
-  auto r = testing::run_memo("bench --layers 3 --seq-len 24 --batch 2 --steps 2 --alpha 0.5 --planned-memory --json " +
-                             json_path);
-  ASSERT_EQ(r.code, 0) << r.output;
-  std::ifstream in(json_path);
-  auto j = nlohmann::json::parse(in);
+  auto j = run_bench_json("bench_planned", "--layers 3 --seq-len 24 --batch 2 --steps 2 --alpha 0.5 --planned-memory");
+  ASSERT_EQ(j["rows"].size(), 4u);
   for (const auto& row : j["rows"]) {
     EXPECT_GT(row["arena_bytes"].get<int64_t>(), 0) << row["policy"];
     EXPECT_EQ(row["plan_fallbacks"].get<int64_t>(), 0) << row["policy"];
-    EXPECT_EQ(row["mallocs_per_step"].get<int64_t>(), 0) << row["policy"];
+    EXPECT_EQ(row["device_mallocs_per_step"].get<int64_t>(), 0) << row["policy"];
+  }
+}
+
+TEST(BenchCli, WithoutThePlanEveryStepCallsTheDeviceMalloc) {
+  // The column's counterpart: on CPU every unplanned tensor is a malloc, so a
+  // column that read 0 here would measure nothing.
+  auto j = run_bench_json("bench_unplanned", "--layers 2 --seq-len 24 --batch 2 --steps 2 --policies keep,memo");
+  ASSERT_EQ(j["rows"].size(), 2u);
+  for (const auto& row : j["rows"]) {
+    EXPECT_GT(row["device_mallocs_per_step"].get<int64_t>(), 10) << row["policy"];
+    EXPECT_GE(row["fragmentation"].get<double>(), 0.0) << row["policy"];
   }
 }
 

@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "cli_runner.h"
+#include "core/error.h"
 #include "memory/planned_allocator.h"
 #include "model/llama.h"
 #include "plan/bilevel.h"
@@ -135,6 +136,17 @@ TEST(MemoryPlan, AWrongPlanIsNeverMisplacedOnlyCountedAsFallbacks) {
   for (size_t i = 0; i < g1.size(); ++i) EXPECT_TRUE(at::equal(*g1[i].second, *g2[i].second)) << g1[i].first;
 }
 
+#ifndef MEMO_WITH_CUDA
+TEST(PlannedAllocatorInstall, CudaInACpuOnlyBuildIsAClearInputError) {
+  try {
+    memory::PlannedAllocator::install(c10::Device(c10::DeviceType::CUDA));
+    FAIL() << "installed a CUDA planned allocator in a build without MEMO_CUDA";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda"), std::string::npos) << e.what();
+  }
+}
+#endif
+
 train::TrainOptions run_options(const std::string& policy, const std::string& cache, bool planned) {
   train::TrainOptions o;
   o.seq_len = 32;
@@ -168,7 +180,9 @@ TEST_P(PlannedTraining, LossesAreBitwiseIdenticalWithAndWithoutThePlan) {
   EXPECT_EQ(plain, planned);
   EXPECT_TRUE(s.memory_plan.active);
   EXPECT_EQ(s.memory_plan.fallbacks, 0);
-  EXPECT_EQ(s.memory_plan.base_allocs_last_step, 0) << "steady-state steps call malloc";
+  EXPECT_EQ(s.memory_plan.base_allocs_last_step, 0) << "steady-state steps use the fallback";
+  EXPECT_EQ(s.memory_plan.device_mallocs_last_step, 0) << "steady-state steps call malloc";
+  EXPECT_EQ(s.memory_plan.device_frees_last_step, 0) << "steady-state steps call free";
   EXPECT_GT(s.memory_plan.planned_requests, 0);
 }
 

@@ -63,8 +63,8 @@ void add_bench_command(CLI::App& root, Action& action) {
   app->add_option("--trace", o->trace, "Write PREFIX.POLICY.json Chrome traces of each policy's last step");
   app->add_option("--json", *json, "Write {\"rows\": [...]} to this file");
   app->add_flag("--planned-memory", o->planned_memory,
-                "Serve the timed steps from a bi-level planned arena (CPU); adds arena, fallback and "
-                "malloc columns");
+                "Serve the timed steps from a bi-level planned arena (CPU allocator, or the pluggable CUDA "
+                "allocator in a MEMO_CUDA build); adds arena and fallback columns");
 
   app->callback([&action, o, policies, json] {
     action = [o, policies, json]() -> int {
@@ -74,26 +74,27 @@ void add_bench_command(CLI::App& root, Action& action) {
       auto rows = train::run_bench(*o, [](const std::string& line) {
         std::fprintf(stderr, "  %s\n", line.c_str());
       });
-      std::printf("\n%-10s %-6s %10s %8s %7s %12s %12s %12s %7s %14s", "policy", "status", "step",
-                  "vs keep", "MFU", "peak alloc", "peak resv", "host", "alpha", "grad diff");
-      if (o->planned_memory) std::printf(" %12s %9s %8s", "arena", "fallbacks", "mallocs");
+      std::printf("\n%-10s %-6s %10s %8s %7s %12s %12s %6s %12s %7s %14s %8s", "policy", "status", "step",
+                  "vs keep", "MFU", "peak alloc", "peak resv", "frag", "host", "alpha", "grad diff", "mallocs");
+      if (o->planned_memory) std::printf(" %12s %9s", "arena", "fallbacks");
       std::printf("\n");
       nlohmann::json out;
       out["rows"] = nlohmann::json::array();
       for (const auto& r : rows) {
-        std::printf("%-10s %-6s %10s %8s %7s %12s %12s %12s %7s %14s", r.policy.c_str(), r.status.c_str(),
+        std::printf("%-10s %-6s %10s %8s %7s %12s %12s %6s %12s %7s %14s %8lld", r.policy.c_str(), r.status.c_str(),
                     r.status == "ok" ? format_seconds(r.step_s).c_str() : "-",
                     r.ratio_to_keep ? strf("%.3fx", *r.ratio_to_keep).c_str() : "-",
                     r.mfu ? strf("%.1f%%", *r.mfu * 100).c_str() : "-",
                     format_bytes(static_cast<double>(r.peak_allocated_bytes)).c_str(),
                     format_bytes(static_cast<double>(r.peak_reserved_bytes)).c_str(),
+                    r.peak_reserved_bytes > 0 ? strf("%.1f%%", 100.0 * r.fragmentation()).c_str() : "-",
                     format_bytes(static_cast<double>(r.host_bytes)).c_str(),
                     r.alpha ? strf("%.3f", *r.alpha).c_str() : "-",
-                    r.max_grad_rel_diff ? strf("%.2e", *r.max_grad_rel_diff).c_str() : "-");
+                    r.max_grad_rel_diff ? strf("%.2e", *r.max_grad_rel_diff).c_str() : "-",
+                    static_cast<long long>(r.device_mallocs_per_step));
         if (o->planned_memory)
-          std::printf(" %12s %9s %8s", r.arena_bytes ? format_bytes(static_cast<double>(*r.arena_bytes)).c_str() : "-",
-                      r.plan_fallbacks ? std::to_string(*r.plan_fallbacks).c_str() : "-",
-                      r.mallocs_per_step ? std::to_string(*r.mallocs_per_step).c_str() : "-");
+          std::printf(" %12s %9s", r.arena_bytes ? format_bytes(static_cast<double>(*r.arena_bytes)).c_str() : "-",
+                      r.plan_fallbacks ? std::to_string(*r.plan_fallbacks).c_str() : "-");
         std::printf("\n");
         out["rows"].push_back({{"policy", r.policy},
                                {"status", r.status},
@@ -107,7 +108,8 @@ void add_bench_command(CLI::App& root, Action& action) {
                                {"max_grad_rel_diff", opt(r.max_grad_rel_diff)},
                                {"arena_bytes", r.arena_bytes ? nlohmann::json(*r.arena_bytes) : nlohmann::json(nullptr)},
                                {"plan_fallbacks", r.plan_fallbacks ? nlohmann::json(*r.plan_fallbacks) : nlohmann::json(nullptr)},
-                               {"mallocs_per_step", r.mallocs_per_step ? nlohmann::json(*r.mallocs_per_step) : nlohmann::json(nullptr)}});
+                               {"fragmentation", r.fragmentation()},
+                               {"device_mallocs_per_step", r.device_mallocs_per_step}});
       }
       if (!json->empty()) write_file_atomic(*json, out.dump(2) + "\n");
       return 0;

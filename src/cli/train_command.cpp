@@ -73,10 +73,13 @@ void print_summary(const train::TrainSummary& s) {
                 format_bytes(static_cast<double>(m.flat_load)).c_str(),
                 m.flat_load ? static_cast<double>(m.arena_bytes) / static_cast<double>(m.flat_load) : 0.0,
                 static_cast<long long>(m.level1_plans));
-    std::printf("                   last step: %lld requests from the arena, %lld mallocs, %lld frees; "
-                "%lld fallbacks in all planned steps%s; fragmentation %s\n",
+    std::printf("                   last step: %lld requests from the arena, %lld from the fallback, "
+                "%lld device mallocs, %lld device frees\n",
                 static_cast<long long>(m.planned_requests), static_cast<long long>(m.base_allocs_last_step),
-                static_cast<long long>(m.base_frees_last_step), static_cast<long long>(m.fallbacks),
+                static_cast<long long>(m.device_mallocs_last_step),
+                static_cast<long long>(m.device_frees_last_step));
+    std::printf("                   %lld fallbacks in all planned steps%s; arena unused at the peak %s\n",
+                static_cast<long long>(m.fallbacks),
                 m.fallbacks ? " (requests the plan did not expect; served by the plain allocator)" : "",
                 format_bytes(static_cast<double>(m.fragmentation_bytes)).c_str());
   }
@@ -159,7 +162,8 @@ void add_train_command(CLI::App& root, Action& action) {
     auto planned = std::make_shared<bool>(false);
     auto* opt = app->add_flag("--planned-memory", *planned,
                               "Serve each step from one arena laid out by the bi-level memory plan "
-                              "(profiled at step 2, cached on disk; CPU allocator only so far)");
+                              "(profiled at step 2, cached on disk). CUDA: PyTorch's pluggable allocator, needs a "
+                              "MEMO_CUDA build");
     b.push_back({opt, [planned](TrainOptions& o) { o.planned_memory = *planned; }});
   }
   add_flag(app, b, "--plan-cache", &TrainOptions::plan_cache,

@@ -23,6 +23,7 @@ class CountingCpuAllocator final : public c10::Allocator {
     c10::DataPtr inner = base_->allocate(n);
     void* data = inner.get();
     auto* ctx = new Context{std::move(inner), n, this};
+    mallocs_.fetch_add(1);
     add(static_cast<int64_t>(n));
     return {data, ctx, &CountingCpuAllocator::release, c10::Device(c10::DeviceType::CPU)};
   }
@@ -34,7 +35,7 @@ class CountingCpuAllocator final : public c10::Allocator {
   MemoryStats stats() const {
     int64_t cur = current_.load();
     int64_t peak = peak_.load();
-    return {cur, peak, cur, peak};
+    return {cur, peak, cur, peak, mallocs_.load(), frees_.load()};
   }
   void reset_peak() { peak_.store(current_.load()); }
 
@@ -47,6 +48,7 @@ class CountingCpuAllocator final : public c10::Allocator {
 
   static void release(void* p) {
     auto* ctx = static_cast<Context*>(p);
+    ctx->owner->frees_.fetch_add(1);
     ctx->owner->add(-static_cast<int64_t>(ctx->bytes));
     delete ctx;  // frees the inner allocation
   }
@@ -61,9 +63,12 @@ class CountingCpuAllocator final : public c10::Allocator {
   c10::Allocator* base_;
   std::atomic<int64_t> current_{0};
   std::atomic<int64_t> peak_{0};
+  std::atomic<int64_t> mallocs_{0};
+  std::atomic<int64_t> frees_{0};
 };
 
 CountingCpuAllocator* g_meter = nullptr;
+DeviceMemorySource* g_device_source = nullptr;
 
 }  // namespace
 
@@ -76,20 +81,25 @@ void install_cpu_memory_meter() {
 
 bool cpu_memory_meter_installed() { return g_meter != nullptr; }
 
+void set_device_memory_source(DeviceMemorySource* source) { g_device_source = source; }
+
 void reset_peak_memory(const at::Device& device) {
   if (device.is_cpu()) {
     if (g_meter) g_meter->reset_peak();
     return;
   }
+  if (g_device_source) return g_device_source->reset_peak();
   c10::getDeviceAllocator(device.type())->resetPeakStats(device.index() < 0 ? 0 : device.index());
 }
 
 MemoryStats memory_stats(const at::Device& device) {
   if (device.is_cpu()) return g_meter ? g_meter->stats() : MemoryStats{};
+  if (g_device_source) return g_device_source->stats();
   auto s = c10::getDeviceAllocator(device.type())->getDeviceStats(device.index() < 0 ? 0 : device.index());
   const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
   return {s.allocated_bytes[all].current, s.allocated_bytes[all].peak,
-          s.reserved_bytes[all].current, s.reserved_bytes[all].peak};
+          s.reserved_bytes[all].current,  s.reserved_bytes[all].peak,
+          s.num_device_alloc,             s.num_device_free};
 }
 
 void synchronize(const at::Device& device) {

@@ -15,7 +15,19 @@ struct MemoryStats {
   int64_t peak_allocated = 0;
   int64_t reserved = 0;
   int64_t peak_reserved = 0;
+  int64_t device_mallocs = 0;  // calls that reached the device's malloc (cudaMalloc; CPU: every allocation) ...
+  int64_t device_frees = 0;    // ... and its free, cumulative since the process started
 };
+
+// Replaces the device allocator's statistics: the planned CUDA allocator is a
+// pluggable allocator, which keeps none, so it reports its own.
+class DeviceMemorySource {
+ public:
+  virtual ~DeviceMemorySource() = default;
+  virtual MemoryStats stats() = 0;
+  virtual void reset_peak() = 0;
+};
+void set_device_memory_source(DeviceMemorySource* source);
 
 // Installs the counting CPU allocator (idempotent). Tensors allocated before
 // the call are not counted, so call it before creating the model.

@@ -1,10 +1,6 @@
-// PlannedAllocator: recording, arena serving with size and overlap checks,
-// and counted fallbacks.
+// PlannedAllocator, the device-independent part: recording, arena serving
+// with size and overlap checks, counted fallbacks, and the install dispatch.
 #include "memory/planned_allocator.h"
-
-#include <c10/core/CPUAllocator.h>
-
-#include <cstring>
 
 #include "core/error.h"
 
@@ -14,54 +10,42 @@ namespace {
 PlannedAllocator* g_planned = nullptr;
 }
 
-// What every DataPtr handed out carries, so its free is seen too.
-struct PlannedAllocator::Block {
-  PlannedAllocator* owner;
-  c10::DataPtr inner;      // from the wrapped allocator (empty for arena blocks)
-  int64_t request = -1;    // index in the recorded trace, -1 if not recorded
-  int64_t arena_offset = -1;
-  int64_t bytes = 0;
-};
-
-PlannedAllocator::PlannedAllocator(c10::Allocator* base) : base_(base) {}
-
-PlannedAllocator& PlannedAllocator::install() {
-  if (!g_planned) {
-    // Lives for the whole process: tensors it handed out may outlive any scope.
-    g_planned = new PlannedAllocator(c10::GetCPUAllocator());
-    c10::SetCPUAllocator(g_planned, /*priority=*/200);
+PlannedAllocator& PlannedAllocator::install(c10::Device device) {
+  if (g_planned) {
+    require_input(g_planned->device_type() == device.type(), "the planned allocator is already installed for ",
+                  c10::DeviceTypeName(g_planned->device_type()), ", not ", device.str(),
+                  " (one planned device per process)");
+    return *g_planned;
   }
-  return *g_planned;
+  if (device.is_cpu()) return install_cpu_planned_allocator();
+#ifdef MEMO_WITH_CUDA
+  if (device.is_cuda()) return install_cuda_planned_allocator();
+#endif
+  throw InputError("--planned-memory on " + device.str() +
+                   " needs a memo built with MEMO_CUDA=ON against a CUDA libtorch (this build has the CPU "
+                   "planned allocator only)");
 }
 
 PlannedAllocator* PlannedAllocator::instance() { return g_planned; }
+void PlannedAllocator::set_instance(PlannedAllocator* a) { g_planned = a; }
 
-void PlannedAllocator::copy_data(void* dest, const void* src, std::size_t count) const {
-  std::memcpy(dest, src, count);
-}
-
-c10::DataPtr PlannedAllocator::from_base(size_t n, int64_t request) {
-  auto* block = new Block{this, base_->allocate(n), request, -1, static_cast<int64_t>(n)};
-  void* data = block->inner.get();
-  stats_.base_allocs++;
-  return {data, block, &PlannedAllocator::release, c10::Device(c10::DeviceType::CPU)};
-}
-
-c10::DataPtr PlannedAllocator::allocate(size_t n) {
+PlannedAllocator::Grant PlannedAllocator::acquire(size_t n) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const bool mine = in_step_ && on_training_thread();
-  if (!mine) {
+  const auto bytes = static_cast<int64_t>(n);
+  if (!(in_step_ && on_training_thread())) {
     stats_.unplanned++;
-    return from_base(n, -1);
+    stats_.base_allocs++;
+    return {-1, -1, bytes};
   }
   const int64_t k = request_index_++;
   if (recording_) {
-    trace_.requests.push_back({static_cast<int64_t>(n), clock_++, -1, current_region_});
-    return from_base(n, static_cast<int64_t>(trace_.requests.size()) - 1);
+    trace_.requests.push_back({bytes, clock_++, -1, current_region_});
+    stats_.base_allocs++;
+    return {-1, static_cast<int64_t>(trace_.requests.size()) - 1, bytes};
   }
   if (armed_ && k < static_cast<int64_t>(placements_.size())) {
     const auto& pl = placements_[static_cast<size_t>(k)];
-    if (pl.kind == plan::Placement::Kind::Arena && pl.bytes == static_cast<int64_t>(n)) {
+    if (pl.kind == plan::Placement::Kind::Arena && pl.bytes == bytes) {
       const int64_t begin = pl.offset, end = pl.offset + pl.bytes;
       auto it = live_.upper_bound(begin);  // first live block starting after begin
       bool free_here = it == live_.end() || it->first >= end;
@@ -70,40 +54,34 @@ c10::DataPtr PlannedAllocator::allocate(size_t n) {
       if (free_here) {
         if (end > begin) live_[begin] = end;
         stats_.planned++;
-        stats_.live_planned_bytes += pl.bytes;
+        stats_.live_planned_bytes += bytes;
         stats_.peak_live_planned_bytes = std::max(stats_.peak_live_planned_bytes, stats_.live_planned_bytes);
-        auto* block = new Block{this, c10::DataPtr(), -1, begin, pl.bytes};
-        void* data = static_cast<char*>(arena_.get()) + begin;
-        return {data, block, &PlannedAllocator::release, c10::Device(c10::DeviceType::CPU)};
+        return {begin, -1, bytes};
       }
     }
   }
   if (armed_) {
     if (stats_.fallback++ == 0) {
       stats_.first_fallback_request = k;
-      stats_.first_fallback_bytes = static_cast<int64_t>(n);
+      stats_.first_fallback_bytes = bytes;
     }
   } else {
     stats_.unplanned++;
   }
-  return from_base(n, -1);
+  stats_.base_allocs++;
+  return {-1, -1, bytes};
 }
 
-void PlannedAllocator::release(void* ctx) {
-  auto* block = static_cast<Block*>(ctx);
-  auto* self = block->owner;
-  {
-    std::lock_guard<std::mutex> lock(self->mutex_);
-    if (block->arena_offset >= 0) {
-      self->live_.erase(block->arena_offset);
-      self->stats_.live_planned_bytes -= block->bytes;
-    } else {
-      self->stats_.base_frees++;
-    }
-    if (block->request >= 0 && self->recording_)
-      self->trace_.requests[static_cast<size_t>(block->request)].free_time = self->clock_++;
+void PlannedAllocator::release(const Grant& grant) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (grant.offset >= 0) {
+    live_.erase(grant.offset);
+    stats_.live_planned_bytes -= grant.bytes;
+  } else {
+    stats_.base_frees++;
   }
-  delete block;  // frees the inner allocation, if any
+  if (grant.request >= 0 && recording_)
+    trace_.requests[static_cast<size_t>(grant.request)].free_time = clock_++;
 }
 
 void PlannedAllocator::begin_step() {
@@ -149,21 +127,37 @@ plan::RequestTrace PlannedAllocator::stop_recording() {
 
 void PlannedAllocator::arm(const plan::BilevelPlan& plan) {
   disarm();
-  auto arena = base_->allocate(static_cast<size_t>(std::max<int64_t>(plan.arena_bytes, 1)));
+  // Outside the lock: the device half may allocate through this allocator.
+  void* arena = allocate_arena(std::max<int64_t>(plan.arena_bytes, 1));
   std::lock_guard<std::mutex> lock(mutex_);
-  arena_ = std::move(arena);
+  arena_ = static_cast<char*>(arena);
   arena_bytes_ = plan.arena_bytes;
   placements_ = plan.placements;
   armed_ = true;
 }
 
 void PlannedAllocator::disarm() {
+  void* arena = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!live_.empty()) throw Error("planned allocator: cannot free the arena while tensors live in it");
+    armed_ = false;
+    placements_.clear();
+    arena = arena_;
+    arena_ = nullptr;
+    arena_bytes_ = 0;
+  }
+  if (arena) free_arena(arena);
+}
+
+bool PlannedAllocator::armed() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!live_.empty()) throw Error("planned allocator: cannot free the arena while tensors live in it");
-  armed_ = false;
-  placements_.clear();
-  arena_ = c10::DataPtr();
-  arena_bytes_ = 0;
+  return armed_;
+}
+
+int64_t PlannedAllocator::arena_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return arena_bytes_;
 }
 
 PlannedStats PlannedAllocator::stats() const {

@@ -1,18 +1,21 @@
-// The request profiler and the planned allocator (DESIGN.md section 5),
-// installed as the CPU allocator (CUDA: not yet; see README). One object,
-// three modes:
-//   pass-through: every request goes to the wrapped allocator, counted;
+// The request profiler and the planned allocator (DESIGN.md section 5). The
+// device-independent part lives here: one object per process, three modes:
+//   pass-through: every request goes to the device's fallback allocator;
 //   recording:    the same, and every request and free of the training thread
 //                 is logged with the current region, giving a RequestTrace;
 //   planned:      the k-th request of a step gets arena + offset[k] when its
 //                 size matches the plan and the bytes there are free;
-//                 anything else goes to the wrapped allocator and is counted
-//                 as a fallback, never misplaced.
+//                 anything else goes to the fallback and is counted, never
+//                 misplaced.
+// The device halves: the CPU one (cpu_planned_allocator.cpp) is a
+// c10::Allocator installed as the CPU allocator, so CI tests the logic; the
+// CUDA one (src/cuda/, built with MEMO_CUDA) is PyTorch's pluggable CUDA
+// allocator, installed before the first CUDA allocation, with the native
+// caching allocator as its fallback.
 #pragma once
 
-#include <c10/core/Allocator.h>
+#include <c10/core/Device.h>
 
-#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -28,23 +31,28 @@ struct PlannedStats {
   int64_t planned = 0;         // requests served from the arena
   int64_t fallback = 0;        // planned-step requests that missed the plan (size, overlap, beyond)
   int64_t unplanned = 0;       // requests outside planned steps or from other threads
-  int64_t base_allocs = 0;     // calls into the wrapped allocator (malloc) ...
-  int64_t base_frees = 0;      // ... and frees
+  int64_t base_allocs = 0;     // requests handed to the fallback allocator ...
+  int64_t base_frees = 0;      // ... and their frees
   int64_t first_fallback_request = -1;  // the first miss of a planned step: its index ...
   int64_t first_fallback_bytes = 0;     // ... and size, for the report
   int64_t live_planned_bytes = 0;
   int64_t peak_live_planned_bytes = 0;
 };
 
-class PlannedAllocator final : public c10::Allocator {
+class PlannedAllocator {
  public:
-  // Installs it as the CPU allocator, wrapping the current one (idempotent).
-  static PlannedAllocator& install();
+  virtual ~PlannedAllocator() = default;
+
+  // Installs the planned allocator for `device` (idempotent for the same
+  // device type). CPU: always; CUDA: only in a MEMO_CUDA build, and before
+  // the first CUDA allocation. Throws InputError otherwise.
+  static PlannedAllocator& install(c10::Device device = c10::Device(c10::DeviceType::CPU));
   // The installed instance, or nullptr.
   static PlannedAllocator* instance();
 
-  c10::DataPtr allocate(size_t n) override;
-  void copy_data(void* dest, const void* src, std::size_t count) const override;
+  virtual c10::DeviceType device_type() const = 0;
+  // Offsets of a plan for this device are multiples of this.
+  virtual int64_t alignment() const = 0;
 
   // Step and region boundaries, called by the training thread.
   void begin_step();
@@ -58,20 +66,38 @@ class PlannedAllocator final : public c10::Allocator {
   // Allocates the arena and serves planned steps from now on; disarm() frees it.
   void arm(const plan::BilevelPlan& plan);
   void disarm();
-  bool armed() const { return armed_; }
-  int64_t arena_bytes() const { return arena_bytes_; }
+  bool armed() const;
+  int64_t arena_bytes() const;
 
   PlannedStats stats() const;
   void reset_counters();
 
+ protected:
+  // Where one request went: arena offset (>= 0) or the fallback (-1), and its
+  // index in the recorded trace (-1 when not recording).
+  struct Grant {
+    int64_t offset = -1;
+    int64_t request = -1;
+    int64_t bytes = 0;
+  };
+  // Decides where a request of n bytes goes and books it; when the grant's
+  // offset is -1 the caller allocates from its fallback.
+  Grant acquire(size_t n);
+  // Books the free of a grant.
+  void release(const Grant& grant);
+  char* arena_base() const { return arena_; }
+
+  virtual void* allocate_arena(int64_t bytes) = 0;
+  virtual void free_arena(void* arena) = 0;
+
+  // The device halves' installers register themselves.
+  friend PlannedAllocator& install_cpu_planned_allocator();
+  friend PlannedAllocator& install_cuda_planned_allocator();
+  static void set_instance(PlannedAllocator* a);
+
  private:
-  struct Block;
-  explicit PlannedAllocator(c10::Allocator* base);
-  static void release(void* ctx);
-  c10::DataPtr from_base(size_t n, int64_t request);
   bool on_training_thread() const { return std::this_thread::get_id() == thread_; }
 
-  c10::Allocator* base_;
   mutable std::mutex mutex_;
   std::thread::id thread_;
   bool in_step_ = false;
@@ -82,11 +108,17 @@ class PlannedAllocator final : public c10::Allocator {
   int64_t current_region_ = -1;
   plan::RequestTrace trace_;
   std::vector<plan::Placement> placements_;
-  c10::DataPtr arena_;
+  char* arena_ = nullptr;
   int64_t arena_bytes_ = 0;
   std::map<int64_t, int64_t> live_;  // arena offset -> end
   PlannedStats stats_;
 };
+
+// The device halves' installers (cpu_planned_allocator.cpp, src/cuda/).
+PlannedAllocator& install_cpu_planned_allocator();
+#ifdef MEMO_WITH_CUDA
+PlannedAllocator& install_cuda_planned_allocator();
+#endif
 
 // Marks a region for the profiler while in scope (no-op when not installed).
 class RegionScope {

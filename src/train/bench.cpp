@@ -48,10 +48,9 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
   if (o.layers > 0) cfg.layers = o.layers;
   cfg.validate(o.model);
   const auto ex = resolve_execution(o);
-  require_input(!options.planned_memory || ex.device.is_cpu(),
-                "--planned-memory runs on the CPU allocator only so far (use --device cpu)");
   if (ex.device.is_cpu()) memory::install_cpu_memory_meter();
-  if (options.planned_memory) memory::PlannedAllocator::install();
+  // Before anything is allocated on the device (CUDA: the pluggable allocator).
+  if (options.planned_memory) memory::PlannedAllocator::install(ex.device);
 
   auto batch = make_synthetic_source({cfg.vocab_size, 0, o.seed}, o.seq_len)->next(o.batch, o.seq_len);
   batch.tokens = batch.tokens.to(ex.device);
@@ -93,7 +92,7 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
       // Planned memory: profile one step, plan it, serve the timed steps from the arena.
       memory::PlannedAllocator* planner = nullptr;
       if (options.planned_memory) {
-        planner = &memory::PlannedAllocator::install();
+        planner = memory::PlannedAllocator::instance();
         planner->start_recording();
         planner->begin_step();
         forward_backward(model, *policy, batch, 1.0, o.loss_chunk);
@@ -102,7 +101,7 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
         plan::SolveOptions so;
         so.time_limit_s = 60;
         so.node_limit = 300;
-        auto p = plan::plan_bilevel(planner->stop_recording(), 64, so);
+        auto p = plan::plan_bilevel(planner->stop_recording(), planner->alignment(), so);
         planner->arm(p);
         planner->reset_counters();
         row.arena_bytes = p.arena_bytes;
@@ -116,14 +115,15 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
         model.zero_grads();
         memory::synchronize(ex.device);
         if (planner) planner->begin_step();
+        const auto before = memory::memory_stats(ex.device);
         const auto t0 = std::chrono::steady_clock::now();
         forward_backward(model, *policy, batch, 1.0, o.loss_chunk, tracing ? &trace : nullptr);
         memory::synchronize(ex.device);
+        const auto after = memory::memory_stats(ex.device);
+        row.device_mallocs_per_step = after.device_mallocs - before.device_mallocs;
         if (planner) {
           planner->end_step();
-          const auto s = planner->stats();
-          *row.plan_fallbacks += s.fallback;
-          row.mallocs_per_step = s.base_allocs;
+          *row.plan_fallbacks += planner->stats().fallback;
           planner->reset_counters();
         }
         times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

@@ -18,7 +18,7 @@ struct BenchOptions {
   int64_t steps = 3;  // timed forward+backward steps per policy (after one untimed)
   std::vector<std::string> policies = {"keep", "recompute", "offload", "memo"};
   std::string trace;  // prefix: writes PREFIX.POLICY.json for each policy's last step
-  bool planned_memory = false;  // timed steps served from a bi-level planned arena (CPU)
+  bool planned_memory = false;  // timed steps served from a bi-level planned arena
 };
 
 struct BenchRow {
@@ -34,7 +34,14 @@ struct BenchRow {
   std::optional<double> max_grad_rel_diff;  // against keep, same weights and batch
   std::optional<int64_t> arena_bytes;       // with planned memory
   std::optional<int64_t> plan_fallbacks;    // requests the plan did not expect, over the timed steps
-  std::optional<int64_t> mallocs_per_step;  // calls into the plain allocator in the last timed step
+  int64_t device_mallocs_per_step = 0;      // calls that reached the device malloc in the last timed step
+
+  // Reserved but unallocated at the peak, as a share of reserved.
+  double fragmentation() const {
+    return peak_reserved_bytes > 0
+               ? static_cast<double>(peak_reserved_bytes - peak_allocated_bytes) / static_cast<double>(peak_reserved_bytes)
+               : 0.0;
+  }
 };
 
 // Runs every policy; `progress` gets one line per stage.

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/units.h"
+#include "memory/device_memory.h"
 #include "memory/planned_allocator.h"
 
 namespace memo::train {
@@ -16,7 +17,6 @@ namespace memo::train {
 namespace {
 
 constexpr int kPlanFormat = 1;
-constexpr int64_t kAlignment = 64;  // the CPU allocator's alignment
 
 uint64_t fnv1a(const std::string& s) {
   uint64_t h = 1469598103934665603ull;
@@ -29,7 +29,7 @@ uint64_t fnv1a(const std::string& s) {
 MemoryPlanning::MemoryPlanning(MemoryPlanningOptions options) : options_(std::move(options)) {
   options_.key["memo_plan_format"] = kPlanFormat;
   options_.key["torch"] = MEMO_TORCH_VERSION;
-  if (enabled()) memory::PlannedAllocator::install();
+  if (enabled()) memory::PlannedAllocator::install(options_.device);
 }
 
 std::string MemoryPlanning::cache_file() const {
@@ -93,6 +93,9 @@ void MemoryPlanning::before_step(int64_t step) {
     recording_ = true;
   }
   a.reset_counters();
+  const auto m = memory::memory_stats(options_.device);
+  mallocs_before_ = m.device_mallocs;
+  frees_before_ = m.device_frees;
   a.begin_step();
 }
 
@@ -110,13 +113,16 @@ void MemoryPlanning::after_step(int64_t step) {
   }
   report_.base_allocs_last_step = s.base_allocs;
   report_.base_frees_last_step = s.base_frees;
+  const auto m = memory::memory_stats(options_.device);
+  report_.device_mallocs_last_step = m.device_mallocs - mallocs_before_;
+  report_.device_frees_last_step = m.device_frees - frees_before_;
   if (!recording_) return;
   recording_ = false;
   auto trace = a.stop_recording();
   plan::SolveOptions so;
   so.time_limit_s = 60.0;
   so.node_limit = 300;  // greedy runs per solve: deterministic, and best-fit is usually within 2% of LOAD
-  auto p = plan::plan_bilevel(trace, kAlignment, so);
+  auto p = plan::plan_bilevel(trace, a.alignment(), so);
   if (!options_.export_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(options_.export_dir, ec);
@@ -151,8 +157,10 @@ nlohmann::json to_json(const MemoryPlanReport& r) {
           {"planned_requests_per_step", r.planned_requests},
           {"fallbacks", r.fallbacks},
           {"first_fallback", {{"request", r.first_fallback_request}, {"bytes", r.first_fallback_bytes}}},
-          {"mallocs_last_step", r.base_allocs_last_step},
-          {"frees_last_step", r.base_frees_last_step},
+          {"fallback_allocs_last_step", r.base_allocs_last_step},
+          {"fallback_frees_last_step", r.base_frees_last_step},
+          {"device_mallocs_last_step", r.device_mallocs_last_step},
+          {"device_frees_last_step", r.device_frees_last_step},
           {"fragmentation_bytes", r.fragmentation_bytes},
           {"cache_file", r.cache_file}};
 }

@@ -5,6 +5,7 @@
 // Also writes the memory timeline (HTML) and the regions as DSA CSVs.
 #pragma once
 
+#include <c10/core/Device.h>
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -17,6 +18,7 @@
 namespace memo::train {
 
 struct MemoryPlanningOptions {
+  c10::Device device = c10::Device(c10::DeviceType::CPU);  // whose allocator is planned
   bool planned = false;
   std::string cache_dir;       // empty: no cache
   std::string timeline_path;   // HTML timeline of the profiled step
@@ -34,8 +36,10 @@ struct MemoryPlanReport {
   int64_t fallbacks = 0;           // summed over planned steps
   int64_t first_fallback_request = -1;  // request index and size of the last step's first miss
   int64_t first_fallback_bytes = 0;
-  int64_t base_allocs_last_step = 0;
-  int64_t base_frees_last_step = 0;
+  int64_t base_allocs_last_step = 0;  // requests the arena did not serve, last step ...
+  int64_t base_frees_last_step = 0;   // ... and their frees
+  int64_t device_mallocs_last_step = 0;  // calls that reached the device malloc (cudaMalloc), last step ...
+  int64_t device_frees_last_step = 0;    // ... and the device free
   int64_t fragmentation_bytes = 0;  // arena - peak live planned bytes
   std::string cache_file;
 };
@@ -56,6 +60,7 @@ class MemoryPlanning {
   MemoryPlanningOptions options_;
   MemoryPlanReport report_;
   bool recording_ = false;
+  int64_t mallocs_before_ = 0, frees_before_ = 0;
   std::optional<plan::BilevelPlan> plan_;
 };
 

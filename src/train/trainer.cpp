@@ -82,11 +82,11 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   }
 
   if (device_.is_cpu()) memory::install_cpu_memory_meter();
-  // Memory planning wraps the CPU allocator, so it comes before the model.
+  // Memory planning replaces the device's allocator, so it comes before the
+  // model (on CUDA: before the first CUDA allocation).
   MemoryPlanningOptions mp;
+  mp.device = device_;
   mp.planned = options_.planned_memory;
-  require_input(!mp.planned || device_.is_cpu(), "--planned-memory runs on the CPU allocator only so far; "
-                "the CUDA pluggable allocator is not built yet (use --device cpu)");
   mp.timeline_path = options_.memory_timeline;
   mp.export_dir = options_.export_dsa;
   mp.cache_dir = options_.plan_cache;

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Compiles the CUDA-only sources (src/cuda/, and the MEMO_WITH_CUDA branches
+# of the files that dispatch to them) against a CUDA libtorch's headers, so a
+# CPU-only CI still catches a CUDA build break. Syntax and types only: nothing
+# is linked or run (that needs a GPU machine: scripts/gpu-check.sh).
+#
+# Headers come from, in order: the system Python's torch when it is a CUDA
+# build (GPU machines), else the CUDA torch wheel and the NVIDIA header wheels
+# that pip can fetch from its configured index (on these machines a local
+# mirror), unpacked under DIR (headers only, kept between runs).
+#
+# usage: scripts/cuda-compile-check.sh DIR
+# exit: 0 compiled, 1 a compile error, 77 no CUDA libtorch headers to be had.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=$(mkdir -p "${1:?usage: $0 DIR}" && cd "$1" && pwd)
+spec=${MEMO_CUDA_TORCH_SPEC:-torch==2.14.1}
+cxx=${CXX:-c++}
+
+if python3 -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)' >/dev/null 2>&1; then
+  torch_inc=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "include"))')
+  cuda_inc=$(python3 - <<'PY'
+import glob, os, site
+for d in ["/usr/local/cuda/include"] + [p for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/*/include")]:
+    if os.path.exists(os.path.join(d, "cuda_runtime_api.h")):
+        print(d); break
+PY
+)
+else
+  if [[ ! -f "$dir/.stamp" ]]; then
+    echo "cuda-compile-check: fetching the headers of $spec and the CUDA runtime into $dir"
+    rm -rf "$dir/wheels" "$dir/root" && mkdir -p "$dir/wheels" "$dir/root"
+    if ! python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$dir/wheels" \
+         "$spec" nvidia-cuda-runtime nvidia-cuda-crt nvidia-cuda-cccl >"$dir/pip.log" 2>&1; then
+      echo "cuda-compile-check: SKIPPED, pip cannot fetch $spec here (see $dir/pip.log)"
+      exit 77
+    fi
+    for w in "$dir"/wheels/*.whl; do
+      case "$(basename "$w")" in
+        torch-*) python3 - "$w" "$dir/root" <<'PY'
+import sys, zipfile
+# Only the headers and the version file: the libraries are not needed.
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extractall(sys.argv[2], [n for n in z.namelist()
+                               if n.startswith("torch/include/") or n == "torch/version.py"])
+PY
+                 mv "$dir/root/torch/include" "$dir/root/torch-include"
+                 mv "$dir/root/torch/version.py" "$dir/root/torch-version.py"
+                 rm -rf "$dir/root/torch" ;;
+        *) python3 -m zipfile -e "$w" "$dir/root" ;;
+      esac
+    done
+    rm -rf "$dir/wheels"
+    touch "$dir/.stamp"
+  fi
+  torch_inc="$dir/root/torch-include"
+  cuda_inc=$(dirname "$(find "$dir/root/nvidia" -name cuda_runtime_api.h | head -1)")
+  if ! grep -q "^cuda: Optional\[str\] = '" "$dir/root/torch-version.py"; then
+    echo "cuda-compile-check: SKIPPED, $spec is not a CUDA build"
+    exit 77
+  fi
+fi
+[[ -n "$cuda_inc" && -f "$cuda_inc/cuda_runtime_api.h" ]] || { echo "cuda-compile-check: SKIPPED, no CUDA runtime headers"; exit 77; }
+
+flags=(-std=c++20 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -DMEMO_WITH_CUDA=1
+       -Isrc -I"$torch_inc" -I"$torch_inc/torch/csrc/api/include" -I"$cuda_inc")
+status=0
+for f in src/cuda/*.cpp src/memory/planned_allocator.cpp; do
+  if "$cxx" "${flags[@]}" "$f"; then echo "cuda-compile-check: $f compiles"; else status=1; fi
+done
+exit $status
