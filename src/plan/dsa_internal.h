@@ -39,8 +39,11 @@ class Deadline {
 // the current skyline and put there the buffer of smallest rank[] that fits
 // inside it in time; if none fits, the stretch is raised to its lower
 // neighbour (wasting that space). Returns offsets for every buffer.
+// With `fixed`, the buffers whose fixed[] offset is not kNoOffset keep it and
+// the others are packed around them (the skyline jumps over them, and space
+// below one that nothing fits into is wasted).
 Offsets skyline_fit(const Problem& problem, const Sections& sections,
-                    const std::vector<int>& rank);
+                    const std::vector<int>& rank, const Offsets* fixed = nullptr);
 
 // rank[] from a permutation (order[k] = the buffer placed with priority k).
 std::vector<int> rank_of(const std::vector<int>& order);
