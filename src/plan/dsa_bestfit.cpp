@@ -1,6 +1,8 @@
 // Best-fit solver: the lowest-gap ("skyline") greedy run over several buffer
-// orders (lifetime length, size, area, start time) and then over randomly
-// perturbed orders while time is left, keeping the lowest peak.
+// orders (lifetime length, size, area, start time), then the best of them
+// again around the buffers of the maximum-load time pre-placed
+// (dsa_anchor.cpp), then over randomly perturbed orders while time is left,
+// keeping the lowest peak.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -48,7 +50,9 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
   result.load = load(problem);
   Sections sections = detail::make_sections(problem);
   std::vector<int> best_order;
-  auto consider = [&](const Offsets& offsets, const std::vector<int>& order) {
+  const Offsets* best_fixed = nullptr;  // the pre-placement best_order was run with
+  auto consider = [&](const Offsets& offsets, const std::vector<int>& order,
+                      const Offsets* fixed) {
     ++result.nodes;
     int64_t p = peak(problem, offsets);
     if (!result.found || p < result.peak) {
@@ -56,6 +60,7 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
       result.offsets = offsets;
       result.peak = p;
       best_order = order;
+      best_fixed = fixed;
     }
   };
   auto good_enough = [&] {
@@ -63,27 +68,43 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
   };
 
   auto orders = base_orders(problem);
-  if (problem.buffers.empty()) consider({}, {});
+  if (problem.buffers.empty()) consider({}, {}, nullptr);
   for (const auto& order : orders) {
-    consider(detail::skyline_fit(problem, sections, detail::rank_of(order)), order);
+    consider(detail::skyline_fit(problem, sections, detail::rank_of(order)), order, nullptr);
     if (good_enough()) break;
   }
 
-  // Near misses (within 2% of the target, LOAD or the capacity) are polished
-  // by iterated greedy: mutate the order that gave the best packing with a
-  // few random nearby swaps and keep the mutant if it packs as low or lower
-  // (so the walk drifts along plateaus), until half the time limit (at most
-  // 2 s) is spent, or until options.node_limit greedy runs when that is set.
-  std::mt19937_64 rng(options.seed);
+  // What follows (anchored runs, then polish) stops when half the time limit
+  // (at most 2 s) is spent, or after options.node_limit greedy runs in all
+  // when that is set: a fixed number of runs gives the same result on every
+  // run (the memory planner needs that).
   double budget = std::min(options.time_limit_s / 2, 2.0);
-  int64_t target = std::max(result.load, options.capacity.value_or(0));
-  bool near_miss = result.found && result.peak <= target + target / 50;
-  std::vector<int> incumbent = best_order;
-  // A node limit makes the polish a fixed number of greedy runs, so the
-  // result is the same on every run (the memory planner needs that).
   auto more = [&] {
     return options.node_limit > 0 ? result.nodes < options.node_limit : deadline.elapsed() < budget;
   };
+
+  // Then the best order again around the buffers alive at the time of
+  // maximum load, pre-placed in a perfect stack (see dsa_anchor.cpp), once
+  // per stacking order. This is what packs pangu_2.6B at LOAD, where every
+  // plain order wastes space at its one-step peak.
+  std::vector<Offsets> anchors;
+  if (!good_enough()) anchors = detail::peak_anchors(problem, sections);
+  const std::vector<int> plain_best = best_order;
+  for (const Offsets& fixed : anchors) {
+    if (good_enough() || !more()) break;
+    consider(detail::skyline_fit(problem, sections, detail::rank_of(plain_best), &fixed),
+             plain_best, &fixed);
+  }
+
+  // Near misses (within 2% of the target, LOAD or the capacity) are polished
+  // by iterated greedy: mutate the order that gave the best packing (with its
+  // pre-placement, if any) with a few random nearby swaps and keep the mutant
+  // if it packs as low or lower (so the walk drifts along plateaus).
+  std::mt19937_64 rng(options.seed);
+  int64_t target = std::max(result.load, options.capacity.value_or(0));
+  bool near_miss = result.found && result.peak <= target + target / 50;
+  std::vector<int> incumbent = best_order;
+  const Offsets* fixed = best_fixed;
   while (near_miss && !good_enough() && more()) {
     std::vector<int> order = incumbent;
     std::uniform_int_distribution<size_t> pick(0, order.size() - 1);
@@ -93,9 +114,9 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
       size_t j = std::min(order.size() - 1, i + 1 + pick(rng) % 8);
       std::swap(order[i], order[j]);
     }
-    Offsets offsets = detail::skyline_fit(problem, sections, detail::rank_of(order));
+    Offsets offsets = detail::skyline_fit(problem, sections, detail::rank_of(order), fixed);
     if (peak(problem, offsets) <= result.peak) incumbent = order;
-    consider(offsets, order);
+    consider(offsets, order, fixed);
   }
 
   if (result.found) {

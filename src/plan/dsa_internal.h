@@ -45,6 +45,12 @@ class Deadline {
 Offsets skyline_fit(const Problem& problem, const Sections& sections,
                     const std::vector<int>& rank, const Offsets* fixed = nullptr);
 
+// Pre-placements for skyline_fit (dsa_anchor.cpp): the buffers alive at the
+// first time of maximum load stacked from offset 0 (nothing else placed), one
+// per stacking order: latest end at the bottom, earliest start at the bottom,
+// longest lifetime at the bottom. Empty for an empty problem.
+std::vector<Offsets> peak_anchors(const Problem& problem, const Sections& sections);
+
 // rank[] from a permutation (order[k] = the buffer placed with priority k).
 std::vector<int> rank_of(const std::vector<int>& order);
 

@@ -20,7 +20,9 @@ const std::vector<SolverInfo>& solvers() {
   static const std::vector<SolverInfo> table = {
       {"auto", "best-fit, then exact search if best-fit is above LOAD (or the capacity)",
        solve_auto},
-      {"bestfit", "lowest-gap best-fit over several buffer orders plus randomized ones",
+      {"bestfit",
+       "lowest-gap best-fit over several buffer orders (also with the buffers alive at peak "
+       "load stacked first) plus randomized ones",
        solve_bestfit},
       {"exact",
        "branch and bound over canonical placements (proves optimal/infeasible; above 3000 "
