@@ -144,8 +144,13 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
       if (name == "keep") keep_time = row.step_s;
       if (planner) planner->disarm();
     } catch (const c10::OutOfMemoryError&) {
-      // Out of device memory is a result of this row, not a failure of the bench.
+      // Out of device memory is a result of this row, not a failure of the
+      // bench; reserved minus allocated at that point tells a fragmentation
+      // failure from a real shortage.
       row.status = "oom";
+      const auto mem = memory::memory_stats(ex.device);
+      row.peak_allocated_bytes = mem.peak_allocated;
+      row.peak_reserved_bytes = mem.peak_reserved;
       progress(name + ": out of memory");
     }
     rows.push_back(row);
