@@ -65,7 +65,7 @@ fi
 flags=(-std=c++20 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -DMEMO_WITH_CUDA=1
        -Isrc -I"$torch_inc" -I"$torch_inc/torch/csrc/api/include" -I"$cuda_inc")
 status=0
-for f in src/cuda/*.cpp src/memory/planned_allocator.cpp; do
+for f in src/cuda/*.cpp src/memory/planned_allocator.cpp src/memory/pointer_planned_allocator.cpp; do
   if "$cxx" "${flags[@]}" "$f"; then echo "cuda-compile-check: $f compiles"; else status=1; fi
 done
 exit $status

@@ -1,9 +1,9 @@
 // The CUDA half of the planned allocator (built only with MEMO_CUDA): PyTorch's
-// pluggable CUDA allocator whose malloc and free ask the planner first. What
-// the plan does not serve goes to the native caching allocator, kept and
-// initialised here, so unplanned work (weights, optimizer state, a wrong
-// plan) still caches instead of calling cudaMalloc per request. The arena is
-// one allocation from the native allocator.
+// pluggable CUDA allocator whose malloc and free go through the planner
+// (PointerPlannedAllocator, tested on CPU). What the plan does not serve goes
+// to the native caching allocator, kept and initialised here, so unplanned
+// work (weights, optimizer state, a wrong plan) still caches instead of
+// calling cudaMalloc per request. The arena is one allocation from it.
 //
 // Stream safety: a planned block is handed out again only after the host freed
 // it, and only to a request on the step's compute stream, which is ordered
@@ -14,13 +14,9 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/cuda/CUDAPluggableAllocator.h>
 
-#include <algorithm>
-#include <mutex>
-#include <unordered_map>
-
 #include "core/error.h"
 #include "memory/device_memory.h"
-#include "memory/planned_allocator.h"
+#include "memory/pointer_planned_allocator.h"
 
 namespace memo::memory {
 
@@ -28,7 +24,7 @@ namespace {
 
 using NativeAllocator = c10::cuda::CUDACachingAllocator::CUDAAllocator;
 
-class CudaPlannedAllocator final : public PlannedAllocator, public DeviceMemorySource {
+class CudaPlannedAllocator final : public PointerPlannedAllocator, public DeviceMemorySource {
  public:
   explicit CudaPlannedAllocator(NativeAllocator* native) : native_(native) {}
 
@@ -36,63 +32,26 @@ class CudaPlannedAllocator final : public PlannedAllocator, public DeviceMemoryS
   // The caching allocator's block granularity; kernels may rely on it.
   int64_t alignment() const override { return 512; }
 
-  void* malloc(size_t n, int device, cudaStream_t stream) {
-    const Grant g = acquire(n);
-    if (n == 0) {
-      // Like the native allocator: no pointer, nothing to free later. Booked
-      // and released at once so request indices stay those of the profile.
-      release(g);
-      return nullptr;
-    }
-    void* p = nullptr;
-    if (g.offset >= 0) {
-      p = arena_base() + g.offset;
-    } else {
-      try {
-        p = native_->raw_alloc_with_stream(n, stream);
-      } catch (...) {
-        release(g);  // out of memory: the request never happened
-        throw;
-      }
-    }
-    std::lock_guard<std::mutex> lock(mutex_);
-    blocks_.emplace(p, g);
-    live_ += g.bytes;
-    peak_ = std::max(peak_, live_);
-    return p;
-  }
-
-  void free_block(void* p, size_t /*n*/, int /*device*/, cudaStream_t /*stream*/) {
-    Grant g;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = blocks_.find(p);
-      if (it == blocks_.end()) return;  // not ours: nothing to do (cannot happen through PyTorch)
-      g = it->second;
-      blocks_.erase(it);
-      live_ -= g.bytes;
-    }
-    if (g.offset < 0) native_->raw_delete(p);
-    release(g);
-  }
-
   // Allocated: bytes of live tensors (arena and fallback). Reserved: what the
   // native allocator holds from the device, the arena included.
   MemoryStats stats() override {
     const auto s = native_->getDeviceStats(c10::cuda::current_device());
     const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
-    std::lock_guard<std::mutex> lock(mutex_);
-    return {live_, peak_, s.reserved_bytes[all].current, s.reserved_bytes[all].peak,
+    return {live_bytes(), peak_bytes(), s.reserved_bytes[all].current, s.reserved_bytes[all].peak,
             s.num_device_alloc, s.num_device_free};
   }
 
   void reset_peak() override {
     native_->resetPeakStats(c10::cuda::current_device());
-    std::lock_guard<std::mutex> lock(mutex_);
-    peak_ = live_;
+    reset_peak_bytes();
   }
 
  protected:
+  void* fallback_malloc(size_t n, void* stream) override {
+    return native_->raw_alloc_with_stream(n, static_cast<cudaStream_t>(stream));
+  }
+  void fallback_free(void* p) override { native_->raw_delete(p); }
+
   void* allocate_arena(int64_t bytes) override {
     return native_->raw_alloc_with_stream(static_cast<size_t>(bytes),
                                           c10::cuda::getCurrentCUDAStream().stream());
@@ -101,10 +60,6 @@ class CudaPlannedAllocator final : public PlannedAllocator, public DeviceMemoryS
 
  private:
   NativeAllocator* native_;
-  std::mutex mutex_;
-  std::unordered_map<void*, Grant> blocks_;
-  int64_t live_ = 0;
-  int64_t peak_ = 0;
 };
 
 }  // namespace
@@ -117,8 +72,8 @@ PlannedAllocator& install_cuda_planned_allocator() {
   // Lives for the whole process, like the tensors it hands out.
   auto* a = new CudaPlannedAllocator(native);
   auto pluggable = torch::cuda::CUDAPluggableAllocator::createCustomAllocator(
-      [a](size_t n, int device, cudaStream_t stream) { return a->malloc(n, device, stream); },
-      [a](void* p, size_t n, int device, cudaStream_t stream) { a->free_block(p, n, device, stream); });
+      [a](size_t n, int /*device*/, cudaStream_t stream) { return a->malloc(n, stream); },
+      [a](void* p, size_t /*n*/, int /*device*/, cudaStream_t /*stream*/) { a->free(p); });
   torch::cuda::CUDAPluggableAllocator::changeCurrentAllocator(pluggable);
   // Only now: swapping refuses an initialised allocator, and the native one
   // is the fallback from here on.
