@@ -9,6 +9,7 @@
 #include <set>
 
 #include "memory/pointer_planned_allocator.h"
+#include "plan/bilevel.h"
 
 namespace memo {
 namespace {
@@ -134,6 +135,64 @@ TEST(PointerPlannedAllocator, RecordingLogsEveryRequestAndItsFree) {
   EXPECT_GE(t.requests[1].free_time, 0) << "a zero-byte request is freed at once";
   EXPECT_EQ(t.requests[2].free_time, -1) << "b outlives the step";
   h.free(b);
+}
+
+// A side stream as the pluggable CUDA allocator would pass it (opaque handle).
+void* const kSideStream = reinterpret_cast<void*>(0x5151);
+
+plan::SolveOptions deterministic() {
+  plan::SolveOptions o;
+  o.node_limit = 50;
+  return o;
+}
+
+TEST(PointerPlannedAllocator, RequestsOnAnotherStreamAreRecordedAsSuchAndLeftToTheFallback) {
+  // Profile: a and c on the compute stream, b on a side stream, all freed in
+  // the step. The plan puts a and c in the arena and leaves b to the fallback:
+  // reusing b's bytes in host order would race with the side stream.
+  HeapPlanned h;
+  auto step = [&h] {
+    h.begin_step();
+    void* a = h.malloc(256, nullptr);
+    void* b = h.malloc(256, kSideStream);
+    h.free(a);
+    h.free(b);
+    h.free(h.malloc(256, nullptr));
+    h.end_step();
+  };
+  h.start_recording();
+  step();
+  const auto trace = h.stop_recording();
+  ASSERT_EQ(trace.requests.size(), 3u);
+  EXPECT_EQ(trace.requests[0].stream, 0);
+  EXPECT_EQ(trace.requests[1].stream, 1);
+  EXPECT_EQ(trace.requests[2].stream, 0);
+  const auto plan = plan::plan_bilevel(trace, 64, deterministic());
+  EXPECT_EQ(plan.placements[0].kind, plan::Placement::Kind::Arena);
+  EXPECT_EQ(plan.placements[1].kind, plan::Placement::Kind::Fallback);
+  EXPECT_EQ(plan.placements[2].kind, plan::Placement::Kind::Arena);
+
+  // Replayed, b goes to the fallback as planned: not a miss.
+  h.arm(plan);
+  h.reset_counters();
+  step();
+  EXPECT_EQ(h.stats().planned, 2);
+  EXPECT_EQ(h.stats().fallback, 0);
+  EXPECT_EQ(h.fallback_mallocs, 4);  // all three while profiling, then b only
+  h.disarm();
+}
+
+TEST(PointerPlannedAllocator, APlannedRequestArrivingOnAnotherStreamIsAFallbackNotArenaBytes) {
+  HeapPlanned h;
+  h.arm(two_buffer_plan(100, 200));
+  h.begin_step();
+  void* a = h.malloc(100, kSideStream);
+  EXPECT_NE(a, h.arena());
+  EXPECT_EQ(h.fallback_mallocs, 1);
+  EXPECT_EQ(h.stats().fallback, 1);
+  h.free(a);
+  h.end_step();
+  h.disarm();
 }
 
 TEST(PointerPlannedAllocator, UnknownPointersAreIgnored) {

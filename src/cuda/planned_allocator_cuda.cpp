@@ -29,6 +29,9 @@ class CudaPlannedAllocator final : public PointerPlannedAllocator, public Device
   explicit CudaPlannedAllocator(NativeAllocator* native) : native_(native) {}
 
   c10::DeviceType device_type() const override { return c10::DeviceType::CUDA; }
+  uintptr_t current_stream() const override {
+    return reinterpret_cast<uintptr_t>(c10::cuda::getCurrentCUDAStream().stream());
+  }
   // The caching allocator's block granularity; kernels may rely on it.
   int64_t alignment() const override { return 512; }
 

@@ -2,6 +2,8 @@
 // with size and overlap checks, counted fallbacks, and the install dispatch.
 #include "memory/planned_allocator.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace memo::memory {
@@ -29,7 +31,7 @@ PlannedAllocator& PlannedAllocator::install(c10::Device device) {
 PlannedAllocator* PlannedAllocator::instance() { return g_planned; }
 void PlannedAllocator::set_instance(PlannedAllocator* a) { g_planned = a; }
 
-PlannedAllocator::Grant PlannedAllocator::acquire(size_t n) {
+PlannedAllocator::Grant PlannedAllocator::acquire(size_t n, uintptr_t stream) {
   std::lock_guard<std::mutex> lock(mutex_);
   const auto bytes = static_cast<int64_t>(n);
   if (!(in_step_ && on_training_thread())) {
@@ -39,28 +41,35 @@ PlannedAllocator::Grant PlannedAllocator::acquire(size_t n) {
   }
   const int64_t k = request_index_++;
   if (recording_) {
-    trace_.requests.push_back({bytes, clock_++, -1, current_region_});
+    int64_t stream_index = 0;
+    if (stream != compute_stream_) {
+      auto it = std::find(other_streams_.begin(), other_streams_.end(), stream);
+      if (it == other_streams_.end()) it = other_streams_.insert(it, stream);
+      stream_index = 1 + (it - other_streams_.begin());
+    }
+    trace_.requests.push_back({bytes, clock_++, -1, current_region_, stream_index});
     stats_.base_allocs++;
     return {-1, static_cast<int64_t>(trace_.requests.size()) - 1, bytes};
   }
-  if (armed_ && k < static_cast<int64_t>(placements_.size())) {
-    const auto& pl = placements_[static_cast<size_t>(k)];
-    if (pl.kind == plan::Placement::Kind::Arena && pl.bytes == bytes) {
-      const int64_t begin = pl.offset, end = pl.offset + pl.bytes;
-      auto it = live_.upper_bound(begin);  // first live block starting after begin
-      bool free_here = it == live_.end() || it->first >= end;
-      if (free_here && it != live_.begin()) free_here = std::prev(it)->second <= begin;
-      if (end == begin) free_here = true;  // an empty tensor uses no bytes
-      if (free_here) {
-        if (end > begin) live_[begin] = end;
-        stats_.planned++;
-        stats_.live_planned_bytes += bytes;
-        stats_.peak_live_planned_bytes = std::max(stats_.peak_live_planned_bytes, stats_.live_planned_bytes);
-        return {begin, -1, bytes};
-      }
+  using Kind = plan::Placement::Kind;
+  const plan::Placement* pl =
+      armed_ && k < static_cast<int64_t>(placements_.size()) ? &placements_[static_cast<size_t>(k)] : nullptr;
+  const bool expected_fallback = pl && pl->kind == Kind::Fallback && pl->bytes == bytes;
+  if (pl && pl->kind == Kind::Arena && pl->bytes == bytes && stream == compute_stream_) {
+    const int64_t begin = pl->offset, end = pl->offset + pl->bytes;
+    auto it = live_.upper_bound(begin);  // first live block starting after begin
+    bool free_here = it == live_.end() || it->first >= end;
+    if (free_here && it != live_.begin()) free_here = std::prev(it)->second <= begin;
+    if (end == begin) free_here = true;  // an empty tensor uses no bytes
+    if (free_here) {
+      if (end > begin) live_[begin] = end;
+      stats_.planned++;
+      stats_.live_planned_bytes += bytes;
+      stats_.peak_live_planned_bytes = std::max(stats_.peak_live_planned_bytes, stats_.live_planned_bytes);
+      return {begin, -1, bytes};
     }
   }
-  if (armed_) {
+  if (armed_ && !expected_fallback) {
     if (stats_.fallback++ == 0) {
       stats_.first_fallback_request = k;
       stats_.first_fallback_bytes = bytes;
@@ -87,6 +96,7 @@ void PlannedAllocator::release(const Grant& grant) {
 void PlannedAllocator::begin_step() {
   std::lock_guard<std::mutex> lock(mutex_);
   thread_ = std::this_thread::get_id();
+  compute_stream_ = current_stream();
   in_step_ = true;
   request_index_ = 0;
 }
@@ -113,6 +123,7 @@ void PlannedAllocator::end_region() {
 void PlannedAllocator::start_recording() {
   std::lock_guard<std::mutex> lock(mutex_);
   trace_ = {};
+  other_streams_.clear();
   clock_ = 0;
   current_region_ = -1;
   recording_ = true;

@@ -29,8 +29,9 @@ namespace memo::memory {
 
 struct PlannedStats {
   int64_t planned = 0;         // requests served from the arena
-  int64_t fallback = 0;        // planned-step requests that missed the plan (size, overlap, beyond)
-  int64_t unplanned = 0;       // requests outside planned steps or from other threads
+  int64_t fallback = 0;        // planned-step requests that missed the plan (size, stream, overlap, beyond)
+  int64_t unplanned = 0;       // requests outside planned steps, from other threads, or left to the
+                               // fallback by the plan (alive after the step, on another stream)
   int64_t base_allocs = 0;     // requests handed to the fallback allocator ...
   int64_t base_frees = 0;      // ... and their frees
   int64_t first_fallback_request = -1;  // the first miss of a planned step: its index ...
@@ -80,9 +81,13 @@ class PlannedAllocator {
     int64_t request = -1;
     int64_t bytes = 0;
   };
-  // Decides where a request of n bytes goes and books it; when the grant's
-  // offset is -1 the caller allocates from its fallback.
-  Grant acquire(size_t n);
+  // Decides where a request of n bytes on `stream` (an opaque handle; 0 on
+  // CPU) goes and books it; when the grant's offset is -1 the caller
+  // allocates from its fallback.
+  Grant acquire(size_t n, uintptr_t stream = 0);
+  // The stream a step runs on, read at begin_step(): only requests on it are
+  // planned.
+  virtual uintptr_t current_stream() const { return 0; }
   // Books the free of a grant.
   void release(const Grant& grant);
   char* arena_base() const { return arena_; }
@@ -106,6 +111,8 @@ class PlannedAllocator {
   int64_t clock_ = 0;
   int64_t request_index_ = 0;
   int64_t current_region_ = -1;
+  uintptr_t compute_stream_ = 0;
+  std::vector<uintptr_t> other_streams_;  // recording: streams other than the compute stream, by first use
   plan::RequestTrace trace_;
   std::vector<plan::Placement> placements_;
   char* arena_ = nullptr;

@@ -6,7 +6,7 @@
 namespace memo::memory {
 
 void* PointerPlannedAllocator::malloc(size_t n, void* stream) {
-  const Grant g = acquire(n);
+  const Grant g = acquire(n, reinterpret_cast<uintptr_t>(stream));
   if (n == 0) {
     // As the CUDA caching allocator does: no pointer, so no free will come.
     // Booked and released at once so request indices stay those of the profile.

@@ -10,9 +10,14 @@ namespace memo::plan {
 
 namespace {
 
+// Only requests on the compute stream are planned: the arena reuses bytes in
+// host order, which is safe only within one stream's order. The rest go to
+// the fallback (a stream-aware caching allocator on CUDA).
+bool plannable(const Request& r) { return r.stream == 0; }
+
 // A request stays inside its region when it is freed before the region ends.
 bool transient(const RequestTrace& t, const Request& r) {
-  return r.region >= 0 && r.free_time >= 0 &&
+  return plannable(r) && r.region >= 0 && r.free_time >= 0 &&
          r.free_time <= t.regions[static_cast<size_t>(r.region)].end_time;
 }
 
@@ -76,7 +81,7 @@ BilevelPlan plan_bilevel(const RequestTrace& t, int64_t alignment, const SolveOp
   std::vector<int64_t> request_buffer(t.requests.size(), -1);
   for (size_t k = 0; k < t.requests.size(); ++k) {
     const auto& r = t.requests[k];
-    if (transient(t, r) || r.free_time < 0) continue;  // level 1, or escapes the step
+    if (transient(t, r) || r.free_time < 0 || !plannable(r)) continue;  // level 1, escapes the step, other stream
     request_buffer[k] = static_cast<int64_t>(plan.level2.buffers.size());
     plan.level2.buffers.push_back({std::to_string(k), r.alloc_time, r.free_time, r.bytes, alignment});
   }

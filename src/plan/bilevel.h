@@ -22,6 +22,7 @@ struct Request {
   int64_t alloc_time = 0;
   int64_t free_time = -1;  // -1: still alive when the step ended
   int64_t region = -1;     // index into RequestTrace::regions, -1: outside any
+  int64_t stream = 0;      // 0: the step's compute stream; 1, 2...: other streams, by first use
 };
 
 struct RegionSpan {

@@ -16,7 +16,7 @@ namespace memo::train {
 
 namespace {
 
-constexpr int kPlanFormat = 1;
+constexpr int kPlanFormat = 2;  // 2: requests off the compute stream are left to the fallback
 
 uint64_t fnv1a(const std::string& s) {
   uint64_t h = 1469598103934665603ull;
