@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Compiles the CUDA-only sources (src/cuda/, and the MEMO_WITH_CUDA branches
 # of the files that dispatch to them) against a CUDA libtorch's headers, so a
-# CPU-only CI still catches a CUDA build break. Syntax and types only: nothing
-# is linked or run (that needs a GPU machine: scripts/gpu-check.sh).
+# CPU-only CI still catches a CUDA build break, and checks that every
+# c10::cuda / torch::cuda symbol they call is exported by that libtorch's
+# libc10_cuda.so / libtorch_cuda.so (what the link would need). Nothing is
+# linked or run: that needs a GPU machine (scripts/gpu-planned-memory.sh).
 #
 # Headers come from, in order: the system Python's torch when it is a CUDA
 # build (GPU machines), else the CUDA torch wheel and the NVIDIA header wheels
@@ -19,6 +21,10 @@ cxx=${CXX:-c++}
 
 if python3 -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)' >/dev/null 2>&1; then
   torch_inc=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "include"))')
+  exports="$dir/cuda-exports.txt"
+  for lib in "$torch_inc"/../lib/libtorch_cuda.so "$torch_inc"/../lib/libc10_cuda.so; do
+    nm -D --defined-only --format=just-symbols "$lib"
+  done > "$exports"
   cuda_inc=$(python3 - <<'PY'
 import glob, os, site
 for d in ["/usr/local/cuda/include"] + [p for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/*/include")]:
@@ -39,13 +45,17 @@ else
       case "$(basename "$w")" in
         torch-*) python3 - "$w" "$dir/root" <<'PY'
 import sys, zipfile
-# Only the headers and the version file: the libraries are not needed.
+# The headers, the version file and the two CUDA libraries whose exports the
+# symbol check reads.
+keep = {"torch/version.py", "torch/lib/libtorch_cuda.so", "torch/lib/libc10_cuda.so"}
 with zipfile.ZipFile(sys.argv[1]) as z:
-    z.extractall(sys.argv[2], [n for n in z.namelist()
-                               if n.startswith("torch/include/") or n == "torch/version.py"])
+    z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("torch/include/") or n in keep])
 PY
                  mv "$dir/root/torch/include" "$dir/root/torch-include"
                  mv "$dir/root/torch/version.py" "$dir/root/torch-version.py"
+                 for lib in "$dir"/root/torch/lib/*.so; do
+                   nm -D --defined-only --format=just-symbols "$lib" >> "$dir/root/cuda-exports.txt"
+                 done
                  rm -rf "$dir/root/torch" ;;
         *) python3 -m zipfile -e "$w" "$dir/root" ;;
       esac
@@ -54,6 +64,7 @@ PY
     touch "$dir/.stamp"
   fi
   torch_inc="$dir/root/torch-include"
+  exports="$dir/root/cuda-exports.txt"
   cuda_inc=$(dirname "$(find "$dir/root/nvidia" -name cuda_runtime_api.h | head -1)")
   if ! grep -q "^cuda: Optional\[str\] = '" "$dir/root/torch-version.py"; then
     echo "cuda-compile-check: SKIPPED, $spec is not a CUDA build"
@@ -62,10 +73,23 @@ PY
 fi
 [[ -n "$cuda_inc" && -f "$cuda_inc/cuda_runtime_api.h" ]] || { echo "cuda-compile-check: SKIPPED, no CUDA runtime headers"; exit 77; }
 
-flags=(-std=c++20 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -DMEMO_WITH_CUDA=1
+flags=(-std=c++20 -Wall -Wextra -Wno-unused-parameter -DMEMO_WITH_CUDA=1
        -Isrc -I"$torch_inc" -I"$torch_inc/torch/csrc/api/include" -I"$cuda_inc")
 status=0
+mkdir -p "$dir/obj"
 for f in src/cuda/*.cpp src/memory/planned_allocator.cpp src/memory/pointer_planned_allocator.cpp; do
-  if "$cxx" "${flags[@]}" "$f"; then echo "cuda-compile-check: $f compiles"; else status=1; fi
+  obj="$dir/obj/$(basename "$f" .cpp).o"
+  if ! "$cxx" "${flags[@]}" -c "$f" -o "$obj"; then status=1; continue; fi
+  # The CUDA-side symbols this object needs from libtorch, each must be exported.
+  missing=0
+  while read -r sym; do
+    if ! grep -qxF "$sym" "$exports"; then
+      echo "cuda-compile-check: $f needs $(echo "$sym" | c++filt), which libtorch does not export"
+      missing=1
+    fi
+  done < <(nm -u --format=just-symbols "$obj" | while read -r m; do
+             case "$(echo "$m" | c++filt)" in c10::cuda::*|torch::cuda::*) echo "$m" ;; esac
+           done)
+  if (( missing )); then status=1; else echo "cuda-compile-check: $f compiles, its CUDA symbols are exported"; fi
 done
 exit $status
