@@ -33,7 +33,9 @@ for d in ["/usr/local/cuda/include"] + [p for s in site.getsitepackages() for p 
 PY
 )
 else
-  if [[ ! -f "$dir/.stamp" ]]; then
+  # The stamp names what was fetched and how it was laid out: a change refetches.
+  stamp="$spec, headers + exports v2"
+  if [[ "$(cat "$dir/.stamp" 2>/dev/null)" != "$stamp" ]]; then
     echo "cuda-compile-check: fetching the headers of $spec and the CUDA runtime into $dir"
     rm -rf "$dir/wheels" "$dir/root" && mkdir -p "$dir/wheels" "$dir/root"
     if ! python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$dir/wheels" \
@@ -61,7 +63,7 @@ PY
       esac
     done
     rm -rf "$dir/wheels"
-    touch "$dir/.stamp"
+    echo "$stamp" > "$dir/.stamp"
   fi
   torch_inc="$dir/root/torch-include"
   exports="$dir/root/cuda-exports.txt"
