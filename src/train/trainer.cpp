@@ -109,8 +109,6 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
             {"device", device_.str()},
             {"dtype", dtype_name(compute_dtype_)},
             {"data", options_.data.empty() ? "synthetic" : options_.data_dtype}};
-  if (!mp.timeline_path.empty() || !mp.export_dir.empty() || mp.planned)
-    require_input(device_.is_cpu(), "memory profiling runs on the CPU allocator only so far");
   planning_ = std::make_unique<MemoryPlanning>(mp);
   at::manual_seed(options_.seed);
   model::ModelOptions mo;
