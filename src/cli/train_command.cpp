@@ -82,6 +82,12 @@ void print_summary(const train::TrainSummary& s) {
                 static_cast<long long>(m.fallbacks),
                 m.fallbacks ? " (requests the plan did not expect; served by the plain allocator)" : "",
                 format_bytes(static_cast<double>(m.fragmentation_bytes)).c_str());
+    const int64_t frag = m.peak_reserved_bytes - m.peak_allocated_bytes;
+    std::printf("                   fragmentation (peak reserved - peak allocated, last step) %s%s\n",
+                format_bytes(static_cast<double>(frag)).c_str(),
+                m.peak_reserved_bytes > 0
+                    ? strf(", %.2f%% of reserved", 100.0 * static_cast<double>(frag) / static_cast<double>(m.peak_reserved_bytes)).c_str()
+                    : "");
   }
   std::printf("  peak memory      %s on the device; %s of activations held for backward; %s on the host\n",
               format_bytes(static_cast<double>(s.peak_device_bytes)).c_str(),

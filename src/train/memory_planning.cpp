@@ -116,6 +116,8 @@ void MemoryPlanning::after_step(int64_t step) {
   const auto m = memory::memory_stats(options_.device);
   report_.device_mallocs_last_step = m.device_mallocs - mallocs_before_;
   report_.device_frees_last_step = m.device_frees - frees_before_;
+  report_.peak_reserved_bytes = m.peak_reserved;
+  report_.peak_allocated_bytes = m.peak_allocated;
   if (!recording_) return;
   recording_ = false;
   auto trace = a.stop_recording();
@@ -161,7 +163,9 @@ nlohmann::json to_json(const MemoryPlanReport& r) {
           {"fallback_frees_last_step", r.base_frees_last_step},
           {"device_mallocs_last_step", r.device_mallocs_last_step},
           {"device_frees_last_step", r.device_frees_last_step},
-          {"fragmentation_bytes", r.fragmentation_bytes},
+          {"arena_unused_at_peak_bytes", r.fragmentation_bytes},
+          {"peak_reserved_bytes_last_step", r.peak_reserved_bytes},
+          {"peak_allocated_bytes_last_step", r.peak_allocated_bytes},
           {"cache_file", r.cache_file}};
 }
 

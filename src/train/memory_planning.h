@@ -41,6 +41,8 @@ struct MemoryPlanReport {
   int64_t device_mallocs_last_step = 0;  // calls that reached the device malloc (cudaMalloc), last step ...
   int64_t device_frees_last_step = 0;    // ... and the device free
   int64_t fragmentation_bytes = 0;  // arena - peak live planned bytes
+  int64_t peak_reserved_bytes = 0;   // the device's peak reserved and allocated bytes in the last step:
+  int64_t peak_allocated_bytes = 0;  // reserved - allocated is the allocator's fragmentation (0 on CPU)
   std::string cache_file;
 };
 
