@@ -2,9 +2,9 @@
 # The GPU check of the planned allocator (issue 5), as one script for a lent
 # H100/H200 that fits one 10-minute device call: build memo against the
 # machine's CUDA torch (dependencies from .carry, see scripts/prepare-carry.sh),
-# then, on the 4-layer Llama-3-8B shape under the memo policy, run `memo bench`
-# in two processes per length (one CUDA allocator per process): PyTorch's
-# caching allocator, then --planned-memory. Compared: step time, fragmentation
+# then, on the 4-layer Llama-3-8B shape, run `memo bench` in two processes
+# per length (one CUDA allocator per process): PyTorch's caching allocator,
+# then --planned-memory; memo at 64K and 128K, then offload on a ladder. Compared: step time, fragmentation
 # (peak reserved - peak allocated, share of reserved), device mallocs per
 # steady-state step, fallbacks. Then a ladder of longer sequences, caching
 # allocator first, to find where it fails with memory reserved but
@@ -27,20 +27,22 @@ if [[ ! -x build/memo ]]; then
 fi
 echo "built in $((SECONDS - start)) s"
 
-bench() {  # bench NAME SEQ STEPS [extra flags]: one process, one JSON
-  local name=$1 seq=$2 steps=$3; shift 3
+bench() {  # bench NAME POLICY SEQ STEPS [extra flags]: one process, one JSON
+  local name=$1 policy=$2 seq=$3 steps=$4; shift 4
   if (( SECONDS - start > BUDGET_S )); then echo "$name: skipped (budget)"; return; fi
   timeout 240 build/memo bench --model llama3-8b --layers 4 --seq-len "$seq" --batch 1 --steps "$steps" \
-    --policies memo --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
+    --policies "$policy" --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
   echo "== $name (rc $?, $((SECONDS - start)) s)"; tail -2 "$OUT/$name.log"
 }
 
 for seq in 65536 131072; do
-  bench "caching_$seq" "$seq" 3
-  bench "planned_$seq" "$seq" 3 --planned-memory
+  bench "memo_caching_$seq" memo "$seq" 3
+  bench "memo_planned_$seq" memo "$seq" 3 --planned-memory
 done
-# The ladder: one timed step each; attention time grows with the square.
-for seq in 196608 262144 393216 524288; do
-  bench "caching_$seq" "$seq" 1
-  bench "planned_$seq" "$seq" 1 --planned-memory
+# The ladder, under offload (35% reserved-but-unallocated with the caching
+# allocator in ANCHORS.md), one timed step each: the first length where the
+# caching allocator fails while the planned one runs is the result.
+for seq in 196608 262144 327680; do
+  bench "offload_caching_$seq" offload "$seq" 1
+  bench "offload_planned_$seq" offload "$seq" 1 --planned-memory
 done
