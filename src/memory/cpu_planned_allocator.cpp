@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "memory/device_memory.h"
 #include "memory/planned_allocator.h"
 
 namespace memo::memory {
@@ -63,6 +64,9 @@ class CpuPlannedAllocator final : public PlannedAllocator, public c10::Allocator
 }  // namespace
 
 PlannedAllocator& install_cpu_planned_allocator() {
+  // The meter goes below, so memory statistics see what the planner passes
+  // on (installed later, it could not get under a higher-priority allocator).
+  install_cpu_memory_meter();
   // Lives for the whole process: tensors it handed out may outlive any scope.
   auto* a = new CpuPlannedAllocator(c10::GetCPUAllocator());
   c10::SetCPUAllocator(a, /*priority=*/200);
