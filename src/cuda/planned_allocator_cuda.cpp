@@ -39,7 +39,7 @@ class CudaPlannedAllocator final : public PointerPlannedAllocator, public Device
   // native allocator holds from the device, the arena included.
   MemoryStats stats() override {
     const auto s = native_->getDeviceStats(c10::cuda::current_device());
-    const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    const auto all = static_cast<size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
     return {live_bytes(), peak_bytes(), s.reserved_bytes[all].current, s.reserved_bytes[all].peak,
             s.num_device_alloc, s.num_device_free};
   }

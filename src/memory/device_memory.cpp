@@ -96,7 +96,7 @@ MemoryStats memory_stats(const at::Device& device) {
   if (device.is_cpu()) return g_meter ? g_meter->stats() : MemoryStats{};
   if (g_device_source) return g_device_source->stats();
   auto s = c10::getDeviceAllocator(device.type())->getDeviceStats(device.index() < 0 ? 0 : device.index());
-  const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+  const auto all = static_cast<size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
   return {s.allocated_bytes[all].current, s.allocated_bytes[all].peak,
           s.reserved_bytes[all].current,  s.reserved_bytes[all].peak,
           s.num_device_alloc,             s.num_device_free};

@@ -7,6 +7,7 @@
 //   memo:    x, o, lse whole; the first alpha*s tokens of the others; the
 //            rest recomputed; the last two layers never leave their buffer.
 #include <ATen/ATen.h>
+#include <c10/core/CachingDeviceAllocator.h>
 
 #include <chrono>
 #include <fstream>
