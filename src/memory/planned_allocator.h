@@ -4,14 +4,15 @@
 //   recording:    the same, and every request and free of the training thread
 //                 is logged with the current region, giving a RequestTrace;
 //   planned:      the k-th request of a step gets arena + offset[k] when its
-//                 size matches the plan and the bytes there are free;
-//                 anything else goes to the fallback and is counted, never
-//                 misplaced.
+//                 size matches the plan, it comes on the step's compute
+//                 stream and the bytes there are free; anything else goes to
+//                 the fallback and is counted, never misplaced.
 // The device halves: the CPU one (cpu_planned_allocator.cpp) is a
 // c10::Allocator installed as the CPU allocator, so CI tests the logic; the
 // CUDA one (src/cuda/, built with MEMO_CUDA) is PyTorch's pluggable CUDA
 // allocator, installed before the first CUDA allocation, with the native
-// caching allocator as its fallback.
+// caching allocator as its fallback; its pointer bookkeeping is
+// PointerPlannedAllocator (pointer_planned_allocator.h), tested on CPU.
 #pragma once
 
 #include <c10/core/Device.h>
