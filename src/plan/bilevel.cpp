@@ -100,7 +100,10 @@ BilevelPlan plan_bilevel(const RequestTrace& t, int64_t alignment, const SolveOp
     if (transient(t, r)) {
       const size_t g = group_of[static_cast<size_t>(r.region)];
       const size_t j = next_in_region[static_cast<size_t>(r.region)]++;
-      const int64_t base = plan.level2_offsets[static_cast<size_t>(region_buffer[static_cast<size_t>(r.region)])];
+      // A region whose transient requests are all empty has peak 0 and no
+      // pseudo-buffer in level 2: its requests take no bytes, offset 0 will do.
+      const int64_t rb = region_buffer[static_cast<size_t>(r.region)];
+      const int64_t base = rb >= 0 ? plan.level2_offsets[static_cast<size_t>(rb)] : 0;
       pl = {Placement::Kind::Arena, r.bytes, base + plan.level1[g].offsets[j]};
     } else if (request_buffer[k] >= 0) {
       pl = {Placement::Kind::Arena, r.bytes, plan.level2_offsets[static_cast<size_t>(request_buffer[k])]};
