@@ -56,6 +56,11 @@ class CudaPlannedAllocator final : public PointerPlannedAllocator, public Device
   void fallback_free(void* p) override { native_->raw_delete(p); }
 
   void* allocate_arena(int64_t bytes) override {
+    // The blocks the native allocator cached during the unplanned and
+    // profiled steps go back to the device first: the arena replaces them,
+    // and left cached they would count as reserved-but-unallocated forever.
+    c10::cuda::device_synchronize();
+    native_->emptyCache();
     return native_->raw_alloc_with_stream(static_cast<size_t>(bytes),
                                           c10::cuda::getCurrentCUDAStream().stream());
   }
