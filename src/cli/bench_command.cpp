@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "core/files.h"
+#include "core/json.h"
 #include "core/units.h"
 #include "model/config.h"
 #include "train/bench.h"
@@ -17,7 +18,6 @@ namespace memo::cli {
 
 namespace {
 
-nlohmann::json opt(const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); }
 
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
@@ -99,15 +99,15 @@ void add_bench_command(CLI::App& root, Action& action) {
         out["rows"].push_back({{"policy", r.policy},
                                {"status", r.status},
                                {"step_s", r.status == "ok" ? nlohmann::json(r.step_s) : nlohmann::json(nullptr)},
-                               {"ratio_to_keep", opt(r.ratio_to_keep)},
-                               {"mfu", opt(r.mfu)},
+                               {"ratio_to_keep", json_or_null(r.ratio_to_keep)},
+                               {"mfu", json_or_null(r.mfu)},
                                {"peak_allocated_bytes", r.peak_allocated_bytes},
                                {"peak_reserved_bytes", r.peak_reserved_bytes},
                                {"host_bytes", r.host_bytes},
-                               {"alpha", opt(r.alpha)},
-                               {"max_grad_rel_diff", opt(r.max_grad_rel_diff)},
-                               {"arena_bytes", r.arena_bytes ? nlohmann::json(*r.arena_bytes) : nlohmann::json(nullptr)},
-                               {"plan_fallbacks", r.plan_fallbacks ? nlohmann::json(*r.plan_fallbacks) : nlohmann::json(nullptr)},
+                               {"alpha", json_or_null(r.alpha)},
+                               {"max_grad_rel_diff", json_or_null(r.max_grad_rel_diff)},
+                               {"arena_bytes", json_or_null(r.arena_bytes)},
+                               {"plan_fallbacks", json_or_null(r.plan_fallbacks)},
                                {"fragmentation", r.fragmentation()},
                                {"device_mallocs_per_step", r.device_mallocs_per_step}});
       }

@@ -17,6 +17,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/json.h"
 #include "core/units.h"
 #include "plan/dsa_problem.h"
 #include "plan/dsa_solver.h"
@@ -88,7 +89,7 @@ nlohmann::json to_json(const Row& row) {
                       {"status", plan::to_string(row.result.status)},
                       {"seconds", row.result.seconds}};
   j["peak"] = row.result.found ? nlohmann::json(row.result.peak) : nlohmann::json(nullptr);
-  j["capacity"] = row.capacity ? nlohmann::json(*row.capacity) : nlohmann::json(nullptr);
+  j["capacity"] = json_or_null(row.capacity);
   return j;
 }
 

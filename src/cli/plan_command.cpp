@@ -19,6 +19,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json.h"
 #include "core/units.h"
 #include "memory/device_memory.h"
 #include "model/attention.h"
@@ -151,7 +152,6 @@ plan::PlanInputs to_inputs(const PlanFlags& f) {
   return in;
 }
 
-nlohmann::json opt(const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); }
 
 nlohmann::json to_json(const plan::Plan& pl) {
   const auto& in = pl.in;
@@ -188,7 +188,7 @@ nlohmann::json to_json(const plan::Plan& pl) {
   j["verdict"] = pl.verdict;
   const auto* c = pl.chosen_plan();
   j["host_bytes"] = c ? c->host_bytes : 0.0;
-  j["alpha"] = c ? opt(c->alpha) : nlohmann::json(nullptr);
+  j["alpha"] = c ? json_or_null(c->alpha) : nlohmann::json(nullptr);
   j["alpha_per_layer"] = c ? nlohmann::json(c->alpha_per_layer) : nlohmann::json::array();
   j["step_s"] = c ? nlohmann::json(c->step_s) : nlohmann::json(nullptr);
   j["mfu"] = c ? nlohmann::json(c->mfu) : nlohmann::json(nullptr);
@@ -204,7 +204,7 @@ nlohmann::json to_json(const plan::Plan& pl) {
                              {"buffer_bytes", p.buffer_bytes},
                              {"resident_bytes", p.resident_bytes},
                              {"host_bytes", p.host_bytes},
-                             {"alpha", opt(p.alpha)},
+                             {"alpha", json_or_null(p.alpha)},
                              {"resident", p.resident},
                              {"limited_by", p.limited_by},
                              {"matmul_s", p.matmul_s},

@@ -30,8 +30,8 @@ namespace memo::plan {
 
 enum class ModelArch { Llama, Gpt };
 
-// The shape of a model, as the planner needs it (cli/ converts
-// model::ModelConfig into this).
+// The shape of a model, as the planner needs it (model::to_plan_shape
+// converts a model::ModelConfig into this; plan/ cannot include model/).
 struct ModelShape {
   std::string name = "custom";
   ModelArch arch = ModelArch::Llama;

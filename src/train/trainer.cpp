@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/json.h"
 #include "core/units.h"
 #include "memory/device_memory.h"
 #include "model/hf_checkpoint.h"
@@ -28,10 +29,6 @@ const char* dtype_name(at::ScalarType t) {
     case at::kHalf: return "float16";
     default: return "?";
   }
-}
-
-nlohmann::json optional_json(const std::optional<double>& v) {
-  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
 }
 
 }  // namespace
@@ -165,7 +162,7 @@ nlohmann::json Trainer::resolved_config() const {
   j["grad_accum"] = o.grad_accum;
   j["steps"] = o.steps;
   j["policy"] = policy_->name();
-  j["alpha"] = policy_->alpha() ? nlohmann::json(*policy_->alpha()) : nlohmann::json(nullptr);
+  j["alpha"] = json_or_null(policy_->alpha());
   j["lr"] = o.lr;
   j["min_lr_ratio"] = o.min_lr_ratio;
   j["warmup"] = o.warmup;
@@ -318,7 +315,7 @@ nlohmann::json to_json(const StepRecord& r) {
           {"grad_norm", r.grad_norm},
           {"seconds", r.seconds},
           {"tokens_per_s", r.tokens_per_s},
-          {"mfu", optional_json(r.mfu)},
+          {"mfu", json_or_null(r.mfu)},
           {"peak_device_bytes", r.peak_device_bytes}};
 }
 
@@ -329,11 +326,11 @@ nlohmann::json to_json(const TrainSummary& s) {
           {"first_loss", s.first_loss},
           {"final_loss", s.final_loss},
           {"tokens_per_s", s.tokens_per_s},
-          {"mfu", optional_json(s.mfu)},
+          {"mfu", json_or_null(s.mfu)},
           {"peak_device_bytes", s.peak_device_bytes},
           {"peak_activation_bytes", s.peak_activation_bytes},
           {"host_bytes", s.host_bytes},
-          {"no_context_loss", optional_json(s.no_context_loss)},
+          {"no_context_loss", json_or_null(s.no_context_loss)},
           {"memory_plan", to_json(s.memory_plan)}};
 }
 
