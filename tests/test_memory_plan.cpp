@@ -16,6 +16,7 @@
 #include "plan/dsa_validate.h"
 #include "reference.h"
 #include "runtime/policy.h"
+#include "train/memory_planning.h"
 #include "train/step.h"
 #include "train/trainer.h"
 
@@ -51,19 +52,12 @@ plan::RequestTrace profile_step(Rig& rig) {
   return a.stop_recording();
 }
 
-plan::SolveOptions quick() {
-  plan::SolveOptions o;
-  o.time_limit_s = 60;
-  o.node_limit = 300;  // deterministic
-  return o;
-}
-
 TEST(MemoryPlan, ProfiledStepPlanValidatesWithTheDsaValidator) {
   auto rig = make_rig("memo", 24);
   profile_step(rig);  // warm-up: lazy one-off allocations
   auto trace = profile_step(rig);
   ASSERT_GT(trace.requests.size(), 50u);
-  auto plan = plan::plan_bilevel(trace, 64, quick());
+  auto plan = train::plan_profiled_step(trace, 64);
   plan::Problem flat;
   plan::Offsets offsets;
   plan::flatten(trace, plan, flat, offsets);
@@ -89,8 +83,8 @@ TEST(MemoryPlan, ProfilingIsDeterministicSoPlansReplayToIdenticalOffsets) {
     EXPECT_EQ(a.requests[k].bytes, b.requests[k].bytes) << k;
     EXPECT_EQ(a.requests[k].free_time, b.requests[k].free_time) << k;
   }
-  auto pa = plan::plan_bilevel(a, 64, quick());
-  auto pb = plan::plan_bilevel(b, 64, quick());
+  auto pa = train::plan_profiled_step(a, 64);
+  auto pb = train::plan_profiled_step(b, 64);
   ASSERT_EQ(pa.placements.size(), pb.placements.size());
   for (size_t k = 0; k < pa.placements.size(); ++k) EXPECT_EQ(pa.placements[k].offset, pb.placements[k].offset);
 }
@@ -99,7 +93,7 @@ TEST(MemoryPlan, ArmedStepServesEveryPlannedRequestFromTheArena) {
   auto rig = make_rig("recompute", 20);
   profile_step(rig);
   auto trace = profile_step(rig);
-  auto plan = plan::plan_bilevel(trace, 64, quick());
+  auto plan = train::plan_profiled_step(trace, 64);
   auto& a = memory::PlannedAllocator::install();
   a.arm(plan);
   a.reset_counters();
@@ -119,7 +113,7 @@ TEST(MemoryPlan, AWrongPlanIsNeverMisplacedOnlyCountedAsFallbacks) {
   // exactly those of an unplanned step.
   auto small = make_rig("keep", 20);
   profile_step(small);
-  auto plan = plan::plan_bilevel(profile_step(small), 64, quick());
+  auto plan = train::plan_profiled_step(profile_step(small), 64);
 
   auto plain = make_rig("keep", 28);
   train::forward_backward(plain.model, *plain.policy, plain.batch, 1.0);

@@ -18,7 +18,6 @@ namespace memo::cli {
 
 namespace {
 
-
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream ss(s);

@@ -81,7 +81,7 @@ void print_summary(const train::TrainSummary& s) {
     std::printf("                   %lld fallbacks in all planned steps%s; arena unused at the peak %s\n",
                 static_cast<long long>(m.fallbacks),
                 m.fallbacks ? " (requests the plan did not expect; served by the plain allocator)" : "",
-                format_bytes(static_cast<double>(m.fragmentation_bytes)).c_str());
+                format_bytes(static_cast<double>(m.arena_unused_bytes)).c_str());
     const int64_t frag = m.peak_reserved_bytes - m.peak_allocated_bytes;
     std::printf("                   fragmentation (peak reserved - peak allocated, last step) %s%s\n",
                 format_bytes(static_cast<double>(frag)).c_str(),

@@ -12,12 +12,12 @@
 #include "core/units.h"
 #include "memory/device_memory.h"
 #include "memory/planned_allocator.h"
-#include "plan/bilevel.h"
 #include "model/llama.h"
 #include "runtime/policy.h"
 #include "runtime/trace.h"
 #include "train/data.h"
 #include "train/flops.h"
+#include "train/memory_planning.h"
 #include "train/step.h"
 #include "train/trainer.h"
 
@@ -98,10 +98,7 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
         forward_backward(model, *policy, batch, 1.0, o.loss_chunk);
         model.zero_grads();
         planner->end_step();
-        plan::SolveOptions so;
-        so.time_limit_s = 60;
-        so.node_limit = 300;
-        auto p = plan::plan_bilevel(planner->stop_recording(), planner->alignment(), so);
+        auto p = plan_profiled_step(planner->stop_recording(), planner->alignment());
         planner->arm(p);
         planner->reset_counters();
         row.arena_bytes = p.arena_bytes;

@@ -109,7 +109,7 @@ void MemoryPlanning::after_step(int64_t step) {
     report_.first_fallback_request = s.first_fallback_request;
     report_.first_fallback_bytes = s.first_fallback_bytes;
     report_.planned_requests = s.planned;
-    report_.fragmentation_bytes = std::max<int64_t>(0, a.arena_bytes() - s.peak_live_planned_bytes);
+    report_.arena_unused_bytes = std::max<int64_t>(0, a.arena_bytes() - s.peak_live_planned_bytes);
   }
   report_.base_allocs_last_step = s.base_allocs;
   report_.base_frees_last_step = s.base_frees;
@@ -121,10 +121,7 @@ void MemoryPlanning::after_step(int64_t step) {
   if (!recording_) return;
   recording_ = false;
   auto trace = a.stop_recording();
-  plan::SolveOptions so;
-  so.time_limit_s = 60.0;
-  so.node_limit = 300;  // greedy runs per solve: deterministic, and best-fit is usually within 2% of LOAD
-  auto p = plan::plan_bilevel(trace, a.alignment(), so);
+  auto p = plan_profiled_step(trace, a.alignment());
   if (!options_.export_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(options_.export_dir, ec);
@@ -149,6 +146,13 @@ void MemoryPlanning::after_step(int64_t step) {
   }
 }
 
+plan::BilevelPlan plan_profiled_step(const plan::RequestTrace& trace, int64_t alignment) {
+  plan::SolveOptions so;
+  so.time_limit_s = 60.0;
+  so.node_limit = 300;  // greedy runs per solve: deterministic, and best-fit is usually within 2% of LOAD
+  return plan::plan_bilevel(trace, alignment, so);
+}
+
 nlohmann::json to_json(const MemoryPlanReport& r) {
   return {{"active", r.active},
           {"source", r.source},
@@ -163,7 +167,7 @@ nlohmann::json to_json(const MemoryPlanReport& r) {
           {"fallback_frees_last_step", r.base_frees_last_step},
           {"device_mallocs_last_step", r.device_mallocs_last_step},
           {"device_frees_last_step", r.device_frees_last_step},
-          {"arena_unused_at_peak_bytes", r.fragmentation_bytes},
+          {"arena_unused_at_peak_bytes", r.arena_unused_bytes},
           {"peak_reserved_bytes_last_step", r.peak_reserved_bytes},
           {"peak_allocated_bytes_last_step", r.peak_allocated_bytes},
           {"cache_file", r.cache_file}};

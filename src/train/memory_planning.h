@@ -40,7 +40,7 @@ struct MemoryPlanReport {
   int64_t base_frees_last_step = 0;   // ... and their frees
   int64_t device_mallocs_last_step = 0;  // calls that reached the device malloc (cudaMalloc), last step ...
   int64_t device_frees_last_step = 0;    // ... and the device free
-  int64_t fragmentation_bytes = 0;  // arena - peak live planned bytes
+  int64_t arena_unused_bytes = 0;  // arena - peak live planned bytes
   int64_t peak_reserved_bytes = 0;   // the device's peak reserved and allocated bytes in the last step:
   int64_t peak_allocated_bytes = 0;  // reserved - allocated is the allocator's fragmentation (0 on CPU)
   std::string cache_file;
@@ -67,6 +67,10 @@ class MemoryPlanning {
 };
 
 nlohmann::json to_json(const MemoryPlanReport& r);
+
+// The bi-level plan of a profiled step, solved the same way everywhere: a
+// fixed number of greedy runs, so the same trace always gives the same plan.
+plan::BilevelPlan plan_profiled_step(const plan::RequestTrace& trace, int64_t alignment);
 
 // A self-contained HTML page plotting live bytes over the profiled step, with
 // the arena size and LOAD and the regions marked.
