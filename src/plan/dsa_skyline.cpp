@@ -54,7 +54,6 @@ class Skyline {
     return {start, stretches_.at(start)};
   }
 
-
   // The lower of the heights either side of the stretch at `at` (INT64_MAX
   // if it spans every section).
   int64_t neighbour_height(int at) const {
