@@ -202,11 +202,10 @@ void add_dsa_command(CLI::App& root, Action& action) {
                   "of rows)");
   out->excludes(bench);
 
-  cmd->callback([cmd, opts, &action] {
+  cmd->callback([opts, &action] {
     if (opts->file.empty() == opts->bench_dir.empty())
       throw CLI::ValidationError("memo dsa", "give exactly one of FILE or --bench DIR");
     action = [opts] { return opts->bench_dir.empty() ? run_single(*opts) : run_bench(*opts); };
-    (void)cmd;
   });
 }
 

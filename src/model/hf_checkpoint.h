@@ -44,7 +44,8 @@ std::vector<std::pair<std::string, at::Tensor>> to_hf_tensors(const ModelConfig&
 nlohmann::json hf_config_json(const ModelConfig& config, at::ScalarType dtype);
 
 // Writes config.json and model.safetensors into `dir` (created if missing;
-// files fsynced, not renamed: callers wanting atomicity write a temporary
+// config.json is replaced atomically, model.safetensors is written in place
+// and fsynced: callers wanting the whole directory atomic write a temporary
 // directory and rename it).
 void write_hf_checkpoint(const std::string& dir, const ModelConfig& config, const ModelWeights& w,
                          at::ScalarType dtype = at::kFloat);

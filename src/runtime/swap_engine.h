@@ -39,7 +39,6 @@ class SwapEngine {
   // after every copy-out issued so far (so host data is complete).
   void copy_in(int64_t layer, std::vector<CopyPair> pairs);
   void wait_copy_in(int64_t layer);
-  bool copy_in_issued(int64_t layer) const { return in_.count(layer) > 0; }
 
   // Waits for everything and forgets all pending copies.
   void drain();

@@ -51,10 +51,9 @@ class TraceRecorder {
   void end(int64_t handle, const c10::Stream& stream);
 
   // Resolves event timings (the device must be synchronised) and appends the
-  // spans to the finished list, offset by `step_label`'s start.
+  // spans to the finished list; times count from the recorder's creation on
+  // CPU, from its first span's start on a device.
   void flush();
-  const std::vector<Span>& spans() const { return spans_; }
-  void clear() { spans_.clear(); }
 
   // {"traceEvents": [...]} with one named thread per lane.
   std::string chrome_json() const;
@@ -68,7 +67,6 @@ class TraceRecorder {
   std::vector<Span> spans_;
   std::chrono::steady_clock::time_point origin_;
   std::unique_ptr<c10::Event> origin_event_;
-  double flushed_until_us_ = 0.0;
 };
 
 }  // namespace memo::runtime

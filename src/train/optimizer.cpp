@@ -35,12 +35,6 @@ void AdamW::step(double lr) {
   }
 }
 
-int64_t AdamW::state_bytes() const {
-  int64_t b = 0;
-  for (size_t i = 0; i < m_.size(); ++i) b += static_cast<int64_t>(m_[i].nbytes() + v_[i].nbytes());
-  return b;
-}
-
 double clip_grad_norm(const std::vector<at::Tensor*>& grads, double max_norm) {
   if (grads.empty()) return 0.0;
   auto total = at::zeros({}, grads.front()->options().dtype(at::kDouble));

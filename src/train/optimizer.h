@@ -26,8 +26,6 @@ class AdamW {
   std::vector<at::Tensor>& first_moments() { return m_; }
   std::vector<at::Tensor>& second_moments() { return v_; }
   void set_steps_taken(int64_t t) { t_ = t; }
-  // Bytes of optimizer state (first and second moments).
-  int64_t state_bytes() const;
 
  private:
   std::vector<at::Tensor*> params_, grads_;

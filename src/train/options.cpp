@@ -135,12 +135,6 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
 
 }  // namespace
 
-std::vector<std::string> train_option_keys() {
-  std::vector<std::string> keys;
-  for (const auto& [k, s] : setters()) keys.push_back(k);
-  return keys;
-}
-
 void apply_toml_file(const std::string& path, TrainOptions& options) {
   toml::table table;
   try {

@@ -59,9 +59,6 @@ struct TrainOptions {
   void validate() const;
 };
 
-// The TOML keys accepted in a config file, in display order.
-std::vector<std::string> train_option_keys();
-
 // Applies a TOML file's keys onto `options`. Unknown keys, wrong types and
 // syntax errors throw InputError naming the file, key and line.
 void apply_toml_file(const std::string& path, TrainOptions& options);
