@@ -37,12 +37,6 @@ void add_flag(CLI::App* app, std::vector<Binding>& out, const std::string& flag,
   out.push_back({opt, [value, field](TrainOptions& o) { o.*field = *value; }});
 }
 
-std::string joined(const std::vector<std::string>& v) {
-  std::string s;
-  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
-  return s;
-}
-
 void print_step(const train::StepRecord& r, int64_t total) {
   std::printf("step %*lld/%lld  loss %.4f  lr %.2e  |g| %6.3f  %9.0f tok/s  mfu %s  peak %s  %s/step\n",
               static_cast<int>(std::to_string(total).size()), static_cast<long long>(r.step),

@@ -10,23 +10,14 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/units.h"
 
 namespace memo::model {
 
-int64_t ModelConfig::layer_matmul_params() const {
-  if (arch == Arch::Gpt) return 4 * hidden * hidden + 2 * hidden * ffn;
-  return hidden * qkv_dim() + attn_dim() * hidden + 3 * hidden * ffn;
-}
-
-int64_t ModelConfig::matmul_params() const {
-  return layers * layer_matmul_params() + vocab_size * hidden;
-}
-
-int64_t ModelConfig::total_params() const {
-  int64_t norms = layers * 2 * hidden + hidden;
-  int64_t embed = vocab_size * hidden * (tie_embeddings ? 1 : 2);
-  return layers * layer_matmul_params() + norms + embed;
-}
+// The counts are the planner's (plan::ModelShape), so the two never disagree.
+int64_t ModelConfig::layer_matmul_params() const { return to_plan_shape(*this).layer_matmul_params(); }
+int64_t ModelConfig::matmul_params() const { return to_plan_shape(*this).matmul_params(); }
+int64_t ModelConfig::total_params() const { return to_plan_shape(*this).total_params(); }
 
 void ModelConfig::validate(const std::string& where) const {
   auto positive = [&](int64_t v, const char* field) {
@@ -143,6 +134,17 @@ T get_field_or(const nlohmann::json& j, const char* key, T fallback, const std::
   return get_field<T>(j, key, source);
 }
 
+// The fields of a "llama3" RoPE scaling object (rope_scaling, or
+// rope_parameters in transformers >= 5).
+RopeScaling read_llama3_scaling(const nlohmann::json& j, const std::string& where) {
+  RopeScaling r;
+  r.factor = get_field<double>(j, "factor", where);
+  r.low_freq_factor = get_field_or<double>(j, "low_freq_factor", 1.0, where);
+  r.high_freq_factor = get_field_or<double>(j, "high_freq_factor", 4.0, where);
+  r.original_max_position = get_field_or<int64_t>(j, "original_max_position_embeddings", 8192, where);
+  return r;
+}
+
 }  // namespace
 
 plan::ModelShape to_plan_shape(const ModelConfig& c) {
@@ -207,11 +209,7 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& source) 
                                           where);
     require_input(kind == "llama3", where, ".rope_type \"", kind,
                   "\" is not supported (expected \"llama3\")");
-    c.rope_scaling.factor = get_field<double>(rs, "factor", where);
-    c.rope_scaling.low_freq_factor = get_field_or<double>(rs, "low_freq_factor", 1.0, where);
-    c.rope_scaling.high_freq_factor = get_field_or<double>(rs, "high_freq_factor", 4.0, where);
-    c.rope_scaling.original_max_position =
-        get_field_or<int64_t>(rs, "original_max_position_embeddings", 8192, where);
+    c.rope_scaling = read_llama3_scaling(rs, where);
   }
   // transformers >= 5 writes the RoPE settings as one "rope_parameters" object.
   if (j.contains("rope_parameters") && !j.at("rope_parameters").is_null()) {
@@ -223,11 +221,7 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& source) 
     require_input(kind == "default" || kind == "llama3", where, ".rope_type \"", kind,
                   "\" is not supported (expected \"default\" or \"llama3\")");
     if (kind == "llama3") {
-      c.rope_scaling.factor = get_field<double>(rp, "factor", where);
-      c.rope_scaling.low_freq_factor = get_field_or<double>(rp, "low_freq_factor", 1.0, where);
-      c.rope_scaling.high_freq_factor = get_field_or<double>(rp, "high_freq_factor", 4.0, where);
-      c.rope_scaling.original_max_position =
-          get_field_or<int64_t>(rp, "original_max_position_embeddings", 8192, where);
+      c.rope_scaling = read_llama3_scaling(rp, where);
     }
   }
   c.validate(source);
@@ -243,9 +237,7 @@ ModelConfig resolve_model(const std::string& name_or_path) {
   bool looks_like_path = name_or_path.find('/') != std::string::npos ||
                          name_or_path.find(".json") != std::string::npos || fs::exists(p);
   if (!looks_like_path) {
-    std::string names;
-    for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
-    throw InputError(cat("unknown model \"", name_or_path, "\": expected a preset (", names,
+    throw InputError(cat("unknown model \"", name_or_path, "\": expected a preset (", joined(preset_names()),
                          ") or the path of a Hugging Face config.json"));
   }
   std::ifstream in(p);

@@ -99,12 +99,6 @@ bool ignorable(const std::string& name, const ModelConfig& c) {
   return false;
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 at::Tensor tensor_from(const SafetensorsReader& r, const SafetensorsTensor& t) {
   auto out = at::empty(t.shape, at::TensorOptions().dtype(torch_dtype_of(t.dtype)));
   if (t.end > t.begin) std::memcpy(out.data_ptr(), r.bytes(t), t.end - t.begin);

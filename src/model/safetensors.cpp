@@ -19,15 +19,15 @@ namespace memo::model {
 
 static_assert(std::endian::native == std::endian::little, "safetensors I/O assumes a little-endian host");
 
-namespace {
-
-constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // the reference implementation's limit
-
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
   return out + "]";
 }
+
+namespace {
+
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // the reference implementation's limit
 
 SafetensorsTensor parse_entry(const std::string& name, const nlohmann::json& e, uint64_t data_bytes,
                               const std::string& source) {

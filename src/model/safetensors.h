@@ -17,6 +17,9 @@ namespace memo::model {
 // Bytes per element of a safetensors dtype ("F32", "BF16", ...); 0 if unsupported.
 int64_t safetensors_dtype_size(const std::string& dtype);
 
+// "[2, 3]": a tensor shape for messages.
+std::string shape_str(const std::vector<int64_t>& shape);
+
 struct SafetensorsTensor {
   std::string name;
   std::string dtype;           // F64, F32, F16, BF16, I64, I32

@@ -6,6 +6,7 @@
 #include "plan/hardware.h"
 
 #include "core/error.h"
+#include "core/units.h"
 
 namespace memo::plan {
 
@@ -53,9 +54,7 @@ Hardware hardware_preset(const std::string& name) {
   if (name == "a800-80gb") return card("a800-80gb", 312e12, 81920 * kMiB, 25e9);
   if (name == "h100-80gb") return card("h100-80gb", 989e12, 81559 * kMiB, 55e9);
   if (name == "h200-141gb") return card("h200-141gb", 989e12, 143771 * kMiB, 55e9);
-  std::string known;
-  for (const auto& n : hardware_names()) known += (known.empty() ? "" : ", ") + n;
-  throw InputError(cat("unknown hardware \"", name, "\" (--hardware): known are ", known));
+  throw InputError(cat("unknown hardware \"", name, "\" (--hardware): known are ", joined(hardware_names())));
 }
 
 }  // namespace memo::plan

@@ -203,17 +203,20 @@ std::unique_ptr<DataSource> make_file_source(const std::string& path, const std:
                                              int64_t vocab, int64_t seq_len, uint64_t seed) {
   if (is_megatron_data(path, dtype))
     return make_packed_source(open_token_corpus(path, dtype, vocab), seq_len, seed);
-  std::string kind = dtype;
-  if (kind == "auto") kind = std::filesystem::path(path).extension() == ".bin" ? "uint16" : "text";
-  int width = 0;
-  if (kind == "text") width = 1;
-  if (kind == "uint16") width = 2;
-  if (kind == "uint32") width = 4;
-  require_input(width > 0, "data dtype \"", dtype, "\" is unknown (expected auto, text, uint16, uint32 or megatron)");
-  if (kind == "text")
+  const auto format = flat_token_format(path, dtype);
+  if (format.kind == "text")
     require_input(vocab >= 256, "data file ", path, " is read as bytes (vocabulary 256) but the model's "
                   "vocabulary is only ", vocab);
-  return std::make_unique<TokenFile>(path, width, kind, vocab, seq_len, seed);
+  return std::make_unique<TokenFile>(path, format.width, format.kind, vocab, seq_len, seed);
+}
+
+FlatTokenFormat flat_token_format(const std::string& path, const std::string& dtype) {
+  FlatTokenFormat f;
+  f.kind = dtype;
+  if (f.kind == "auto") f.kind = std::filesystem::path(path).extension() == ".bin" ? "uint16" : "text";
+  f.width = f.kind == "text" ? 1 : f.kind == "uint16" ? 2 : f.kind == "uint32" ? 4 : 0;
+  require_input(f.width > 0, "data dtype \"", dtype, "\" is unknown (expected auto, text, uint16, uint32 or megatron)");
+  return f;
 }
 
 }  // namespace memo::train

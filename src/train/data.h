@@ -1,6 +1,7 @@
 // Training data: a built-in synthetic in-context task, a text file
-// read as bytes (vocabulary 256), or a flat binary file of uint16/uint32 token
-// ids (the nanoGPT / llm.c format). Each source hands out [batch, seq_len]
+// read as bytes (vocabulary 256), a flat binary file of uint16/uint32 token
+// ids (the nanoGPT / llm.c format), or a Megatron indexed dataset
+// (data_megatron.h). Each source hands out [batch, seq_len]
 // micro-batches of tokens and next-token targets, deterministically from a seed.
 #pragma once
 
@@ -54,11 +55,20 @@ struct SyntheticOptions {
 std::unique_ptr<DataSource> make_synthetic_source(const SyntheticOptions& options,
                                                   int64_t seq_len);
 
-// A token file. dtype: "text" (bytes), "uint16", "uint32", or "auto" (.bin ->
+// A token file. dtype: "text" (bytes), "uint16", "uint32", "megatron", or
+// "auto" (a Megatron PREFIX when PREFIX.idx and PREFIX.bin exist, else .bin ->
 // uint16, anything else -> text). Throws InputError for a missing or empty
 // file, a size that is not a whole number of tokens, fewer than seq_len + 1
 // tokens, or token ids >= vocab.
 std::unique_ptr<DataSource> make_file_source(const std::string& path, const std::string& dtype,
                                              int64_t vocab, int64_t seq_len, uint64_t seed);
+
+// A flat token file's dtype ("auto" resolved by the extension) and its bytes
+// per token. Throws InputError for a dtype that is not text, uint16 or uint32.
+struct FlatTokenFormat {
+  std::string kind;  // "text", "uint16" or "uint32"
+  int width = 0;     // 1, 2 or 4
+};
+FlatTokenFormat flat_token_format(const std::string& path, const std::string& dtype);
 
 }  // namespace memo::train

@@ -267,13 +267,10 @@ bool is_megatron_data(const std::string& path, const std::string& dtype) {
 std::unique_ptr<TokenCorpus> open_token_corpus(const std::string& path, const std::string& dtype,
                                                int64_t vocab) {
   if (is_megatron_data(path, dtype)) return std::make_unique<MegatronCorpus>(megatron_prefix(path), vocab);
-  std::string kind = dtype;
-  if (kind == "auto") kind = fs::path(path).extension() == ".bin" ? "uint16" : "text";
-  const int width = kind == "text" ? 1 : kind == "uint16" ? 2 : kind == "uint32" ? 4 : 0;
-  require_input(width > 0, "data dtype \"", dtype, "\" is unknown (expected auto, text, uint16, uint32 or megatron)");
+  const auto format = flat_token_format(path, dtype);
   std::error_code ec;
   require_input(fs::is_regular_file(path, ec), "data file ", path, ": not found");
-  return std::make_unique<FlatCorpus>(path, width, kind, vocab);
+  return std::make_unique<FlatCorpus>(path, format.width, format.kind, vocab);
 }
 
 std::unique_ptr<DataSource> make_packed_source(std::unique_ptr<TokenCorpus> corpus, int64_t seq_len,
