@@ -6,6 +6,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "core/units.h"
 #include "runtime/policy.h"
 
 namespace memo::runtime {
@@ -18,7 +19,6 @@ class KeepPolicy final : public ActivationPolicy {
   void begin_step(const StepShape& shape) override {
     ActivationPolicy::begin_step(shape);
     saved_.clear();
-    peak_ = {};
   }
   void save(int64_t index, model::LayerActivations&& acts) override {
     saved_[index] = std::move(acts);
@@ -47,7 +47,6 @@ class RecomputePolicy final : public ActivationPolicy {
   void begin_step(const StepShape& shape) override {
     ActivationPolicy::begin_step(shape);
     inputs_.clear();
-    peak_ = {};
   }
   void save(int64_t index, model::LayerActivations&& acts) override {
     inputs_[index] = acts.x;  // everything else is dropped here
@@ -81,9 +80,7 @@ std::unique_ptr<ActivationPolicy> make_policy(const std::string& name, const Pol
   if (name == "recompute") return std::make_unique<RecomputePolicy>();
   if (name == "offload") return make_swap_policy(false, options);
   if (name == "memo") return make_swap_policy(true, options);
-  std::string known;
-  for (const auto& n : policy_names()) known += (known.empty() ? "" : ", ") + n;
-  throw InputError(cat("unknown policy \"", name, "\" (expected one of: ", known, ")"));
+  throw InputError(cat("unknown policy \"", name, "\" (expected one of: ", joined(policy_names()), ")"));
 }
 
 }  // namespace memo::runtime

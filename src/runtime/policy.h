@@ -62,8 +62,8 @@ class ActivationPolicy {
   // The offloaded fraction of the swappable tokens, for policies that swap.
   virtual std::optional<double> alpha() const { return std::nullopt; }
 
-  // Before layer 0's forward of a micro-batch.
-  virtual void begin_step(const StepShape& shape) { shape_ = shape; }
+  // Before layer 0's forward of a micro-batch. Overrides call this first.
+  virtual void begin_step(const StepShape& shape) { peak_ = {}; }
   // Preallocated storage layer `index`'s forward must write into (a rounding
   // buffer), or nullptr to let it allocate.
   virtual const model::LayerActivations* forward_storage(int64_t index) { return nullptr; }
@@ -86,7 +86,6 @@ class ActivationPolicy {
     peak_.device = std::max(peak_.device, h.device);
     peak_.host = std::max(peak_.host, h.host);
   }
-  StepShape shape_;
   HeldBytes peak_;
 };
 

@@ -114,7 +114,6 @@ class SwapPolicy final : public ActivationPolicy {
     x_hold_.clear();
     resident_.clear();
     prefetched_.clear();
-    peak_ = {};
   }
 
   const model::LayerActivations* forward_storage(int64_t index) override {

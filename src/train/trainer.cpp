@@ -116,14 +116,14 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   mo.seed = options_.seed;
   model_ = std::make_unique<model::LlamaModel>(config_, mo);
 
-  std::vector<at::Tensor*> params, grads;
+  std::vector<at::Tensor*> params;
   for (auto& [name, t] : model_->master().named()) params.push_back(t);
-  for (auto& [name, t] : model_->grads().named()) grads.push_back(t);
+  for (auto& [name, t] : model_->grads().named()) grads_.push_back(t);
   // Buffers, host pool and the swap split, before the first step.
   policy_->prepare(*model_, options_.batch, options_.seq_len);
 
   optimizer_ = std::make_unique<AdamW>(
-      params, grads,
+      params, grads_,
       AdamWOptions{options_.beta1, options_.beta2, 1e-8, options_.weight_decay});
 
   // Starting weights: a checkpoint to resume, or a Hugging Face directory's weights.
@@ -245,19 +245,16 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
           std::max(summary.peak_activation_bytes, policy_->peak_held().device);
       summary.host_bytes = std::max(summary.host_bytes, policy_->peak_held().host);
     }
-    std::vector<at::Tensor*> grads;
-    for (auto& [name, t] : model_->grads().named()) grads.push_back(t);
     double norm = 0.0, lr = 0.0;
     {
       memory::RegionScope region("optimizer");
-      norm = clip_grad_norm(grads, o.clip);
+      norm = clip_grad_norm(grads_, o.clip);
       lr = lr_at(step, o.steps, o.warmup, o.lr, o.min_lr_ratio);
       optimizer_->step(lr);
       model_->refresh_compute();
       model_->zero_grads();
     }
     memory::synchronize(device_);
-    grads.clear();
     planning_->after_step(step);
     if (tracing) {
       trace_->flush();

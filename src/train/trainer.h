@@ -72,8 +72,6 @@ class Trainer {
 
   TrainSummary run(const std::function<void(const StepRecord&)>& on_step);
 
-  model::LlamaModel& model() { return *model_; }
-
  private:
   TrainOptions options_;
   model::ModelConfig config_;
@@ -85,6 +83,7 @@ class Trainer {
   std::unique_ptr<runtime::ActivationPolicy> policy_;
   std::unique_ptr<DataSource> data_;
   std::unique_ptr<AdamW> optimizer_;
+  std::vector<at::Tensor*> grads_;  // the model's gradient tensors, for clipping
   std::unique_ptr<runtime::TraceRecorder> trace_;
   int64_t start_step_ = 0;     // steps already taken (a resumed run)
   std::string resumed_from_;   // the checkpoint resumed from
