@@ -8,7 +8,6 @@
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -17,6 +16,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/files.h"
 #include "core/json.h"
 #include "core/units.h"
 #include "plan/dsa_problem.h"
@@ -93,12 +93,6 @@ nlohmann::json to_json(const Row& row) {
   return j;
 }
 
-void write_json(const std::string& path, const nlohmann::json& j) {
-  std::ofstream out(path);
-  require_input(out.good(), "cannot write '", path, "'");
-  out << j.dump(2) << "\n";
-}
-
 int run_single(const DsaOptions& opts) {
   plan::Offsets offsets;
   plan::Problem problem;
@@ -120,7 +114,7 @@ int run_single(const DsaOptions& opts) {
     require_input(r.found, "no packing found, so nothing was written to '", opts.out, "'");
     plan::write_csv(opts.out, problem, offsets);
   }
-  if (!opts.json.empty()) write_json(opts.json, to_json(row));
+  if (!opts.json.empty()) write_file_atomic(opts.json, to_json(row).dump(2) + "\n");
   return 0;
 }
 
@@ -152,7 +146,7 @@ int run_bench(const DsaOptions& opts) {
   if (!opts.json.empty()) {
     nlohmann::json list = nlohmann::json::array();
     for (const Row& row : rows) list.push_back(to_json(row));
-    write_json(opts.json, list);
+    write_file_atomic(opts.json, list.dump(2) + "\n");
   }
   return 0;
 }

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json.h"
 #include "core/units.h"
 
 namespace memo::model {
@@ -168,12 +169,7 @@ std::vector<std::string> preset_names() {
 }
 
 ModelConfig parse_hf_config(const std::string& text, const std::string& source) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for 1e400
-    throw InputError(cat(source, ": not valid JSON (", e.what(), ")"));
-  }
+  const nlohmann::json j = parse_json(text, source);
   require_input(j.is_object(), source, ": expected a JSON object");
   auto type = get_field_or<std::string>(j, "model_type", "llama", source);
   require_input(type == "llama", source, ": model_type \"", type,

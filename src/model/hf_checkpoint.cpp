@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json.h"
 #include "model/safetensors.h"
 
 namespace memo::model {
@@ -112,12 +113,7 @@ std::vector<std::string> weight_files(const std::string& dir) {
     std::ifstream in(index);
     std::stringstream ss;
     ss << in.rdbuf();
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(ss.str());
-    } catch (const nlohmann::json::exception& e) {
-      throw InputError(cat(index.string(), ": not valid JSON (", e.what(), ")"));
-    }
+    const nlohmann::json j = parse_json(ss.str(), index.string());
     require_input(j.is_object() && j.contains("weight_map") && j.at("weight_map").is_object(),
                   index.string(), ": missing the \"weight_map\" object");
     std::set<std::string> names;

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json.h"
 #include "model/hf_checkpoint.h"
 
 namespace memo::train {
@@ -118,12 +119,7 @@ int64_t load_checkpoint(const std::string& dir, model::LlamaModel& model, AdamW&
                         DataSource& data) {
   const fs::path d(dir);
   const auto state_path = (d / "trainer_state.json").string();
-  nlohmann::json st;
-  try {
-    st = nlohmann::json::parse(read_text(state_path));
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(cat(state_path, ": not valid JSON (", e.what(), ")"));
-  }
+  const nlohmann::json st = parse_json(read_text(state_path), state_path);
   int64_t step = 0, opt_steps = 0;
   std::vector<uint64_t> ds;
   try {
