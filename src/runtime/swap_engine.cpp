@@ -38,9 +38,14 @@ c10::Stream SwapEngine::compute_stream() const {
 
 void SwapEngine::run(Lane lane, int64_t layer, std::vector<CopyPair>& pairs,
                      const c10::Stream& stream, Pending& pending, bool after_copy_out) {
-  const char* verb = lane == Lane::DeviceToHost ? "d2h " : "h2d ";
+  // The span's name and bytes are only built on a traced step.
+  auto span = [&] {
+    if (!trace_ || !trace_->enabled()) return int64_t{-1};
+    const char* verb = lane == Lane::DeviceToHost ? "d2h " : "h2d ";
+    return trace_->begin(lane, verb + std::to_string(layer), layer, bytes_of(pairs), stream);
+  };
   if (!async()) {
-    int64_t h = trace_ ? trace_->begin(lane, verb + std::to_string(layer), layer, bytes_of(pairs), stream) : -1;
+    const int64_t h = span();
     for (auto& p : pairs) p.dst.copy_(p.src);
     if (trace_) trace_->end(h, stream);
     return;
@@ -53,7 +58,7 @@ void SwapEngine::run(Lane lane, int64_t layer, std::vector<CopyPair>& pairs,
   if (after_copy_out && last_copy_out_) last_copy_out_->block(stream);
   {
     c10::StreamGuard guard(stream);
-    int64_t h = trace_ ? trace_->begin(lane, verb + std::to_string(layer), layer, bytes_of(pairs), stream) : -1;
+    const int64_t h = span();
     for (auto& p : pairs) p.dst.copy_(p.src, /*non_blocking=*/true);
     if (trace_) trace_->end(h, stream);
   }
