@@ -25,21 +25,6 @@
 
 namespace memo::plan {
 
-int64_t ModelShape::layer_matmul_params() const {
-  // Llama: QKV, O, gate/up, down. GPT: QKV, O (4 h^2 with nh d = h), fc1, fc2.
-  const int64_t qkv = hidden * (heads + 2 * kv_heads) * head_dim;
-  const int64_t o = heads * head_dim * hidden;
-  const int64_t mlp = (arch == ModelArch::Gpt ? 2 : 3) * hidden * ffn;
-  return qkv + o + mlp;
-}
-
-int64_t ModelShape::matmul_params() const { return layers * layer_matmul_params() + vocab * hidden; }
-
-int64_t ModelShape::total_params() const {
-  const int64_t norms = layers * 2 * hidden + hidden;
-  return layers * layer_matmul_params() + norms + vocab * hidden * (tied_embeddings ? 1 : 2);
-}
-
 std::vector<std::string> plan_policy_names() { return {"keep", "recompute", "offload", "memo"}; }
 
 const PolicyPlan& Plan::policy(const std::string& name) const {

@@ -44,9 +44,21 @@ struct ModelShape {
   int64_t ffn = 0;       // f (GPT: MLP inner size, 4h)
   bool tied_embeddings = false;
 
-  int64_t layer_matmul_params() const;  // QKV, O, MLP
-  int64_t matmul_params() const;        // all layers + lm head (DESIGN.md section 7)
-  int64_t total_params() const;         // + norms + embedding (once when tied)
+  // Inline, so model::ModelConfig can use them without linking the planner.
+  // Llama: QKV, O, gate/up, down. GPT: QKV, O (4 h^2 with nh d = h), fc1, fc2.
+  int64_t layer_matmul_params() const {
+    const int64_t qkv = hidden * (heads + 2 * kv_heads) * head_dim;
+    const int64_t o = heads * head_dim * hidden;
+    const int64_t mlp = (arch == ModelArch::Gpt ? 2 : 3) * hidden * ffn;
+    return qkv + o + mlp;
+  }
+  // All layers + lm head (DESIGN.md section 7).
+  int64_t matmul_params() const { return layers * layer_matmul_params() + vocab * hidden; }
+  // + norms + embedding (once when tied).
+  int64_t total_params() const {
+    const int64_t norms = layers * 2 * hidden + hidden;
+    return layers * layer_matmul_params() + norms + vocab * hidden * (tied_embeddings ? 1 : 2);
+  }
 };
 
 struct ParallelDegrees {
