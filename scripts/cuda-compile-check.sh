@@ -4,7 +4,7 @@
 # CPU-only CI still catches a CUDA build break, and checks that every
 # c10::cuda / torch::cuda symbol they call is exported by that libtorch's
 # libc10_cuda.so / libtorch_cuda.so (what the link would need). Nothing is
-# linked or run: that needs a GPU machine (scripts/gpu-planned-memory.sh).
+# linked or run: that needs a GPU machine (scripts/gpu-first.sh).
 #
 # Headers come from, in order: the system Python's torch when it is a CUDA
 # build (GPU machines), else the CUDA torch wheel and the NVIDIA header wheels

@@ -70,6 +70,7 @@ void add_bench_command(CLI::App& root, Action& action) {
       o->policies = split_list(*policies);
       std::printf("memo bench: %s, %lld layers, batch %lld x seq_len %lld\n", o->run.model.c_str(),
                   (long long)o->run.layers, (long long)o->run.batch, (long long)o->run.seq_len);
+      std::printf("  threads %s\n", describe_cpu_threads().c_str());
       auto rows = train::run_bench(*o, [](const std::string& line) {
         std::fprintf(stderr, "  %s\n", line.c_str());
       });

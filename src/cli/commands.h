@@ -4,6 +4,9 @@
 #pragma once
 
 #include <functional>
+#include <string>
+
+#include "core/cpu_threads.h"
 
 namespace CLI {
 class App;
@@ -18,5 +21,10 @@ void add_dsa_command(CLI::App& root, Action& action);
 void add_bench_command(CLI::App& root, Action& action);
 void add_plan_command(CLI::App& root, Action& action);
 void add_eval_command(CLI::App& root, Action& action);
+
+// The CPU thread choice main() applied for this process (core/cpu_threads.h),
+// and the header line that shows it.
+const CpuThreads& cpu_threads();
+std::string describe_cpu_threads();
 
 }  // namespace memo::cli

@@ -77,6 +77,7 @@ int run_eval(const EvalOptions& o) {
               o.model.c_str(), (long long)config.layers, (long long)config.hidden, (long long)config.vocab_size,
               corpus->describe().c_str(), (long long)windows, (long long)o.seq_len, (long long)o.batch,
               ex.device.str().c_str(), train::dtype_name_of(ex.compute_dtype));
+  std::printf("  threads    %s\n", describe_cpu_threads().c_str());
   std::fflush(stdout);
 
   train::LossSum total;

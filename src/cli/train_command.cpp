@@ -185,11 +185,15 @@ void add_train_command(CLI::App& root, Action& action) {
       std::printf("memo train\n");
       for (const auto& [k, v] : trainer.describe()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
       for (const auto& [k, v] : trainer.describe_policy()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
+      std::printf("  %-10s %s\n", "threads", describe_cpu_threads().c_str());
       std::printf("\n");
       std::fflush(stdout);
 
       nlohmann::json report;
       report["config"] = trainer.resolved_config();
+      report["config"]["cpu_threads"] = {{"threads", cpu_threads().threads},
+                                         {"cores", cpu_threads().cores},
+                                         {"passive_wait", cpu_threads().passive_wait}};
       report["steps"] = nlohmann::json::array();
       if (!options.out.empty()) {
         write_file_atomic(options.out + "/config.json", report["config"].dump(2) + "\n");
