@@ -79,7 +79,7 @@ flags=(-std=c++20 -Wall -Wextra -Wno-unused-parameter -DMEMO_WITH_CUDA=1
        -Isrc -I"$torch_inc" -I"$torch_inc/torch/csrc/api/include" -I"$cuda_inc")
 status=0
 mkdir -p "$dir/obj"
-for f in src/cuda/*.cpp src/memory/planned_allocator.cpp src/memory/pointer_planned_allocator.cpp; do
+for f in src/cuda/*.cpp src/memory/planned_allocator.cpp src/memory/pointer_planned_allocator.cpp src/memory/host_pool.cpp; do
   obj="$dir/obj/$(basename "$f" .cpp).o"
   if ! "$cxx" "${flags[@]}" -c "$f" -o "$obj"; then status=1; continue; fi
   # The CUDA-side symbols this object needs from libtorch, each must be exported.

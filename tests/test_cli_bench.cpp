@@ -29,7 +29,8 @@ TEST(BenchCli, EveryPolicyGetsARowAndMatchesKeep) {
   for (const auto& row : j["rows"]) {
     seen.insert(row["policy"].get<std::string>());
     for (const char* key : {"policy", "step_s", "mfu", "peak_allocated_bytes", "peak_reserved_bytes",
-                            "host_bytes", "alpha", "max_grad_rel_diff", "status"})
+                            "host_bytes", "host_pinned_bytes", "pin_seconds", "host_needed_bytes",
+                            "host_budget_bytes", "alpha", "max_grad_rel_diff", "status", "message"})
       EXPECT_TRUE(row.contains(key)) << key;
     EXPECT_EQ(row["status"], "ok");
     EXPECT_LE(row["max_grad_rel_diff"].get<double>(), 1e-4) << row["policy"];
@@ -37,6 +38,70 @@ TEST(BenchCli, EveryPolicyGetsARowAndMatchesKeep) {
   EXPECT_EQ(seen, (std::set<std::string>{"keep", "recompute", "offload", "memo"}));
   // memo keeps x, o, lse and 37% of the rest of 1 layer (3 - 2) on the host; offload all of 3.
   EXPECT_GT(j["rows"][2]["host_bytes"].get<int64_t>(), j["rows"][3]["host_bytes"].get<int64_t>());
+}
+
+TEST(BenchCli, ARowWhoseHostPoolDoesNotFitDoesNotStopTheOthers) {
+  // 1 KiB of host memory: neither offload's nor memo's pool fits.
+  auto j = run_bench_json("bench_host", "--layers 3 --seq-len 24 --batch 2 --steps 1 --host-memory-gib 0.000001 "
+                                        "--policies keep,offload,memo");
+  ASSERT_EQ(j["rows"].size(), 3u);
+  EXPECT_EQ(j["host_memory_budget_source"], "--host-memory-gib");
+  const auto& keep = j["rows"][0];
+  EXPECT_EQ(keep["status"], "ok");
+  EXPECT_TRUE(keep["message"].is_null());
+  EXPECT_GT(keep["step_s"].get<double>(), 0.0);
+  EXPECT_GT(keep["peak_allocated_bytes"].get<int64_t>(), 0);
+  for (int i : {1, 2}) {
+    const auto& row = j["rows"][i];
+    SCOPED_TRACE(row["policy"].get<std::string>());
+    EXPECT_EQ(row["status"], "host-memory");
+    EXPECT_NE(row["message"].get<std::string>().find("host memory too small"), std::string::npos) << row["message"];
+    EXPECT_TRUE(row["step_s"].is_null());
+    EXPECT_NEAR(row["host_budget_bytes"].get<double>(), 0.000001 * (1 << 30), 1.0);
+    EXPECT_GT(row["host_needed_bytes"].get<double>(), row["host_budget_bytes"].get<double>());
+  }
+}
+
+TEST(BenchCli, BadOptionsStillExit2BeforeAnyRow) {
+  auto r = testing::run_memo("bench --seq-len 0 --steps 1");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(r.output.find("building the model"), std::string::npos) << r.output;
+}
+
+// Rows do not see each other: the same row gets the same split and the same
+// peak whatever ran before it (keep's gradients, held for the comparison,
+// are not device memory, and each row's peak starts at its own start).
+TEST(BenchCli, ARowsFiguresDoNotDependOnTheOrderOfRows) {
+  const std::string shape = "--layers 4 --seq-len 24 --batch 2 --steps 1 --alpha 0.5 ";
+  auto a = run_bench_json("bench_order_a", shape + "--policies keep,memo");
+  auto b = run_bench_json("bench_order_b", shape + "--policies memo,keep");
+  ASSERT_EQ(a["rows"].size(), 2u);
+  ASSERT_EQ(b["rows"].size(), 2u);
+  const auto& keep_a = a["rows"][0];
+  const auto& memo_a = a["rows"][1];
+  const auto& memo_b = b["rows"][0];
+  const auto& keep_b = b["rows"][1];
+  EXPECT_EQ(memo_a["alpha"], memo_b["alpha"]);
+  EXPECT_EQ(memo_a["host_bytes"], memo_b["host_bytes"]);
+  EXPECT_EQ(memo_a["peak_allocated_bytes"], memo_b["peak_allocated_bytes"]);
+  EXPECT_EQ(keep_a["peak_allocated_bytes"], keep_b["peak_allocated_bytes"]);
+}
+
+// On CPU the device and the host are the same memory, but a row's device
+// figures still count only device memory: offload's and memo's host pools
+// are not in their peaks, so at a shape where activations dominate both are
+// below keep, which holds every layer's skeletal set.
+TEST(BenchCli, HostPoolsAreNotInTheDevicePeakOnCpu) {
+  auto j = run_bench_json("bench_cpu_peak", "--layers 8 --seq-len 128 --batch 2 --steps 1 --alpha 1 "
+                                            "--policies keep,offload,memo");
+  ASSERT_EQ(j["rows"].size(), 3u);
+  const auto keep = j["rows"][0]["peak_allocated_bytes"].get<int64_t>();
+  for (int i : {1, 2}) {
+    const auto& row = j["rows"][i];
+    EXPECT_GT(row["host_bytes"].get<int64_t>(), 0) << row["policy"];
+    EXPECT_LT(row["peak_allocated_bytes"].get<int64_t>(), keep) << row["policy"];
+    EXPECT_EQ(row.value("host_pinned_bytes", int64_t{-1}), 0) << row["policy"];  // CPU: nothing pinned
+  }
 }
 
 TEST(BenchCli, UnknownPolicyExits2) {

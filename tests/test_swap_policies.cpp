@@ -6,9 +6,13 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
 #include <set>
 
 #include "core/error.h"
+#include "memory/device_memory.h"
+#include "memory/host_pool.h"
 #include "model/llama.h"
 #include "reference.h"
 #include "runtime/policy.h"
@@ -154,11 +158,48 @@ TEST(SwapMemory, TooSmallHostPoolFailsBeforeTrainingWithWhatWouldFit) {
   auto p = runtime::make_policy("memo", opts);
   try {
     p->prepare(model, c.batch, c.seq);
-    FAIL() << "expected an InputError";
-  } catch (const InputError& e) {
+    FAIL() << "expected a HostMemoryError";
+  } catch (const memory::HostMemoryError& e) {  // an InputError: `memo train` exits 2
     std::string msg = e.what();
     EXPECT_NE(msg.find("host memory too small"), std::string::npos) << msg;
     EXPECT_NE(msg.find("recompute"), std::string::npos) << msg;
+    // The figures `memo bench` puts in the row: alpha 1 moves every skeletal
+    // tensor of the 4 swapped layers.
+    int64_t set_bytes = 0;
+    for (const auto& s : model::skeletal_specs(model.config(), c.batch, c.seq, at::kDouble)) set_bytes += s.bytes();
+    EXPECT_DOUBLE_EQ(e.needed_bytes, 4.0 * static_cast<double>(set_bytes));
+    EXPECT_DOUBLE_EQ(e.budget_bytes, 20000.0);
+  }
+}
+
+// The host pool is host memory: on a CPU run the device figures (the CPU
+// meter) do not count it, and it goes back to the system with the policy.
+TEST(SwapMemory, HostPoolIsNotDeviceMemoryAndGoesWithThePolicy) {
+  memory::install_cpu_memory_meter();
+  Case c{6, 0.37, 2, 9, 4, 2};
+  for (const char* name : {"offload", "memo"}) {
+    SCOPED_TRACE(name);
+    auto model = make_model(c);
+    runtime::PolicyOptions opts;
+    opts.alpha = c.alpha;
+    opts.host_memory_bytes = 1 << 30;
+    const auto device_before = memory::memory_stats(at::kCPU).allocated;
+    const auto host_before = memory::HostPool::live_bytes();
+    {
+      auto p = runtime::make_policy(name, opts);
+      p->prepare(model, c.batch, c.seq);
+      const auto held = p->held();
+      ASSERT_GT(held.host, 0);
+      // On the device: the two rounding buffers, nothing else.
+      EXPECT_EQ(memory::memory_stats(at::kCPU).allocated - device_before, held.device);
+      // On the host: the pool, to the page.
+      const int64_t pool = memory::HostPool::live_bytes() - host_before;
+      EXPECT_GE(pool, held.host);
+      EXPECT_LT(pool, held.host + ::sysconf(_SC_PAGESIZE));
+      EXPECT_EQ(p->host_pinning().bytes, 0);  // CPU: not pinned
+      train::forward_backward(model, *p, batch_for(c), 1.0);
+    }
+    EXPECT_EQ(memory::HostPool::live_bytes(), host_before);
   }
 }
 

@@ -121,7 +121,8 @@ void add_train_command(CLI::App& root, Action& action) {
            "memo: fraction of the non-x/o/lse tokens offloaded to host (negative: chosen at start-up "
            "from the measured host link and layer times)");
   add_flag(app, b, "--host-memory-gib", &TrainOptions::host_memory_gib,
-           "Pinned host memory offload/memo may use, in GiB (0: half of MemAvailable)");
+           "Host memory offload's and memo's pool may use, in GiB (0: MemTotal x 0.75 minus what processes "
+           "hold, at least half of MemAvailable, within the cgroup's memory.max; the header says which)");
   add_flag(app, b, "--lr", &TrainOptions::lr, "Peak learning rate");
   add_flag(app, b, "--min-lr-ratio", &TrainOptions::min_lr_ratio, "Final learning rate as a fraction of --lr");
   add_flag(app, b, "--warmup", &TrainOptions::warmup, "Linear warmup steps before the cosine decay");

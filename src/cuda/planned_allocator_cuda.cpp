@@ -49,6 +49,12 @@ class CudaPlannedAllocator final : public PointerPlannedAllocator, public Device
     reset_peak_bytes();
   }
 
+  // The fallback's cache; the arena, while armed, is a live block and stays.
+  void release_cached() override {
+    c10::cuda::device_synchronize();
+    native_->emptyCache();
+  }
+
  protected:
   void* fallback_malloc(size_t n, void* stream) override {
     return native_->raw_alloc_with_stream(n, static_cast<cudaStream_t>(stream));

@@ -6,6 +6,7 @@
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -100,6 +101,26 @@ MemoryStats memory_stats(const at::Device& device) {
   return {s.allocated_bytes[all].current, s.allocated_bytes[all].peak,
           s.reserved_bytes[all].current,  s.reserved_bytes[all].peak,
           s.num_device_alloc,             s.num_device_free};
+}
+
+void release_cached_memory(const at::Device& device) {
+  if (device.is_cpu()) return;
+  synchronize(device);
+  if (g_device_source) return g_device_source->release_cached();
+  c10::getDeviceAllocator(device.type())->emptyCache();
+}
+
+DeviceMemoryInfo device_memory_info(const at::Device& device) {
+  if (device.is_cpu()) return {};
+  auto [free_b, total_b] =
+      c10::getDeviceAllocator(device.type())->getMemoryInfo(device.index() < 0 ? 0 : device.index());
+  return {static_cast<int64_t>(free_b), static_cast<int64_t>(total_b)};
+}
+
+double spare_device_bytes(const DeviceHeadroom& h, double planned, double slack) {
+  const double cached = std::max(0.0, h.reserved - h.allocated);
+  const double can_allocate = std::min(h.free + cached, std::max(0.0, h.total - h.allocated));
+  return std::max(0.0, can_allocate - planned - slack);
 }
 
 void synchronize(const at::Device& device) {

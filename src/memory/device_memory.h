@@ -26,6 +26,8 @@ class DeviceMemorySource {
   virtual ~DeviceMemorySource() = default;
   virtual MemoryStats stats() = 0;
   virtual void reset_peak() = 0;
+  // Gives cached but unused blocks back to the device.
+  virtual void release_cached() {}
 };
 void set_device_memory_source(DeviceMemorySource* source);
 
@@ -36,6 +38,35 @@ bool cpu_memory_meter_installed();
 
 void reset_peak_memory(const at::Device& device);
 MemoryStats memory_stats(const at::Device& device);
+
+// Gives the blocks the device's caching allocator holds unused back to the
+// device (after waiting for it), so the next figures and the next run see
+// only live memory. No-op on CPU, whose allocator keeps no cache.
+void release_cached_memory(const at::Device& device);
+
+// The driver's free and total memory of the device (cudaMemGetInfo); {0, 0}
+// on CPU.
+struct DeviceMemoryInfo {
+  int64_t free = 0;
+  int64_t total = 0;
+};
+DeviceMemoryInfo device_memory_info(const at::Device& device);
+
+// Device memory left for memo's resident tokens (DESIGN.md section 4): what
+// this process could still allocate, free + (reserved - allocated), so
+// blocks the caching allocator holds unused count as available and the
+// figure is the same before and after they are released; at most
+// total - allocated; less `planned` (what the policy allocates after this
+// point: its two rounding buffers and one layer's working set) and `slack`.
+// Read after the model, its gradients and the optimizer state exist. Never
+// negative.
+struct DeviceHeadroom {
+  double free = 0;
+  double total = 0;
+  double allocated = 0;
+  double reserved = 0;
+};
+double spare_device_bytes(const DeviceHeadroom& headroom, double planned, double slack);
 
 // Waits for all work queued on the device (no-op on CPU).
 void synchronize(const at::Device& device);

@@ -23,7 +23,7 @@ class TraceRecorder;
 // Options of the swapping policies; ignored by keep and recompute.
 struct PolicyOptions {
   std::optional<double> alpha;     // offloaded fraction; unset: chosen by the LP
-  double host_memory_bytes = 0;    // pinned host memory memo may use; 0: MemAvailable / 2
+  double host_memory_bytes = 0;    // host memory the pool may use; 0: memory::host_budget's default
   double device_spare_bytes = -1;  // device memory for resident tokens; < 0: measured
   TraceRecorder* trace = nullptr;  // spans of copies and recompute, when tracing
 };
@@ -48,19 +48,29 @@ struct HeldBytes {
   int64_t host = 0;
 };
 
+// Host memory a policy pinned for its pool in prepare, and how long that
+// took (pinning is slow: 16 GiB took 6.3 s on the H200 host). 0 on CPU.
+struct HostPinning {
+  int64_t bytes = 0;
+  double seconds = 0;
+};
+
 class ActivationPolicy {
  public:
   virtual ~ActivationPolicy() = default;
   virtual std::string name() const = 0;
 
-  // Once before training at a (batch, seq_len): allocate buffers and host
-  // pools, measure, choose splits. Throws InputError when the run cannot fit
-  // (for example the host pool), before the first step.
+  // Once before training at a (batch, seq_len), after the model and the
+  // optimizer state exist: allocate buffers and host pools, measure, choose
+  // splits. Throws InputError when the run cannot fit (the host pool:
+  // memory::HostMemoryError), before the first step.
   virtual void prepare(model::LlamaModel& model, int64_t batch, int64_t seq_len) {}
   // Lines describing the choices made in prepare (split, pool sizes...).
   virtual std::vector<std::pair<std::string, std::string>> describe() const { return {}; }
   // The offloaded fraction of the swappable tokens, for policies that swap.
   virtual std::optional<double> alpha() const { return std::nullopt; }
+  // What prepare pinned, for policies with a host pool.
+  virtual HostPinning host_pinning() const { return {}; }
 
   // Before layer 0's forward of a micro-batch. Overrides call this first.
   virtual void begin_step(const StepShape& shape) { peak_ = {}; }

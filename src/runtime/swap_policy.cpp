@@ -7,17 +7,15 @@
 //   memo:    x, o, lse whole; the first alpha*s tokens of the others; the
 //            rest recomputed; the last two layers never leave their buffer.
 #include <ATen/ATen.h>
-#include <c10/core/CachingDeviceAllocator.h>
 
 #include <chrono>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 
 #include "core/error.h"
 #include "core/units.h"
 #include "memory/device_memory.h"
+#include "memory/host_pool.h"
 #include "model/llama.h"
 #include "plan/swap_split.h"
 #include "runtime/policy.h"
@@ -31,22 +29,13 @@ namespace {
 constexpr int64_t kHostAlign = 16;
 int64_t align_up(int64_t v) { return (v + kHostAlign - 1) / kHostAlign * kHostAlign; }
 
-double host_memory_available() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  int64_t kb = 0;
-  std::string unit;
-  while (in >> key >> kb >> unit)
-    if (key == "MemAvailable:") return static_cast<double>(kb) * 1024.0;
-  return 0.0;
-}
-
 class SwapPolicy final : public ActivationPolicy {
  public:
   SwapPolicy(bool memo, PolicyOptions options) : memo_(memo), options_(options) {}
 
   std::string name() const override { return memo_ ? "memo" : "offload"; }
   std::optional<double> alpha() const override { return split_.alpha; }
+  HostPinning host_pinning() const override { return {pool_.pinned_bytes(), pool_.pin_seconds()}; }
 
   void prepare(model::LlamaModel& model, int64_t batch, int64_t seq_len) override {
     const auto& cfg = model.config();
@@ -60,10 +49,10 @@ class SwapPolicy final : public ActivationPolicy {
     for (const auto& s : specs_) (s.always_offloaded ? in.fixed_bytes : in.rest_bytes) += static_cast<double>(s.bytes());
     in.swap_last_two = !memo_;
     in.alpha = memo_ ? options_.alpha : std::optional<double>(1.0);
-    in.host_bytes = options_.host_memory_bytes > 0 ? options_.host_memory_bytes : host_memory_available() / 2;
+    in.host_bytes = options_.host_memory_bytes > 0 ? options_.host_memory_bytes : memory::host_budget(0).bytes;
     if (memo_ && !options_.alpha) measure(model, in);
-    in.device_spare_bytes = options_.device_spare_bytes >= 0 ? options_.device_spare_bytes : spare_device(in);
-    split_ = plan::choose_split(in);
+    in.device_spare_bytes = options_.device_spare_bytes >= 0 ? options_.device_spare_bytes : spare_device(model, in);
+    split_ = choose_split(in);
     // An explicit alpha with an explicit device share keeps that share resident.
     if (memo_ && options_.alpha && options_.device_spare_bytes > 0) add_resident(in);
     inputs_ = in;
@@ -72,7 +61,7 @@ class SwapPolicy final : public ActivationPolicy {
     for (auto& b : buffers_)
       b = model::allocate_skeletal(cfg, batch, seq_len, model.options().compute_dtype, device_);
     buffer_bytes_ = buffers_[0].bytes();
-    layout_host_pool(cfg.layers);
+    layout_host_pool(cfg.layers, in.host_bytes);
     engine_ = std::make_unique<SwapEngine>(device_, options_.trace);
   }
 
@@ -88,9 +77,15 @@ class SwapPolicy final : public ActivationPolicy {
                        split_.limited_by.c_str())},
         {"layers", strf("%lld of %lld swapped%s", (long long)swapped, (long long)split_.layers.size(),
                         memo_ ? " (the last two stay in their rounding buffers)" : "")},
-        {"memory", strf("2 rounding buffers of %s on the device; pinned host pool %s",
+        {"memory", strf("2 rounding buffers of %s on the device; host pool %s of a %s budget (%s)",
                         format_bytes(static_cast<double>(buffer_bytes_)).c_str(),
-                        format_bytes(static_cast<double>(host_bytes_)).c_str())},
+                        format_bytes(static_cast<double>(host_bytes_)).c_str(),
+                        format_bytes(inputs_.host_bytes).c_str(),
+                        pool_.pinned_bytes() > 0
+                            ? strf("%s pinned in %s", format_bytes(static_cast<double>(pool_.pinned_bytes())).c_str(),
+                                   format_seconds(pool_.pin_seconds()).c_str())
+                                  .c_str()
+                            : device_.is_cpu() ? "not pinned: CPU run" : "not pinned: built without MEMO_CUDA")},
     };
     if (inputs_.forward_s > 0)
       out.push_back({"overlap", strf("per layer: copy-out %s vs forward %s, prefetch %s vs backward %s "
@@ -203,8 +198,24 @@ class SwapPolicy final : public ActivationPolicy {
   }
 
  private:
-  // Host views: per swapped layer, per tensor, the kept tokens; one pinned pool.
-  void layout_host_pool(int64_t layers) {
+  // The LP's choice, or a HostMemoryError with the bytes needed and the
+  // budget when even the smallest split this policy allows does not fit.
+  plan::SplitChoice choose_split(const plan::SplitInputs& in) const {
+    try {
+      return plan::choose_split(in);
+    } catch (const InputError& e) {
+      const int64_t swapped = memo_ ? std::max<int64_t>(0, in.layers - 2) : in.layers;
+      const double alpha = in.alpha ? *in.alpha : 0.0;  // the LP can go down to 0
+      const double need = static_cast<double>(swapped) * (in.fixed_bytes + alpha * in.rest_bytes);
+      if (alpha >= 0.0 && alpha <= 1.0 && in.host_bytes > 0 && need > in.host_bytes)
+        throw memory::HostMemoryError(e.what(), need, in.host_bytes);
+      throw;
+    }
+  }
+
+  // Host views: per swapped layer, per tensor, the kept tokens; one host pool
+  // of exactly their bytes (pinned on CUDA), outside c10's allocators.
+  void layout_host_pool(int64_t layers, double budget) {
     host_views_.assign(static_cast<size_t>(layers), {});
     int64_t offset = 0;
     std::vector<std::vector<std::pair<int64_t, std::vector<int64_t>>>> places(static_cast<size_t>(layers));
@@ -221,15 +232,19 @@ class SwapPolicy final : public ActivationPolicy {
       }
     }
     host_bytes_ = offset;
-    auto opts = at::TensorOptions().dtype(at::kByte).pinned_memory(!device_.is_cpu());
-    pool_ = at::empty({std::max<int64_t>(host_bytes_, 1)}, opts);
+    try {
+      pool_ = memory::HostPool(host_bytes_, device_);
+    } catch (const memory::HostMemoryError& e) {
+      throw memory::HostMemoryError(e.what(), static_cast<double>(host_bytes_), budget);
+    }
+    const auto& pool = pool_.tensor();  // [mapped bytes] uint8
     for (int64_t i = 0; i < layers; ++i) {
       size_t k = 0;
       for (const auto& [off, shape] : places[static_cast<size_t>(i)]) {
         const auto& s = specs_[k++];
         int64_t bytes = static_cast<int64_t>(c10::elementSize(s.dtype));
         for (auto d : shape) bytes *= d;
-        host_views_[static_cast<size_t>(i)].push_back(pool_.narrow(0, off, bytes).view(s.dtype).view(shape));
+        host_views_[static_cast<size_t>(i)].push_back(pool.narrow(0, off, bytes).view(s.dtype).view(shape));
       }
     }
   }
@@ -285,8 +300,10 @@ class SwapPolicy final : public ActivationPolicy {
       return std::chrono::duration<double>(Clock::now() - t0).count();
     };
     const int64_t probe = std::min<int64_t>(256ll << 20, static_cast<int64_t>(in.fixed_bytes + in.rest_bytes));
-    auto dev = at::empty({probe}, at::TensorOptions().dtype(at::kByte).device(device_));
-    auto host = at::empty({probe}, at::TensorOptions().dtype(at::kByte).pinned_memory(!device_.is_cpu()));
+    auto dev = at::empty({probe}, at::TensorOptions().dtype(at::kByte).device(device_));  // [probe]
+    // Host memory like the pool's: pinned on CUDA, and given back after (PyTorch's
+    // pinned cache would keep it for the whole process); outside the CPU meter.
+    auto host = memory::HostPool(probe, device_).tensor().narrow(0, 0, probe);  // [probe]
     in.d2h_bytes_per_s = static_cast<double>(probe) / seconds([&] { host.copy_(dev); });
     in.h2d_bytes_per_s = static_cast<double>(probe) / seconds([&] { dev.copy_(host); });
     dev.reset();
@@ -306,13 +323,29 @@ class SwapPolicy final : public ActivationPolicy {
     in.recompute_s = seconds([&] { model.layer().recompute_tokens(w, rope, acts, 0); });
   }
 
-  double spare_device(const plan::SplitInputs& in) {
-    if (device_.is_cpu()) return 0.0;
-    auto [free_b, total_b] = c10::getDeviceAllocator(device_.type())->getMemoryInfo(device_.index() < 0 ? 0 : device_.index());
-    (void)total_b;
+  // Device memory for resident tokens, read now: after the model, its
+  // gradients and the optimizer state exist (the trainer creates the
+  // optimizer first) and after the measurement's blocks are given back.
+  double spare_device(const model::LlamaModel& model, const plan::SplitInputs& in) {
+    if (device_.is_cpu()) return 0.0;  // the device is the host: nothing to keep resident apart
+    memory::release_cached_memory(device_);
+    const auto info = memory::device_memory_info(device_);
+    const auto stats = memory::memory_stats(device_);
     const double set = in.fixed_bytes + in.rest_bytes;
-    // Two rounding buffers, one layer's transient working set, and 2 GiB slack.
-    return std::max(0.0, static_cast<double>(free_b) - 3.5 * set - 2.0 * (1ll << 30));
+    const double x_bytes = static_cast<double>(batch_ * seq_len_ * model.config().hidden *  // [B, S, h]
+                                               static_cast<int64_t>(c10::elementSize(model.options().compute_dtype)));
+    double layer_weights = 0;
+    for (const auto& [n, t] : model.compute().layers.front().named())
+      layer_weights += static_cast<double>(t->nbytes());
+    // What prepare and the steps allocate beyond this point: two rounding
+    // buffers; one layer's backward working set (the gradients of its
+    // skeletal set and a half more for matmul outputs, dy, dx and the x held
+    // for the copies, its weight gradients in the compute dtype); the loss
+    // chunk's logits and their gradient (about 2 x 256 MiB).
+    const double planned = 2.0 * set + 1.5 * set + 4.0 * x_bytes + layer_weights + 512.0 * (1ll << 20);
+    return memory::spare_device_bytes({static_cast<double>(info.free), static_cast<double>(info.total),
+                                       static_cast<double>(stats.allocated), static_cast<double>(stats.reserved)},
+                                      planned, 2.0 * (1ll << 30));
   }
 
   void add_resident(const plan::SplitInputs& in) {
@@ -335,7 +368,7 @@ class SwapPolicy final : public ActivationPolicy {
   plan::SplitChoice split_;
   model::LayerActivations buffers_[2];
   int64_t buffer_bytes_ = 0;
-  at::Tensor pool_;
+  memory::HostPool pool_;  // its tensor's views below keep the memory alive
   int64_t host_bytes_ = 0;
   std::vector<std::vector<at::Tensor>> host_views_;
   std::unique_ptr<SwapEngine> engine_;

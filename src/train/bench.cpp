@@ -7,10 +7,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <new>
 
 #include "core/error.h"
 #include "core/units.h"
 #include "memory/device_memory.h"
+#include "memory/host_pool.h"
 #include "memory/planned_allocator.h"
 #include "model/llama.h"
 #include "runtime/policy.h"
@@ -35,11 +37,138 @@ double max_rel_diff(const std::vector<at::Tensor>& a, const std::vector<at::Tens
   return worst;
 }
 
+// A model's gradients copied to host memory outside the device's allocator:
+// on CPU that allocator is the "device" (the memory meter), and keep's
+// gradients, held for the later rows' comparison, would count in their peaks.
+struct HostGrads {
+  memory::HostPool pool;
+  std::vector<at::Tensor> grads;  // float32 views of the pool, one per parameter
+};
+
+HostGrads copy_grads(model::LlamaModel& model) {
+  int64_t bytes = 0;
+  for (auto& [n, t] : model.grads().named()) bytes += t->numel() * 4;
+  HostGrads h{memory::HostPool(bytes, at::kCPU), {}};
+  int64_t offset = 0;
+  for (auto& [n, t] : model.grads().named()) {
+    auto view = h.pool.tensor().narrow(0, offset, t->numel() * 4).view(at::kFloat).view(t->sizes());
+    view.copy_(*t);
+    h.grads.push_back(view);
+    offset += t->numel() * 4;
+  }
+  return h;
+}
+
+// What every row shares.
+struct BenchContext {
+  const BenchOptions& options;
+  const model::ModelConfig& cfg;
+  const Execution& ex;
+  const MicroBatch& batch;
+  double flops = 0;
+  double host_budget_bytes = 0;
+  std::optional<HostGrads>& keep_grads;
+  const std::function<void(const std::string&)>& progress;
+};
+
+// One policy's row: builds its model and policy (both gone when this
+// returns or throws), runs the untimed and the timed steps, fills `row`.
+void run_row(const BenchContext& c, BenchRow& row) {
+  const auto& o = c.options.run;
+  const auto& name = row.policy;
+  c.progress(name + ": building the model and the policy");
+  model::ModelOptions mo;
+  mo.device = c.ex.device;
+  mo.compute_dtype = c.ex.compute_dtype;
+  mo.attention = o.attention;
+  mo.seed = o.seed;
+  model::LlamaModel model(c.cfg, mo);
+  runtime::TraceRecorder trace(c.ex.device);
+  runtime::PolicyOptions po;
+  if (o.alpha >= 0) po.alpha = o.alpha;
+  po.host_memory_bytes = c.host_budget_bytes;
+  po.trace = &trace;
+  auto policy = runtime::make_policy(name, po);
+  policy->prepare(model, o.batch, o.seq_len);
+  row.alpha = policy->alpha();
+  row.host_pinned_bytes = policy->host_pinning().bytes;
+  row.pin_seconds = policy->host_pinning().seconds;
+
+  // Untimed first step: warm-up, and the gradients to compare.
+  forward_backward(model, *policy, c.batch, 1.0, o.loss_chunk);
+  memory::synchronize(c.ex.device);
+  {
+    auto grads = copy_grads(model);
+    if (c.keep_grads) {
+      row.max_grad_rel_diff = max_rel_diff(grads.grads, c.keep_grads->grads);
+    } else if (name == "keep") {
+      c.keep_grads = std::move(grads);
+      row.max_grad_rel_diff = 0.0;
+    }
+  }
+
+  // Planned memory: profile one step, plan it, serve the timed steps from the arena.
+  memory::PlannedAllocator* planner = nullptr;
+  if (c.options.planned_memory) {
+    planner = memory::PlannedAllocator::instance();
+    planner->start_recording();
+    planner->begin_step();
+    forward_backward(model, *policy, c.batch, 1.0, o.loss_chunk);
+    model.zero_grads();
+    planner->end_step();
+    auto p = plan_profiled_step(planner->stop_recording(), planner->alignment());
+    planner->arm(p);
+    planner->reset_counters();
+    row.arena_bytes = p.arena_bytes;
+    row.plan_fallbacks = 0;
+  }
+  std::vector<double> times;
+  memory::reset_peak_memory(c.ex.device);
+  for (int64_t s = 0; s < c.options.steps; ++s) {
+    const bool tracing = !c.options.trace.empty() && s == c.options.steps - 1;
+    trace.set_enabled(tracing);
+    model.zero_grads();
+    memory::synchronize(c.ex.device);
+    if (planner) planner->begin_step();
+    const auto before = memory::memory_stats(c.ex.device);
+    const auto t0 = std::chrono::steady_clock::now();
+    forward_backward(model, *policy, c.batch, 1.0, o.loss_chunk, tracing ? &trace : nullptr);
+    memory::synchronize(c.ex.device);
+    const auto after = memory::memory_stats(c.ex.device);
+    row.device_mallocs_per_step = after.device_mallocs - before.device_mallocs;
+    if (planner) {
+      planner->end_step();
+      *row.plan_fallbacks += planner->stats().fallback;
+      planner->reset_counters();
+    }
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    c.progress(strf("%s: step %lld/%lld %s", name.c_str(), (long long)s + 1, (long long)c.options.steps,
+                    format_seconds(times.back()).c_str()));
+  }
+  if (!c.options.trace.empty()) {
+    trace.flush();
+    trace.write(c.options.trace + "." + name + ".json");
+  }
+  std::sort(times.begin(), times.end());
+  row.step_s = times[times.size() / 2];
+  const auto mem = memory::memory_stats(c.ex.device);
+  row.peak_allocated_bytes = mem.peak_allocated;
+  row.peak_reserved_bytes = mem.peak_reserved;
+  row.host_bytes = policy->peak_held().host;
+  if (c.ex.peak_flops > 0) row.mfu = c.flops / (row.step_s * c.ex.peak_flops);
+  if (planner) planner->disarm();
+}
+
+// The first line of a c10 message (the rest is a C++ backtrace).
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
 }  // namespace
 
 std::vector<BenchRow> run_bench(const BenchOptions& options,
                                 const std::function<void(const std::string&)>& progress) {
   const auto& o = options.run;
+  // Bad options stop the command (exit 2) before any row runs; from here on
+  // a row's failure is that row's result.
   o.validate();
   require_input(options.steps > 0, "bench steps must be positive, got ", options.steps);
   require_input(!options.policies.empty(), "bench: no policies given");
@@ -48,6 +177,7 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
   if (o.layers > 0) cfg.layers = o.layers;
   cfg.validate(o.model);
   const auto ex = resolve_execution(o);
+  const auto budget = options.host_budget ? *options.host_budget : memory::host_budget(o.host_memory_gib);
   if (ex.device.is_cpu()) memory::install_cpu_memory_meter();
   // Before anything is allocated on the device (CUDA: the pluggable allocator).
   if (options.planned_memory) memory::PlannedAllocator::install(ex.device);
@@ -55,100 +185,59 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
   auto batch = make_synthetic_source({cfg.vocab_size, 0, o.seed}, o.seq_len)->next(o.batch, o.seq_len);
   batch.tokens = batch.tokens.to(ex.device);
   batch.targets = batch.targets.to(ex.device);
-  const double flops = model_flops_per_step(cfg, o.batch, o.seq_len);
+  std::optional<HostGrads> keep_grads;
+  const BenchContext context{options, cfg, ex, batch, model_flops_per_step(cfg, o.batch, o.seq_len),
+                             budget.bytes, keep_grads, progress};
 
   std::vector<BenchRow> rows;
-  std::optional<std::vector<at::Tensor>> keep_grads;
   std::optional<double> keep_time;
   for (const auto& name : options.policies) {
     BenchRow row;
     row.policy = name;
-    progress(name + ": building the model and the policy");
+    // Rows do not see each other: the last row's model and policy are gone
+    // (they lived in run_row), its cached blocks go back to the device and
+    // the peaks restart from what is live now (the batch, nothing else).
+    memory::release_cached_memory(ex.device);
+    memory::reset_peak_memory(ex.device);
     try {
-      model::ModelOptions mo;
-      mo.device = ex.device;
-      mo.compute_dtype = ex.compute_dtype;
-      mo.attention = o.attention;
-      mo.seed = o.seed;
-      model::LlamaModel model(cfg, mo);
-      runtime::TraceRecorder trace(ex.device);
-      runtime::PolicyOptions po;
-      if (o.alpha >= 0) po.alpha = o.alpha;
-      po.host_memory_bytes = o.host_memory_gib * static_cast<double>(1ll << 30);
-      po.trace = &trace;
-      auto policy = runtime::make_policy(name, po);
-      policy->prepare(model, o.batch, o.seq_len);
-      row.alpha = policy->alpha();
-
-      // Untimed first step: warm-up, and the gradients to compare.
-      forward_backward(model, *policy, batch, 1.0, o.loss_chunk);
-      memory::synchronize(ex.device);
-      std::vector<at::Tensor> grads;
-      for (auto& [n, t] : model.grads().named()) grads.push_back(t->to(at::kCPU, at::kFloat));
-      if (name == "keep") keep_grads = grads;
-      if (keep_grads) row.max_grad_rel_diff = max_rel_diff(grads, *keep_grads);
-      grads.clear();
-
-      // Planned memory: profile one step, plan it, serve the timed steps from the arena.
-      memory::PlannedAllocator* planner = nullptr;
-      if (options.planned_memory) {
-        planner = memory::PlannedAllocator::instance();
-        planner->start_recording();
-        planner->begin_step();
-        forward_backward(model, *policy, batch, 1.0, o.loss_chunk);
-        model.zero_grads();
-        planner->end_step();
-        auto p = plan_profiled_step(planner->stop_recording(), planner->alignment());
-        planner->arm(p);
-        planner->reset_counters();
-        row.arena_bytes = p.arena_bytes;
-        row.plan_fallbacks = 0;
-      }
-      std::vector<double> times;
-      memory::reset_peak_memory(ex.device);
-      for (int64_t s = 0; s < options.steps; ++s) {
-        const bool tracing = !options.trace.empty() && s == options.steps - 1;
-        trace.set_enabled(tracing);
-        model.zero_grads();
-        memory::synchronize(ex.device);
-        if (planner) planner->begin_step();
-        const auto before = memory::memory_stats(ex.device);
-        const auto t0 = std::chrono::steady_clock::now();
-        forward_backward(model, *policy, batch, 1.0, o.loss_chunk, tracing ? &trace : nullptr);
-        memory::synchronize(ex.device);
-        const auto after = memory::memory_stats(ex.device);
-        row.device_mallocs_per_step = after.device_mallocs - before.device_mallocs;
-        if (planner) {
-          planner->end_step();
-          *row.plan_fallbacks += planner->stats().fallback;
-          planner->reset_counters();
-        }
-        times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-        progress(strf("%s: step %lld/%lld %s", name.c_str(), (long long)s + 1, (long long)options.steps,
-                      format_seconds(times.back()).c_str()));
-      }
-      if (!options.trace.empty()) {
-        trace.flush();
-        trace.write(options.trace + "." + name + ".json");
-      }
-      std::sort(times.begin(), times.end());
-      row.step_s = times[times.size() / 2];
-      const auto mem = memory::memory_stats(ex.device);
-      row.peak_allocated_bytes = mem.peak_allocated;
-      row.peak_reserved_bytes = mem.peak_reserved;
-      row.host_bytes = policy->peak_held().host;
-      if (ex.peak_flops > 0) row.mfu = flops / (row.step_s * ex.peak_flops);
-      if (name == "keep") keep_time = row.step_s;
-      if (planner) planner->disarm();
-    } catch (const c10::OutOfMemoryError&) {
+      run_row(context, row);
+    } catch (const memory::HostMemoryError& e) {
+      row.status = "host-memory";
+      row.message = e.what();
+      if (e.needed_bytes > 0) row.host_needed_bytes = e.needed_bytes;
+      if (e.budget_bytes > 0) row.host_budget_bytes = e.budget_bytes;
+    } catch (const c10::OutOfMemoryError& e) {
       // Out of device memory is a result of this row, not a failure of the
       // bench; reserved minus allocated at that point tells a fragmentation
       // failure from a real shortage.
       row.status = "oom";
+      row.message = first_line(e.what_without_backtrace());
+    } catch (const std::bad_alloc&) {
+      row.status = "host-memory";
+      row.message = "a host allocation failed (std::bad_alloc)";
+    } catch (const c10::Error& e) {
+      row.status = "error";
+      row.message = first_line(e.what_without_backtrace());
+    } catch (const Error& e) {
+      row.status = "error";
+      row.message = e.what();
+    }
+    if (row.status != "ok") {
+      // The peaks since this row started: how far it got.
       const auto mem = memory::memory_stats(ex.device);
       row.peak_allocated_bytes = mem.peak_allocated;
       row.peak_reserved_bytes = mem.peak_reserved;
-      progress(name + ": out of memory");
+      row.step_s = 0;
+      row.mfu.reset();
+      progress(name + ": " + row.status + ": " + row.message);
+    } else if (name == "keep" && !keep_time) {
+      keep_time = row.step_s;
+    }
+    // A row that stopped half-way may leave the planner recording or armed.
+    if (auto* planner = options.planned_memory ? memory::PlannedAllocator::instance() : nullptr) {
+      planner->end_step();
+      planner->stop_recording();
+      if (planner->armed()) planner->disarm();
     }
     rows.push_back(row);
   }

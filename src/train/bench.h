@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "memory/host_pool.h"
 #include "train/options.h"
 
 namespace memo::train {
@@ -19,17 +20,28 @@ struct BenchOptions {
   std::vector<std::string> policies = {"keep", "recompute", "offload", "memo"};
   std::string trace;  // prefix: writes PREFIX.POLICY.json for each policy's last step
   bool planned_memory = false;  // timed steps served from a bi-level planned arena
+  // What offload's and memo's host pools may use; unset: memory::host_budget(run.host_memory_gib).
+  std::optional<memory::HostBudget> host_budget;
 };
 
 struct BenchRow {
   std::string policy;
-  std::string status = "ok";  // ok, oom
+  // ok; host-memory (the host pool does not fit the budget, or could not be
+  // mapped or pinned); oom (out of device memory); error (any other failure
+  // of this row). A row that is not ok has a `message`, and the figures known
+  // when it stopped; the other rows still run.
+  std::string status = "ok";
+  std::string message;
   double step_s = 0;          // median forward+backward time
   std::optional<double> ratio_to_keep;
   std::optional<double> mfu;
   int64_t peak_allocated_bytes = 0;
   int64_t peak_reserved_bytes = 0;
-  int64_t host_bytes = 0;
+  int64_t host_bytes = 0;           // the policy's host pool
+  int64_t host_pinned_bytes = 0;    // of which pinned (CUDA; whole pages)
+  double pin_seconds = 0;           // time pinning took
+  std::optional<double> host_needed_bytes;  // host-memory: what the pool needed ...
+  std::optional<double> host_budget_bytes;  // ... and what it was allowed
   std::optional<double> alpha;
   std::optional<double> max_grad_rel_diff;  // against keep, same weights and batch
   std::optional<int64_t> arena_bytes;       // with planned memory

@@ -21,7 +21,7 @@ struct TrainOptions {
   // activation memory
   std::string policy = "keep";
   double alpha = -1.0;            // memo: offloaded fraction; < 0 = chosen by the LP
-  double host_memory_gib = 0.0;   // pinned host memory for offload/memo; 0 = half of MemAvailable
+  double host_memory_gib = 0.0;   // host pool budget for offload/memo; 0 = memory::host_budget's default
   // optimisation
   double lr = 3e-3;
   double min_lr_ratio = 0.1;

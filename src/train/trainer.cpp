@@ -68,7 +68,8 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   trace_ = std::make_unique<runtime::TraceRecorder>(device_);
   runtime::PolicyOptions po;
   if (options_.alpha >= 0) po.alpha = options_.alpha;
-  po.host_memory_bytes = options_.host_memory_gib * static_cast<double>(1ll << 30);
+  host_budget_ = memory::host_budget(options_.host_memory_gib);
+  po.host_memory_bytes = host_budget_.bytes;
   po.trace = trace_.get();
   policy_ = runtime::make_policy(options_.policy, po);
   if (options_.data.empty()) {
@@ -119,12 +120,13 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   std::vector<at::Tensor*> params;
   for (auto& [name, t] : model_->master().named()) params.push_back(t);
   for (auto& [name, t] : model_->grads().named()) grads_.push_back(t);
-  // Buffers, host pool and the swap split, before the first step.
-  policy_->prepare(*model_, options_.batch, options_.seq_len);
-
+  // The optimizer state first: memo reads the device memory left for
+  // resident tokens in prepare, and that must not count the moments as free.
   optimizer_ = std::make_unique<AdamW>(
       params, grads_,
       AdamWOptions{options_.beta1, options_.beta2, 1e-8, options_.weight_decay});
+  // Buffers, host pool and the swap split, before the first step.
+  policy_->prepare(*model_, options_.batch, options_.seq_len);
 
   // Starting weights: a checkpoint to resume, or a Hugging Face directory's weights.
   if (!options_.resume.empty()) {
@@ -163,6 +165,8 @@ nlohmann::json Trainer::resolved_config() const {
   j["steps"] = o.steps;
   j["policy"] = policy_->name();
   j["alpha"] = json_or_null(policy_->alpha());
+  j["host_memory_budget_bytes"] = host_budget_.bytes;
+  j["host_memory_budget_source"] = host_budget_.source;
   j["lr"] = o.lr;
   j["min_lr_ratio"] = o.min_lr_ratio;
   j["warmup"] = o.warmup;
@@ -192,6 +196,12 @@ std::vector<std::pair<std::string, std::string>> Trainer::describe() const {
                      (long long)o.seq_len, (long long)o.grad_accum,
                      (long long)(o.batch * o.seq_len * o.grad_accum))},
       {"policy", policy_->name()},
+  };
+  if (policy_->name() == "offload" || policy_->name() == "memo")
+    out.emplace_back("host mem", strf("%s for the host pool, from %s",
+                                      host_budget_.bytes > 0 ? format_bytes(host_budget_.bytes).c_str() : "no limit",
+                                      host_budget_.source.c_str()));
+  out.insert(out.end(), {
       {"device", strf("%s, compute %s, master float32, attention %s", device_.str().c_str(),
                       dtype_name(compute_dtype_),
                       model::attention_kernel_name(model_->layer().kernel()))},
@@ -200,7 +210,7 @@ std::vector<std::pair<std::string, std::string>> Trainer::describe() const {
                          o.weight_decay, o.clip)},
       {"data", data_->describe()},
       {"steps", strf("%lld (seed %llu)", (long long)o.steps, (unsigned long long)o.seed)},
-  };
+  });
   if (!weights_from_.empty()) out.emplace_back("weights", weights_from_ + " (Hugging Face safetensors)");
   if (!resumed_from_.empty())
     out.emplace_back("resume", strf("%s (after step %lld)", resumed_from_.c_str(), (long long)start_step_));

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "memory/host_pool.h"
 #include "model/llama.h"
 #include "runtime/policy.h"
 #include "runtime/trace.h"
@@ -89,6 +90,7 @@ class Trainer {
   std::string resumed_from_;   // the checkpoint resumed from
   std::string weights_from_;   // a Hugging Face directory the weights came from
   std::unique_ptr<MemoryPlanning> planning_;
+  memory::HostBudget host_budget_;  // what offload/memo's host pool may use, and why
 };
 
 nlohmann::json to_json(const StepRecord& r);
