@@ -9,6 +9,8 @@
 #   bench   memo bench at 64K and 128K, every policy, with traces (issue 3)
 #   anchor  the anchor probe (../shared/probes/gpu_anchor.py) in the same
 #           call as a keep row of ours, for the side-by-side of issue 2
+#   sync    the steps of every policy under c10's sync-debug mode "error"
+#           (tests/test_sync_free_step.cpp; also part of build's ctest)
 # Every part builds first if build/memo is missing. Results go to $OUT.
 # Usage (device tool): carry [".carry"], command "bash scripts/gpu-check.sh PART".
 set -uo pipefail
@@ -53,5 +55,9 @@ case "$part" in
     else
       echo "no .carry/probes/gpu_anchor.py: run scripts/prepare-carry.sh first"
     fi ;;
-  *) echo "usage: $0 build|train|bench|anchor"; exit 2 ;;
+  sync)
+    cmake --build build -j 16 --target memo_tests > "$OUT/build_tests.log" 2>&1 || { tail -40 "$OUT/build_tests.log"; exit 1; }
+    OMP_NUM_THREADS=4 build/tests/memo_tests --gtest_filter='SyncCheck.*:*SyncFreeStep*:*ChunkedLoss*:FusedAdamW.*' \
+      2>&1 | tee "$OUT/sync.log" | tail -25 ;;
+  *) echo "usage: $0 build|train|bench|anchor|sync"; exit 2 ;;
 esac

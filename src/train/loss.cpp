@@ -69,6 +69,8 @@ void accumulate_head_grad(at::Tensor& grad, const at::Tensor& dl, const at::Tens
 
 }  // namespace
 
+bool mixed_gemm_refused() { return !g_mixed_gemm.load(); }
+
 int64_t loss_bytes_per_token(int64_t vocab, at::ScalarType compute) {
   const auto st = model::stat_dtype(compute);
   const int64_t per = static_cast<int64_t>(c10::elementSize(st)) +

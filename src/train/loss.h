@@ -47,4 +47,9 @@ CrossEntropyResult chunked_cross_entropy(const at::Tensor& h, const at::Tensor& 
                                          const at::Tensor& targets, int64_t chunk_tokens,
                                          double grad_scale, at::Tensor* head_grad);
 
+// True once ATen has refused one of the out_dtype GEMMs (16-bit inputs,
+// float32 output; CUDA, PyTorch >= 2.8) the loss uses for float32 logits and
+// the in-place head gradient; from then on the portable path runs.
+bool mixed_gemm_refused();
+
 }  // namespace memo::train
