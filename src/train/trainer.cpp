@@ -266,6 +266,7 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
       auto host = at::stack({total.sum.to(at::kDouble), norm}).cpu();  // [2]
       r.loss = total.count ? host.data_ptr<double>()[0] / static_cast<double>(total.count) : 0.0;
       r.grad_norm = host.data_ptr<double>()[1];
+      total.sum.reset();  // memory of the step ends with the step (planned memory)
       if (!std::isfinite(r.loss))
         throw Error(cat("step ", r.step, ": the loss is ", r.loss,
                         "; stopping before the update (try a lower --lr or check the data)"));
