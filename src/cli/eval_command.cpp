@@ -88,8 +88,9 @@ int run_eval(const EvalOptions& o) {
     auto window = at::empty({B, o.seq_len + 1}, at::kLong);
     for (int64_t b = 0; b < B; ++b)
       corpus->read((first + b) * o.seq_len, o.seq_len + 1, window.data_ptr<int64_t>() + b * (o.seq_len + 1));
-    train::MicroBatch mb{window.narrow(1, 0, o.seq_len).contiguous().to(ex.device),
-                         window.narrow(1, 1, o.seq_len).contiguous().to(ex.device)};
+    auto mb = train::to_device({window.narrow(1, 0, o.seq_len).contiguous(),
+                                window.narrow(1, 1, o.seq_len).contiguous(), B * o.seq_len},
+                               ex.device);
     auto l = train::forward_loss(model, mb);
     if (batches == 0 && !o.dump_logits.empty())
       model::write_tensors(o.dump_logits,
@@ -103,8 +104,7 @@ int run_eval(const EvalOptions& o) {
       train::forward_backward(model, *policy, mb, 1.0);
       model::write_tensors(o.dump_grads, model::to_hf_tensors(config, model.grads(), at::kFloat));
     }
-    total.sum += l.sum;
-    total.count += l.count;
+    total.add(l);
     ++batches;
   }
   const double loss = total.mean();

@@ -149,7 +149,7 @@ void add_train_command(CLI::App& root, Action& action) {
        "master weights and optimizer state are always float32");
   add_flag(app, b, "--attention", &TrainOptions::attention, "CUDA fused attention kernel: auto, cudnn or flash");
   add_flag(app, b, "--loss-chunk", &TrainOptions::loss_chunk,
-       "Tokens per cross-entropy chunk (0: automatic, ~256 MiB of logits)");
+       "Tokens per cross-entropy chunk (0: from a memory budget, 4 GiB on CUDA, 256 MiB on CPU)");
   add_flag(app, b, "--seed", &TrainOptions::seed, "Seed for weights and data");
   add_flag(app, b, "--peak-tflops", &TrainOptions::peak_tflops,
        "Device peak for MFU in TFLOP/s (0: 989, H100/H200 SXM bf16 dense)");

@@ -75,7 +75,7 @@ struct PlanInputs {
   ParallelDegrees parallel;
   int compute_bytes = 2;           // bf16 on the GPU (4: float32, as on CPU)
   int master_bytes = 4;            // fp32 master weights, gradients, Adam moments
-  double loss_chunk_bytes = 256.0 * (1 << 20);  // the runtime's default chunk budget
+  double loss_chunk_bytes = 4.0 * (1 << 30);  // the runtime's default chunk budget on CUDA (train/loss.h)
 };
 
 // One skeletal tensor of one layer, per GPU.

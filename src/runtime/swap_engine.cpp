@@ -26,7 +26,9 @@ SwapEngine::SwapEngine(c10::Device device, TraceRecorder* trace) : device_(devic
 }
 
 SwapEngine::~SwapEngine() {
+  // Outside any step: the host waits, so nothing the copies use is freed under them.
   try {
+    synchronize();
     drain();
   } catch (...) {
   }
@@ -93,13 +95,23 @@ void SwapEngine::wait_copy_in(int64_t layer) { wait(in_, layer); }
 
 void SwapEngine::drain() {
   if (async()) {
-    if (d2h_) d2h_->synchronize();
-    if (h2d_) h2d_->synchronize();
-    if (compute_) compute_->synchronize();
+    // One event per side stream covers every copy queued on it so far.
+    for (const auto& side : {d2h_, h2d_}) {
+      if (!side) continue;
+      c10::Event done(device_.type());
+      done.record(*side);
+      done.block(*compute_);
+    }
   }
   out_.clear();
   in_.clear();
   last_copy_out_.reset();
+}
+
+void SwapEngine::synchronize() {
+  if (!async()) return;
+  if (d2h_) d2h_->synchronize();
+  if (h2d_) h2d_->synchronize();
 }
 
 }  // namespace memo::runtime

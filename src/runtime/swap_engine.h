@@ -1,8 +1,18 @@
 // Moves activations between the device and pinned host memory on two side
 // streams (device-to-host, host-to-device), ordered against the compute
 // stream with events. On CPU the same calls copy synchronously, so every path
-// runs in CI. Tensors handed to a copy are held until the copy is waited on,
-// so the caching allocator cannot reuse them early.
+// runs in CI. Tensors handed to a copy are held until the compute stream has
+// been made to wait for the copy (wait_copy_*, drain); after that they may be
+// freed: the host never waits.
+//
+// Why releasing after a stream wait is safe: every device tensor handed to a
+// copy was allocated on the compute stream, and the caching allocator (and
+// the planned one, whose plan is in compute-stream order) reuses a freed
+// block only for a later allocation whose kernels are queued on the compute
+// stream, that is after the wait, hence after the copy. The side streams
+// allocate only their own staging (a non-contiguous source's contiguous
+// copy), which stays in their own stream's order. Pinned host memory is the
+// policy's pool, allocated once and never freed during training.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -40,8 +50,15 @@ class SwapEngine {
   void copy_in(int64_t layer, std::vector<CopyPair> pairs);
   void wait_copy_in(int64_t layer);
 
-  // Waits for everything and forgets all pending copies.
+  // The end of a step: the compute stream waits (on the device, not the
+  // host) for every copy issued so far, and the pending copies are forgotten
+  // (their tensors released, see above).
   void drain();
+  // Waits on the host for both side streams (teardown, measurements).
+  void synchronize();
+
+  // Copies issued and not yet waited on or drained (their tensors are held).
+  int64_t pending() const { return static_cast<int64_t>(out_.size() + in_.size()); }
 
  private:
   struct Pending {

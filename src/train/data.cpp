@@ -80,7 +80,8 @@ class SyntheticAlphabet final : public DataSource {
         w[b * (seq_len + 1) + t] = perm[static_cast<size_t>(rank)];
       }
     }
-    return {window.narrow(1, 0, seq_len).contiguous(), window.narrow(1, 1, seq_len).contiguous()};
+    return {window.narrow(1, 0, seq_len).contiguous(), window.narrow(1, 1, seq_len).contiguous(),
+            batch * seq_len};  // every position has a target
   }
 
   std::string describe() const override {
@@ -141,7 +142,8 @@ class TokenFile final : public DataSource {
       read(start, seq_len + 1, ids);
       std::copy(ids.begin(), ids.end(), w + b * (seq_len + 1));
     }
-    return {window.narrow(1, 0, seq_len).contiguous(), window.narrow(1, 1, seq_len).contiguous()};
+    return {window.narrow(1, 0, seq_len).contiguous(), window.narrow(1, 1, seq_len).contiguous(),
+            batch * seq_len};  // every position has a target
   }
 
   std::string describe() const override {

@@ -18,7 +18,8 @@ namespace memo::train {
 class DataSource {
  public:
   virtual ~DataSource() = default;
-  // One micro-batch on the CPU: tokens and targets [batch, seq_len] int64.
+  // One micro-batch on the CPU: tokens and targets [batch, seq_len] int64,
+  // with `supervised` counted.
   virtual MicroBatch next(int64_t batch, int64_t seq_len) = 0;
   // One line for the resolved-configuration printout.
   virtual std::string describe() const = 0;

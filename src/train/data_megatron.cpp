@@ -231,7 +231,8 @@ class PackedSource final : public DataSource {
         ++epoch_;
       }
     }
-    return {window.narrow(1, 0, seq_len).contiguous(), window.narrow(1, 1, seq_len).contiguous()};
+    return {window.narrow(1, 0, seq_len).contiguous(), window.narrow(1, 1, seq_len).contiguous(),
+            batch * seq_len};  // every position has a target
   }
 
   std::string describe() const override {

@@ -13,37 +13,70 @@ namespace memo::train {
 AdamW::AdamW(std::vector<at::Tensor*> params, std::vector<at::Tensor*> grads, AdamWOptions options)
     : params_(std::move(params)), grads_(std::move(grads)), options_(options) {
   if (params_.size() != grads_.size()) throw Error("AdamW: params and grads differ in count");
-  for (auto* p : params_) {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto* p = params_[i];
     m_.push_back(at::zeros_like(*p));
     v_.push_back(at::zeros_like(*p));
+    steps_.push_back(at::zeros({}, p->options().dtype(at::kFloat)));
+    (p->dim() >= 2 ? decayed_ : plain_).push_back(i);
   }
+}
+
+void AdamW::set_steps_taken(int64_t t) {
+  t_ = t;
+  for (auto& s : steps_) s.fill_(static_cast<double>(t));
 }
 
 void AdamW::step(double lr) {
   ++t_;
+  // The kernel reads the step count (for the bias correction) from the
+  // device; like torch.optim, the caller advances it.
+  if (!steps_.empty()) at::_foreach_add_(steps_, 1);
   const auto& o = options_;
-  const double bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(t_));
-  const double bc2 = 1.0 - std::pow(o.beta2, static_cast<double>(t_));
-  for (size_t i = 0; i < params_.size(); ++i) {
-    auto& p = *params_[i];
-    const auto& g = *grads_[i];
-    if (o.weight_decay != 0.0 && p.dim() >= 2) p.mul_(1.0 - lr * o.weight_decay);
-    m_[i].mul_(o.beta1).add_(g, 1.0 - o.beta1);
-    v_[i].mul_(o.beta2).addcmul_(g, g, 1.0 - o.beta2);
-    auto denom = (v_[i] / bc2).sqrt_().add_(o.eps);
-    p.addcdiv_(m_[i], denom, -lr / bc1);
-  }
+  auto run = [&](const std::vector<size_t>& group, double weight_decay) {
+    if (group.empty()) return;
+    // The model's tensors are read through their pointers each step: a
+    // tensor the model replaced is never stepped stale.
+    std::vector<at::Tensor> p, g, m, v, s;
+    for (size_t i : group) {
+      p.push_back(*params_[i]);
+      g.push_back(*grads_[i]);
+      m.push_back(m_[i]);
+      v.push_back(v_[i]);
+      s.push_back(steps_[i]);
+    }
+    at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, o.beta1, o.beta2, weight_decay, o.eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+  };
+  run(decayed_, o.weight_decay);
+  run(plain_, 0.0);
+}
+
+at::Tensor grad_norm(const std::vector<at::Tensor*>& grads) {
+  if (grads.empty()) return at::zeros({}, at::kDouble);
+  std::vector<at::Tensor> list;
+  for (auto* g : grads) list.push_back(*g);
+  // Per-tensor norms in one multi-tensor kernel (CUDA), then the norm of
+  // those few numbers in float64.
+  auto norms = at::_foreach_norm(list, 2);
+  return at::stack(norms).to(at::kDouble).norm();
+}
+
+void scale_grads(const std::vector<at::Tensor*>& grads, double factor) {
+  std::vector<at::Tensor> list;
+  for (auto* g : grads) list.push_back(*g);
+  if (!list.empty()) at::_foreach_mul_(list, factor);
+}
+
+double clip_factor(double norm, double max_norm) {
+  if (max_norm > 0.0 && norm > max_norm && std::isfinite(norm)) return max_norm / (norm + 1e-6);
+  return 1.0;
 }
 
 double clip_grad_norm(const std::vector<at::Tensor*>& grads, double max_norm) {
-  if (grads.empty()) return 0.0;
-  auto total = at::zeros({}, grads.front()->options().dtype(at::kDouble));
-  for (auto* g : grads) total += g->to(at::kDouble).square().sum();
-  const double norm = std::sqrt(total.item<double>());
-  if (max_norm > 0.0 && norm > max_norm && std::isfinite(norm)) {
-    const double scale = max_norm / (norm + 1e-6);
-    for (auto* g : grads) g->mul_(scale);
-  }
+  const double norm = grad_norm(grads).item<double>();
+  const double factor = clip_factor(norm, max_norm);
+  if (factor != 1.0) scale_grads(grads, factor);
   return norm;
 }
 

@@ -25,7 +25,36 @@ void check_batch(const model::LlamaModel& model, const MicroBatch& b) {
                 model.options().device);
 }
 
+// Positions with a target; counted now if the data source did not (a host
+// synchronisation when the targets are already on a device).
+int64_t supervised_of(const MicroBatch& b) {
+  if (b.supervised >= 0) return b.supervised;
+  return b.targets.ne(kIgnoreTarget).sum().item<int64_t>();
+}
+
 }  // namespace
+
+MicroBatch to_device(MicroBatch batch, const at::Device& device) {
+  batch.supervised = supervised_of(batch);
+  auto move = [&](const at::Tensor& t) {
+    if (t.device() == device) return t;
+    // Pageable memory would make the copy wait for the device; a pinned
+    // staging copy lets it queue (the host allocator keeps the staging
+    // block until the copy has run).
+    if (device.is_cuda() && t.is_cpu()) return t.pin_memory().to(device, t.scalar_type(), /*non_blocking=*/true);
+    return t.to(device);
+  };
+  batch.tokens = move(batch.tokens);
+  batch.targets = move(batch.targets);
+  return batch;
+}
+
+void LossSum::add(const LossSum& other) {
+  if (other.sum.defined()) sum = sum.defined() ? sum + other.sum : other.sum;
+  count += other.count;
+}
+
+double LossSum::total() const { return sum.defined() ? sum.item<double>() : 0.0; }
 
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
                          const MicroBatch& batch, double grad_weight, int64_t loss_chunk,
@@ -63,16 +92,16 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
     policy.save(i, std::move(acts));
     x = std::move(y);
   }
-  // Final norm, loss, and their backward: count first, so that the gradient
-  // is of the mean over this batch.
+  // Final norm, loss, and their backward. The gradient is of the mean over
+  // this batch, with the count taken on the host.
   const auto targets = batch.targets.reshape({-1});
+  const int64_t count = supervised_of(batch);
   CrossEntropyResult ce;
   at::Tensor dx;
   {
     memory::RegionScope region("loss");
     at::Tensor nf, rstdf;
     model::rmsnorm_forward(x, w.final_norm, cfg.rms_eps, nf, rstdf);
-    const int64_t count = targets.ne(kIgnoreTarget).sum().item<int64_t>();
     const double scale = count > 0 ? grad_weight / static_cast<double>(count) : 0.0;
     ce = chunked_cross_entropy(nf.view({B * S, cfg.hidden}), w.head(), targets, loss_chunk, scale,
                                &g.head());
@@ -99,7 +128,7 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   policy.end_step();
   g.embed.index_add_(0, batch.tokens.reshape({-1}),
                      dx.reshape({B * S, cfg.hidden}).to(g.embed.scalar_type()));
-  return {ce.loss_sum, ce.count};
+  return {ce.loss_sum, count};
 }
 
 LossSum forward_loss(model::LlamaModel& model, const MicroBatch& batch, int64_t loss_chunk) {
@@ -117,7 +146,7 @@ LossSum forward_loss(model::LlamaModel& model, const MicroBatch& batch, int64_t 
   model::rmsnorm_forward(x, w.final_norm, cfg.rms_eps, nf, rstdf);
   auto ce = chunked_cross_entropy(nf.view({B * S, cfg.hidden}), w.head(),
                                   batch.targets.reshape({-1}), loss_chunk, 0.0, nullptr);
-  return {ce.loss_sum, ce.count};
+  return {ce.loss_sum, supervised_of(batch)};
 }
 
 }  // namespace memo::train

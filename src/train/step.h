@@ -15,16 +15,30 @@ namespace memo::train {
 struct MicroBatch {
   at::Tensor tokens;   // [B, S] int64
   at::Tensor targets;  // [B, S] int64, kIgnoreTarget where there is no target
+  // Targets that are not kIgnoreTarget, counted on the host while the batch
+  // was on the CPU; -1: not counted (counted when needed, a host
+  // synchronisation if the targets are on a device by then).
+  int64_t supervised = -1;
 };
 
+// The batch on `device`, with its targets counted first (on the host). On
+// CUDA the copies go through pinned memory without blocking the host.
+MicroBatch to_device(MicroBatch batch, const at::Device& device);
+
+// A loss summed on the device: reading it (total, mean) waits for the device,
+// so a step reads it once, after the backward.
 struct LossSum {
-  double sum = 0.0;   // summed per-token loss
+  at::Tensor sum;     // [] float64 on the device; undefined: nothing summed yet
   int64_t count = 0;  // tokens that had a target
-  double mean() const { return count ? sum / static_cast<double>(count) : 0.0; }
+  void add(const LossSum& other);  // on the device, no wait
+  double total() const;            // host synchronisation
+  double mean() const { return count ? total() / static_cast<double>(count) : 0.0; }
 };
 
 // Forward and backward; gradients (scaled by grad_weight / count) are added
-// into model.grads(). Returns the loss of this micro-batch.
+// into model.grads(). Returns the loss of this micro-batch, on the device.
+// Nothing here waits for the device when batch.supervised is set (or the
+// targets are on the CPU).
 // With `trace`, each layer's forward and backward becomes a compute span.
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
                          const MicroBatch& batch, double grad_weight, int64_t loss_chunk = 0,

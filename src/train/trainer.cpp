@@ -15,6 +15,7 @@
 #include "train/checkpoint.h"
 #include "memory/planned_allocator.h"
 #include "train/flops.h"
+#include "train/loss.h"
 #include "train/step.h"
 
 namespace memo::train {
@@ -116,6 +117,9 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   mo.attention = options_.attention;
   mo.seed = options_.seed;
   model_ = std::make_unique<model::LlamaModel>(config_, mo);
+  loss_chunk_ = options_.loss_chunk > 0
+                    ? options_.loss_chunk
+                    : default_loss_chunk(config_.vocab_size, compute_dtype_, default_loss_budget(device_));
 
   std::vector<at::Tensor*> params;
   for (auto& [name, t] : model_->master().named()) params.push_back(t);
@@ -178,6 +182,7 @@ nlohmann::json Trainer::resolved_config() const {
   j["compute_dtype"] = dtype_name(compute_dtype_);
   j["master_dtype"] = "float32";
   j["attention_kernel"] = model::attention_kernel_name(model_->layer().kernel());
+  j["loss_chunk"] = loss_chunk_;
   j["seed"] = o.seed;
   j["peak_flops"] = peak_flops_;
   return j;
@@ -186,6 +191,11 @@ nlohmann::json Trainer::resolved_config() const {
 std::vector<std::pair<std::string, std::string>> Trainer::describe() const {
   const auto& c = config_;
   const auto& o = options_;
+  const int64_t tokens = o.batch * o.seq_len;
+  const int64_t loss_chunks = (tokens + loss_chunk_ - 1) / loss_chunk_;
+  const std::string loss_chunk_source =
+      o.loss_chunk > 0 ? "--loss-chunk"
+                       : "budget " + format_bytes(static_cast<double>(default_loss_budget(device_))) + "; --loss-chunk sets it";
   std::vector<std::pair<std::string, std::string>> out = {
       {"model", strf("%s: %lld layers, hidden %lld, heads %lld/%lld kv, head dim %lld, ffn %lld, "
                      "vocab %lld, %s parameters",
@@ -208,6 +218,8 @@ std::vector<std::pair<std::string, std::string>> Trainer::describe() const {
       {"optimizer", strf("AdamW lr %g (warmup %lld, cosine to %g), betas %g/%g, wd %g, clip %g",
                          o.lr, (long long)o.warmup, o.lr * o.min_lr_ratio, o.beta1, o.beta2,
                          o.weight_decay, o.clip)},
+      {"loss", strf("cross-entropy in %lld chunk%s of %lld tokens per micro-batch (%s)", (long long)loss_chunks,
+                    loss_chunks == 1 ? "" : "s", (long long)std::min(loss_chunk_, tokens), loss_chunk_source.c_str())},
       {"data", data_->describe()},
       {"steps", strf("%lld (seed %llu)", (long long)o.steps, (unsigned long long)o.seed)},
   });
@@ -244,23 +256,37 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
     const bool tracing = !o.trace.empty() && step == o.steps - 1;  // the last step
     trace_->set_enabled(tracing);
     for (int64_t m = 0; m < o.grad_accum; ++m) {
-      auto batch = data_->next(o.batch, o.seq_len);
-      batch.tokens = batch.tokens.to(device_);
-      batch.targets = batch.targets.to(device_);
-      auto l = forward_backward(*model_, *policy_, batch, 1.0 / static_cast<double>(o.grad_accum),
-                                o.loss_chunk, tracing ? trace_.get() : nullptr);
-      total.sum += l.sum;
-      total.count += l.count;
+      // Targets are counted on the host before the batch moves; from here to
+      // the optimizer nothing waits for the device.
+      auto batch = to_device(data_->next(o.batch, o.seq_len), device_);
+      total.add(forward_backward(*model_, *policy_, batch, 1.0 / static_cast<double>(o.grad_accum),
+                                 loss_chunk_, tracing ? trace_.get() : nullptr));
       summary.peak_activation_bytes =
           std::max(summary.peak_activation_bytes, policy_->peak_held().device);
       summary.host_bytes = std::max(summary.host_bytes, policy_->peak_held().host);
     }
-    double norm = 0.0, lr = 0.0;
+    StepRecord r;
+    r.step = step + 1;
     {
       memory::RegionScope region("optimizer");
-      norm = clip_grad_norm(grads_, o.clip);
-      lr = lr_at(step, o.steps, o.warmup, o.lr, o.min_lr_ratio);
-      optimizer_->step(lr);
+      // The step's one wait for the device: its loss and gradient norm, read
+      // together and checked before the update, so a diverged step never
+      // changes the weights (nor, after it, a checkpoint).
+      auto norm = grad_norm(grads_);  // [] float64
+      auto host = at::stack({total.sum.to(at::kDouble), norm}).cpu();  // [2]
+      r.loss = total.count ? host.data_ptr<double>()[0] / static_cast<double>(total.count) : 0.0;
+      r.grad_norm = host.data_ptr<double>()[1];
+      total.sum.reset();  // memory of the step ends with the step (planned memory)
+      if (!std::isfinite(r.loss))
+        throw Error(cat("step ", r.step, ": the loss is ", r.loss,
+                        "; stopping before the update (try a lower --lr or check the data)"));
+      if (!std::isfinite(r.grad_norm))
+        throw Error(cat("step ", r.step, ": the gradient norm is ", r.grad_norm,
+                        "; stopping before the update (try a lower --lr or check the data)"));
+      const double factor = clip_factor(r.grad_norm, o.clip);
+      if (factor != 1.0) scale_grads(grads_, factor);
+      r.lr = lr_at(step, o.steps, o.warmup, o.lr, o.min_lr_ratio);
+      optimizer_->step(r.lr);
       model_->refresh_compute();
       model_->zero_grads();
     }
@@ -273,21 +299,10 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
 
-    StepRecord r;
-    r.step = step + 1;
-    r.loss = total.mean();
-    r.lr = lr;
-    r.grad_norm = norm;
     r.seconds = secs;
     r.tokens_per_s = static_cast<double>(tokens_per_step) / secs;
     if (peak_flops_ > 0 && device_.is_cuda()) r.mfu = flops_per_step / (secs * peak_flops_);
     r.peak_device_bytes = memory::memory_stats(device_).peak_allocated;
-    if (!std::isfinite(r.loss))
-      throw Error(cat("step ", r.step, ": the loss is ", r.loss,
-                      "; stopping (try a lower --lr or check the data)"));
-    if (!std::isfinite(r.grad_norm))  // the optimizer step has already spoiled the weights
-      throw Error(cat("step ", r.step, ": the gradient norm is ", r.grad_norm,
-                      "; stopping (try a lower --lr or check the data)"));
     losses.push_back(r.loss);
     summary.seconds += secs;
     if (step > start_step_ || o.steps - start_step_ == 1) {

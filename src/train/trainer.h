@@ -80,6 +80,7 @@ class Trainer {
   at::ScalarType compute_dtype_ = at::kFloat;
   double peak_flops_ = 0.0;
   int64_t log_every_ = 1;
+  int64_t loss_chunk_ = 1;  // tokens per cross-entropy chunk (--loss-chunk, or from the device's budget)
   std::unique_ptr<model::LlamaModel> model_;
   std::unique_ptr<runtime::ActivationPolicy> policy_;
   std::unique_ptr<DataSource> data_;
