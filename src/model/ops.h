@@ -17,9 +17,10 @@ at::ScalarType stat_dtype(at::ScalarType compute);
 // RMSNorm and RoPE run over blocks of whole tokens, so that their temporaries
 // (the float32 copies of 16-bit activations among them) have a fixed size
 // instead of growing with the sequence: a block covers at most this many
-// elements of the operand (and at least one token). 4M elements: 16 MiB per
-// float32 temporary (1024 tokens at h = 4096); see docs/memory-per-token.md.
-inline constexpr int64_t kBlockElements = int64_t{1} << 22;
+// elements of the operand (and at least one token). 16M elements: 64 MiB per
+// float32 temporary, 4096 tokens at h = 4096, so that at 128K tokens a norm
+// is 32 blocks of a few kernels each; see docs/memory-per-token.md.
+inline constexpr int64_t kBlockElements = int64_t{1} << 24;
 
 // n = w * (x * rstd).to(x.dtype), rstd = 1 / sqrt(mean(x^2) + eps).
 //   x [..., T, h] compute dtype (any strides; blocks run along T); w [h];
