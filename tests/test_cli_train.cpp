@@ -60,6 +60,7 @@ std::vector<BadInput> bad_inputs() {
       {"unknown_policy", "train --policy swapall" + quick, "unknown policy \"swapall\""},
       {"unknown_device", "train --device tpu" + quick, "device \"tpu\" is unknown"},
       {"unknown_dtype", "train --data-dtype int7" + quick, "data_dtype \"int7\" is unknown"},
+      {"unknown_attention", "train --attention fast" + quick, "attention \"fast\" is unknown"},
       {"unknown_flag", "train --sequence-length 5", "--sequence-length"},
       {"no_command", "", "subcommand is required"},
   };

@@ -1,7 +1,11 @@
 // The hand-written decoder-layer backward against autograd over the same
-// mathematics, in float64: input gradient and every parameter gradient.
+// mathematics, in float64: input gradient and every parameter gradient; and
+// token-wise recompute into preallocated storage against the whole forward.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
 
 #include "model/layer.h"
 #include "reference.h"
@@ -12,6 +16,7 @@ namespace {
 struct Shape {
   int64_t batch, seq, heads, kv_heads, head_dim, ffn;
   bool rope_scaling;
+  int64_t block_tokens = 0;  // RMSNorm/RoPE token blocks (ops.h); 0: the default
 };
 
 class LayerBackward : public ::testing::TestWithParam<Shape> {};
@@ -31,7 +36,9 @@ TEST_P(LayerBackward, MatchesAutogradInFloat64) {
   auto dy = at::normal(0.0, 1.0, {s.batch, s.seq, cfg.hidden}, gen, f64);
 
   // Hand-written.
-  model::DecoderLayer layer(cfg, model::AttentionKernel::CpuFlash);
+  const int64_t block =
+      s.block_tokens > 0 ? s.block_tokens * s.batch * cfg.hidden : model::kBlockElements;
+  model::DecoderLayer layer(cfg, model::AttentionKernel::CpuFlash, block);
   model::LayerActivations acts;
   auto y = layer.forward(w, rope, x, acts);
   model::LayerWeights grads = w;
@@ -59,7 +66,46 @@ INSTANTIATE_TEST_SUITE_P(Shapes, LayerBackward,
                                            Shape{2, 7, 4, 2, 4, 24, false},   // GQA, batch 2
                                            Shape{3, 9, 4, 1, 6, 20, true},    // MQA, odd S, scaled RoPE
                                            Shape{2, 16, 8, 2, 8, 40, false},  // GQA 4:1
-                                           Shape{1, 1, 4, 2, 4, 12, false})); // a single token
+                                           Shape{1, 1, 4, 2, 4, 12, false},   // a single token
+                                           // RMSNorm and RoPE over blocks of 1 and 3 tokens
+                                           Shape{2, 7, 4, 2, 4, 24, true, 1},
+                                           Shape{3, 10, 4, 1, 6, 20, false, 3}));
+
+// Token-wise recompute of a partial range writes exactly what the whole
+// forward wrote: batch 1 (one matmul into the range), batch > 1 (one matmul
+// per sequence: the range is strided across sequences), token blocks that
+// straddle the range's start.
+TEST(LayerForward, TokenRangeRecomputeEqualsTheWholeForward) {
+  for (int64_t batch : {1, 2, 3}) {
+    for (int64_t block_tokens : {0, 2}) {
+      auto cfg = testing::small_config(4, 2, 4, 24);
+      const int64_t S = 11;
+      auto w = testing::random_layer_weights(cfg, at::kDouble, 5);
+      auto rope = model::RopeTable::build(cfg, S, at::kDouble, at::kCPU);
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(13);
+      auto x = at::normal(0.0, 1.0, {batch, S, cfg.hidden}, gen, at::TensorOptions().dtype(at::kDouble));
+      const int64_t block =
+          block_tokens > 0 ? block_tokens * batch * cfg.hidden : model::kBlockElements;
+      model::DecoderLayer layer(cfg, model::AttentionKernel::CpuFlash, block);
+      auto acts = model::allocate_skeletal(cfg, batch, S, at::kDouble, at::kCPU);
+      layer.forward(w, rope, x, acts);
+      std::vector<at::Tensor> want;
+      acts.for_each([&](const char*, const at::Tensor& t) { want.push_back(t.clone()); });
+      for (int64_t t0 : {1, 4, 10}) {
+        acts.for_each([&](const char* name, at::Tensor& t) {
+          const std::string n = name;
+          if (n != "x" && n != "o" && n != "lse") t.narrow(1, t0, S - t0).fill_(std::nan(""));
+        });
+        layer.recompute_tokens(w, rope, acts, t0);
+        size_t k = 0;
+        acts.for_each([&](const char* name, const at::Tensor& t) {
+          EXPECT_LE(testing::max_rel_error(t, want[k++]), 1e-13)
+              << name << " batch " << batch << " t0 " << t0 << " block " << block_tokens;
+        });
+      }
+    }
+  }
+}
 
 TEST(LayerForward, SkeletalTensorsHaveDesignShapes) {
   auto cfg = testing::small_config(4, 2, 4, 24);

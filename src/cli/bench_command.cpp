@@ -59,7 +59,7 @@ void add_bench_command(CLI::App& root, Action& action) {
       ->capture_default_str();
   app->add_option("--device", o->run.device, "auto, cpu or cuda")->capture_default_str();
   app->add_option("--dtype", o->run.dtype, "Compute dtype: auto, float32 or bfloat16")->capture_default_str();
-  app->add_option("--attention", o->run.attention, "CUDA attention kernel: auto, cudnn or flash")
+  app->add_option("--attention", o->run.attention, "CUDA attention kernel: auto (cudnn for bfloat16, efficient for float32), cudnn, flash or efficient")
       ->capture_default_str();
   app->add_option("--seed", o->run.seed, "Seed for weights and the batch")->capture_default_str();
   app->add_option("--peak-tflops", o->run.peak_tflops, "Peak for MFU (0: 989 on CUDA)")->capture_default_str();

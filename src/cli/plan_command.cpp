@@ -85,7 +85,7 @@ std::string profile_hardware(const plan::PlanInputs& in, plan::Hardware& hw) {
   const double per_s2 = 3.5 * 2.0 * static_cast<double>(nh * m.head_dim);
   int64_t S = static_cast<int64_t>(std::sqrt(target / per_s2));
   S = std::clamp<int64_t>(S / 128 * 128, 128, cuda ? 32768 : 4096);
-  auto kernel = model::pick_attention_kernel(device);
+  auto kernel = model::pick_attention_kernel(device, dtype);
   auto q = at::randn({1, nh, S, m.head_dim}, opts);
   auto k = at::randn({1, nkv, S, m.head_dim}, opts);
   auto v = at::randn({1, nkv, S, m.head_dim}, opts);

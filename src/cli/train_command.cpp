@@ -147,7 +147,7 @@ void add_train_command(CLI::App& root, Action& action) {
   add_flag(app, b, "--dtype", &TrainOptions::dtype,
        "Compute dtype: auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16; "
        "master weights and optimizer state are always float32");
-  add_flag(app, b, "--attention", &TrainOptions::attention, "CUDA fused attention kernel: auto, cudnn or flash");
+  add_flag(app, b, "--attention", &TrainOptions::attention, "CUDA fused attention kernel: auto (cudnn for bfloat16, efficient for float32), cudnn, flash or efficient");
   add_flag(app, b, "--loss-chunk", &TrainOptions::loss_chunk,
        "Tokens per cross-entropy chunk (0: from a memory budget, 4 GiB on CUDA, 256 MiB on CPU)");
   add_flag(app, b, "--seed", &TrainOptions::seed, "Seed for weights and data");

@@ -9,13 +9,18 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 namespace memo::memory {
 
 namespace {
 
-// Wraps the default CPU allocator; every DataPtr it hands out carries a
-// context that remembers its size, so the free is counted too.
+// Wraps the default CPU allocator. Every DataPtr it hands out has its data
+// pointer as its context (as the default allocator's do), so that the raw
+// interface (raw_allocate / raw_deleter, used by some CPU kernels such as the
+// bfloat16 flash-attention backward) works; the size of each live block is
+// kept in a table so that the free is counted too.
 class CountingCpuAllocator final : public c10::Allocator {
  public:
   explicit CountingCpuAllocator(c10::Allocator* base) : base_(base) {}
@@ -23,11 +28,17 @@ class CountingCpuAllocator final : public c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
     c10::DataPtr inner = base_->allocate(n);
     void* data = inner.get();
-    auto* ctx = new Context{std::move(inner), n, this};
+    if (data == nullptr) return inner;  // empty tensors: nothing to count
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_.emplace(data, Block{std::move(inner), n});
+    }
     mallocs_.fetch_add(1);
     add(static_cast<int64_t>(n));
-    return {data, ctx, &CountingCpuAllocator::release, c10::Device(c10::DeviceType::CPU)};
+    return {data, data, &CountingCpuAllocator::release, c10::Device(c10::DeviceType::CPU)};
   }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &CountingCpuAllocator::release; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     std::memcpy(dest, src, count);
@@ -41,18 +52,25 @@ class CountingCpuAllocator final : public c10::Allocator {
   void reset_peak() { peak_.store(current_.load()); }
 
  private:
-  struct Context {
-    c10::DataPtr inner;
+  struct Block {
+    c10::DataPtr inner;  // frees the allocation when destroyed
     size_t bytes;
-    CountingCpuAllocator* owner;
   };
 
-  static void release(void* p) {
-    auto* ctx = static_cast<Context*>(p);
-    ctx->owner->frees_.fetch_add(1);
-    ctx->owner->add(-static_cast<int64_t>(ctx->bytes));
-    delete ctx;  // frees the inner allocation
-  }
+  static void release(void* p);
+
+  void forget(void* p) {
+    Block block;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = live_.find(p);
+      if (it == live_.end()) return;
+      block = std::move(it->second);
+      live_.erase(it);
+    }
+    frees_.fetch_add(1);
+    add(-static_cast<int64_t>(block.bytes));
+  }  // block.inner frees the memory here, outside the lock
 
   void add(int64_t delta) {
     int64_t now = current_.fetch_add(delta) + delta;
@@ -62,6 +80,8 @@ class CountingCpuAllocator final : public c10::Allocator {
   }
 
   c10::Allocator* base_;
+  std::mutex mutex_;
+  std::unordered_map<void*, Block> live_;
   std::atomic<int64_t> current_{0};
   std::atomic<int64_t> peak_{0};
   std::atomic<int64_t> mallocs_{0};
@@ -70,6 +90,9 @@ class CountingCpuAllocator final : public c10::Allocator {
 
 CountingCpuAllocator* g_meter = nullptr;
 DeviceMemorySource* g_device_source = nullptr;
+
+// The meter lives for the whole process once installed.
+void CountingCpuAllocator::release(void* p) { g_meter->forget(p); }
 
 }  // namespace
 

@@ -3,7 +3,9 @@
 
 #include <ATen/ATen.h>
 
-#include <unordered_set>
+#include <string_view>
+
+#include "core/error.h"
 
 namespace memo::model {
 
@@ -74,15 +76,17 @@ LayerActivations allocate_skeletal(const ModelConfig& c, int64_t B, int64_t S,
   auto specs = skeletal_specs(c, B, S, compute);
   LayerActivations acts;
   size_t i = 0;
-  acts.for_each([&](const char*, at::Tensor& t) {
+  acts.for_each([&](const char* name, at::Tensor& t) {
     const auto& s = specs[i++];
+    if (std::string_view(name) == "x") return;  // forward never writes it: acts.x is the input
     t = at::empty(s.shape, at::TensorOptions().dtype(s.dtype).device(device));
   });
   return acts;
 }
 
-DecoderLayer::DecoderLayer(const ModelConfig& config, AttentionKernel kernel)
-    : config_(config), kernel_(kernel) {}
+DecoderLayer::DecoderLayer(const ModelConfig& config, AttentionKernel kernel,
+                           int64_t block_elements)
+    : config_(config), kernel_(kernel), block_elements_(block_elements) {}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> DecoderLayer::split_heads(
     const at::Tensor& qkv) const {
@@ -105,9 +109,42 @@ void put(at::Tensor& slot, const at::Tensor& value, int64_t dim, int64_t t0, int
     slot = value;
 }
 
+// The token range [t0, t0 + n) along `dim` of a skeletal slot of full shape
+// `shape`. A slot the caller did not preallocate (keep, recompute, eval) is
+// allocated whole here first, so both cases run the same code after it; a
+// token range needs a preallocated slot.
+at::Tensor slot_range(at::Tensor& slot, at::IntArrayRef shape, const at::TensorOptions& opts,
+                      int64_t dim, int64_t t0, int64_t n) {
+  if (!slot.defined()) {
+    if (t0 != 0 || n != shape[static_cast<size_t>(dim)])
+      throw Error("decoder layer: a token range needs preallocated skeletal storage");
+    slot = at::empty(shape, opts);
+  }
+  return (t0 == 0 && n == slot.size(dim)) ? slot : slot.narrow(dim, t0, n);
+}
+
 // The token range [t0, t0 + n) of `t` along dim 1, or `t` itself when whole.
 at::Tensor tokens(const at::Tensor& t, int64_t t0, int64_t n) {
   return (t0 == 0 && n == t.size(1)) ? t : t.narrow(1, t0, n);
+}
+
+// out [B, n, N] = in [B, n, K] @ w [N, K]^T, computed straight into `out` (a
+// token range of a slot). mm takes 2-D operands: [B, n, *] folds into
+// [B n, *] when B == 1 or the range is the whole sequence; a partial range of
+// several sequences is strided across them, so it runs one mm per sequence.
+void linear_into(const at::Tensor& out, const at::Tensor& in, const at::Tensor& w) {
+  auto foldable = [](const at::Tensor& t) {
+    return t.size(0) == 1 || t.stride(0) == t.size(1) * t.stride(1);
+  };
+  if (foldable(out) && foldable(in)) {
+    auto out2 = out.view({-1, out.size(-1)});  // [B n, N]
+    at::mm_out(out2, in.view({-1, in.size(-1)}), w.t());
+    return;
+  }
+  for (int64_t b = 0; b < out.size(0); ++b) {
+    auto out_b = out.select(0, b);  // [n, N], rows contiguous
+    at::mm_out(out_b, in.select(0, b), w.t());
+  }
 }
 
 }  // namespace
@@ -116,23 +153,27 @@ void DecoderLayer::forward_pre_attention(const LayerWeights& w, const RopeTable&
                                          const at::Tensor& x, LayerActivations& acts, int64_t t0,
                                          int64_t n) const {
   const auto& c = config_;
-  if (n == 0) n = x.size(1) - t0;
-  auto xs = tokens(x, t0, n);
-  at::Tensor n1, rstd1;
-  rmsnorm_forward(xs, w.norm1, c.rms_eps, n1, rstd1);
-  auto qkv = at::matmul(n1, w.wqkv.t());  // [B, n, (nh+2nkv) d]
-  auto heads = qkv.view({x.size(0), n, c.heads + 2 * c.kv_heads, c.head_dim});
-  auto qk = heads.narrow(2, 0, c.heads + c.kv_heads);  // RoPE on q and k, not v
-  rope_apply_(qk, rope.slice(t0, n), /*inverse=*/false);
-  put(acts.n1, n1, 1, t0, n);
-  put(acts.rstd1, rstd1, 1, t0, n);
-  put(acts.qkv, qkv, 1, t0, n);
+  const int64_t B = x.size(0), S = x.size(1);
+  if (n == 0) n = S - t0;
+  const auto opts = x.options();
+  const auto st = opts.dtype(stat_dtype(x.scalar_type()));
+  auto n1 = slot_range(acts.n1, {B, S, c.hidden}, opts, 1, t0, n);       // [B, n, h]
+  auto rstd1 = slot_range(acts.rstd1, {B, S}, st, 1, t0, n);             // [B, n]
+  auto qkv = slot_range(acts.qkv, {B, S, c.qkv_dim()}, opts, 1, t0, n);  // [B, n, (nh+2nkv) d]
+  rmsnorm_forward(tokens(x, t0, n), w.norm1, c.rms_eps, n1, rstd1, block_elements_);
+  linear_into(qkv, n1, w.wqkv);
+  // RoPE in place on q and k (not v), at positions [t0, t0 + n).
+  auto heads = qkv.view({B, n, c.heads + 2 * c.kv_heads, c.head_dim});
+  rope_apply_(heads.narrow(2, 0, c.heads + c.kv_heads), rope.slice(t0, n), /*inverse=*/false,
+              block_elements_);
 }
 
 void DecoderLayer::forward_attention(LayerActivations& acts) const {
   auto [q, k, v] = split_heads(acts.qkv);
   auto out = attention_forward(kernel_, q, k, v);
   // o [B, nh, S, d] -> [B, S, nh d] (a view when the kernel wrote it token-major).
+  // The kernels allocate their outputs, so into a preallocated slot this is
+  // one copy of o and lse.
   auto o = out.o.transpose(1, 2).reshape({q.size(0), q.size(2), config_.attn_dim()});
   put(acts.o, o, 1, 0, q.size(2));
   put(acts.lse, out.lse, 2, 0, q.size(2));
@@ -140,19 +181,21 @@ void DecoderLayer::forward_attention(LayerActivations& acts) const {
 
 void DecoderLayer::forward_post_attention(const LayerWeights& w, const at::Tensor& x,
                                           LayerActivations& acts, int64_t t0, int64_t n) const {
-  if (n == 0) n = x.size(1) - t0;
-  auto x2 = at::matmul(tokens(acts.o, t0, n), w.wo.t()).add_(tokens(x, t0, n));
-  put(acts.x2, x2, 1, t0, n);
-  at::Tensor n2, rstd2;
-  rmsnorm_forward(x2, w.norm2, config_.rms_eps, n2, rstd2);
-  x2.reset();
-  auto gu = at::matmul(n2, w.wgu.t());  // [B, n, 2f]
-  put(acts.n2, n2, 1, t0, n);
-  put(acts.rstd2, rstd2, 1, t0, n);
-  n2.reset();
-  auto a = swiglu_forward(gu);  // [B, n, f]
-  put(acts.gu, gu, 1, t0, n);
-  put(acts.a, a, 1, t0, n);
+  const auto& c = config_;
+  const int64_t B = x.size(0), S = x.size(1);
+  if (n == 0) n = S - t0;
+  const auto opts = x.options();
+  const auto st = opts.dtype(stat_dtype(x.scalar_type()));
+  auto x2 = slot_range(acts.x2, {B, S, c.hidden}, opts, 1, t0, n);  // [B, n, h]
+  linear_into(x2, tokens(acts.o, t0, n), w.wo);
+  x2.add_(tokens(x, t0, n));
+  auto n2 = slot_range(acts.n2, {B, S, c.hidden}, opts, 1, t0, n);    // [B, n, h]
+  auto rstd2 = slot_range(acts.rstd2, {B, S}, st, 1, t0, n);          // [B, n]
+  rmsnorm_forward(x2, w.norm2, c.rms_eps, n2, rstd2, block_elements_);
+  auto gu = slot_range(acts.gu, {B, S, 2 * c.ffn}, opts, 1, t0, n);   // [B, n, 2f]
+  linear_into(gu, n2, w.wgu);
+  auto a = slot_range(acts.a, {B, S, c.ffn}, opts, 1, t0, n);         // [B, n, f]
+  swiglu_forward(gu, a);
 }
 
 void DecoderLayer::recompute(const LayerWeights& w, const RopeTable& rope,
@@ -181,43 +224,56 @@ at::Tensor DecoderLayer::backward(const LayerWeights& w, LayerWeights& grads,
                                   const RopeTable& rope, const LayerActivations& acts,
                                   const at::Tensor& dy) const {
   const auto& c = config_;
-  const int64_t B = dy.size(0), S = dy.size(1);
+  const int64_t B = dy.size(0), S = dy.size(1), T = B * S;
 
   // MLP: y = x2 + a Wdown^T, a = swiglu(gu), gu = n2 Wgu^T, n2 = rmsnorm(x2).
-  auto da = at::matmul(dy, w.wdown);  // [B, S, f]
+  // da = dy Wdown goes straight into the gate half of dgu, which
+  // swiglu_backward_ turns into d(gu) in place: no separate da.
+  auto dgu = at::empty({B, S, 2 * c.ffn}, dy.options());  // [B, S, 2f]
+  {
+    auto da = dgu.view({T, 2 * c.ffn}).narrow(1, 0, c.ffn);  // [T, f], rows 2f apart
+    at::mm_out(da, dy.reshape({T, c.hidden}), w.wdown);
+  }
   accumulate_matmul_grad(grads.wdown, dy, acts.a);
-  auto dgu = swiglu_backward(da, acts.gu);  // [B, S, 2f]
-  da.reset();
+  swiglu_backward_(dgu, acts.gu);
   auto dn2 = at::matmul(dgu, w.wgu);  // [B, S, h]
   accumulate_matmul_grad(grads.wgu, dgu, acts.n2);
   dgu.reset();
-  auto dx2 = rmsnorm_backward(dn2, acts.x2, acts.rstd2, w.norm2, grads.norm2).add_(dy);
+  // dx2 is written over dn2, block by block.
+  auto dx2 = rmsnorm_backward(dn2, acts.x2, acts.rstd2, w.norm2, grads.norm2, dn2, block_elements_)
+                 .add_(dy);  // [B, S, h]
+  dn2.reset();
 
   // Attention: x2 = x + o Wo^T.
-  auto d_o = at::matmul(dx2, w.wo);  // [B, S, nh d]
-  accumulate_matmul_grad(grads.wo, dx2, acts.o);
-  auto [q, k, v] = split_heads(acts.qkv);
-  auto o_heads = acts.o.view({B, S, c.heads, c.head_dim}).transpose(1, 2);
-  auto do_heads = d_o.view({B, S, c.heads, c.head_dim}).transpose(1, 2);
-  auto g = attention_backward(kernel_, do_heads, q, k, v, o_heads, acts.lse);
-  d_o.reset();
+  AttentionGrads g;
+  {
+    auto d_o = at::matmul(dx2, w.wo);  // [B, S, nh d]
+    accumulate_matmul_grad(grads.wo, dx2, acts.o);
+    auto [q, k, v] = split_heads(acts.qkv);
+    auto o_heads = acts.o.view({B, S, c.heads, c.head_dim}).transpose(1, 2);
+    auto do_heads = d_o.view({B, S, c.heads, c.head_dim}).transpose(1, 2);
+    g = attention_backward(kernel_, do_heads, q, k, v, o_heads, acts.lse);
+  }  // d_o is freed here
 
-  // Gather dq, dk, dv into the qkv layout, then undo RoPE on the q and k part.
+  // Gather dq, dk, dv into the qkv layout (each freed once copied), then undo
+  // RoPE on the q and k part.
   auto dqkv = at::empty({B, S, c.heads + 2 * c.kv_heads, c.head_dim}, dy.options());
   dqkv.narrow(2, 0, c.heads).copy_(g.dq.transpose(1, 2));
+  g.dq.reset();
   dqkv.narrow(2, c.heads, c.kv_heads).copy_(g.dk.transpose(1, 2));
+  g.dk.reset();
   dqkv.narrow(2, c.heads + c.kv_heads, c.kv_heads).copy_(g.dv.transpose(1, 2));
-  g = {};
-  auto dqk = dqkv.narrow(2, 0, c.heads + c.kv_heads);
-  rope_apply_(dqk, rope, /*inverse=*/true);
+  g.dv.reset();
+  rope_apply_(dqkv.narrow(2, 0, c.heads + c.kv_heads), rope, /*inverse=*/true, block_elements_);
   auto dqkv_flat = dqkv.view({B, S, c.qkv_dim()});
 
-  // n1 = rmsnorm(x), qkv = n1 Wqkv^T.
+  // n1 = rmsnorm(x), qkv = n1 Wqkv^T; dx is written over dn1.
   auto dn1 = at::matmul(dqkv_flat, w.wqkv);  // [B, S, h]
   accumulate_matmul_grad(grads.wqkv, dqkv_flat, acts.n1);
   dqkv.reset();
   dqkv_flat.reset();
-  return rmsnorm_backward(dn1, acts.x, acts.rstd1, w.norm1, grads.norm1).add_(dx2);
+  return rmsnorm_backward(dn1, acts.x, acts.rstd1, w.norm1, grads.norm1, dn1, block_elements_)
+      .add_(dx2);
 }
 
 }  // namespace memo::model

@@ -64,20 +64,28 @@ struct SkeletalSpec {
 // The skeletal set in LayerActivations::for_each order.
 std::vector<SkeletalSpec> skeletal_specs(const ModelConfig& c, int64_t batch, int64_t seq_len,
                                          at::ScalarType compute);
-// Preallocated tensors for one skeletal set (a rounding buffer).
+// Preallocated tensors for one skeletal set (a rounding buffer): every tensor
+// but x, which forward never writes (acts.x is the layer's input itself) and
+// backward takes from wherever the policy kept the input.
 LayerActivations allocate_skeletal(const ModelConfig& c, int64_t batch, int64_t seq_len,
                                    at::ScalarType compute, at::Device device);
 
 class DecoderLayer {
  public:
-  DecoderLayer(const ModelConfig& config, AttentionKernel kernel);
+  // block_elements: the token-block size of RMSNorm and RoPE (ops.h).
+  DecoderLayer(const ModelConfig& config, AttentionKernel kernel,
+               int64_t block_elements = kBlockElements);
 
   // y [B, S, h] from x [B, S, h]; fills every tensor of `acts` (acts.x = x).
   at::Tensor forward(const LayerWeights& w, const RopeTable& rope, const at::Tensor& x,
                      LayerActivations& acts) const;
 
-  // Every tensor of `acts` may be preallocated (a rounding buffer of the
-  // activation store): forward then writes into it instead of allocating.
+  // Every tensor of `acts` but x may be preallocated (a rounding buffer of the
+  // activation store): forward and recompute then compute straight into it
+  // (matmuls into token ranges of the slots, RMSNorm, RoPE and SwiGLU in place),
+  // so the only per-token transients are the attention kernel's outputs and
+  // the layer output (docs/memory-per-token.md). Undefined slots are allocated
+  // whole by the same code.
 
   // The forward stages, each on the tokens [t0, t0 + n) of every sequence
   // (n = 0: to the end). pre-attention: x -> n1, rstd1, qkv (RoPE at those
@@ -97,11 +105,15 @@ class DecoderLayer {
                         int64_t t0) const;
 
   // dx [B, S, h] from dy [B, S, h]; adds parameter gradients into `grads`.
+  // Working set beyond acts, dy and the weights: (2f + h) c bytes per token
+  // at most for Llama shapes, plus fixed-size blocks and one weight-sized
+  // gradient product (docs/memory-per-token.md).
   at::Tensor backward(const LayerWeights& w, LayerWeights& grads, const RopeTable& rope,
                       const LayerActivations& acts, const at::Tensor& dy) const;
 
   const ModelConfig& config() const { return config_; }
   AttentionKernel kernel() const { return kernel_; }
+  int64_t block_elements() const { return block_elements_; }
 
  private:
   // q [B, nh, S, d], k and v [B, nkv, S, d] as views into qkv [B, S, (nh+2nkv) d].
@@ -109,6 +121,7 @@ class DecoderLayer {
 
   ModelConfig config_;
   AttentionKernel kernel_;
+  int64_t block_elements_;
 };
 
 }  // namespace memo::model

@@ -54,7 +54,7 @@ ModelWeights init_weights(const ModelConfig& c, uint64_t seed, at::ScalarType dt
 LlamaModel::LlamaModel(const ModelConfig& config, const ModelOptions& options)
     : config_(config),
       options_(options),
-      layer_(config, pick_attention_kernel(options.device, options.attention)) {
+      layer_(config, pick_attention_kernel(options.device, options.compute_dtype, options.attention)) {
   config_.validate(config.name);
   require_input(config_.arch == Arch::Llama, "model ", config_.name,
                 " is a GPT shape: it is available for planning, not for training");

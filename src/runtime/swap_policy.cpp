@@ -107,6 +107,7 @@ class SwapPolicy final : public ActivationPolicy {
     owner_[0] = owner_[1] = -1;
     valid_[0] = valid_[1] = false;
     x_hold_.clear();
+    x_in_.clear();
     resident_.clear();
     prefetched_.clear();
   }
@@ -158,6 +159,10 @@ class SwapPolicy final : public ActivationPolicy {
       if (!split.swapped) throw Error(cat(name(), ": layer ", index, " lost its rounding buffer"));
       if (!prefetched_.count(index)) prefetch(index);
       engine_->wait_copy_in(index);
+      auto x = x_in_.find(index);
+      if (x == x_in_.end()) throw Error(cat(name(), ": input of layer ", index, " was not prefetched"));
+      acts.x = std::move(x->second);
+      x_in_.erase(x);
       const int64_t kept = split.offload_tokens + split.resident_tokens;
       if (split.resident_tokens > 0) restore_resident(index, acts, split);
       if (kept < seq_len_) {
@@ -183,6 +188,7 @@ class SwapPolicy final : public ActivationPolicy {
   void end_step() override {
     engine_->drain();
     x_hold_.clear();
+    x_in_.clear();
     resident_.clear();
   }
 
@@ -190,6 +196,7 @@ class SwapPolicy final : public ActivationPolicy {
     HeldBytes h;
     h.device = 2 * buffer_bytes_;
     for (const auto& [i, x] : x_hold_) h.device += static_cast<int64_t>(x.nbytes());
+    for (const auto& [i, x] : x_in_) h.device += static_cast<int64_t>(x.nbytes());
     for (const auto& [i, tensors] : resident_)
       for (const auto& t : tensors)
         if (t.defined()) h.device += static_cast<int64_t>(t.nbytes());
@@ -272,7 +279,20 @@ class SwapPolicy final : public ActivationPolicy {
     owner_[b] = index;
     valid_[b] = false;
     prefetched_.insert(index);
-    engine_->copy_in(index, host_pairs(index, buffers_[b], /*to_host=*/false));
+    // The rounding buffers have no x slot (forward never writes one): the
+    // input comes back into a tensor of its own, kept here until restore hands
+    // it to the layer (and by the engine until the copy is waited on).
+    model::LayerActivations dst = buffers_[b];
+    const auto& xs = x_spec();
+    dst.x = at::empty(xs.shape, at::TensorOptions().dtype(xs.dtype).device(device_));  // [B, S, h]
+    x_in_[index] = dst.x;
+    engine_->copy_in(index, host_pairs(index, dst, /*to_host=*/false));
+  }
+
+  const model::SkeletalSpec& x_spec() const {
+    for (const auto& s : specs_)
+      if (std::string(s.name) == "x") return s;
+    throw Error("skeletal set without x");
   }
 
   void restore_resident(int64_t index, model::LayerActivations& acts, const plan::LayerSplit& split) {
@@ -374,7 +394,8 @@ class SwapPolicy final : public ActivationPolicy {
   std::unique_ptr<SwapEngine> engine_;
   int64_t owner_[2] = {-1, -1};
   bool valid_[2] = {false, false};
-  std::map<int64_t, at::Tensor> x_hold_;
+  std::map<int64_t, at::Tensor> x_hold_;  // layer inputs from forward, until copied out or used
+  std::map<int64_t, at::Tensor> x_in_;    // layer inputs prefetched for backward
   std::map<int64_t, std::vector<at::Tensor>> resident_;  // per layer, by skeletal position
   std::set<int64_t> prefetched_;
 };

@@ -37,6 +37,9 @@ void TrainOptions::validate() const {
                 "\" is unknown (expected auto, cpu or cuda)");
   require_input(dtype == "auto" || dtype == "float32" || dtype == "bfloat16", "dtype \"", dtype,
                 "\" is unknown (expected auto, float32 or bfloat16)");
+  require_input(attention == "auto" || attention == "cudnn" || attention == "flash" ||
+                    attention == "efficient",
+                "attention \"", attention, "\" is unknown (expected auto, cudnn, flash or efficient)");
   require_input(data_dtype == "auto" || data_dtype == "text" || data_dtype == "uint16" ||
                     data_dtype == "uint32" || data_dtype == "megatron",
                 "data_dtype \"", data_dtype, "\" is unknown (expected auto, text, uint16, uint32 or megatron)");

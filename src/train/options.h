@@ -40,7 +40,7 @@ struct TrainOptions {
   // execution
   std::string device = "auto";    // auto, cpu, cuda
   std::string dtype = "auto";     // compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16
-  std::string attention = "auto"; // CUDA fused attention kernel: auto, cudnn, flash
+  std::string attention = "auto"; // CUDA fused attention kernel: auto, cudnn, flash, efficient
   int64_t loss_chunk = 0;         // tokens per cross-entropy chunk; 0 = automatic
   uint64_t seed = 1234;
   double peak_tflops = 0.0;       // for MFU; 0 = 989 on CUDA (H100/H200 SXM bf16 dense)

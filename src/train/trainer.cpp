@@ -62,6 +62,9 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   device_ = ex.device;
   compute_dtype_ = ex.compute_dtype;
   peak_flops_ = ex.peak_flops;
+  // An attention kernel that cannot take this dtype on this device (float64 on
+  // CUDA, cudnn or flash with float32) is bad input: refused before anything is built.
+  (void)model::pick_attention_kernel(device_, compute_dtype_, options_.attention);
   log_every_ = options_.log_every > 0 ? options_.log_every
                                       : std::max<int64_t>(1, options_.steps / 20);
 
