@@ -60,6 +60,11 @@ void print_summary(const train::TrainSummary& s) {
                     : "the final loss is not below it yet: the model has not learned to use its context");
   std::printf("  throughput       %.0f tokens/s%s\n", s.tokens_per_s,
               s.mfu ? strf(", MFU %.1f%%", *s.mfu * 100).c_str() : "");
+  if (!s.memory_plan.cache_rejected.empty()) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "memo: warning: the cached memory plan was not used and was planned afresh: %s\n",
+                 s.memory_plan.cache_rejected.c_str());
+  }
   if (s.memory_plan.active) {
     const auto& m = s.memory_plan;
     std::printf("  memory plan      arena %s (%s), LOAD %s, arena/LOAD %.4f, %lld level-1 plans\n",
