@@ -178,6 +178,14 @@ void add_train_command(CLI::App& root, Action& action) {
   add_flag(app, b, "--export-dsa", &TrainOptions::export_dsa,
            "Write the profiled step's regions (level 1) and the step (level 2) as DSA CSVs into this directory");
   add_flag(app, b, "--log-every", &TrainOptions::log_every, "Print a progress line every N steps (0: ~20 lines)");
+  {
+    auto skip = std::make_shared<bool>(false);
+    auto* opt = app->add_flag("--no-memory-check", *skip,
+                              "Skip the fit check: by default a run whose estimated memory (weights, gradients, "
+                              "AdamW state, activations under the policy, the pinned host pool) exceeds the "
+                              "device's (on CPU: host RAM) stops before allocating (TOML: memory_check = false)");
+    b.push_back({opt, [skip](TrainOptions& o) { o.memory_check = !*skip; }});
+  }
 
   app->callback([&action, config_file, bindings] {
     action = [config_file, bindings]() -> int {

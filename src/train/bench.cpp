@@ -16,6 +16,7 @@
 #include "runtime/policy.h"
 #include "runtime/trace.h"
 #include "train/data.h"
+#include "train/fit_check.h"
 #include "train/flops.h"
 #include "train/memory_planning.h"
 #include "train/step.h"
@@ -48,6 +49,7 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
   if (o.layers > 0) cfg.layers = o.layers;
   cfg.validate(o.model);
   const auto ex = resolve_execution(o);
+  if (o.memory_check) check_bench_fit(o, options.policies, cfg, ex.device, ex.compute_dtype);  // before allocating
   if (ex.device.is_cpu()) memory::install_cpu_memory_meter();
   // Before anything is allocated on the device (CUDA: the pluggable allocator).
   if (options.planned_memory) memory::PlannedAllocator::install(ex.device);

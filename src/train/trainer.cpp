@@ -13,6 +13,7 @@
 #include "memory/device_memory.h"
 #include "model/hf_checkpoint.h"
 #include "train/checkpoint.h"
+#include "train/fit_check.h"
 #include "memory/planned_allocator.h"
 #include "train/flops.h"
 #include "train/step.h"
@@ -71,6 +72,10 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   po.host_memory_bytes = options_.host_memory_gib * static_cast<double>(1ll << 30);
   po.trace = trace_.get();
   policy_ = runtime::make_policy(options_.policy, po);
+  // A directory given as --model must hold weights; then the run's memory
+  // estimate against the machine's, before anything is allocated (fit_check.h).
+  if (options_.resume.empty()) model::require_hf_weights_in_directory(options_.model);
+  if (options_.memory_check) check_fit(fit_request(options_, config_, device_, compute_dtype_));
   if (options_.data.empty()) {
     data_ = make_synthetic_source({config_.vocab_size, 0, options_.seed}, options_.seq_len);
   } else {
