@@ -86,6 +86,8 @@ int run_eval(const EvalOptions& o) {
   mo.compute_dtype = ex.compute_dtype;
   model::LlamaModel model(config, mo);
   model::load_hf_weights(o.model, config, model.master());
+  for (auto& [name, t] : model.master().named())  // a NaN weight would give a NaN loss, not an evaluation
+    require_input(at::isfinite(*t).all().item<bool>(), o.model, ": weight ", name, " holds NaN or infinite values");
   model.refresh_compute();
 
   std::printf("memo eval\n  model      %s: %lld layers, hidden %lld, vocab %lld\n  data       %s\n"
@@ -122,7 +124,11 @@ int run_eval(const EvalOptions& o) {
     total.count += l.count;
     ++batches;
   }
+  require_input(total.count > 0, corpus->describe(), ": no token had a target");
   const double loss = total.mean();
+  if (!std::isfinite(loss))  // never a silent NaN with exit 0
+    throw Error(cat("the mean loss over ", total.count, " tokens is ", loss, " (the forward pass overflowed in ",
+                    train::dtype_name_of(ex.compute_dtype), "; try --dtype float32)"));
   std::printf("\n  loss        %.6f\n  perplexity  %.4f\n  tokens      %lld\n", loss, std::exp(loss),
               (long long)total.count);
   if (!o.json.empty())

@@ -134,7 +134,7 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   // Starting weights: a checkpoint to resume, or a Hugging Face directory's weights.
   if (!options_.resume.empty()) {
     resumed_from_ = find_checkpoint(options_.resume);
-    start_step_ = load_checkpoint(resumed_from_, *model_, *optimizer_, *data_);
+    start_step_ = load_checkpoint(resumed_from_, *model_, *optimizer_, *data_, resolved_config());
     require_input(start_step_ < options_.steps, "--resume ", resumed_from_, ": the checkpoint is at step ",
                   start_step_, ", not before --steps ", options_.steps, "; nothing to do");
   } else if (model::has_hf_weights(options_.model)) {
@@ -254,6 +254,11 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
     {
       memory::RegionScope region("optimizer");
       norm = clip_grad_norm(grads_, o.clip);
+      // Before the update and any checkpoint: a diverged step changes nothing.
+      if (!std::isfinite(total.mean()) || !std::isfinite(norm))
+        throw Error(cat("step ", step + 1, ": the ", std::isfinite(total.mean()) ? "gradient norm" : "loss", " is ",
+                        std::isfinite(total.mean()) ? norm : total.mean(),
+                        "; stopping before the update (the last checkpoint stays; try a lower --lr or check the data)"));
       lr = lr_at(step, o.steps, o.warmup, o.lr, o.min_lr_ratio);
       optimizer_->step(lr);
       model_->refresh_compute();
@@ -277,12 +282,6 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
     r.tokens_per_s = static_cast<double>(tokens_per_step) / secs;
     if (peak_flops_ > 0 && device_.is_cuda()) r.mfu = flops_per_step / (secs * peak_flops_);
     r.peak_device_bytes = memory::memory_stats(device_).peak_allocated;
-    if (!std::isfinite(r.loss))
-      throw Error(cat("step ", r.step, ": the loss is ", r.loss,
-                      "; stopping (try a lower --lr or check the data)"));
-    if (!std::isfinite(r.grad_norm))  // the optimizer step has already spoiled the weights
-      throw Error(cat("step ", r.step, ": the gradient norm is ", r.grad_norm,
-                      "; stopping (try a lower --lr or check the data)"));
     losses.push_back(r.loss);
     summary.seconds += secs;
     if (step > start_step_ || o.steps - start_step_ == 1) {
@@ -291,9 +290,9 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
     }
     summary.peak_device_bytes = std::max(summary.peak_device_bytes, r.peak_device_bytes);
     on_step(r);
-    // Only after the finite-loss check: a diverged step never overwrites a good checkpoint.
+    // save_checkpoint refuses non-finite weights, and rotation keeps the newest finite checkpoint.
     if (o.checkpoint_every > 0 && ((step + 1) % o.checkpoint_every == 0 || step + 1 == o.steps))
-      save_checkpoint(o.out, step + 1, *model_, *optimizer_, *data_, resolved_config(), o.keep_checkpoints);
+      save_checkpoint(o.out, step + 1, *model_, *optimizer_, *data_, resolved_config(), o.keep_checkpoints, r.loss);
   }
 
   summary.memory_plan = planning_->report();
