@@ -18,8 +18,10 @@ struct CliResult {
   std::string output;  // stdout and stderr together
 };
 
-inline CliResult run_memo(const std::string& args) {
-  std::string cmd = std::string(MEMO_BINARY) + " " + args + " 2>&1";
+// `shell_prefix` runs first in the same shell, e.g. "ulimit -v 4000000; "
+// (an address-space limit the test sets up itself).
+inline CliResult run_memo(const std::string& args, const std::string& shell_prefix = "") {
+  std::string cmd = shell_prefix + "exec " + std::string(MEMO_BINARY) + " " + args + " 2>&1";
   CliResult r;
   FILE* pipe = ::popen(cmd.c_str(), "r");
   if (!pipe) return r;

@@ -121,12 +121,33 @@ TEST(Megatron, PointerPastTheBinIsAnInputError) {
   fs::remove_all(dir);
 }
 
-TEST(Megatron, IdOverVocabularyIsAnInputError) {
+TEST(Megatron, IdOverVocabularyIsAnInputErrorWhenOpened) {
+  // Every id is checked when the corpus opens, as flat files are, not when a
+  // window first reaches it mid-run.
   auto dir = testing::scratch_dir("mega_vocab");
   auto prefix = write_megatron(dir / "d", kDocs);
-  auto c = train::open_token_corpus(prefix, "megatron", 10);
-  std::vector<int64_t> all(15);
-  EXPECT_THROW(c->read(0, 15, all.data()), InputError);
+  try {
+    train::open_token_corpus(prefix, "megatron", 10);
+    ADD_FAILURE() << "no InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 10 at position 6"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Megatron, AnIdOverTheVocabularyLateInTheCorpusStopsTrainingBeforeTheFirstStep) {
+  // 20 documents of 30 tokens; the last token of the last one is beyond the
+  // tiny model's 256 ids. Two steps of 2 x 16 tokens never read that far,
+  // so before the scan at start-up the run trained and exited 0.
+  auto dir = testing::scratch_dir("mega_late");
+  std::vector<std::vector<uint16_t>> docs;
+  for (int d = 0; d < 20; ++d) docs.push_back(std::vector<uint16_t>(30, static_cast<uint16_t>(d + 1)));
+  docs.back().back() = 300;
+  auto prefix = write_megatron(dir / "d", docs);
+  auto r = testing::run_memo("train --data " + prefix + " --data-dtype megatron --steps 2 --seq-len 16 --batch 2");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("token id 300 at position 599"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("step 1/"), std::string::npos) << "trained before checking: " << r.output;
   fs::remove_all(dir);
 }
 

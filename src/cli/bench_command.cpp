@@ -65,13 +65,18 @@ void add_bench_command(CLI::App& root, Action& action) {
   app->add_option("--peak-tflops", o->run.peak_tflops, "Peak for MFU (0: 989 on CUDA)")->capture_default_str();
   app->add_option("--trace", o->trace, "Write PREFIX.POLICY.json Chrome traces of each policy's last step");
   app->add_option("--json", *json, "Write {\"rows\": [...]} to this file");
+  auto skip_check = std::make_shared<bool>(false);
+  app->add_flag("--no-memory-check", *skip_check,
+                "Skip the fit check (by default a policy whose estimated memory exceeds the device's, on CPU "
+                "host RAM, stops the bench before anything is allocated)");
   app->add_flag("--planned-memory", o->planned_memory,
                 "Serve the timed steps from a bi-level planned arena (CPU allocator, or the pluggable CUDA "
                 "allocator in a MEMO_CUDA build); adds arena and fallback columns");
 
-  app->callback([&action, o, policies, json] {
-    action = [o, policies, json]() -> int {
+  app->callback([&action, o, policies, json, skip_check] {
+    action = [o, policies, json, skip_check]() -> int {
       o->policies = split_list(*policies);
+      o->run.memory_check = !*skip_check;
       o->host_budget = memory::host_budget(o->run.host_memory_gib);
       std::printf("memo bench: %s, %lld layers, batch %lld x seq_len %lld\n", o->run.model.c_str(),
                   (long long)o->run.layers, (long long)o->run.batch, (long long)o->run.seq_len);

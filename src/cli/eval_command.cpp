@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "core/checked.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/units.h"
@@ -20,6 +21,7 @@
 #include "model/llama.h"
 #include "runtime/policy.h"
 #include "train/data_megatron.h"
+#include "train/fit_check.h"
 #include "train/step.h"
 #include "train/trainer.h"
 
@@ -31,6 +33,7 @@ struct EvalOptions {
   std::string model, data, data_dtype = "auto", json, device = "auto", dtype = "auto";
   std::string dump_logits, dump_grads;
   int64_t seq_len = 1024, batch = 1, max_batches = 0;
+  bool skip_memory_check = false;
 };
 
 // The forward pass up to the logits [B, S, V] (float32), for the parity dump.
@@ -53,6 +56,7 @@ int run_eval(const EvalOptions& o) {
   require_input(o.seq_len > 0, "seq_len must be a positive integer, got ", o.seq_len);
   require_input(o.batch > 0, "batch must be a positive integer, got ", o.batch);
   require_input(o.max_batches >= 0, "max_batches must be >= 0, got ", o.max_batches);
+  (void)checked_mul(o.batch, checked_add(o.seq_len, 1, "seq_len + 1"), "tokens per batch (batch x (seq_len + 1))");
   auto config = model::resolve_model(o.model);
   require_input(model::has_hf_weights(o.model), "--model ", o.model,
                 ": eval needs a checkpoint directory with *.safetensors weights");
@@ -61,6 +65,18 @@ int run_eval(const EvalOptions& o) {
   to.dtype = o.dtype;
   to.validate();
   const auto ex = train::resolve_execution(to);
+  if (!o.skip_memory_check) {  // before anything is allocated (train/fit_check.h)
+    train::FitRequest fr;
+    fr.config = config;
+    fr.batch = o.batch;
+    fr.seq_len = o.seq_len;
+    fr.policy = "eval";
+    fr.optimizer = false;
+    fr.device = ex.device;
+    fr.compute_dtype = ex.compute_dtype;
+    fr.command = "eval";
+    train::check_fit(fr);
+  }
   auto corpus = train::open_token_corpus(o.data, o.data_dtype, config.vocab_size);
   const int64_t windows = (corpus->size() - 1) / o.seq_len;
   require_input(windows >= 1, corpus->describe(), ": fewer than seq_len + 1 = ", o.seq_len + 1, " tokens");
@@ -70,6 +86,8 @@ int run_eval(const EvalOptions& o) {
   mo.compute_dtype = ex.compute_dtype;
   model::LlamaModel model(config, mo);
   model::load_hf_weights(o.model, config, model.master());
+  for (auto& [name, t] : model.master().named())  // a NaN weight would give a NaN loss, not an evaluation
+    require_input(at::isfinite(*t).all().item<bool>(), o.model, ": weight ", name, " holds NaN or infinite values");
   model.refresh_compute();
 
   std::printf("memo eval\n  model      %s: %lld layers, hidden %lld, vocab %lld\n  data       %s\n"
@@ -107,7 +125,11 @@ int run_eval(const EvalOptions& o) {
     total.add(l);
     ++batches;
   }
+  require_input(total.count > 0, corpus->describe(), ": no token had a target");
   const double loss = total.mean();
+  if (!std::isfinite(loss))  // never a silent NaN with exit 0
+    throw Error(cat("the mean loss over ", total.count, " tokens is ", loss, " (the forward pass overflowed in ",
+                    train::dtype_name_of(ex.compute_dtype), "; try --dtype float32)"));
   std::printf("\n  loss        %.6f\n  perplexity  %.4f\n  tokens      %lld\n", loss, std::exp(loss),
               (long long)total.count);
   if (!o.json.empty())
@@ -134,6 +156,9 @@ void add_eval_command(CLI::App& root, Action& action) {
   app->add_option("--device", o->device, "auto, cpu or cuda")->capture_default_str();
   app->add_option("--dtype", o->dtype, "Compute dtype: auto, float32 or bfloat16")->capture_default_str();
   app->add_option("--json", o->json, "Write {\"loss\", \"perplexity\", \"tokens\"} to this file");
+  app->add_flag("--no-memory-check", o->skip_memory_check,
+                "Skip the fit check (by default an evaluation whose estimated memory exceeds the device's, "
+                "on CPU host RAM, stops before allocating)");
   app->add_option("--dump-logits", o->dump_logits)->group("");  // hidden: parity tests
   app->add_option("--dump-grads", o->dump_grads)->group("");
   app->callback([&action, o] { action = [o] { return run_eval(*o); }; });

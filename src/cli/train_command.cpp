@@ -60,6 +60,11 @@ void print_summary(const train::TrainSummary& s) {
                     : "the final loss is not below it yet: the model has not learned to use its context");
   std::printf("  throughput       %.0f tokens/s%s\n", s.tokens_per_s,
               s.mfu ? strf(", MFU %.1f%%", *s.mfu * 100).c_str() : "");
+  if (!s.memory_plan.cache_rejected.empty()) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "memo: warning: the cached memory plan was not used and was planned afresh: %s\n",
+                 s.memory_plan.cache_rejected.c_str());
+  }
   if (s.memory_plan.active) {
     const auto& m = s.memory_plan;
     std::printf("  memory plan      arena %s (%s), LOAD %s, arena/LOAD %.4f, %lld level-1 plans\n",
@@ -174,6 +179,14 @@ void add_train_command(CLI::App& root, Action& action) {
   add_flag(app, b, "--export-dsa", &TrainOptions::export_dsa,
            "Write the profiled step's regions (level 1) and the step (level 2) as DSA CSVs into this directory");
   add_flag(app, b, "--log-every", &TrainOptions::log_every, "Print a progress line every N steps (0: ~20 lines)");
+  {
+    auto skip = std::make_shared<bool>(false);
+    auto* opt = app->add_flag("--no-memory-check", *skip,
+                              "Skip the fit check: by default a run whose estimated memory (weights, gradients, "
+                              "AdamW state, activations under the policy, the pinned host pool) exceeds the "
+                              "device's (on CPU: host RAM) stops before allocating (TOML: memory_check = false)");
+    b.push_back({opt, [skip](TrainOptions& o) { o.memory_check = !*skip; }});
+  }
 
   app->callback([&action, config_file, bindings] {
     action = [config_file, bindings]() -> int {

@@ -154,4 +154,12 @@ void synchronize(const at::Device& device) {
 
 bool cuda_available() { return at::hasCUDA(); }
 
+int64_t device_total_memory(const at::Device& device) {
+  if (device.is_cpu()) return -1;
+  const auto [free_bytes, total_bytes] =
+      c10::getDeviceAllocator(device.type())->getMemoryInfo(device.index() < 0 ? 0 : device.index());
+  (void)free_bytes;
+  return static_cast<int64_t>(total_bytes);
+}
+
 }  // namespace memo::memory

@@ -74,4 +74,8 @@ void synchronize(const at::Device& device);
 // True when this libtorch can reach a CUDA device.
 bool cuda_available();
 
+// Total memory of an accelerator (CUDA: the device allocator's
+// getMemoryInfo, which allocates nothing); -1 for the CPU (see host_memory.h).
+int64_t device_total_memory(const at::Device& device);
+
 }  // namespace memo::memory

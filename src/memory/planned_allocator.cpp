@@ -137,6 +137,17 @@ plan::RequestTrace PlannedAllocator::stop_recording() {
 }
 
 void PlannedAllocator::arm(const plan::BilevelPlan& plan) {
+  // Never an address outside the arena, whatever the plan says (callers
+  // validate plans fully with plan::validate_plan; this is the last line).
+  require_input(plan.arena_bytes >= 0, "memory plan: negative arena size ", plan.arena_bytes);
+  for (size_t k = 0; k < plan.placements.size(); ++k) {
+    const auto& pl = plan.placements[k];
+    int64_t end = 0;
+    if (pl.kind == plan::Placement::Kind::Arena &&
+        (pl.offset < 0 || pl.bytes < 0 || __builtin_add_overflow(pl.offset, pl.bytes, &end) || end > plan.arena_bytes))
+      throw InputError(cat("memory plan: request ", k, " (", pl.bytes, " bytes at offset ", pl.offset,
+                           ") lies outside the arena of ", plan.arena_bytes, " bytes"));
+  }
   disarm();
   // Outside the lock: the device half may allocate through this allocator.
   void* arena = allocate_arena(std::max<int64_t>(plan.arena_bytes, 1));

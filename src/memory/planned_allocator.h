@@ -66,6 +66,7 @@ class PlannedAllocator {
   plan::RequestTrace stop_recording();
 
   // Allocates the arena and serves planned steps from now on; disarm() frees it.
+  // Throws InputError, arming nothing, when a placement lies outside the arena.
   void arm(const plan::BilevelPlan& plan);
   void disarm();
   bool armed() const;

@@ -44,6 +44,10 @@ void ModelConfig::validate(const std::string& where) const {
     require_input(rope_scaling.original_max_position > 0, where,
                   ": rope_scaling.original_max_position_embeddings must be > 0");
   }
+  // Counts beyond int64 (hidden_size 2^40) fail here, naming the model; every
+  // tensor's element count is at most the parameter count.
+  (void)total_params();
+  (void)matmul_params();
 }
 
 namespace {

@@ -151,6 +151,22 @@ bool has_hf_weights(const std::string& path) {
   return false;
 }
 
+void require_hf_weights_in_directory(const std::string& model) {
+  std::error_code ec;
+  if (!fs::is_directory(model, ec) || has_hf_weights(model)) return;
+  std::string found;
+  for (const auto& e : fs::directory_iterator(model, ec)) {
+    const auto name = e.path().filename().string();
+    if (name.ends_with(".bin") || name.ends_with(".pt") || name.ends_with(".pth") || name.ends_with(".gguf"))
+      found = " (it has " + name + ": memo reads safetensors only)";
+    else if (name == "model.safetensors.index.json" && found.empty())
+      found = " (it has model.safetensors.index.json but none of the shards it lists)";
+  }
+  throw InputError(cat("--model ", model, ": the directory holds no *.safetensors weights", found,
+                       "; memo does not start a fine-tuning run from random initialisation. To train this "
+                       "shape from scratch, give ", (fs::path(model) / "config.json").string(), " instead"));
+}
+
 void load_hf_weights(const std::string& dir, const ModelConfig& config, ModelWeights& w) {
   auto slots = slots_for(config, w);
   std::map<std::string, std::string> seen;  // tensor -> file

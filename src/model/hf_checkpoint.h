@@ -27,6 +27,12 @@ namespace memo::model {
 // Whether `path` is a directory holding *.safetensors weights.
 bool has_hf_weights(const std::string& path);
 
+// `--model DIR` names a checkpoint: a directory without *.safetensors weights
+// (config.json alone, PyTorch .bin files, an index without its shards) is an
+// InputError, never a silent start from random initialisation. Paths that
+// are not directories (presets, config.json files) pass.
+void require_hf_weights_in_directory(const std::string& model);
+
 // Copies the checkpoint's weights into `w` (already allocated with the config's
 // shapes; any dtype and device), converting from BF16/F16/F32/F64. Layers past
 // config.layers are skipped (a model cut with --layers). Throws InputError

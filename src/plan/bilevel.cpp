@@ -2,7 +2,10 @@
 // once (level 1), then pack the step (level 2).
 #include "plan/bilevel.h"
 
+#include <algorithm>
 #include <map>
+
+#include "plan/dsa_validate.h"
 
 #include "core/error.h"
 
@@ -38,7 +41,11 @@ Problem region_problem(const RequestTrace& t, int64_t region) {
 BilevelPlan plan_bilevel(const RequestTrace& t, int64_t alignment, const SolveOptions& options) {
   BilevelPlan plan;
   plan.placements.resize(t.requests.size());
-  for (size_t k = 0; k < t.requests.size(); ++k) plan.placements[k].bytes = t.requests[k].bytes;
+  for (size_t k = 0; k < t.requests.size(); ++k) {
+    plan.placements[k].bytes = t.requests[k].bytes;
+    plan.placements[k].alloc_time = t.requests[k].alloc_time;
+    plan.placements[k].free_time = t.requests[k].free_time;
+  }
 
   // Level 1: one plan per distinct (name, transient sizes in order) signature.
   std::map<std::pair<std::string, std::vector<int64_t>>, size_t> groups;
@@ -104,9 +111,11 @@ BilevelPlan plan_bilevel(const RequestTrace& t, int64_t alignment, const SolveOp
       // pseudo-buffer in level 2: its requests take no bytes, offset 0 will do.
       const int64_t rb = region_buffer[static_cast<size_t>(r.region)];
       const int64_t base = rb >= 0 ? plan.level2_offsets[static_cast<size_t>(rb)] : 0;
-      pl = {Placement::Kind::Arena, r.bytes, base + plan.level1[g].offsets[j]};
+      pl.kind = Placement::Kind::Arena;
+      pl.offset = base + plan.level1[g].offsets[j];
     } else if (request_buffer[k] >= 0) {
-      pl = {Placement::Kind::Arena, r.bytes, plan.level2_offsets[static_cast<size_t>(request_buffer[k])]};
+      pl.kind = Placement::Kind::Arena;
+      pl.offset = plan.level2_offsets[static_cast<size_t>(request_buffer[k])];
     } else {
       pl.kind = Placement::Kind::Fallback;
       plan.fallback_requests++;
@@ -129,6 +138,45 @@ void flatten(const RequestTrace& t, const BilevelPlan& plan, Problem& problem, O
     problem.buffers.push_back({std::to_string(k), r.alloc_time, r.free_time, r.bytes, 1});
     offsets.push_back(pl.offset);
   }
+}
+
+}  // namespace memo::plan
+
+namespace memo::plan {
+
+std::string validate_plan(const BilevelPlan& plan, int64_t alignment) {
+  if (plan.arena_bytes < 0) return cat("the arena has a negative size (", plan.arena_bytes, " bytes)");
+  Problem flat;
+  Offsets offsets;
+  int64_t top = 0;
+  for (size_t k = 0; k < plan.placements.size(); ++k) {
+    const auto& pl = plan.placements[k];
+    const std::string what = cat("request ", k);
+    if (pl.bytes < 0) return cat(what, " has a negative size (", pl.bytes, " bytes)");
+    if (pl.kind != Placement::Kind::Arena) continue;
+    if (pl.offset < 0) return cat(what, " is placed at a negative offset (", pl.offset, ")");
+    if (alignment > 1 && pl.offset % alignment != 0)
+      return cat(what, " is placed at offset ", pl.offset, ", not a multiple of the alignment ", alignment);
+    int64_t end = 0;
+    if (__builtin_add_overflow(pl.offset, pl.bytes, &end) || end > plan.arena_bytes)
+      return cat(what, " (", pl.bytes, " bytes at offset ", pl.offset, ") ends beyond the arena of ",
+                 plan.arena_bytes, " bytes");
+    if (pl.bytes == 0) continue;  // an empty tensor uses no bytes
+    if (!(pl.alloc_time >= 0 && pl.alloc_time < pl.free_time))
+      return cat(what, " has no valid lifetime [", pl.alloc_time, ", ", pl.free_time, ")");
+    top = std::max(top, end);
+    flat.buffers.push_back({std::to_string(k), pl.alloc_time, pl.free_time, pl.bytes, 1});
+    offsets.push_back(pl.offset);
+  }
+  if (top > 0 && plan.arena_bytes != top)
+    return cat("the arena is ", plan.arena_bytes, " bytes but its placements need exactly ", top);
+  if (top == 0 && plan.arena_bytes != 0)
+    return cat("the arena is ", plan.arena_bytes, " bytes but nothing is placed in it");
+  const auto v = validate(flat, offsets, plan.arena_bytes);
+  if (!v.ok()) return "placements alive at the same time overlap: " + v.summary();
+  if (load(flat) != plan.flat_load)
+    return cat("LOAD is recorded as ", plan.flat_load, " bytes but the placements give ", load(flat));
+  return {};
 }
 
 }  // namespace memo::plan

@@ -43,6 +43,8 @@ struct Placement {
   Kind kind = Kind::Fallback;
   int64_t bytes = 0;   // the size the plan expects
   int64_t offset = 0;  // byte offset in the arena
+  int64_t alloc_time = 0;   // the request's lifetime in the profiled step, [alloc_time, free_time):
+  int64_t free_time = -1;   // what validate_plan checks arena placements against (-1: never freed)
 };
 
 struct Level1Plan {
@@ -72,6 +74,15 @@ BilevelPlan plan_bilevel(const RequestTrace& trace, int64_t alignment, const Sol
 // Every arena request as one flat DSA problem with absolute offsets, for the
 // independent validator.
 void flatten(const RequestTrace& trace, const BilevelPlan& plan, Problem& problem, Offsets& offsets);
+
+// Whether a plan is safe to arm, whatever its origin (a cached plan is a file
+// anyone can edit): the arena is positive when anything is placed in it and
+// exactly the placements' peak; every arena placement has bytes >= 0, an
+// offset >= 0 that is a multiple of `alignment`, ends within the arena
+// (checked int64) and has a lifetime alloc_time < free_time; no two arena
+// placements alive together share a byte (the independent DSA validator);
+// flat_load is their LOAD. Returns "" when safe, else the first problem.
+std::string validate_plan(const BilevelPlan& plan, int64_t alignment);
 
 // One region instance's transient requests as a DSA problem (times relative).
 Problem region_problem(const RequestTrace& trace, int64_t region);

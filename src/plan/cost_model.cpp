@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "core/error.h"
 #include "core/units.h"
@@ -47,6 +48,8 @@ void validate_plan_inputs(const PlanInputs& in) {
   positive(m.ffn, "intermediate_size");
   require_input(m.heads % m.kv_heads == 0, "model ", m.name, ": num_key_value_heads (", m.kv_heads,
                 ") must divide num_attention_heads (", m.heads, ")");
+  (void)m.total_params();  // InputError naming the model when the count leaves int64
+  (void)m.matmul_params();
   require_input(in.seq_len > 0, "--seq-len must be a positive integer, got ", in.seq_len);
   require_input(in.batch > 0, "--batch must be a positive integer, got ", in.batch);
   const auto& p = in.parallel;
@@ -110,6 +113,15 @@ std::vector<TensorBytes> skeletal_bytes(const PlanInputs& in) {
           split("gu", 2 * f, cb),       split("a", f, cb)};
 }
 
+double transient_bytes(const PlanInputs& in, const std::vector<TensorBytes>& skeletal) {
+  double skel = 0;
+  for (const auto& t : skeletal) skel += t.bytes;
+  const double x_bytes = skeletal.front().bytes;  // the layer input, hidden-width
+  const double layer_params = static_cast<double>(in.model.layer_matmul_params());
+  return (skel + 2.0 * x_bytes + layer_params / static_cast<double>(in.parallel.tp) * in.compute_bytes) +
+         (in.loss_chunk_bytes + 2.0 * x_bytes);
+}
+
 namespace {
 
 // Everything but max_seq, at in.seq_len.
@@ -138,8 +150,7 @@ Plan evaluate(const PlanInputs& in) {
   const double skel = pl.per_layer_skeletal_bytes;
   const double x_bytes = pl.skeletal.front().bytes;  // the layer input, hidden-width
   const double layer_params = static_cast<double>(m.layer_matmul_params());
-  pl.transient_bytes = (skel + 2.0 * x_bytes + layer_params / tp * in.compute_bytes) +
-                       (in.loss_chunk_bytes + 2.0 * x_bytes);
+  pl.transient_bytes = transient_bytes(in, pl.skeletal);
 
   // Time.
   const double mm_rate = hw.peak_flops * hw.matmul_efficiency * gpus;
@@ -257,14 +268,10 @@ Plan evaluate(const PlanInputs& in) {
   return pl;
 }
 
-// Largest seq_len (a multiple of sp x cp) at which `policy` fits; 0 if none.
-int64_t longest_fitting(const PlanInputs& base, size_t policy) {
-  const int64_t unit = base.parallel.sp * base.parallel.cp;
-  auto fits = [&](int64_t k) {
-    PlanInputs in = base;
-    in.seq_len = k * unit;
-    return evaluate(in).policies[policy].fits;
-  };
+}  // namespace
+
+int64_t longest_fitting(int64_t unit, const std::function<bool(int64_t)>& fits_len) {
+  auto fits = [&](int64_t k) { return fits_len(k * unit); };
   if (!fits(1)) return 0;
   const int64_t cap = (int64_t{1} << 36) / unit;  // 64G tokens: beyond any real host
   int64_t lo = 1, hi = 2;
@@ -281,6 +288,17 @@ int64_t longest_fitting(const PlanInputs& base, size_t policy) {
     (fits(mid) ? lo : hi) = mid;
   }
   return lo * unit;
+}
+
+namespace {
+
+// Largest seq_len (a multiple of sp x cp) at which `policy` fits; 0 if none.
+int64_t longest_fitting_policy(const PlanInputs& base, size_t policy) {
+  return longest_fitting(base.parallel.sp * base.parallel.cp, [&](int64_t seq_len) {
+    PlanInputs in = base;
+    in.seq_len = seq_len;
+    return evaluate(in).policies[policy].fits;
+  });
 }
 
 std::string tokens(int64_t t) {
@@ -314,7 +332,7 @@ std::string make_verdict(const Plan& pl) {
 Plan make_plan(const PlanInputs& in) {
   validate_plan_inputs(in);
   Plan pl = evaluate(in);
-  for (size_t i = 0; i < pl.policies.size(); ++i) pl.policies[i].max_seq = longest_fitting(in, i);
+  for (size_t i = 0; i < pl.policies.size(); ++i) pl.policies[i].max_seq = longest_fitting_policy(in, i);
   if (in.policy == "best") {
     // The fastest that fits; on a tie, the simpler or thriftier one, in this order
     // (memo before offload: the same time with less host memory).

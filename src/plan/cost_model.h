@@ -20,10 +20,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "core/checked.h"
 #include "plan/hardware.h"
 
 namespace memo::plan {
@@ -45,19 +47,27 @@ struct ModelShape {
   bool tied_embeddings = false;
 
   // Inline, so model::ModelConfig can use them without linking the planner.
+  // Checked: a shape from a config.json whose count leaves int64 (hidden
+  // 2^40) is an InputError naming the model, never a wrapped count.
   // Llama: QKV, O, gate/up, down. GPT: QKV, O (4 h^2 with nh d = h), fc1, fc2.
   int64_t layer_matmul_params() const {
-    const int64_t qkv = hidden * (heads + 2 * kv_heads) * head_dim;
-    const int64_t o = heads * head_dim * hidden;
-    const int64_t mlp = (arch == ModelArch::Gpt ? 2 : 3) * hidden * ffn;
-    return qkv + o + mlp;
+    const std::string what = "the parameter count of model " + name;
+    const int64_t qkv = checked_product({hidden, checked_add(heads, checked_mul(2, kv_heads, what), what), head_dim}, what);
+    const int64_t o = checked_product({heads, head_dim, hidden}, what);
+    const int64_t mlp = checked_product({arch == ModelArch::Gpt ? 2 : 3, hidden, ffn}, what);
+    return checked_add(checked_add(qkv, o, what), mlp, what);
   }
   // All layers + lm head (DESIGN.md section 7).
-  int64_t matmul_params() const { return layers * layer_matmul_params() + vocab * hidden; }
+  int64_t matmul_params() const {
+    const std::string what = "the parameter count of model " + name;
+    return checked_add(checked_mul(layers, layer_matmul_params(), what), checked_mul(vocab, hidden, what), what);
+  }
   // + norms + embedding (once when tied).
   int64_t total_params() const {
-    const int64_t norms = layers * 2 * hidden + hidden;
-    return layers * layer_matmul_params() + norms + vocab * hidden * (tied_embeddings ? 1 : 2);
+    const std::string what = "the parameter count of model " + name;
+    const int64_t norms = checked_add(checked_product({layers, 2, hidden}, what), hidden, what);
+    const int64_t embeddings = checked_product({vocab, hidden, tied_embeddings ? 1 : 2}, what);
+    return checked_add(checked_add(checked_mul(layers, layer_matmul_params(), what), norms, what), embeddings, what);
   }
 };
 
@@ -143,5 +153,15 @@ std::vector<TensorBytes> skeletal_bytes(const PlanInputs& in);
 
 // The whole plan (validates first).
 Plan make_plan(const PlanInputs& in);
+
+// One layer's backward working set plus the loss chunk and the final norm's
+// output and gradient (Plan::transient_bytes), for `skeletal` =
+// skeletal_bytes(in).
+double transient_bytes(const PlanInputs& in, const std::vector<TensorBytes>& skeletal);
+
+// The largest multiple of `unit` for which fits(seq_len) holds, 0 when even
+// `unit` does not (fits must be monotone: true up to some length, then
+// false); searched up to 2^36 tokens.
+int64_t longest_fitting(int64_t unit, const std::function<bool(int64_t)>& fits);
 
 }  // namespace memo::plan

@@ -18,6 +18,7 @@
 #include "runtime/policy.h"
 #include "runtime/trace.h"
 #include "train/data.h"
+#include "train/fit_check.h"
 #include "train/flops.h"
 #include "train/memory_planning.h"
 #include "train/step.h"
@@ -178,6 +179,9 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
   cfg.validate(o.model);
   const auto ex = resolve_execution(o);
   const auto budget = options.host_budget ? *options.host_budget : memory::host_budget(o.host_memory_gib);
+  // Before allocating: a policy that cannot fit is that row's result.
+  std::vector<PolicyFit> fits;
+  if (o.memory_check) fits = check_bench_fit(o, options.policies, cfg, ex.device, ex.compute_dtype);
   if (ex.device.is_cpu()) memory::install_cpu_memory_meter();
   // Before anything is allocated on the device (CUDA: the pluggable allocator).
   if (options.planned_memory) memory::PlannedAllocator::install(ex.device);
@@ -199,8 +203,19 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
     // the peaks restart from what is live now (the batch, nothing else).
     memory::release_cached_memory(ex.device);
     memory::reset_peak_memory(ex.device);
+    const auto fit = std::find_if(fits.begin(), fits.end(), [&](const PolicyFit& f) { return f.policy == name; });
     try {
-      run_row(context, row);
+      if (fit != fits.end() && !fit->problem.empty()) {
+        row.status = fit->status;  // predicted: nothing of this row is allocated
+        row.message = (fit->status == "host-memory" ? "host memory too small: " : "device memory too small: ") +
+                      fit->problem;
+        if (fit->status == "host-memory") {
+          row.host_needed_bytes = fit->pool_bytes;
+          row.host_budget_bytes = fit->pool_budget;
+        }
+      } else {
+        run_row(context, row);
+      }
     } catch (const memory::HostMemoryError& e) {
       row.status = "host-memory";
       row.message = e.what();

@@ -5,9 +5,12 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <cmath>
 #include <map>
+#include <set>
 #include <sstream>
 #include <vector>
 
@@ -15,6 +18,7 @@
 #include "core/files.h"
 #include "core/json.h"
 #include "model/hf_checkpoint.h"
+#include "model/safetensors.h"
 
 namespace memo::train {
 
@@ -54,11 +58,136 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
+// The loss trainer_state.json records, when it is a finite number.
+bool recorded_loss_finite(const fs::path& dir) {
+  try {
+    const auto st = nlohmann::json::parse(read_text(dir / "trainer_state.json"));
+    return st.is_object() && st.contains("loss") && st.at("loss").is_number() &&
+           std::isfinite(st.at("loss").get<double>());
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+// The first tensor of `tensors` holding a NaN or an infinity, or "".
+std::string first_non_finite(const std::vector<std::pair<std::string, at::Tensor*>>& tensors) {
+  for (const auto& [name, t] : tensors)
+    if (!at::isfinite(*t).all().item<bool>()) return name;
+  return {};
+}
+
+// An unsigned decimal integer, strictly (std::stoull accepts "-1" and " 7x").
+uint64_t parse_u64(const nlohmann::json& v, const std::string& where) {
+  require_input(v.is_string(), where, " must be a string of decimal digits");
+  const auto s = v.get<std::string>();
+  require_input(!s.empty() && s.size() <= 20 && s.find_first_not_of("0123456789") == std::string::npos, where,
+                " must be a string of decimal digits, got \"", s, "\"");
+  uint64_t x = 0;
+  for (char ch : s) {
+    const uint64_t d = static_cast<uint64_t>(ch - '0');
+    require_input(x <= (UINT64_MAX - d) / 10, where, " is beyond 64 bits: \"", s, "\"");
+    x = x * 10 + d;
+  }
+  return x;
+}
+
+// The options a resumed run must share with the one that wrote the
+// checkpoint (they change the math), as JSON pointers into the resolved
+// configuration and the flags that set them.
+const std::vector<std::pair<const char*, const char*>>& contract() {
+  static const std::vector<std::pair<const char*, const char*>> fields = {
+      {"/seq_len", "--seq-len"},         {"/batch", "--batch"},
+      {"/grad_accum", "--grad-accum"},   {"/lr", "--lr"},
+      {"/min_lr_ratio", "--min-lr-ratio"}, {"/warmup", "--warmup"},
+      {"/weight_decay", "--weight-decay"}, {"/betas", "--beta1 and --beta2"},
+      {"/clip", "--clip"},               {"/seed", "--seed"},
+      {"/compute_dtype", "--dtype (compute dtype)"}, {"/master_dtype", "the master dtype"},
+  };
+  return fields;
+}
+
+void check_contract(const std::string& state_path, const nlohmann::json& saved, const nlohmann::json& run) {
+  require_input(saved.is_object(), state_path, ": \"info\" (the options of the run that wrote it) is missing");
+  for (const auto& [pointer, flag] : contract()) {
+    const nlohmann::json::json_pointer p(pointer);
+    require_input(saved.contains(p), state_path, ": info", pointer, " is missing");
+    if (saved.at(p) != run.at(p))
+      throw InputError(cat(state_path, ": the checkpoint was written with ", flag, " ", saved.at(p).dump(),
+                           ", this run has ", run.at(p).dump(),
+                           ". A resumed run keeps the options that change the math (model shape, --seq-len, "
+                           "--batch, --grad-accum, --lr, --warmup, --min-lr-ratio, AdamW settings, --clip, --seed, "
+                           "--dtype, the data); the policy, alpha, --steps, the device and the outputs may change"));
+  }
+}
+
+// The checkpoint's config.json against the model being resumed: every field
+// that changes the math (shape, norms, RoPE).
+void check_model(const fs::path& dir, const model::LlamaModel& model) {
+  const auto path = (dir / "config.json").string();
+  const auto saved = model::hf_config_json(model::parse_hf_config(read_text(path), path), at::kFloat);
+  const auto now = model::hf_config_json(model.config(), at::kFloat);
+  for (const auto& [key, value] : now.items()) {
+    if (key == "max_position_embeddings") continue;  // informational
+    if (saved.at(key) != value)
+      throw InputError(cat(path, ": the checkpoint's model has ", key, " = ", saved.at(key).dump(),
+                           ", the model given (--model, --layers) has ", value.dump(),
+                           "; resume with the model the checkpoint was trained with"));
+  }
+}
+
+// optimizer.safetensors: exactly an "m." and a "v." tensor per parameter, of
+// its dtype and shape, finite, second moments >= 0; copied in place.
+void load_moments(const std::string& path, model::LlamaModel& model, AdamW& optimizer) {
+  model::SafetensorsReader reader(path);
+  const auto names = model.master().named();
+  auto& m = optimizer.first_moments();
+  auto& v = optimizer.second_moments();
+  std::map<std::string, at::Tensor*> slots;
+  for (size_t i = 0; i < names.size(); ++i) {
+    slots["m." + names[i].first] = &m[i];
+    slots["v." + names[i].first] = &v[i];
+  }
+  std::set<std::string> seen;
+  for (const auto& t : reader.header().tensors) {
+    const std::string where = cat(path, ": tensor \"", t.name, "\"");
+    auto it = slots.find(t.name);
+    require_input(it != slots.end(), where, " is not a moment of this model's parameters");
+    at::Tensor& dst = *it->second;
+    const auto want = model::safetensors_dtype_of(dst.scalar_type());
+    require_input(t.dtype == want, where, " has dtype ", t.dtype, ", expected ", want);
+    require_input(t.shape == dst.sizes().vec(), where, " has shape ", model::shape_str(t.shape), ", expected ",
+                  model::shape_str(dst.sizes().vec()));
+    auto src = at::empty(t.shape, at::TensorOptions().dtype(dst.scalar_type()));  // [the parameter's shape]
+    if (t.end > t.begin) std::memcpy(src.data_ptr(), reader.bytes(t), t.end - t.begin);  // the map may be unaligned
+    require_input(at::isfinite(src).all().item<bool>(), where, " holds NaN or infinite values");
+    if (t.name.starts_with("v."))
+      require_input(src.ge(0).all().item<bool>(), where, " holds negative second moments");
+    dst.copy_(src);
+    seen.insert(t.name);
+  }
+  for (const auto& [name, t] : slots) require_input(seen.count(name), path, ": tensor \"", name, "\" is missing");
+}
+
 }  // namespace
 
 std::string save_checkpoint(const std::string& out_dir, int64_t step, model::LlamaModel& model,
                             AdamW& optimizer, const DataSource& data, const nlohmann::json& info,
-                            int64_t keep) {
+                            int64_t keep, double loss) {
+  // The diverged state is never saved: the previous checkpoints stay as they are.
+  const auto names = model.master().named();
+  auto& m = optimizer.first_moments();
+  auto& v = optimizer.second_moments();
+  require_input(m.size() == names.size() && v.size() == names.size(),
+                "checkpoint: optimizer state does not match the model's parameters");
+  std::vector<std::pair<std::string, at::Tensor*>> all_state = names;
+  for (size_t i = 0; i < names.size(); ++i) {
+    all_state.emplace_back("AdamW m of " + names[i].first, &m[i]);
+    all_state.emplace_back("AdamW v of " + names[i].first, &v[i]);
+  }
+  if (const auto bad = first_non_finite(all_state); !bad.empty())
+    throw Error(cat("step ", step, ": ", bad, " is not finite after the update; not saving a checkpoint of the "
+                    "diverged state (the previous checkpoints stay; try a lower --lr)"));
+
   const fs::path root = fs::path(out_dir) / "checkpoints";
   const fs::path final_dir = root / step_name(step);
   const fs::path tmp = root / (step_name(step) + ".tmp");
@@ -73,11 +202,6 @@ std::string save_checkpoint(const std::string& out_dir, int64_t step, model::Lla
 
   model::write_hf_checkpoint(tmp.string(), model.config(), model.master(), model.options().master_dtype);
   std::vector<std::pair<std::string, at::Tensor>> state;
-  const auto names = model.master().named();
-  auto& m = optimizer.first_moments();
-  auto& v = optimizer.second_moments();
-  require_input(m.size() == names.size() && v.size() == names.size(),
-                "checkpoint: optimizer state does not match the model's parameters");
   for (size_t i = 0; i < names.size(); ++i) {
     state.emplace_back("m." + names[i].first, m[i]);
     state.emplace_back("v." + names[i].first, v[i]);
@@ -89,6 +213,8 @@ std::string save_checkpoint(const std::string& out_dir, int64_t step, model::Lla
   auto ds = nlohmann::json::array();
   for (auto x : data.state()) ds.push_back(std::to_string(x));  // exact 64-bit values as strings
   st["data_state"] = ds;
+  st["data_fingerprint"] = data.fingerprint();
+  st["loss"] = std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr);  // JSON has no NaN
   st["info"] = info;
   write_file_atomic((tmp / "trainer_state.json").string(), st.dump(2) + "\n");
   model::fsync_directory(tmp.string());
@@ -100,7 +226,12 @@ std::string save_checkpoint(const std::string& out_dir, int64_t step, model::Lla
 
   if (keep > 0) {
     auto all = list_checkpoints(out_dir);
-    for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove_all(all[i], ec);
+    // The newest checkpoint whose loss was finite survives any rotation.
+    fs::path last_good;
+    for (auto it = all.rbegin(); it != all.rend() && last_good.empty(); ++it)
+      if (recorded_loss_finite(*it)) last_good = *it;
+    for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i)
+      if (all[i] != last_good) fs::remove_all(all[i], ec);
   }
   return final_dir.string();
 }
@@ -116,40 +247,53 @@ std::string find_checkpoint(const std::string& path) {
 }
 
 int64_t load_checkpoint(const std::string& dir, model::LlamaModel& model, AdamW& optimizer,
-                        DataSource& data) {
+                        DataSource& data, const nlohmann::json& run) {
   const fs::path d(dir);
   const auto state_path = (d / "trainer_state.json").string();
   const nlohmann::json st = parse_json(read_text(state_path), state_path);
-  int64_t step = 0, opt_steps = 0;
+  require_input(st.is_object(), state_path, ": expected a JSON object");
+  auto integer = [&](const char* key) {
+    require_input(st.contains(key) && st.at(key).is_number_integer(), state_path, ": \"", key,
+                  "\" must be an integer");
+    return st.at(key).get<int64_t>();
+  };
+  const int64_t step = integer("step");
+  const int64_t opt_steps = integer("optimizer_steps");
+  require_input(step >= 1, state_path, ": step ", step, " is not a step count (>= 1)");
+  require_input(opt_steps == step, state_path, ": optimizer_steps ", opt_steps, " differs from step ", step,
+                " (one AdamW step per training step)");
+  require_input(st.contains("data_state") && st.at("data_state").is_array(), state_path,
+                ": \"data_state\" must be an array");
   std::vector<uint64_t> ds;
-  try {
-    step = st.at("step").get<int64_t>();
-    opt_steps = st.at("optimizer_steps").get<int64_t>();
-    for (const auto& x : st.at("data_state")) ds.push_back(std::stoull(x.get<std::string>()));
-  } catch (const std::exception& e) {
-    throw InputError(cat(state_path, ": missing or malformed step, optimizer_steps or data_state (", e.what(), ")"));
+  for (size_t i = 0; i < st.at("data_state").size(); ++i)
+    ds.push_back(parse_u64(st.at("data_state")[i], cat(state_path, ": data_state[", i, "]")));
+  if (st.contains("loss"))
+    require_input(st.at("loss").is_number() || st.at("loss").is_null(), state_path, ": \"loss\" must be a number");
+
+  // The run must be the one that wrote the checkpoint, up to what does not change the math.
+  check_contract(state_path, st.value("info", nlohmann::json()), run);
+  check_model(d, model);
+  if (st.contains("data_fingerprint")) {
+    require_input(st.at("data_fingerprint").is_string(), state_path, ": \"data_fingerprint\" must be a string");
+    require_input(st.at("data_fingerprint").get<std::string>() == data.fingerprint(), state_path,
+                  ": the checkpoint was trained on other data (", st.at("data_fingerprint").get<std::string>(),
+                  "); this run reads ", data.fingerprint());
+  } else {  // written before fingerprints: the description, path included
+    require_input(st.at("info").value("data", std::string()) == data.describe(), state_path,
+                  ": the checkpoint was trained on other data (", st.at("info").value("data", std::string()),
+                  "); this run reads ", data.describe());
   }
-  require_input(step >= 0 && opt_steps >= 0, state_path, ": negative step");
 
   model::load_hf_weights(dir, model.config(), model.master());
-  const auto opt_path = (d / "optimizer.safetensors").string();
-  std::map<std::string, at::Tensor> saved;
-  for (auto& [name, t] : model::read_tensors(opt_path)) saved[name] = t;
-  const auto names = model.master().named();
-  auto& m = optimizer.first_moments();
-  auto& v = optimizer.second_moments();
-  for (size_t i = 0; i < names.size(); ++i) {
-    for (auto [prefix, dst] : {std::pair{"m.", &m[i]}, std::pair{"v.", &v[i]}}) {
-      const std::string key = prefix + names[i].first;
-      auto it = saved.find(key);
-      require_input(it != saved.end(), opt_path, ": tensor \"", key, "\" is missing");
-      require_input(it->second.sizes() == dst->sizes(), opt_path, ": tensor \"", key, "\" has shape ",
-                    it->second.sizes(), ", expected ", dst->sizes());
-      dst->copy_(it->second);
-    }
-  }
+  if (const auto bad = first_non_finite(model.master().named()); !bad.empty())
+    throw InputError(cat(dir, "/model.safetensors: weight ", bad, " holds NaN or infinite values"));
+  load_moments((d / "optimizer.safetensors").string(), model, optimizer);
   optimizer.set_steps_taken(opt_steps);
-  data.restore(ds);
+  try {
+    data.restore(ds);
+  } catch (const InputError& e) {
+    throw InputError(cat(state_path, ": ", e.what()));
+  }
   model.refresh_compute();
   return step;
 }

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <unordered_map>
 #include <vector>
 
 #include "core/error.h"
@@ -67,12 +68,23 @@ class SyntheticAlphabet final : public DataSource {
   MicroBatch next(int64_t batch, int64_t seq_len) override {
     auto window = at::empty({batch, seq_len + 1}, at::kLong);
     auto* w = window.data_ptr<int64_t>();
-    std::vector<int64_t> perm(static_cast<size_t>(vocab_));
+    // A partial Fisher-Yates shuffle of 0..vocab-1 gives the alphabet; only
+    // the positions it touches are stored, so a huge vocabulary costs nothing.
+    std::unordered_map<int64_t, int64_t> moved;
+    auto at_pos = [&](int64_t i) {
+      auto it = moved.find(i);
+      return it == moved.end() ? i : it->second;
+    };
+    std::vector<int64_t> perm(static_cast<size_t>(alphabet_));
     for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t i = 0; i < vocab_; ++i) perm[static_cast<size_t>(i)] = i;
-      for (int64_t i = 0; i < alphabet_; ++i)  // partial Fisher-Yates: the alphabet
-        std::swap(perm[static_cast<size_t>(i)],
-                  perm[static_cast<size_t>(i + static_cast<int64_t>(rng_.below(vocab_ - i)))]);
+      moved.clear();
+      for (int64_t i = 0; i < alphabet_; ++i) {
+        const int64_t j = i + static_cast<int64_t>(rng_.below(static_cast<uint64_t>(vocab_ - i)));
+        const int64_t vi = at_pos(i), vj = at_pos(j);
+        moved[i] = vj;
+        moved[j] = vi;
+        perm[static_cast<size_t>(i)] = vj;
+      }
       for (int64_t t = 0; t <= seq_len; ++t) {
         const double u = static_cast<double>(rng_.next() >> 11) * 0x1.0p-53;
         auto rank = std::lower_bound(cumulative_.begin(), cumulative_.end(), u) - cumulative_.begin();
@@ -150,6 +162,10 @@ class TokenFile final : public DataSource {
     return strf("%s: %s tokens of %s", path_.c_str(), format_count(static_cast<double>(tokens_)).c_str(),
                 dtype_.c_str());
   }
+  std::string fingerprint() const override {
+    return strf("flat %s file: %lld tokens, id hash %016llx", dtype_.c_str(), static_cast<long long>(tokens_),
+                static_cast<unsigned long long>(hash_));
+  }
   std::vector<uint64_t> state() const override { return {rng_.state()}; }
   void restore(const std::vector<uint64_t>& s) override {
     require_input(s.size() == 1, "checkpoint: the data position does not fit data file ", path_);
@@ -178,11 +194,14 @@ class TokenFile final : public DataSource {
 
   // Checks every id up front (in 1M-token blocks), so a bad file fails before
   // training starts rather than mid-run.
+  // The same pass hashes the ids (fingerprint()).
   void scan_ids() {
     std::vector<int64_t> ids;
     const int64_t block = 1 << 20;
-    for (int64_t start = 0; start < tokens_; start += block)
+    for (int64_t start = 0; start < tokens_; start += block) {
       read(start, std::min(block, tokens_ - start), ids);
+      for (int64_t id : ids) hash_ = hash_token(hash_, id);
+    }
   }
 
   std::string path_;
@@ -190,6 +209,7 @@ class TokenFile final : public DataSource {
   std::string dtype_;
   int64_t vocab_;
   int64_t tokens_ = 0;
+  uint64_t hash_ = kTokenHashSeed;
   Rng rng_;
   std::ifstream file_;
 };

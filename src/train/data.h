@@ -23,6 +23,10 @@ class DataSource {
   virtual MicroBatch next(int64_t batch, int64_t seq_len) = 0;
   // One line for the resolved-configuration printout.
   virtual std::string describe() const = 0;
+  // What the data is, without where it lives: its kind, size and a hash of
+  // every token id (file sources), so a resumed run can tell the same data
+  // moved elsewhere from different data. Defaults to describe().
+  virtual std::string fingerprint() const { return describe(); }
   // The loss a model that ignores the context would reach (synthetic task), if known.
   virtual std::optional<double> no_context_loss() const { return std::nullopt; }
   // The resumable position (RNG state, counters) as integers, for checkpoints.
@@ -63,6 +67,12 @@ std::unique_ptr<DataSource> make_synthetic_source(const SyntheticOptions& option
 // tokens, or token ids >= vocab.
 std::unique_ptr<DataSource> make_file_source(const std::string& path, const std::string& dtype,
                                              int64_t vocab, int64_t seq_len, uint64_t seed);
+
+// A 64-bit running hash of token ids (FNV-1a over whole ids), for fingerprints.
+inline constexpr uint64_t kTokenHashSeed = 1469598103934665603ull;
+inline uint64_t hash_token(uint64_t h, int64_t id) {
+  return (h ^ static_cast<uint64_t>(id)) * 1099511628211ull;
+}
 
 // A flat token file's dtype ("auto" resolved by the extension) and its bytes
 // per token. Throws InputError for a dtype that is not text, uint16 or uint32.

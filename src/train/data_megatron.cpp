@@ -108,6 +108,7 @@ class FlatCorpus final : public TokenCorpus {
     return strf("%s: %s tokens of %s", map_.path().c_str(), format_count(static_cast<double>(size())).c_str(),
                 dtype_.c_str());
   }
+  std::string kind() const override { return "flat " + dtype_; }
 
  private:
   Mapping map_;
@@ -186,6 +187,9 @@ class MegatronCorpus final : public TokenCorpus {
                 format_count(static_cast<double>(size())).c_str(),
                 static_cast<long long>(pointers_.size()), static_cast<long long>(docs_));
   }
+  std::string kind() const override {
+    return cat("megatron ", signed_ ? "int" : "uint", width_ * 8, ", ", pointers_.size(), " sequences");
+  }
 
  private:
   std::string idx_path_;
@@ -239,6 +243,9 @@ class PackedSource final : public DataSource {
     return strf("%s, packed into %lld sequences of %lld", corpus_->describe().c_str(),
                 static_cast<long long>(samples_), static_cast<long long>(seq_len_));
   }
+  std::string fingerprint() const override {
+    return strf("%s, packed into sequences of %lld", corpus_->fingerprint().c_str(), static_cast<long long>(seq_len_));
+  }
   std::vector<uint64_t> state() const override { return {epoch_, index_}; }
   void restore(const std::vector<uint64_t>& s) override {
     require_input(s.size() == 2 && s[1] < static_cast<uint64_t>(samples_),
@@ -257,6 +264,23 @@ class PackedSource final : public DataSource {
 
 }  // namespace
 
+void TokenCorpus::scan() {
+  const int64_t block = 1 << 20;
+  std::vector<int64_t> ids(static_cast<size_t>(std::min<int64_t>(block, std::max<int64_t>(size(), 1))));
+  uint64_t h = kTokenHashSeed;
+  for (int64_t start = 0; start < size(); start += block) {
+    const int64_t n = std::min(block, size() - start);
+    read(start, n, ids.data());
+    for (int64_t i = 0; i < n; ++i) h = hash_token(h, ids[static_cast<size_t>(i)]);
+  }
+  hash_ = h;
+}
+
+std::string TokenCorpus::fingerprint() const {
+  return strf("%s: %lld tokens, id hash %016llx", kind().c_str(), static_cast<long long>(size()),
+              static_cast<unsigned long long>(hash_));
+}
+
 bool is_megatron_data(const std::string& path, const std::string& dtype) {
   if (dtype == "megatron") return true;
   if (dtype != "auto") return false;
@@ -267,11 +291,17 @@ bool is_megatron_data(const std::string& path, const std::string& dtype) {
 
 std::unique_ptr<TokenCorpus> open_token_corpus(const std::string& path, const std::string& dtype,
                                                int64_t vocab) {
-  if (is_megatron_data(path, dtype)) return std::make_unique<MegatronCorpus>(megatron_prefix(path), vocab);
-  const auto format = flat_token_format(path, dtype);
-  std::error_code ec;
-  require_input(fs::is_regular_file(path, ec), "data file ", path, ": not found");
-  return std::make_unique<FlatCorpus>(path, format.width, format.kind, vocab);
+  std::unique_ptr<TokenCorpus> corpus;
+  if (is_megatron_data(path, dtype)) {
+    corpus = std::make_unique<MegatronCorpus>(megatron_prefix(path), vocab);
+  } else {
+    const auto format = flat_token_format(path, dtype);
+    std::error_code ec;
+    require_input(fs::is_regular_file(path, ec), "data file ", path, ": not found");
+    corpus = std::make_unique<FlatCorpus>(path, format.width, format.kind, vocab);
+  }
+  corpus->scan();
+  return corpus;
 }
 
 std::unique_ptr<DataSource> make_packed_source(std::unique_ptr<TokenCorpus> corpus, int64_t seq_len,

@@ -22,6 +22,17 @@ class TokenCorpus {
   // Copies tokens [start, start + count) into out; throws InputError for ids >= vocab.
   virtual void read(int64_t start, int64_t count, int64_t* out) const = 0;
   virtual std::string describe() const = 0;
+  // The format without the path ("megatron int32", "flat uint16").
+  virtual std::string kind() const = 0;
+
+  // Reads every token once, so an id outside the vocabulary fails here,
+  // before any work, and hashes the ids (open_token_corpus calls it).
+  void scan();
+  // Kind, size and the ids' hash: the same data anywhere (after scan()).
+  std::string fingerprint() const;
+
+ private:
+  uint64_t hash_ = 0;
 };
 
 // Whether `path` names a Megatron dataset: dtype "megatron", or dtype "auto"
@@ -29,9 +40,10 @@ class TokenCorpus {
 bool is_megatron_data(const std::string& path, const std::string& dtype);
 
 // Opens a corpus: megatron (see above), or a flat file of dtype text, uint16,
-// uint32 or auto (.bin -> uint16, else text). Throws InputError naming the
-// file for anything malformed (bad magic, version, dtype code, counts that do
-// not fit the file, pointers past the end of .bin, an empty corpus).
+// uint32 or auto (.bin -> uint16, else text), and scans it. Throws InputError
+// naming the file for anything malformed (bad magic, version, dtype code,
+// counts that do not fit the file, pointers past the end of .bin, an empty
+// corpus, a token id outside the vocabulary, with its position).
 std::unique_ptr<TokenCorpus> open_token_corpus(const std::string& path, const std::string& dtype,
                                                int64_t vocab);
 

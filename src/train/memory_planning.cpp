@@ -16,7 +16,9 @@ namespace memo::train {
 
 namespace {
 
-constexpr int kPlanFormat = 2;  // 2: requests off the compute stream are left to the fallback
+// 2: requests off the compute stream are left to the fallback; 3: placements
+// carry their lifetimes, so a cached plan is validated before it is armed.
+constexpr int kPlanFormat = 3;
 
 uint64_t fnv1a(const std::string& s) {
   uint64_t h = 1469598103934665603ull;
@@ -40,29 +42,44 @@ std::string MemoryPlanning::cache_file() const {
 bool MemoryPlanning::load_cache() {
   const auto path = cache_file();
   if (path.empty() || !std::filesystem::exists(path)) return false;
-  std::ifstream in(path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception&) {
-    return false;  // unreadable: plan afresh and overwrite
-  }
-  if (j.value("key", nlohmann::json()) != options_.key) return false;  // a hash collision or stale format
+  // A file on disk is input like any other: anything unreadable, edited or
+  // unsafe is rejected (with the reason in the report) and planned afresh.
   plan::BilevelPlan p;
-  p.arena_bytes = j.at("arena_bytes").get<int64_t>();
-  p.flat_load = j.at("flat_load").get<int64_t>();
-  for (const auto& e : j.at("placements")) {
-    plan::Placement pl;
-    pl.kind = e[0].get<int>() ? plan::Placement::Kind::Arena : plan::Placement::Kind::Fallback;
-    pl.bytes = e[1].get<int64_t>();
-    pl.offset = e[2].get<int64_t>();
-    p.placements.push_back(pl);
+  int64_t level1_plans = 0;
+  try {
+    std::ifstream in(path);
+    const auto j = nlohmann::json::parse(in);
+    if (!j.is_object()) throw InputError("not a JSON object");
+    if (j.value("key", nlohmann::json()) != options_.key) return false;  // another run's plan (a hash collision)
+    p.arena_bytes = j.at("arena_bytes").get<int64_t>();
+    p.flat_load = j.at("flat_load").get<int64_t>();
+    level1_plans = j.at("level1_plans").get<int64_t>();
+    if (level1_plans < 0) throw InputError(cat("level1_plans is negative (", level1_plans, ")"));
+    for (const auto& e : j.at("placements")) {
+      if (!e.is_array() || e.size() != 5) throw InputError("a placement is not [kind, bytes, offset, alloc, free]");
+      for (const auto& x : e)
+        if (!x.is_number_integer()) throw InputError(cat("placement ", e.dump(), " holds a non-integer"));
+      const int64_t kind = e[0].get<int64_t>();
+      if (kind != 0 && kind != 1) throw InputError(cat("placement kind ", kind, " is neither 0 nor 1"));
+      plan::Placement pl;
+      pl.kind = kind ? plan::Placement::Kind::Arena : plan::Placement::Kind::Fallback;
+      pl.bytes = e[1].get<int64_t>();
+      pl.offset = e[2].get<int64_t>();
+      pl.alloc_time = e[3].get<int64_t>();
+      pl.free_time = e[4].get<int64_t>();
+      p.placements.push_back(pl);
+    }
+    const auto problem = plan::validate_plan(p, memory::PlannedAllocator::instance()->alignment());
+    if (!problem.empty()) throw InputError(problem);
+  } catch (const std::exception& e) {  // nlohmann's parse and type errors included
+    report_.cache_rejected = cat(path, ": ", e.what());
+    return false;
   }
   report_.source = "cache";
   report_.cache_file = path;
   report_.arena_bytes = p.arena_bytes;
   report_.flat_load = p.flat_load;
-  report_.level1_plans = j.at("level1_plans").get<int64_t>();
+  report_.level1_plans = level1_plans;
   plan_ = std::move(p);
   return true;
 }
@@ -77,7 +94,7 @@ void MemoryPlanning::save_cache(const plan::BilevelPlan& p) const {
   j["level1_plans"] = p.level1.size();
   auto& pls = j["placements"] = nlohmann::json::array();
   for (const auto& pl : p.placements)
-    pls.push_back({pl.kind == plan::Placement::Kind::Arena ? 1 : 0, pl.bytes, pl.offset});
+    pls.push_back({pl.kind == plan::Placement::Kind::Arena ? 1 : 0, pl.bytes, pl.offset, pl.alloc_time, pl.free_time});
   write_file_atomic(path, j.dump() + "\n");
 }
 
@@ -122,6 +139,9 @@ void MemoryPlanning::after_step(int64_t step) {
   recording_ = false;
   auto trace = a.stop_recording();
   auto p = plan_profiled_step(trace, a.alignment());
+  // memo's own plans pass the same validator as cached ones; a failure is a planner bug.
+  if (const auto problem = plan::validate_plan(p, a.alignment()); !problem.empty())
+    throw Error("memory plan of the profiled step is invalid (a bug in the planner): " + problem);
   if (!options_.export_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(options_.export_dir, ec);
@@ -170,7 +190,8 @@ nlohmann::json to_json(const MemoryPlanReport& r) {
           {"arena_unused_at_peak_bytes", r.arena_unused_bytes},
           {"peak_reserved_bytes_last_step", r.peak_reserved_bytes},
           {"peak_allocated_bytes_last_step", r.peak_allocated_bytes},
-          {"cache_file", r.cache_file}};
+          {"cache_file", r.cache_file},
+          {"cache_rejected", r.cache_rejected}};
 }
 
 std::string memory_timeline_html(const plan::RequestTrace& trace, int64_t arena_bytes) {

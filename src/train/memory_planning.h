@@ -44,6 +44,7 @@ struct MemoryPlanReport {
   int64_t peak_reserved_bytes = 0;   // the device's peak reserved and allocated bytes in the last step:
   int64_t peak_allocated_bytes = 0;  // reserved - allocated is the allocator's fragmentation (0 on CPU)
   std::string cache_file;
+  std::string cache_rejected;      // a cached plan that was unreadable or unsafe, and why (re-planned)
 };
 
 class MemoryPlanning {

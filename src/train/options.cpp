@@ -8,6 +8,7 @@
 #include <map>
 #include <sstream>
 
+#include "core/checked.h"
 #include "core/error.h"
 
 namespace memo::train {
@@ -47,6 +48,11 @@ void TrainOptions::validate() const {
   require_input(keep_checkpoints >= 0, "keep_checkpoints must be >= 0, got ", keep_checkpoints);
   require_input(checkpoint_every == 0 || !out.empty(), "checkpoint_every needs --out (checkpoints go to OUT/checkpoints)");
   require_input(model.size() > 0, "model must not be empty");
+  // Sizes from flags in checked int64: 2^63 tokens or 2^32 x 2^32 sequences
+  // are an InputError here, never a wrapped size reaching an allocator.
+  (void)checked_add(seq_len, 1, "seq_len + 1");
+  const int64_t tokens = checked_product({batch, seq_len, grad_accum}, "tokens per step (batch x seq_len x grad_accum)");
+  (void)checked_mul(tokens, steps, "tokens of the run (tokens per step x steps)");
 }
 
 namespace {
@@ -132,6 +138,7 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
       {"memory_timeline", string_key(&TrainOptions::memory_timeline)},
       {"export_dsa", string_key(&TrainOptions::export_dsa)},
       {"log_every", int_key(&TrainOptions::log_every)},
+      {"memory_check", bool_key(&TrainOptions::memory_check)},
   };
   return table;
 }

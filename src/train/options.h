@@ -54,6 +54,7 @@ struct TrainOptions {
   std::string memory_timeline;    // HTML timeline of one profiled step
   std::string export_dsa;         // directory for the profiled regions as DSA CSVs
   int64_t log_every = 0;          // 0 = about 20 progress lines
+  bool memory_check = true;       // refuse, before allocating, a run whose estimate does not fit (train/fit_check.h)
 
   // Throws InputError naming the first bad field.
   void validate() const;

@@ -13,6 +13,7 @@
 #include "memory/device_memory.h"
 #include "model/hf_checkpoint.h"
 #include "train/checkpoint.h"
+#include "train/fit_check.h"
 #include "memory/planned_allocator.h"
 #include "train/flops.h"
 #include "train/loss.h"
@@ -76,6 +77,10 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   po.host_memory_bytes = host_budget_.bytes;
   po.trace = trace_.get();
   policy_ = runtime::make_policy(options_.policy, po);
+  // A directory given as --model must hold weights; then the run's memory
+  // estimate against the machine's, before anything is allocated (fit_check.h).
+  if (options_.resume.empty()) model::require_hf_weights_in_directory(options_.model);
+  if (options_.memory_check) check_fit(fit_request(options_, config_, device_, compute_dtype_));
   if (options_.data.empty()) {
     data_ = make_synthetic_source({config_.vocab_size, 0, options_.seed}, options_.seq_len);
   } else {
@@ -138,7 +143,7 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   // Starting weights: a checkpoint to resume, or a Hugging Face directory's weights.
   if (!options_.resume.empty()) {
     resumed_from_ = find_checkpoint(options_.resume);
-    start_step_ = load_checkpoint(resumed_from_, *model_, *optimizer_, *data_);
+    start_step_ = load_checkpoint(resumed_from_, *model_, *optimizer_, *data_, resolved_config());
     require_input(start_step_ < options_.steps, "--resume ", resumed_from_, ": the checkpoint is at step ",
                   start_step_, ", not before --steps ", options_.steps, "; nothing to do");
   } else if (model::has_hf_weights(options_.model)) {
@@ -314,9 +319,9 @@ TrainSummary Trainer::run(const std::function<void(const StepRecord&)>& on_step)
     }
     summary.peak_device_bytes = std::max(summary.peak_device_bytes, r.peak_device_bytes);
     on_step(r);
-    // Only after the finite-loss check: a diverged step never overwrites a good checkpoint.
+    // save_checkpoint refuses non-finite weights, and rotation keeps the newest finite checkpoint.
     if (o.checkpoint_every > 0 && ((step + 1) % o.checkpoint_every == 0 || step + 1 == o.steps))
-      save_checkpoint(o.out, step + 1, *model_, *optimizer_, *data_, resolved_config(), o.keep_checkpoints);
+      save_checkpoint(o.out, step + 1, *model_, *optimizer_, *data_, resolved_config(), o.keep_checkpoints, r.loss);
   }
 
   summary.memory_plan = planning_->report();

@@ -69,5 +69,60 @@ TEST(Bilevel, PlansOfIdenticalTracesAreIdentical) {
   EXPECT_EQ(a.level1.size(), 1u) << "the three layers share one level-1 plan";
 }
 
+// Two layer regions, each with two overlapping transients, and a request
+// crossing them: a small plan with arena placements that share bytes over time.
+RequestTrace two_layers() {
+  RequestTrace t;
+  int64_t clock = 0;
+  for (int layer = 0; layer < 2; ++layer) {
+    const int64_t begin = clock++;
+    const auto region = static_cast<int64_t>(t.regions.size());
+    t.requests.push_back({256, clock++, -1, region, 0});
+    t.requests.push_back({128, clock++, -1, region, 0});
+    t.requests[t.requests.size() - 2].free_time = clock++;
+    t.requests[t.requests.size() - 1].free_time = clock++;
+    t.regions.push_back({"layer_fwd", begin, clock++});
+  }
+  t.requests.push_back({512, clock++, -1, -1, 0});
+  t.requests.back().free_time = clock++;
+  t.end_time = clock;
+  return t;
+}
+
+TEST(ValidatePlan, AcceptsWhatThePlannerMakes) {
+  const auto plan = plan_bilevel(two_layers(), 64, deterministic());
+  EXPECT_EQ(validate_plan(plan, 64), "");
+}
+
+TEST(ValidatePlan, NamesEveryWayAnEditedPlanIsUnsafe) {
+  const auto good = plan_bilevel(two_layers(), 64, deterministic());
+  ASSERT_EQ(good.placements[0].kind, Placement::Kind::Arena);
+  struct Case {
+    const char* expect;
+    void (*edit)(BilevelPlan&);
+  };
+  const Case cases[] = {
+      {"negative offset", [](BilevelPlan& p) { p.placements[0].offset = -64; }},
+      {"ends beyond the arena", [](BilevelPlan& p) { p.placements[0].offset = p.arena_bytes; }},
+      {"ends beyond the arena", [](BilevelPlan& p) { p.placements[0].offset = INT64_MAX - 63; }},  // overflows
+      {"not a multiple of the alignment", [](BilevelPlan& p) { p.placements[0].offset += 8; }},
+      {"negative size", [](BilevelPlan& p) { p.placements[1].bytes = -1; }},
+      {"negative size", [](BilevelPlan& p) { p.arena_bytes = -1; }},
+      {"ends beyond the arena", [](BilevelPlan& p) { p.arena_bytes = 64; }},
+      {"need exactly", [](BilevelPlan& p) { p.arena_bytes *= 1024; }},
+      {"no valid lifetime", [](BilevelPlan& p) { p.placements[0].free_time = p.placements[0].alloc_time; }},
+      {"overlap", [](BilevelPlan& p) {
+         for (auto& pl : p.placements) pl.offset = 0;
+       }},
+      {"LOAD is recorded", [](BilevelPlan& p) { p.flat_load += 1; }},
+  };
+  for (const auto& c : cases) {
+    BilevelPlan p = good;
+    c.edit(p);
+    const auto problem = validate_plan(p, 64);
+    EXPECT_NE(problem.find(c.expect), std::string::npos) << "expected \"" << c.expect << "\", got \"" << problem << "\"";
+  }
+}
+
 }  // namespace
 }  // namespace memo::plan

@@ -1,0 +1,221 @@
+// Know the size before allocating it. A run whose estimate (weights,
+// gradients, AdamW state, the activations the policy keeps, the working set,
+// the pinned pool) exceeds the machine's memory stops with exit 2 before
+// allocating, saying what it needs, what there is and what would fit; sizes
+// beyond int64 are an InputError naming the quantity. The estimate is checked
+// against the bytes a run really holds (the CPU memory meter), and the
+// suggestions it makes are checked to fit.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <regex>
+#include <string>
+
+#include "cli_runner.h"
+#include "core/error.h"
+#include "memory/host_memory.h"
+#include "model/config.h"
+#include "train/fit_check.h"
+#include "train/trainer.h"
+
+namespace memo {
+namespace {
+
+using testing::run_memo;
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// Every CLI case runs under an address-space limit it sets up itself, so a
+// build without the check fails with an allocation error instead of
+// exhausting the machine.
+const std::string kLimit = "ulimit -v 8000000; ";  // 8 GB (KiB)
+
+struct TooBig {
+  const char* name;
+  std::string args;
+  std::vector<std::string> expect;  // fragments of the message
+};
+
+void PrintTo(const TooBig& c, std::ostream* os) { *os << c.name; }
+
+
+std::vector<TooBig> too_big() {
+  auto dir = testing::scratch_dir("fit_cli");
+  const std::string llama = R"({"model_type":"llama","num_hidden_layers":2,"num_attention_heads":4,)"
+                            R"("num_key_value_heads":2,"intermediate_size":352,)";
+  auto vocab = testing::write_text(dir / "vocab.json", llama + R"("vocab_size":1000000000000,"hidden_size":128})");
+  auto hidden = testing::write_text(dir / "hidden.json", llama + R"("vocab_size":256,"hidden_size":1099511627776})");
+  return {
+      {"seq_len_1e8", "train --seq-len 100000000 --steps 1",
+       {"does not fit in memory", "needs about", "activations kept for backward", "the longest --seq-len that fits is"}},
+      {"a_billion_layers", "train --layers 1000000000 --steps 1 --seq-len 16 --batch 1",
+       {"does not fit in memory", "alone do not fit", "layers do (--layers"}},
+      {"vocab_1e12", "train --model " + vocab + " --steps 1 --seq-len 16 --batch 1",
+       {"does not fit in memory", "T parameters", "not even with one layer"}},
+      {"hidden_2_40", "train --model " + hidden + " --steps 1 --seq-len 16 --batch 1",
+       {"the parameter count of model", "overflows"}},
+      {"seq_len_2_63", "train --seq-len 9223372036854775807 --steps 1", {"seq_len + 1 overflows"}},
+      {"batch_2_32_by_grad_accum_2_32", "train --batch 4294967296 --grad-accum 4294967296 --steps 1 --seq-len 16",
+       {"tokens per step (batch x seq_len x grad_accum) overflows"}},
+      {"llama3_8b_on_a_cpu", "train --model llama3-8b --device cpu --steps 1 --seq-len 16 --batch 1",
+       {"does not fit in memory", "AdamW state 59.", "alone do not fit"}},
+      {"bench_seq_len_1e8", "bench --seq-len 100000000 --steps 1", {"memo bench: this run does not fit"}},
+  };
+}
+
+class TooBigForTheMachine : public ::testing::TestWithParam<TooBig> {};
+
+TEST_P(TooBigForTheMachine, StopsWithExit2BeforeAllocatingAndSaysWhatFits) {
+  const auto& c = GetParam();
+  auto r = run_memo(c.args, kLimit);
+  EXPECT_EQ(r.code, 2) << r.output;
+  for (const auto& e : c.expect)
+    EXPECT_NE(r.output.find(e), std::string::npos) << "expected \"" << e << "\" in:\n" << r.output;
+  EXPECT_EQ(r.output.find("step 1/"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("(torch)"), std::string::npos) << "an allocation was tried: " << r.output;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, TooBigForTheMachine, ::testing::ValuesIn(too_big()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(FitCheck, EvalOfAHugeWindowStopsBeforeAllocating) {
+  auto dir = testing::scratch_dir("fit_eval");
+  auto r = run_memo("train --steps 1 --seq-len 16 --batch 1 --out " + (dir / "o").string() + " --checkpoint-every 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto data = testing::write_text(dir / "d.txt", std::string(4096, 'a'));
+  auto e = run_memo("eval --model " + (dir / "o/checkpoints/step-00000001").string() + " --data " + data +
+                        " --seq-len 100000000",
+                    kLimit);
+  EXPECT_EQ(e.code, 2) << e.output;
+  EXPECT_NE(e.output.find("memo eval: this run does not fit in memory"), std::string::npos) << e.output;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(FitCheck, AnAddressSpaceLimitIsHonouredAndAnotherPolicyIsSuggested) {
+  // 8 layers of the tiny model at 32K tokens keep about 2 GiB of activations
+  // under keep; with 2.5 GB of address space (a libtorch process maps about
+  // 0.7 GB at start) that does not fit, recompute (about 0.7 GiB) does.
+  auto r = run_memo("train --layers 8 --seq-len 32768 --batch 1 --steps 1", "ulimit -v 2500000; ");
+  EXPECT_EQ(r.code, 2) << r.output;
+  if (memory::host_memory().mem_available > (int64_t{3} << 30))  // else MemAvailable is the tighter limit
+    EXPECT_NE(r.output.find("ulimit -v (RLIMIT_AS)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--policy recompute fits"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("(torch)"), std::string::npos) << r.output;
+}
+
+TEST(FitCheck, TheDefaultRunAndTheTestShapesPassTheCheckOnThisMachine) {
+  train::TrainOptions o;  // memo train with no options
+  auto cfg = model::resolve_model(o.model);
+  auto r = train::fit_request(o, cfg, c10::Device(c10::DeviceType::CPU), c10::ScalarType::Float);
+  EXPECT_TRUE(train::fit_problem(r, train::measure_memory(r)).empty());
+  // Even in 1 GiB.
+  train::MemoryAvailable small{1 * kGiB, "test", 1 * kGiB, "test", 0.5 * kGiB, "test"};
+  EXPECT_TRUE(train::estimate_fit(r, small).fits);
+}
+
+// The run's real peak (the CPU memory meter counts every byte the trainer
+// allocates) against the estimate: the estimate must not be below it (the
+// check would let through runs that fail) nor far above it (it would refuse
+// runs that fit).
+class EstimateAgainstMeasured : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EstimateAgainstMeasured, BoundsThePeakFromAboveWithinAFactorOfTwo) {
+  train::TrainOptions o;
+  o.seq_len = 512;
+  o.batch = 4;
+  o.layers = 4;
+  o.steps = 2;
+  o.policy = GetParam();
+  o.alpha = 0.5;
+  o.host_memory_gib = 1;
+  o.device = "cpu";
+  train::Trainer t(o);
+  train::TrainSummary s = t.run([](const train::StepRecord&) {});
+  auto cfg = model::resolve_model(o.model);
+  cfg.layers = o.layers;
+  auto r = train::fit_request(o, cfg, c10::Device(c10::DeviceType::CPU), c10::ScalarType::Float);
+  train::MemoryAvailable lots{64 * kGiB, "test", 64 * kGiB, "test", 1 * kGiB, "test"};
+  const auto e = train::estimate_fit(r, lots);
+  const double estimate = e.device_need - e.reserve;
+  const double measured = static_cast<double>(s.peak_device_bytes);
+  std::printf("%-10s estimate %.2f MiB (without the reserve), measured peak %.2f MiB, ratio %.3f\n",
+              GetParam().c_str(), estimate / (1 << 20), measured / (1 << 20), estimate / measured);
+  EXPECT_GE(estimate, measured) << "estimate " << estimate << " measured " << measured;
+  EXPECT_LE(estimate, 2.0 * measured) << "estimate " << estimate << " measured " << measured;
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, EstimateAgainstMeasured, ::testing::Values("keep", "recompute", "offload", "memo"));
+
+TEST(FitCheck, TheLongestSeqLenItSuggestsFitsAndOneMoreTokenDoesNot) {
+  train::TrainOptions o;
+  o.seq_len = 1 << 20;
+  o.batch = 2;
+  auto cfg = model::resolve_model("tiny");
+  auto r = train::fit_request(o, cfg, c10::Device(c10::DeviceType::CPU), c10::ScalarType::Float);
+  // Batch 1 at 1M tokens needs about 26 GiB, batch 2 about 52 GiB.
+  train::MemoryAvailable have{40 * kGiB, "test RAM", 40 * kGiB, "test RAM", 1 * kGiB, "test pool"};
+  const auto msg = train::fit_problem(r, have);
+  ASSERT_FALSE(msg.empty());
+  EXPECT_NE(msg.find("there is 40.00 GiB (test RAM)"), std::string::npos) << msg;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(msg, m, std::regex("longest --seq-len that fits is (\\d+) with keep"))) << msg;
+  r.seq_len = std::stoll(m[1]);
+  EXPECT_TRUE(train::estimate_fit(r, have).fits) << msg;
+  r.seq_len += 1;
+  EXPECT_FALSE(train::estimate_fit(r, have).fits) << msg;
+  ASSERT_TRUE(std::regex_search(msg, m, std::regex("--batch (\\d+) fits at this seq_len"))) << msg;
+  r.seq_len = o.seq_len;
+  r.batch = std::stoll(m[1]);
+  EXPECT_TRUE(train::estimate_fit(r, have).fits) << msg;
+}
+
+TEST(FitCheck, APoolBeyondItsBudgetIsNamed) {
+  train::TrainOptions o;
+  o.policy = "offload";
+  o.host_memory_gib = 0.001;  // about 1 MiB; offload keeps every layer's 32 MiB skeletal set there
+  auto cfg = model::resolve_model("tiny");
+  auto r = train::fit_request(o, cfg, c10::Device(c10::DeviceType::CPU), c10::ScalarType::Float);
+  const auto msg = train::fit_problem(r, train::measure_memory(r));
+  EXPECT_NE(msg.find("The pinned host pool of offload needs"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--host-memory-gib 0.001"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--policy memo fits"), std::string::npos) << msg;
+}
+
+TEST(FitCheck, ForMemoWithAnAlphaTheLargestAlphaThatFitsIsSuggested) {
+  train::TrainOptions o;
+  o.policy = "memo";
+  o.layers = 4;
+  o.alpha = 1.0;
+  auto cfg = model::resolve_model("tiny");
+  cfg.layers = 4;
+  auto r = train::fit_request(o, cfg, c10::Device(c10::DeviceType::CPU), c10::ScalarType::Float);
+  train::MemoryAvailable have{8 * kGiB, "test RAM", 8 * kGiB, "test RAM", 10.0 * (1 << 20), "a 10 MiB pool"};
+  const auto msg = train::fit_problem(r, have);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(msg, m, std::regex("--alpha (0\\.\\d+) fits"))) << msg;
+  r.alpha = std::stod(m[1]);
+  EXPECT_TRUE(train::estimate_fit(r, have).fits) << msg;
+  r.alpha = *r.alpha + 0.001;
+  EXPECT_FALSE(train::estimate_fit(r, have).fits) << msg;
+}
+
+TEST(FitCheck, SizesBeyondInt64AreInputErrorsNamingTheQuantity) {
+  auto cfg = model::resolve_model("tiny");
+  train::FitRequest r;
+  r.config = cfg;
+  r.batch = int64_t{1} << 40;
+  r.seq_len = int64_t{1} << 30;
+  train::MemoryAvailable have{kGiB, "", kGiB, "", kGiB, ""};
+  try {
+    train::estimate_fit(r, have);
+    FAIL() << "no InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("the activations of batch 1099511627776 x seq_len 1073741824 overflows"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace memo
