@@ -8,25 +8,36 @@
 
 #include <atomic>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 namespace memo::memory {
 
 namespace {
 
-// Wraps the default CPU allocator; every DataPtr it hands out carries a
-// context that remembers its size, so the free is counted too.
+// Wraps the default CPU allocator and counts bytes, mallocs and frees. Every
+// DataPtr it hands out has the data pointer as its context and one plain
+// deleter (raw_deleter()), as c10's own CPU allocator does: oneDNN (ideep,
+// used for bfloat16 matmuls on CPU) allocates through
+// Allocator::raw_allocate, which requires exactly that. The sizes are kept
+// in a map by pointer so the free is counted too.
 class CountingCpuAllocator final : public c10::Allocator {
  public:
   explicit CountingCpuAllocator(c10::Allocator* base) : base_(base) {}
 
   c10::DataPtr allocate(size_t n) override {
-    c10::DataPtr inner = base_->allocate(n);
-    void* data = inner.get();
-    auto* ctx = new Context{std::move(inner), n, this};
-    mallocs_.fetch_add(1);
-    add(static_cast<int64_t>(n));
-    return {data, ctx, &CountingCpuAllocator::release, c10::Device(c10::DeviceType::CPU)};
+    void* data = base_->raw_allocate(n);  // nullptr for 0 bytes: no malloc, no free will come
+    if (data != nullptr) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        sizes_[data] = n;
+      }
+      mallocs_.fetch_add(1);
+      add(static_cast<int64_t>(n));
+    }
+    return {data, data, &CountingCpuAllocator::release, c10::Device(c10::DeviceType::CPU)};
   }
+  c10::DeleterFnPtr raw_deleter() const override { return &CountingCpuAllocator::release; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     std::memcpy(dest, src, count);
@@ -40,17 +51,21 @@ class CountingCpuAllocator final : public c10::Allocator {
   void reset_peak() { peak_.store(current_.load()); }
 
  private:
-  struct Context {
-    c10::DataPtr inner;
-    size_t bytes;
-    CountingCpuAllocator* owner;
-  };
+  static void release(void* p);
 
-  static void release(void* p) {
-    auto* ctx = static_cast<Context*>(p);
-    ctx->owner->frees_.fetch_add(1);
-    ctx->owner->add(-static_cast<int64_t>(ctx->bytes));
-    delete ctx;  // frees the inner allocation
+  void free_block(void* p) {
+    size_t bytes = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = sizes_.find(p);
+      if (it != sizes_.end()) {
+        bytes = it->second;
+        sizes_.erase(it);
+      }
+    }
+    frees_.fetch_add(1);
+    add(-static_cast<int64_t>(bytes));
+    base_->raw_deallocate(p);
   }
 
   void add(int64_t delta) {
@@ -61,6 +76,8 @@ class CountingCpuAllocator final : public c10::Allocator {
   }
 
   c10::Allocator* base_;
+  std::mutex mutex_;
+  std::unordered_map<void*, size_t> sizes_;
   std::atomic<int64_t> current_{0};
   std::atomic<int64_t> peak_{0};
   std::atomic<int64_t> mallocs_{0};
@@ -69,6 +86,8 @@ class CountingCpuAllocator final : public c10::Allocator {
 
 CountingCpuAllocator* g_meter = nullptr;
 DeviceMemorySource* g_device_source = nullptr;
+
+void CountingCpuAllocator::release(void* p) { g_meter->free_block(p); }
 
 }  // namespace
 
