@@ -13,6 +13,8 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/io_checks.h"
+#include "cli/strict_numbers.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/units.h"
@@ -53,6 +55,11 @@ int run_eval(const EvalOptions& o) {
   require_input(o.seq_len > 0, "seq_len must be a positive integer, got ", o.seq_len);
   require_input(o.batch > 0, "batch must be a positive integer, got ", o.batch);
   require_input(o.max_batches >= 0, "max_batches must be >= 0, got ", o.max_batches);
+  {
+    std::vector<NamedPath> inputs = {{"--model", o.model}};
+    for (auto& d : data_inputs(o.data)) inputs.push_back(d);
+    check_outputs({{"--json", o.json}, {"--dump-logits", o.dump_logits}, {"--dump-grads", o.dump_grads}}, inputs);
+  }
   auto config = model::resolve_model(o.model);
   require_input(model::has_hf_weights(o.model), "--model ", o.model,
                 ": eval needs a checkpoint directory with *.safetensors weights");
@@ -135,6 +142,7 @@ void add_eval_command(CLI::App& root, Action& action) {
   app->add_option("--json", o->json, "Write {\"loss\", \"perplexity\", \"tokens\"} to this file");
   app->add_option("--dump-logits", o->dump_logits)->group("");  // hidden: parity tests
   app->add_option("--dump-grads", o->dump_grads)->group("");
+  strict_numbers(app);
   app->callback([&action, o] { action = [o] { return run_eval(*o); }; });
 }
 

@@ -243,7 +243,7 @@ void write_hf_checkpoint(const std::string& dir, const ModelConfig& config, cons
                          at::ScalarType dtype) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  require_input(!ec, "cannot create directory ", dir, ": ", ec.message());
+  if (ec) throw_file_error("create directory", dir, ec.value());
   write_tensors((fs::path(dir) / "model.safetensors").string(), to_hf_tensors(config, w, dtype));
   write_file_atomic((fs::path(dir) / "config.json").string(), hf_config_json(config, dtype).dump(2) + "\n");
   fsync_directory(dir);
