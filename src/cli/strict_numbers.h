@@ -36,8 +36,8 @@ template <typename T>
 std::string check_integer(std::string& text) {
   const bool negative = !text.empty() && text[0] == '-';
   if (!all_digits(text, negative ? 1 : 0))
-    return "'" + text + "' is not a" + std::string(std::is_signed_v<T> ? "n" : " non-negative") +
-           " decimal integer";
+    return "'" + text + "' is not a " + std::string(std::is_signed_v<T> ? "" : "non-negative ") +
+           "decimal integer";
   if (negative && !std::is_signed_v<T>) return "'" + text + "' is negative (a non-negative integer is expected)";
   T value{};
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);

@@ -57,7 +57,12 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
   detail::Deadline deadline(options.time_limit_s);
   SolveResult result;
   result.load = load(problem);
-  Sections sections = detail::make_sections(problem);
+  Sections sections;  // built before the first greedy run (a timed run on 10^6 buffers may have none)
+  bool have_sections = false;
+  auto sections_ = [&]() -> const Sections& {
+    if (!have_sections) sections = detail::make_sections(problem), have_sections = true;
+    return sections;
+  };
   std::vector<int> best_order;          // the greedy run with the lowest peak: its order ...
   const Offsets* best_fixed = nullptr;  // ... and pre-placement
   int64_t best_run_peak = INT64_MAX;
@@ -87,7 +92,7 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
   const detail::Deadline* stop_at = timed ? &deadline : nullptr;
   const size_t n = problem.buffers.size();
   auto run = [&](const std::vector<int>& order, const Offsets* fixed) {
-    Offsets offsets = detail::skyline_fit(problem, sections, detail::rank_of(order), fixed, stop_at);
+    Offsets offsets = detail::skyline_fit(problem, sections_(), detail::rank_of(order), fixed, stop_at);
     if (offsets.size() == n) consider(offsets, order, fixed);
   };
 
@@ -120,7 +125,7 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
   // per stacking order. This is what packs pangu_2.6B at LOAD, where every
   // plain order wastes space at its one-step peak.
   std::vector<Offsets> anchors;
-  if (!good_enough()) anchors = detail::peak_anchors(problem, sections);
+  if (!good_enough() && more() && !best_order.empty()) anchors = detail::peak_anchors(problem, sections_());
   const std::vector<int> plain_best = best_order;
   for (const Offsets& fixed : anchors) {
     if (good_enough() || !more() || plain_best.empty()) break;
@@ -145,7 +150,7 @@ SolveResult solve_bestfit(const Problem& problem, const SolveOptions& options) {
       size_t j = std::min(order.size() - 1, i + 1 + pick(rng) % 8);
       std::swap(order[i], order[j]);
     }
-    Offsets offsets = detail::skyline_fit(problem, sections, detail::rank_of(order), fixed, stop_at);
+    Offsets offsets = detail::skyline_fit(problem, sections_(), detail::rank_of(order), fixed, stop_at);
     if (offsets.size() != n) break;  // the deadline
     if (peak(problem, offsets) <= best_run_peak) incumbent = order;
     consider(offsets, order, fixed);

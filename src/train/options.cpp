@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/files.h"
 
 namespace memo::train {
 
@@ -151,8 +152,11 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
 
 void apply_toml_file(const std::string& path, TrainOptions& options) {
   toml::table table;
+  // Read with a size limit (a device or FIFO is read as such, /dev/zero is
+  // refused instead of filling memory), then parsed with the path for messages.
+  const std::string text = read_text_file(path, 16u << 20, "config file");
   try {
-    table = toml::parse_file(path);
+    table = toml::parse(text, path);
   } catch (const toml::parse_error& e) {
     if (e.source().begin.line == 0)  // no position: the file could not be read
       throw InputError(cat("config file ", path, ": ", e.description()));
