@@ -235,11 +235,14 @@ ModelConfig resolve_model(const std::string& name_or_path) {
   if (c.vocab_size > 0) return c;
   namespace fs = std::filesystem;
   fs::path p(name_or_path);
+  // A name the file system refuses (too long, permission) is bad input naming
+  // the path; one that is simply absent is decided below.
   std::error_code ec;
+  auto refused = [&] { return ec && ec != std::errc::no_such_file_or_directory; };
   if (fs::is_directory(p, ec)) p /= "config.json";
-  const bool exists = !ec && fs::exists(p, ec);
-  // A name the file system refuses (too long, permission) is bad input naming the path.
-  require_input(!ec, "model ", name_or_path, ": ", ec.message());
+  require_input(!refused(), "model ", name_or_path, ": ", ec.message());
+  const bool exists = fs::exists(p, ec);
+  require_input(!refused(), "model ", name_or_path, ": ", ec.message());
   bool looks_like_path = name_or_path.find('/') != std::string::npos ||
                          name_or_path.find(".json") != std::string::npos || exists;
   if (!looks_like_path) {
