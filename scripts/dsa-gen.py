@@ -4,7 +4,7 @@ scale measurements of `memo dsa` (docs/perf/dsa-scale-2026-12-02.md).
 
 Buffers start at random times over a horizon of n / 4 steps, live a
 log-uniform 1 .. 2000 steps, and have log-uniform sizes of 64 B .. 16 MiB in
-multiples of 64, so about 500 buffers are alive at a time, like a training
+multiples of 64, so about 1,000 buffers are alive at a time, like a training
 step's activations. Deterministic for a given --seed.
 
   scripts/dsa-gen.py 1000000 > big.csv
