@@ -130,7 +130,7 @@ void check_train_outputs(const TrainOptions& o, const std::string& config_file) 
 // ends what is kept.
 void truncate_metrics(const std::string& path, int64_t last_step) {
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return;  // nothing recorded yet
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;  // nothing recorded yet (or a pipe)
   const std::string text = read_text_file(path, size_t{1} << 32, "--out metrics file");
   std::string kept;
   size_t begin = 0;
