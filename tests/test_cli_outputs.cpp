@@ -351,17 +351,21 @@ TEST(Outputs, ARealFullDiskDuringACheckpointSaveExits1AndKeepsTheLastCheckpoint)
   // (written before the first is pruned) does not.
   if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=7m") != 0)
     GTEST_SKIP() << "cannot mount a tmpfs here: " << std::strerror(errno);
+  struct Unmount {  // on every way out of the test, failed assertions included
+    const fs::path& at;
+    ~Unmount() { ::umount(at.c_str()); }
+  } unmount{mnt};
   const std::string run = "train --steps 6 --seq-len 16 --batch 1 --checkpoint-every 2 --keep-checkpoints 1 ";
   auto whole = run_memo(run + "--out " + (dir / "a").string() + " --json " + (dir / "a.json").string());
   ASSERT_EQ(whole.code, 0) << whole.output;
   auto r = run_memo(run + "--out " + (mnt / "o").string());
   // Resuming writes a checkpoint too: give the file system room (a tmpfs
   // keeps its files when remounted).
-  const bool grown = ::mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=64m") == 0;
-  if (grown) expect_failed_save_keeps_the_last_checkpoint(r, mnt / "o", run, dir / "a.json");
-  ::umount(mnt.c_str());
-  ASSERT_TRUE(grown) << std::strerror(errno);
-  fs::remove_all(dir);
+  ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=64m"), 0) << std::strerror(errno);
+  expect_failed_save_keeps_the_last_checkpoint(r, mnt / "o", run, dir / "a.json");
+  ::umount(mnt.c_str());  // before removing the directory it is mounted on
+  std::error_code ec;
+  fs::remove_all(dir, ec);
 }
 
 }  // namespace
