@@ -8,6 +8,8 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/io_checks.h"
+#include "cli/strict_numbers.h"
 #include "core/files.h"
 #include "core/json.h"
 #include "core/units.h"
@@ -72,10 +74,15 @@ void add_bench_command(CLI::App& root, Action& action) {
   app->add_flag("--planned-memory", o->planned_memory,
                 "Serve the timed steps from a bi-level planned arena (CPU allocator, or the pluggable CUDA "
                 "allocator in a MEMO_CUDA build); adds arena and fallback columns");
+  strict_numbers(app);
 
   app->callback([&action, o, policies, json, skip_check] {
     action = [o, policies, json, skip_check]() -> int {
       o->policies = split_list(*policies);
+      std::vector<NamedPath> outputs = {{"--json", *json}};
+      if (!o->trace.empty())
+        for (const auto& p : o->policies) outputs.push_back({"--trace", o->trace + "." + p + ".json"});
+      check_outputs(outputs, model_inputs(o->run.model));
       o->run.memory_check = !*skip_check;
       o->host_budget = memory::host_budget(o->run.host_memory_gib);
       std::printf("memo bench: %s, %lld layers, batch %lld x seq_len %lld\n", o->run.model.c_str(),

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/strict_numbers.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/json.h"
@@ -45,7 +47,13 @@ struct Row {
   size_t buffers = 0;
   std::optional<int64_t> capacity;
   SolveResult result;
+  double read_s = 0.0;   // parsing the CSV
+  double check_s = 0.0;  // validating the packing
 };
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 // minimalloc's challenging files are named X.<capacity>.csv.
 std::optional<int64_t> capacity_from_name(const fs::path& path) {
@@ -58,15 +66,21 @@ std::optional<int64_t> capacity_from_name(const fs::path& path) {
 
 Row solve_file(const std::string& path, const std::string& name, std::optional<int64_t> capacity,
                const DsaOptions& opts, plan::Offsets* offsets_out, plan::Problem* problem_out) {
+  // --time-limit covers reading and solving; the solver gets what reading
+  // left (it always ends with a packing: its first one takes O(n log n)).
+  const auto t0 = std::chrono::steady_clock::now();
   plan::CsvContents csv = plan::read_csv(path);
+  const double read_s = seconds_since(t0);
   plan::SolveOptions options;
   options.capacity = capacity;
-  options.time_limit_s = opts.time_limit_s;
+  options.time_limit_s = std::max(1e-3, opts.time_limit_s - read_s);
   options.seed = opts.seed;
   Row row{name, csv.problem.buffers.size(), capacity,
-          plan::solve(opts.solver, csv.problem, options)};
+          plan::solve(opts.solver, csv.problem, options), read_s, 0.0};
   if (row.result.found) {
+    const auto t1 = std::chrono::steady_clock::now();
     plan::Validation check = plan::validate(csv.problem, row.result.offsets);
+    row.check_s = seconds_since(t1);
     if (!check.ok())
       throw Error(cat("solver '", opts.solver, "' produced an invalid packing for ", path, ": ",
                       check.summary()));
@@ -87,7 +101,9 @@ nlohmann::json to_json(const Row& row) {
                       {"buffers", row.buffers},
                       {"load", row.result.load},
                       {"status", plan::to_string(row.result.status)},
-                      {"seconds", row.result.seconds}};
+                      {"seconds", row.result.seconds},
+                      {"read_seconds", row.read_s},
+                      {"check_seconds", row.check_s}};
   j["peak"] = row.result.found ? nlohmann::json(row.result.peak) : nlohmann::json(nullptr);
   j["capacity"] = json_or_null(row.capacity);
   return j;
@@ -109,10 +125,11 @@ int run_single(const DsaOptions& opts) {
   std::printf("peak/LOAD  %s\n", ratio_text(row).c_str());
   std::printf("solver     %s\n", opts.solver.c_str());
   std::printf("status     %s\n", plan::to_string(r.status));
-  std::printf("time       %s\n", format_seconds(r.seconds).c_str());
+  std::printf("time       %s (solver; reading %s, checking %s)\n", format_seconds(r.seconds).c_str(),
+              format_seconds(row.read_s).c_str(), format_seconds(row.check_s).c_str());
   if (!opts.out.empty()) {
     require_input(r.found, "no packing found, so nothing was written to '", opts.out, "'");
-    plan::write_csv(opts.out, problem, offsets);
+    write_file_atomic(opts.out, plan::to_csv(problem, offsets));
   }
   if (!opts.json.empty()) write_file_atomic(opts.json, to_json(row).dump(2) + "\n");
   return 0;
@@ -120,8 +137,13 @@ int run_single(const DsaOptions& opts) {
 
 int run_bench(const DsaOptions& opts) {
   std::vector<fs::path> files;
-  for (const auto& entry : fs::recursive_directory_iterator(opts.bench_dir))
-    if (entry.is_regular_file() && entry.path().extension() == ".csv") files.push_back(entry.path());
+  try {
+    for (const auto& entry : fs::recursive_directory_iterator(opts.bench_dir))
+      if (entry.is_regular_file() && entry.path().extension() == ".csv") files.push_back(entry.path());
+  } catch (const fs::filesystem_error& e) {
+    throw InputError(cat("--bench ", opts.bench_dir, ": cannot list ",
+                         e.path1().empty() ? opts.bench_dir : e.path1().string(), " (", e.code().message(), ")"));
+  }
   std::sort(files.begin(), files.end());
   require_input(!files.empty(), "no .csv files under '", opts.bench_dir, "'");
 
@@ -180,14 +202,13 @@ void add_dsa_command(CLI::App& root, Action& action) {
                                 "each; files named X.<N>.csv are solved at capacity N")
                     ->check(CLI::ExistingDirectory);
   cmd->add_option("--capacity", opts->capacity,
-                  "Answer whether a packing with peak <= N exists (and find one)")
-      ->check(CLI::NonNegativeNumber);
+                  "Answer whether a packing with peak <= N exists (and find one)");
   cmd->add_option("--solver", opts->solver, "Solver:" + solver_names)
       ->check(CLI::IsMember(names))
       ->capture_default_str();
   cmd->add_option("--time-limit", opts->time_limit_s,
-                  "Seconds per instance for the searching solvers")
-      ->check(CLI::PositiveNumber)
+                  "Seconds per instance for the solver (reading the file and checking the packing "
+                  "come on top)")
       ->capture_default_str();
   cmd->add_option("--seed", opts->seed, "Seed of the randomized tie-breaks")->capture_default_str();
   auto* out = cmd->add_option("--out", opts->out, "Write the packing as CSV (with an offset column)");
@@ -195,11 +216,21 @@ void add_dsa_command(CLI::App& root, Action& action) {
                   "Write {buffers, load, peak, status, seconds} as JSON (with --bench: a list "
                   "of rows)");
   out->excludes(bench);
+  strict_numbers(cmd);
 
   cmd->callback([opts, &action] {
     if (opts->file.empty() == opts->bench_dir.empty())
       throw CLI::ValidationError("memo dsa", "give exactly one of FILE or --bench DIR");
-    action = [opts] { return opts->bench_dir.empty() ? run_single(*opts) : run_bench(*opts); };
+    action = [opts] {
+      require_input(opts->time_limit_s > 0, "--time-limit must be a positive number of seconds, got ",
+                    opts->time_limit_s);
+      require_input(!opts->capacity || *opts->capacity >= 0, "--capacity must be >= 0, got ",
+                    opts->capacity.value_or(0));
+      const NamedPath input = opts->bench_dir.empty() ? NamedPath{"FILE", opts->file}
+                                                      : NamedPath{"--bench", opts->bench_dir};
+      check_outputs({{"--out", opts->out}, {"--json", opts->json}}, {input});
+      return opts->bench_dir.empty() ? run_single(*opts) : run_bench(*opts);
+    };
   });
 }
 

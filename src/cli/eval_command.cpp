@@ -14,6 +14,8 @@
 
 #include "cli/commands.h"
 #include "core/checked.h"
+#include "cli/io_checks.h"
+#include "cli/strict_numbers.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/units.h"
@@ -57,6 +59,11 @@ int run_eval(const EvalOptions& o) {
   require_input(o.batch > 0, "batch must be a positive integer, got ", o.batch);
   require_input(o.max_batches >= 0, "max_batches must be >= 0, got ", o.max_batches);
   (void)checked_mul(o.batch, checked_add(o.seq_len, 1, "seq_len + 1"), "tokens per batch (batch x (seq_len + 1))");
+  {
+    std::vector<NamedPath> inputs = {{"--model", o.model}};
+    for (auto& d : data_inputs(o.data)) inputs.push_back(d);
+    check_outputs({{"--json", o.json}, {"--dump-logits", o.dump_logits}, {"--dump-grads", o.dump_grads}}, inputs);
+  }
   auto config = model::resolve_model(o.model);
   require_input(model::has_hf_weights(o.model), "--model ", o.model,
                 ": eval needs a checkpoint directory with *.safetensors weights");
@@ -161,6 +168,7 @@ void add_eval_command(CLI::App& root, Action& action) {
                 "on CPU host RAM, stops before allocating)");
   app->add_option("--dump-logits", o->dump_logits)->group("");  // hidden: parity tests
   app->add_option("--dump-grads", o->dump_grads)->group("");
+  strict_numbers(app);
   app->callback([&action, o] { action = [o] { return run_eval(*o); }; });
 }
 

@@ -5,10 +5,12 @@
 #include <c10/util/Exception.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <iostream>
 
 #include "cli/commands.h"
@@ -54,6 +56,17 @@ int run_guarded(const memo::cli::Action& action) {
     std::fflush(stdout);
     std::cerr << "memo: error: " << e.what() << "\n";
     return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A safety net: the library turns these into InputError where the path
+    // comes from the user. Here too the message is memo's (path and reason),
+    // and a path the system refuses is bad input.
+    std::fflush(stdout);
+    const int err = e.code().value();
+    std::cerr << "memo: error: " << (e.path1().empty() ? std::string("a file") : e.path1().string()) << ": "
+              << std::strerror(err) << "\n";
+    const bool input = err == EACCES || err == EPERM || err == ENAMETOOLONG || err == ENOENT || err == ENOTDIR ||
+                       err == EISDIR || err == EROFS || err == ELOOP || err == EEXIST;
+    return input ? 2 : 1;
   } catch (const c10::Error& e) {
     std::fflush(stdout);
     std::cerr << "memo: error (torch): " << e.what_without_backtrace() << "\n";

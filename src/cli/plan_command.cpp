@@ -17,6 +17,8 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "cli/io_checks.h"
+#include "cli/strict_numbers.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/json.h"
@@ -298,9 +300,11 @@ void add_plan_command(CLI::App& root, Action& action) {
   app->add_flag("--profile", f->profile,
                 "Measure matmul and attention rates (and on CUDA the host link and device memory) here\n"
                 "and plan with them instead of the preset's figures");
+  strict_numbers(app);
 
   app->callback([&action, f] {
     action = [f]() -> int {
+      check_outputs({{"--json", f->json}}, model_inputs(f->model));
       std::printf("memo plan\n");
       auto plan = plan::make_plan(to_inputs(*f));
       print_plan(plan);

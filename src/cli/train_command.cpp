@@ -2,16 +2,22 @@
 // a printout of the resolved configuration, progress lines and a summary;
 // --json FILE and --out DIR for machines.
 #include <CLI/CLI.hpp>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/io_checks.h"
+#include "cli/strict_numbers.h"
+#include "core/error.h"
 #include "core/files.h"
+#include "core/json.h"
 #include "core/units.h"
 #include "model/config.h"
 #include "runtime/policy.h"
@@ -92,6 +98,58 @@ void print_summary(const train::TrainSummary& s) {
               format_bytes(static_cast<double>(s.peak_device_bytes)).c_str(),
               format_bytes(static_cast<double>(s.peak_activation_bytes)).c_str(),
               format_bytes(static_cast<double>(s.host_bytes)).c_str());
+}
+
+// Refuses, before anything runs, outputs that would destroy something:
+// reports or --out files that are an input (data, model, config, the
+// checkpoint resumed from), directories in place of files, unwritable paths.
+void check_train_outputs(const TrainOptions& o, const std::string& config_file) {
+  std::vector<NamedPath> inputs = model_inputs(o.model);
+  inputs.push_back({"--config", config_file});
+  for (auto& d : data_inputs(o.data)) inputs.push_back(d);
+  if (!o.resume.empty()) {
+    // The checkpoints only: --resume OUT --out OUT rewrites OUT's own reports.
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const bool is_checkpoint = fs::exists(fs::path(o.resume) / "trainer_state.json", ec);
+    inputs.push_back({"--resume", is_checkpoint ? o.resume : (fs::path(o.resume) / "checkpoints").string()});
+  }
+  std::vector<NamedPath> outputs = {{"--json", o.json}, {"--trace", o.trace}, {"--memory-timeline", o.memory_timeline}};
+  if (!o.out.empty())
+    for (const char* name : {"config.json", "metrics.jsonl", "summary.json"})
+      outputs.push_back({cat("--out (", name, ")"), o.out + "/" + name});
+  check_output_dirs({{"--out", o.out}, {"--export-dsa", o.export_dsa}, {"--plan-cache", o.plan_cache}}, inputs);
+  if (o.checkpoint_every > 0) {
+    // (Not --resume: continuing from OUT's own checkpoints and pruning them is the point.)
+    std::vector<NamedPath> read = model_inputs(o.model);
+    for (auto& d : data_inputs(o.data)) read.push_back(d);
+    read.push_back({"--config", config_file});
+    refuse_inputs_inside(read, o.out + "/checkpoints", "where this run saves and prunes checkpoints");
+  }
+  check_outputs(outputs, inputs);
+}
+
+// On --resume, metrics.jsonl keeps the lines of the steps up to the
+// checkpoint's: the steps after it run again and append theirs, so the file
+// ends as the uninterrupted run's would. A torn last line (a crash mid-write)
+// ends what is kept.
+void truncate_metrics(const std::string& path, int64_t last_step) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;  // nothing recorded yet (or a pipe)
+  const std::string text = read_text_file(path, size_t{1} << 32, "--out metrics file");
+  std::string kept;
+  size_t begin = 0;
+  while (begin < text.size()) {
+    const size_t end = text.find('\n', begin);
+    if (end == std::string::npos) break;  // no newline: torn
+    const auto j = nlohmann::json::parse(text.substr(begin, end - begin), nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer() ||
+        j["step"].get<int64_t>() > last_step)
+      break;
+    kept.append(text, begin, end + 1 - begin);
+    begin = end + 1;
+  }
+  if (kept.size() != text.size()) write_file_atomic(path, kept);
 }
 
 }  // namespace
@@ -187,6 +245,7 @@ void add_train_command(CLI::App& root, Action& action) {
                               "device's (on CPU: host RAM) stops before allocating (TOML: memory_check = false)");
     b.push_back({opt, [skip](TrainOptions& o) { o.memory_check = !*skip; }});
   }
+  strict_numbers(app);
 
   app->callback([&action, config_file, bindings] {
     action = [config_file, bindings]() -> int {
@@ -194,6 +253,12 @@ void add_train_command(CLI::App& root, Action& action) {
       if (!config_file->empty()) train::apply_toml_file(*config_file, options);
       for (const auto& bnd : *bindings)
         if (bnd.option->count() > 0) bnd.apply(options);
+      options.validate();
+      check_train_outputs(options, *config_file);
+      // One run at a time per --out (held until the process ends; a crashed
+      // run's lock dies with it).
+      std::optional<DirectoryLock> out_lock;
+      if (!options.out.empty()) out_lock.emplace(options.out, "--out");
 
       train::Trainer trainer(options);
       std::printf("memo train\n");
@@ -209,15 +274,24 @@ void add_train_command(CLI::App& root, Action& action) {
                                          {"cores", cpu_threads().cores},
                                          {"passive_wait", cpu_threads().passive_wait}};
       report["steps"] = nlohmann::json::array();
+      const std::string metrics = options.out + "/metrics.jsonl";
       if (!options.out.empty()) {
         write_file_atomic(options.out + "/config.json", report["config"].dump(2) + "\n");
-        if (options.resume.empty()) write_file_atomic(options.out + "/metrics.jsonl", "");
+        if (options.resume.empty())
+          write_file_atomic(metrics, "");
+        else
+          truncate_metrics(metrics, trainer.start_step());
       }
       const int64_t every = trainer.log_every();
       auto summary = trainer.run([&](const train::StepRecord& r) {
         auto j = train::to_json(r);
         report["steps"].push_back(j);
-        if (!options.out.empty()) append_line(options.out + "/metrics.jsonl", j.dump());
+        if (!options.out.empty()) {
+          append_line(metrics, j.dump());  // a failed append stops the run (exit 1)
+          // Before a checkpoint is saved, its steps' lines are on disk too.
+          if (options.checkpoint_every > 0 && (r.step % options.checkpoint_every == 0 || r.step == options.steps))
+            fsync_file(metrics);
+        }
         if (r.step == 1 || r.step % every == 0 || r.step == options.steps) print_step(r, options.steps);
       });
       print_summary(summary);

@@ -16,28 +16,28 @@ namespace memo::memory {
 
 namespace {
 
-// Wraps the default CPU allocator. Every DataPtr it hands out has its data
-// pointer as its context (as the default allocator's do), so that the raw
-// interface (raw_allocate / raw_deleter, used by some CPU kernels such as the
-// bfloat16 flash-attention backward) works; the size of each live block is
-// kept in a table so that the free is counted too.
+// Wraps the default CPU allocator and counts bytes, mallocs and frees. Every
+// DataPtr it hands out has the data pointer as its context and one plain
+// deleter (raw_deleter()), as c10's own CPU allocator does: oneDNN (ideep,
+// used for bfloat16 matmuls on CPU) allocates through
+// Allocator::raw_allocate, which requires exactly that. The sizes are kept
+// in a map by pointer so the free is counted too.
 class CountingCpuAllocator final : public c10::Allocator {
  public:
   explicit CountingCpuAllocator(c10::Allocator* base) : base_(base) {}
 
   c10::DataPtr allocate(size_t n) override {
-    c10::DataPtr inner = base_->allocate(n);
-    void* data = inner.get();
-    if (data == nullptr) return inner;  // empty tensors: nothing to count
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      live_.emplace(data, Block{std::move(inner), n});
+    void* data = base_->raw_allocate(n);  // nullptr for 0 bytes: no malloc, no free will come
+    if (data != nullptr) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        sizes_[data] = n;
+      }
+      mallocs_.fetch_add(1);
+      add(static_cast<int64_t>(n));
     }
-    mallocs_.fetch_add(1);
-    add(static_cast<int64_t>(n));
     return {data, data, &CountingCpuAllocator::release, c10::Device(c10::DeviceType::CPU)};
   }
-
   c10::DeleterFnPtr raw_deleter() const override { return &CountingCpuAllocator::release; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -52,25 +52,22 @@ class CountingCpuAllocator final : public c10::Allocator {
   void reset_peak() { peak_.store(current_.load()); }
 
  private:
-  struct Block {
-    c10::DataPtr inner;  // frees the allocation when destroyed
-    size_t bytes;
-  };
-
   static void release(void* p);
 
-  void forget(void* p) {
-    Block block;
+  void free_block(void* p) {
+    size_t bytes = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = live_.find(p);
-      if (it == live_.end()) return;
-      block = std::move(it->second);
-      live_.erase(it);
+      auto it = sizes_.find(p);
+      if (it != sizes_.end()) {
+        bytes = it->second;
+        sizes_.erase(it);
+      }
     }
     frees_.fetch_add(1);
-    add(-static_cast<int64_t>(block.bytes));
-  }  // block.inner frees the memory here, outside the lock
+    add(-static_cast<int64_t>(bytes));
+    base_->raw_deallocate(p);
+  }
 
   void add(int64_t delta) {
     int64_t now = current_.fetch_add(delta) + delta;
@@ -81,7 +78,7 @@ class CountingCpuAllocator final : public c10::Allocator {
 
   c10::Allocator* base_;
   std::mutex mutex_;
-  std::unordered_map<void*, Block> live_;
+  std::unordered_map<void*, size_t> sizes_;
   std::atomic<int64_t> current_{0};
   std::atomic<int64_t> peak_{0};
   std::atomic<int64_t> mallocs_{0};
@@ -91,8 +88,7 @@ class CountingCpuAllocator final : public c10::Allocator {
 CountingCpuAllocator* g_meter = nullptr;
 DeviceMemorySource* g_device_source = nullptr;
 
-// The meter lives for the whole process once installed.
-void CountingCpuAllocator::release(void* p) { g_meter->forget(p); }
+void CountingCpuAllocator::release(void* p) { g_meter->free_block(p); }
 
 }  // namespace
 

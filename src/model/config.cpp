@@ -10,10 +10,15 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/files.h"
 #include "core/json.h"
 #include "core/units.h"
 
 namespace memo::model {
+
+namespace {
+constexpr size_t kMaxConfigBytes = 64u << 20;  // a config.json is a few KiB
+}  // namespace
 
 // The counts are the planner's (plan::ModelShape), so the two never disagree.
 int64_t ModelConfig::layer_matmul_params() const { return to_plan_shape(*this).layer_matmul_params(); }
@@ -31,6 +36,7 @@ void ModelConfig::validate(const std::string& where) const {
   positive(kv_heads, "num_key_value_heads");
   positive(head_dim, "head_dim");
   positive(ffn, "intermediate_size");
+  positive(max_position, "max_position_embeddings");
   require_input(heads % kv_heads == 0, where, ": num_key_value_heads (", kv_heads,
                 ") must divide num_attention_heads (", heads, ")");
   require_input(head_dim % 2 == 0, where, ": head_dim (", head_dim, ") must be even for RoPE");
@@ -233,18 +239,22 @@ ModelConfig resolve_model(const std::string& name_or_path) {
   if (c.vocab_size > 0) return c;
   namespace fs = std::filesystem;
   fs::path p(name_or_path);
-  if (fs::is_directory(p)) p /= "config.json";
+  // A name the file system refuses (too long, permission) is bad input naming
+  // the path; one that is simply absent is decided below.
+  std::error_code ec;
+  auto refused = [&] { return ec && ec != std::errc::no_such_file_or_directory; };
+  if (fs::is_directory(p, ec)) p /= "config.json";
+  require_input(!refused(), "model ", name_or_path, ": ", ec.message());
+  const bool exists = fs::exists(p, ec);
+  require_input(!refused(), "model ", name_or_path, ": ", ec.message());
   bool looks_like_path = name_or_path.find('/') != std::string::npos ||
-                         name_or_path.find(".json") != std::string::npos || fs::exists(p);
+                         name_or_path.find(".json") != std::string::npos || exists;
   if (!looks_like_path) {
     throw InputError(cat("unknown model \"", name_or_path, "\": expected a preset (", joined(preset_names()),
                          ") or the path of a Hugging Face config.json"));
   }
-  std::ifstream in(p);
-  require_input(in.good(), "cannot read model config ", p.string());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_hf_config(ss.str(), p.string());
+  const std::string text = read_text_file(p.string(), kMaxConfigBytes, "model config");
+  return parse_hf_config(text, p.string());
 }
 
 }  // namespace memo::model

@@ -109,11 +109,9 @@ at::Tensor tensor_from(const SafetensorsReader& r, const SafetensorsTensor& t) {
 std::vector<std::string> weight_files(const std::string& dir) {
   const fs::path index = fs::path(dir) / "model.safetensors.index.json";
   std::vector<std::string> files;
-  if (fs::exists(index)) {
-    std::ifstream in(index);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const nlohmann::json j = parse_json(ss.str(), index.string());
+  std::error_code ec;  // a name the file system refuses reads as missing (named below), not as an exception
+  if (fs::exists(index, ec)) {
+    const nlohmann::json j = parse_json(read_text_file(index.string(), 64u << 20, "shard index"), index.string());
     require_input(j.is_object() && j.contains("weight_map") && j.at("weight_map").is_object(),
                   index.string(), ": missing the \"weight_map\" object");
     std::set<std::string> names;
@@ -126,13 +124,12 @@ std::vector<std::string> weight_files(const std::string& dir) {
     }
     for (const auto& f : names) {
       const auto p = (fs::path(dir) / f).string();
-      require_input(fs::is_regular_file(p), index.string(), ": shard ", p, " (listed for some tensors) is missing");
+      require_input(fs::is_regular_file(p, ec), index.string(), ": shard ", p, " (listed for some tensors) is missing");
       files.push_back(p);
     }
-  } else if (fs::is_regular_file(fs::path(dir) / "model.safetensors")) {
+  } else if (fs::is_regular_file(fs::path(dir) / "model.safetensors", ec)) {
     files.push_back((fs::path(dir) / "model.safetensors").string());
   } else {
-    std::error_code ec;
     for (const auto& e : fs::directory_iterator(dir, ec))
       if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
     std::sort(files.begin(), files.end());
@@ -259,7 +256,7 @@ void write_hf_checkpoint(const std::string& dir, const ModelConfig& config, cons
                          at::ScalarType dtype) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  require_input(!ec, "cannot create directory ", dir, ": ", ec.message());
+  if (ec) throw_file_error("create directory", dir, ec.value());
   write_tensors((fs::path(dir) / "model.safetensors").string(), to_hf_tensors(config, w, dtype));
   write_file_atomic((fs::path(dir) / "config.json").string(), hf_config_json(config, dtype).dump(2) + "\n");
   fsync_directory(dir);

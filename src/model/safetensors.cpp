@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/files.h"
 
 namespace memo::model {
 
@@ -190,27 +191,13 @@ std::string safetensors_header_bytes(const std::vector<SafetensorsOutput>& tenso
 void write_safetensors(const std::string& path, const std::vector<SafetensorsOutput>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   const std::string header = safetensors_header_bytes(tensors, metadata);
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  require_input(fd >= 0, "cannot write ", path, ": ", std::strerror(errno));
-  auto put = [&](const void* p, size_t len) {
-    const char* c = static_cast<const char*>(p);
-    while (len > 0) {
-      ssize_t w = ::write(fd, c, len);
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) {
-        int err = errno;
-        ::close(fd);
-        throw InputError(cat("cannot write ", path, ": ", std::strerror(err)));
-      }
-      c += w;
-      len -= static_cast<size_t>(w);
-    }
-  };
-  put(header.data(), header.size());
-  for (const auto& t : tensors) put(t.data, t.bytes);
-  const bool synced = ::fsync(fd) == 0;
-  const bool closed = ::close(fd) == 0;
-  require_input(synced && closed, "cannot write ", path, ": ", std::strerror(errno));
+  // FileWriter: complete writes or an error classified by errno (a full disk
+  // is a runtime Error), and the test-only fault hook (core/files.h).
+  FileWriter out(path, O_CREAT | O_TRUNC, 0644);
+  out.write(header.data(), header.size());
+  for (const auto& t : tensors) out.write(t.data, t.bytes);
+  out.sync();
+  out.close();
 }
 
 }  // namespace memo::model

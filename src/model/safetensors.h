@@ -79,7 +79,7 @@ std::string safetensors_header_bytes(const std::vector<SafetensorsOutput>& tenso
 
 // Writes a safetensors file at `path` (not atomic: callers write into a
 // temporary directory and rename it) and fsyncs it. Throws InputError naming
-// the path on failure.
+// the path when it cannot be opened, Error when writing fails (a full disk).
 void write_safetensors(const std::string& path, const std::vector<SafetensorsOutput>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

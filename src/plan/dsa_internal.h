@@ -35,6 +35,11 @@ class Deadline {
   double limit_;
 };
 
+// Sweep best-fit (dsa_sweep.cpp): buffers allocated in time order into the
+// smallest free gap that holds them, as an online allocator would. O(n log n)
+// on any instance: the packing in hand before the slower greedy runs.
+Offsets sweep_fit(const Problem& problem);
+
 // Lowest-gap greedy ("skyline best-fit"): repeatedly take the lowest stretch of
 // the current skyline and put there the buffer of smallest rank[] that fits
 // inside it in time; if none fits, the stretch is raised to its lower
@@ -42,8 +47,11 @@ class Deadline {
 // With `fixed`, the buffers whose fixed[] offset is not kNoOffset keep it and
 // the others are packed around them (the skyline jumps over them, and space
 // below one that nothing fits into is wasted).
+// With `deadline`, a run that reaches it stops and returns an empty Offsets
+// (a run costs up to O(n^2) scans on wide instances).
 Offsets skyline_fit(const Problem& problem, const Sections& sections,
-                    const std::vector<int>& rank, const Offsets* fixed = nullptr);
+                    const std::vector<int>& rank, const Offsets* fixed = nullptr,
+                    const Deadline* deadline = nullptr);
 
 // Pre-placements for skyline_fit (dsa_anchor.cpp): the buffers alive at the
 // first time of maximum load stacked from offset 0 (nothing else placed), one

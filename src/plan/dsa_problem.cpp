@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <optional>
 #include <ostream>
+#include <sstream>
 #include <unordered_set>
 
 #include "core/error.h"
@@ -35,6 +37,53 @@ std::vector<std::string_view> split(std::string_view line) {
   return fields;
 }
 
+// Lines of at most kMaxCsvLineBytes, kMaxCsvBytes in all, read in chunks:
+// a device (/dev/zero) or a FIFO that never ends costs bounded memory.
+class LineReader {
+ public:
+  LineReader(std::istream& in, const std::string& source) : buf_(in.rdbuf()), source_(source) {}
+
+  // The next line (without its newline) into `line`; false at the end.
+  bool next(std::string& line, int64_t line_no) {
+    line.clear();
+    bool any = false;
+    while (true) {
+      if (pos_ == end_ && !refill()) return any;
+      any = true;
+      const char* start = chunk_.data() + pos_;
+      const auto* nl = static_cast<const char*>(std::memchr(start, '\n', end_ - pos_));
+      const size_t take = nl ? static_cast<size_t>(nl - start) : end_ - pos_;
+      require_input(static_cast<int64_t>(line.size() + take) <= kMaxCsvLineBytes, source_, ":", line_no,
+                    ": line longer than ", kMaxCsvLineBytes, " bytes");
+      line.append(start, take);
+      pos_ += take;
+      if (nl) {
+        ++pos_;
+        return true;
+      }
+    }
+  }
+
+ private:
+  bool refill() {
+    if (buf_ == nullptr) return false;
+    const std::streamsize n = buf_->sgetn(chunk_.data(), static_cast<std::streamsize>(chunk_.size()));
+    if (n <= 0) return false;
+    total_ += n;
+    require_input(total_ <= kMaxCsvBytes, source_, ": larger than ", kMaxCsvBytes,
+                  " bytes; refusing to read further");
+    pos_ = 0;
+    end_ = static_cast<size_t>(n);
+    return true;
+  }
+
+  std::streambuf* buf_;
+  const std::string& source_;
+  std::vector<char> chunk_ = std::vector<char>(1 << 20);
+  size_t pos_ = 0, end_ = 0;
+  int64_t total_ = 0;
+};
+
 enum Column { kId, kLower, kUpper, kSize, kAlignment, kOffset, kColumnCount };
 const char* const kColumnNames[kColumnCount] = {"id", "lower", "upper", "size", "alignment",
                                                 "offset"};
@@ -44,11 +93,17 @@ const char* const kColumnNames[kColumnCount] = {"id", "lower", "upper", "size", 
 CsvContents parse_csv(std::istream& in, const std::string& source) {
   std::string line;
   int64_t line_no = 0;
-  auto where = [&] { return cat(source, ":", line_no, ": "); };
+  LineReader reader(in, source);
+  // Throws InputError "SOURCE:LINE: parts" unless ok; the message is built
+  // only on failure (parsing 10^6 lines must not build 10^7 strings).
+  auto check = [&](bool ok, auto&&... parts) {
+    if (!ok) throw InputError(cat(source, ":", line_no, ": ", parts...));
+  };
+  auto next_line = [&] { return reader.next(line, line_no + 1); };
 
   // Header: skip leading blank lines, then map column names to positions.
   bool have_header = false;
-  while (!have_header && std::getline(in, line)) {
+  while (!have_header && next_line()) {
     ++line_no;
     have_header = !trim(line).empty();
   }
@@ -59,51 +114,60 @@ CsvContents parse_csv(std::istream& in, const std::string& source) {
   for (size_t i = 0; i < header.size(); ++i) {
     auto name = header[i];
     auto* it = std::find(std::begin(kColumnNames), std::end(kColumnNames), name);
-    require_input(it != std::end(kColumnNames), where(), "unknown column '", name,
+    check(it != std::end(kColumnNames), "unknown column '", name,
                   "' (expected id, lower, upper, size, alignment, offset)");
     auto column = static_cast<size_t>(it - std::begin(kColumnNames));
-    require_input(!position[column], where(), "duplicate column '", name, "'");
+    check(!position[column], "duplicate column '", name, "'");
     position[column] = i;
   }
   for (int c = kId; c <= kSize; ++c)
-    require_input(position[c].has_value(), where(), "missing column '", kColumnNames[c],
+    check(position[c].has_value(), "missing column '", kColumnNames[c],
                   "' in the header (need id,lower,upper,size)");
 
   CsvContents result;
   std::unordered_set<std::string> seen_ids;
-  while (std::getline(in, line)) {
+  int64_t total_space = 0;  // sizes plus alignment padding, checked against kMaxTotalBytes
+  while (next_line()) {
     ++line_no;
     if (trim(line).empty()) continue;
     auto fields = split(line);
-    require_input(fields.size() == header.size(), where(), "expected ", header.size(),
+    check(fields.size() == header.size(), "expected ", header.size(),
                   " fields, got ", fields.size());
     auto number = [&](Column c) -> std::optional<int64_t> {
       if (!position[c]) return std::nullopt;
       std::string_view text = fields[*position[c]];
       int64_t value = 0;
       auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-      require_input(ec == std::errc() && end == text.data() + text.size(), where(), "column '",
+      check(ec == std::errc() && end == text.data() + text.size(), "column '",
                     kColumnNames[c], "': '", text, "' is not an integer");
       return value;
     };
     Buffer b;
     b.id = std::string(fields[*position[kId]]);
-    require_input(!b.id.empty(), where(), "empty id");
-    require_input(seen_ids.insert(b.id).second, where(), "duplicate id '", b.id, "'");
+    check(!b.id.empty(), "empty id");
+    check(seen_ids.insert(b.id).second, "duplicate id '", b.id, "'");
     b.lower = *number(kLower);
     b.upper = *number(kUpper);
     b.size = *number(kSize);
-    require_input(b.lower < b.upper, where(), "lower (", b.lower, ") must be < upper (",
+    check(b.lower < b.upper, "lower (", b.lower, ") must be < upper (",
                   b.upper, ")");
-    require_input(b.size >= 0, where(), "negative size ", b.size);
+    check(b.size >= 0, "negative size ", b.size);
+    int64_t span = 0;
+    check(!__builtin_sub_overflow(b.upper, b.lower, &span), "upper - lower overflows");
     if (auto a = number(kAlignment)) {
-      require_input(*a >= 1, where(), "alignment must be >= 1, got ", *a);
+      check(*a >= 1, "alignment must be >= 1, got ", *a);
       b.alignment = *a;
     }
+    check(!__builtin_add_overflow(total_space, b.size, &total_space) &&
+              !__builtin_add_overflow(total_space, b.alignment - 1, &total_space) &&
+              total_space <= kMaxTotalBytes,
+          "the sizes and alignments so far sum to more than 2^60 bytes (1 EiB); offsets "
+                  "could overflow, so the instance is refused");
     if (position[kOffset]) {
       bool empty = fields[*position[kOffset]].empty();  // empty field: not placed
       int64_t offset = empty ? kNoOffset : *number(kOffset);
-      require_input(empty || offset >= 0, where(), "negative offset ", offset);
+      check(empty || offset >= 0, "negative offset ", offset);
+      check(empty || offset <= kMaxTotalBytes, "offset ", offset, " is above 2^60");
       result.offsets.push_back(offset);
     }
     result.problem.buffers.push_back(std::move(b));
@@ -112,9 +176,24 @@ CsvContents parse_csv(std::istream& in, const std::string& source) {
 }
 
 CsvContents read_csv(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   require_input(in.good(), "cannot open '", path, "'");
   return parse_csv(in, path);
+}
+
+void check_limits(const Problem& problem, const std::string& source) {
+  int64_t total = 0;
+  for (const Buffer& b : problem.buffers) {
+    int64_t span = 0;
+    require_input(b.size >= 0 && b.alignment >= 1, source, ": buffer '", b.id,
+                  "' has a negative size or an alignment below 1");
+    require_input(!__builtin_sub_overflow(b.upper, b.lower, &span), source, ": buffer '", b.id,
+                  "': upper - lower overflows");
+    require_input(!__builtin_add_overflow(total, b.size, &total) &&
+                      !__builtin_add_overflow(total, b.alignment - 1, &total) && total <= kMaxTotalBytes,
+                  source, ": the sizes and alignments sum to more than 2^60 bytes (1 EiB); offsets could "
+                  "overflow, so the problem is refused");
+  }
 }
 
 void write_csv(std::ostream& out, const Problem& problem, const Offsets& offsets) {
@@ -131,11 +210,10 @@ void write_csv(std::ostream& out, const Problem& problem, const Offsets& offsets
   }
 }
 
-void write_csv(const std::string& path, const Problem& problem, const Offsets& offsets) {
-  std::ofstream out(path);
-  require_input(out.good(), "cannot write '", path, "'");
+std::string to_csv(const Problem& problem, const Offsets& offsets) {
+  std::ostringstream out;
   write_csv(out, problem, offsets);
-  if (!out.good()) throw Error(cat("writing '", path, "' failed"));
+  return out.str();
 }
 
 int64_t load(const Problem& problem) {

@@ -34,15 +34,31 @@ struct CsvContents {
   Offsets offsets;
 };
 
+// Limits on what is accepted, so that no sum of sizes, offsets or alignments
+// can overflow int64 in any solver (whose "infinity" is 2^61): the sizes plus
+// alignment padding of all buffers sum to at most kMaxTotalBytes (2^60,
+// 1 EiB), and upper - lower must be representable.
+inline constexpr int64_t kMaxTotalBytes = int64_t{1} << 60;
+// Input is read with bounds, so a device (/dev/zero) or a FIFO cannot fill
+// memory: at most kMaxCsvBytes in all and kMaxCsvLineBytes per line.
+inline constexpr int64_t kMaxCsvBytes = int64_t{4} << 30;
+inline constexpr int64_t kMaxCsvLineBytes = 64 << 10;
+
 // Parses minimalloc's CSV. Columns are found by header name (any order);
 // id, lower, upper and size are required, alignment and offset optional.
-// Throws memo::InputError naming `source` and the line on any malformed input.
+// Throws memo::InputError naming `source` and the line on any malformed input
+// (the limits above included).
 CsvContents parse_csv(std::istream& in, const std::string& source);
 CsvContents read_csv(const std::string& path);
 
+// Throws InputError naming `source` when a problem breaks the limits above
+// (for problems built in code; parse_csv checks them line by line).
+void check_limits(const Problem& problem, const std::string& source);
+
 // Writes `id,lower,upper,size,offset` (plus alignment when any buffer has one).
+// Files are written by the callers with write_file_atomic (core/files.h).
 void write_csv(std::ostream& out, const Problem& problem, const Offsets& offsets);
-void write_csv(const std::string& path, const Problem& problem, const Offsets& offsets);
+std::string to_csv(const Problem& problem, const Offsets& offsets);
 
 // LOAD: the most bytes alive at any one time, a lower bound on every peak.
 int64_t load(const Problem& problem);

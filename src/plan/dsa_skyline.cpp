@@ -187,7 +187,7 @@ void settle(Skyline& skyline, const Obstacles& obstacles, int first, int last, i
 }  // namespace
 
 Offsets skyline_fit(const Problem& problem, const Sections& sections,
-                    const std::vector<int>& rank, const Offsets* fixed) {
+                    const std::vector<int>& rank, const Offsets* fixed, const Deadline* deadline) {
   const auto& bufs = problem.buffers;
   const int n = static_cast<int>(bufs.size());
   Offsets offsets(bufs.size(), kNoOffset);
@@ -212,7 +212,8 @@ Offsets skyline_fit(const Problem& problem, const Sections& sections,
   Obstacles obstacles(problem, sections, fixed);
   Skyline skyline(sections.count());
   settle(skyline, obstacles, 0, sections.count(), 0);
-  for (int placed = 0; placed < free_count;) {
+  for (int placed = 0, steps = 0; placed < free_count; ++steps) {
+    if (deadline != nullptr && steps % 16 == 15 && deadline->passed()) return {};
     auto [start, stretch] = skyline.lowest();
     // Buffers must end below the pre-placed ones above the stretch: below
     // `roof` (the lowest over the whole stretch) they surely do; above it

@@ -33,6 +33,7 @@ const std::vector<SolverInfo>& solvers() {
 }
 
 SolveResult solve(std::string_view name, const Problem& problem, const SolveOptions& options) {
+  check_limits(problem, "DSA problem");
   std::string known;
   for (const SolverInfo& info : solvers()) {
     if (info.name == name) return info.solve(problem, options);

@@ -1,6 +1,9 @@
-// The oracle for every DSA solver: a deliberately naive check (all pairs) that
-// a solution places every buffer, respects alignments, never lets two buffers
-// that are alive at the same time share a byte, and stays within a capacity.
+// The oracle for every DSA solver: a deliberately simple check that a solution
+// places every buffer, respects alignments, never lets two buffers that are
+// alive at the same time share a byte, and stays within a capacity. All pairs
+// up to kPairwiseBuffers buffers (every overlapping pair is counted); above,
+// an O(n log n) sweep over time that catches every packing with an overlap
+// (violation_count is then a lower bound on the overlapping pairs).
 #pragma once
 
 #include <cstddef>
@@ -32,6 +35,7 @@ struct Validation {
 };
 
 inline constexpr size_t kMaxReported = 20;
+inline constexpr size_t kPairwiseBuffers = 4096;
 
 Validation validate(const Problem& problem, const Offsets& offsets,
                     std::optional<int64_t> capacity = std::nullopt);

@@ -5,6 +5,8 @@
 // measured on the H200 host (ANCHORS.md).
 #include "plan/hardware.h"
 
+#include <cmath>
+
 #include "core/error.h"
 #include "core/units.h"
 
@@ -31,7 +33,7 @@ Hardware card(const char* name, double peak, double device, double link) {
 
 void Hardware::validate() const {
   auto positive = [&](double v, const char* field) {
-    require_input(v > 0, "hardware ", name, ": ", field, " must be positive, got ", v);
+    require_input(v > 0 && std::isfinite(v), "hardware ", name, ": ", field, " must be a finite positive number, got ", v);
   };
   positive(peak_flops, "peak flops (--peak-tflops)");
   positive(device_bytes, "device memory (--device-gib)");
@@ -44,7 +46,7 @@ void Hardware::validate() const {
                 ": matmul efficiency must be in (0, 1], got ", matmul_efficiency);
   require_input(attention_efficiency > 0 && attention_efficiency <= 1, "hardware ", name,
                 ": attention efficiency must be in (0, 1], got ", attention_efficiency);
-  require_input(reserve_bytes >= 0, "hardware ", name, ": reserve must be >= 0");
+  require_input(reserve_bytes >= 0 && std::isfinite(reserve_bytes), "hardware ", name, ": reserve must be >= 0");
 }
 
 std::vector<std::string> hardware_names() { return {"a100-80gb", "a800-80gb", "h100-80gb", "h200-141gb"}; }

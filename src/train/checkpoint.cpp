@@ -42,8 +42,9 @@ std::vector<fs::path> list_checkpoints(const fs::path& root) {
   if (!fs::is_directory(dir, ec)) return out;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const auto name = e.path().filename().string();
-    if (e.is_directory() && name.starts_with(kPrefix) && name.find(".tmp") == std::string::npos &&
-        fs::exists(e.path() / "trainer_state.json"))
+    std::error_code ec2;
+    if (e.is_directory(ec2) && name.starts_with(kPrefix) && name.find(".tmp") == std::string::npos &&
+        fs::exists(e.path() / "trainer_state.json", ec2))
       out.push_back(e.path());
   }
   std::sort(out.begin(), out.end());
@@ -51,11 +52,39 @@ std::vector<fs::path> list_checkpoints(const fs::path& root) {
 }
 
 std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  require_input(in.good(), "checkpoint: cannot read ", p.string());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return read_text_file(p.string(), 64u << 20, "checkpoint");
+}
+
+}  // namespace
+
+namespace {
+
+// Writes the checkpoint's files into `tmp` and fsyncs them.
+void write_checkpoint_files(const fs::path& tmp, int64_t step, model::LlamaModel& model, AdamW& optimizer,
+                            const DataSource& data, const nlohmann::json& info, double loss) {
+  model::write_hf_checkpoint(tmp.string(), model.config(), model.master(), model.options().master_dtype);
+  std::vector<std::pair<std::string, at::Tensor>> state;
+  const auto names = model.master().named();
+  auto& m = optimizer.first_moments();
+  auto& v = optimizer.second_moments();
+  if (m.size() != names.size() || v.size() != names.size())
+    throw Error("checkpoint: optimizer state does not match the model's parameters");
+  for (size_t i = 0; i < names.size(); ++i) {
+    state.emplace_back("m." + names[i].first, m[i]);
+    state.emplace_back("v." + names[i].first, v[i]);
+  }
+  model::write_tensors((tmp / "optimizer.safetensors").string(), state);
+  nlohmann::json st;
+  st["step"] = step;
+  st["optimizer_steps"] = optimizer.steps_taken();
+  auto ds = nlohmann::json::array();
+  for (auto x : data.state()) ds.push_back(std::to_string(x));  // exact 64-bit values as strings
+  st["data_state"] = ds;
+  st["data_fingerprint"] = data.fingerprint();
+  st["loss"] = std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr);  // JSON has no NaN
+  st["info"] = info;
+  write_file_atomic((tmp / "trainer_state.json").string(), st.dump(2) + "\n");
+  model::fsync_directory(tmp.string());
 }
 
 // The loss trainer_state.json records, when it is a finite number.
@@ -197,31 +226,26 @@ std::string save_checkpoint(const std::string& out_dir, int64_t step, model::Lla
     for (const auto& e : fs::directory_iterator(root, ec))
       if (e.path().filename().string().ends_with(".tmp")) leftovers.push_back(e.path());
   for (const auto& p : leftovers) fs::remove_all(p, ec);
-  fs::create_directories(tmp, ec);
-  require_input(!ec, "cannot create checkpoint directory ", tmp.string(), ": ", ec.message());
 
-  model::write_hf_checkpoint(tmp.string(), model.config(), model.master(), model.options().master_dtype);
-  std::vector<std::pair<std::string, at::Tensor>> state;
-  for (size_t i = 0; i < names.size(); ++i) {
-    state.emplace_back("m." + names[i].first, m[i]);
-    state.emplace_back("v." + names[i].first, v[i]);
+  // Everything is written into `tmp`; on any failure (a full disk: Error,
+  // exit 1) the partial temporary is removed and the checkpoints already
+  // there are untouched.
+  try {
+    fs::create_directories(tmp, ec);
+    if (ec) throw_file_error("create checkpoint directory", tmp.string(), ec.value());
+    write_checkpoint_files(tmp, step, model, optimizer, data, info, loss);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
   }
-  model::write_tensors((tmp / "optimizer.safetensors").string(), state);
-  nlohmann::json st;
-  st["step"] = step;
-  st["optimizer_steps"] = optimizer.steps_taken();
-  auto ds = nlohmann::json::array();
-  for (auto x : data.state()) ds.push_back(std::to_string(x));  // exact 64-bit values as strings
-  st["data_state"] = ds;
-  st["data_fingerprint"] = data.fingerprint();
-  st["loss"] = std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json(nullptr);  // JSON has no NaN
-  st["info"] = info;
-  write_file_atomic((tmp / "trainer_state.json").string(), st.dump(2) + "\n");
-  model::fsync_directory(tmp.string());
 
   fs::remove_all(final_dir, ec);  // the same step saved again (a resumed run)
   fs::rename(tmp, final_dir, ec);
-  require_input(!ec, "cannot rename ", tmp.string(), " to ", final_dir.string(), ": ", ec.message());
+  if (ec) {
+    const int err = ec.value();
+    fs::remove_all(tmp, ec);
+    throw_file_error(cat("rename ", tmp.string(), " to"), final_dir.string(), err);
+  }
   model::fsync_directory(root.string());
 
   if (keep > 0) {
@@ -238,8 +262,10 @@ std::string save_checkpoint(const std::string& out_dir, int64_t step, model::Lla
 
 std::string find_checkpoint(const std::string& path) {
   std::error_code ec;
-  require_input(fs::is_directory(path, ec), "--resume ", path, ": not a directory");
-  if (fs::exists(fs::path(path) / "trainer_state.json")) return path;
+  const bool dir = fs::is_directory(path, ec);
+  require_input(!ec, "--resume ", path, ": ", ec.message());
+  require_input(dir, "--resume ", path, ": not a directory");
+  if (fs::exists(fs::path(path) / "trainer_state.json", ec)) return path;
   auto all = list_checkpoints(path);
   require_input(!all.empty(), "--resume ", path, ": holds no checkpoint (no trainer_state.json, no "
                 "checkpoints/step-* directory)");

@@ -145,11 +145,11 @@ void MemoryPlanning::after_step(int64_t step) {
   if (!options_.export_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(options_.export_dir, ec);
-    require_input(!ec, "cannot create directory ", options_.export_dir, ": ", ec.message());
+    if (ec) throw_file_error("create directory", options_.export_dir, ec.value());
     for (size_t g = 0; g < p.level1.size(); ++g)
-      plan::write_csv(options_.export_dir + "/level1-" + std::to_string(g) + "-" + p.level1[g].region + ".csv",
-                      p.level1[g].problem, p.level1[g].offsets);
-    plan::write_csv(options_.export_dir + "/level2.csv", p.level2, p.level2_offsets);
+      write_file_atomic(options_.export_dir + "/level1-" + std::to_string(g) + "-" + p.level1[g].region + ".csv",
+                        plan::to_csv(p.level1[g].problem, p.level1[g].offsets));
+    write_file_atomic(options_.export_dir + "/level2.csv", plan::to_csv(p.level2, p.level2_offsets));
   }
   if (!options_.timeline_path.empty())
     write_file_atomic(options_.timeline_path, memory_timeline_html(trace, options_.planned ? p.arena_bytes : 0));

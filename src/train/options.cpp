@@ -4,12 +4,14 @@
 #define TOML_HEADER_ONLY 1
 #include <toml++/toml.h>
 
+#include <cmath>
 #include <functional>
 #include <map>
 #include <sstream>
 
 #include "core/checked.h"
 #include "core/error.h"
+#include "core/files.h"
 
 namespace memo::train {
 
@@ -17,22 +19,33 @@ void TrainOptions::validate() const {
   auto positive = [](int64_t v, const char* name) {
     require_input(v > 0, name, " must be a positive integer, got ", v);
   };
+  // Every floating-point option must be a finite number (TOML allows inf and
+  // nan; the command line refuses them before this).
+  auto finite = [](double v, const char* name) {
+    require_input(std::isfinite(v), name, " must be a finite number, got ", v);
+  };
   positive(seq_len, "seq_len");
   positive(batch, "batch");
   positive(grad_accum, "grad_accum");
   positive(steps, "steps");
   require_input(layers >= 0, "layers must be >= 0 (0 keeps the model's), got ", layers);
+  finite(lr, "lr");
   require_input(lr > 0, "lr must be > 0, got ", lr);
   require_input(min_lr_ratio >= 0 && min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1], got ", min_lr_ratio);
   require_input(warmup >= 0, "warmup must be >= 0, got ", warmup);
+  finite(weight_decay, "weight_decay");
   require_input(weight_decay >= 0, "weight_decay must be >= 0, got ", weight_decay);
   require_input(beta1 >= 0 && beta1 < 1, "beta1 must be in [0, 1), got ", beta1);
   require_input(beta2 >= 0 && beta2 < 1, "beta2 must be in [0, 1), got ", beta2);
+  finite(clip, "clip");
   require_input(clip >= 0, "clip must be >= 0 (0 disables clipping), got ", clip);
+  finite(alpha, "alpha");
   require_input(alpha < 0 || alpha <= 1, "alpha must be in [0, 1] (or negative for automatic), got ", alpha);
+  finite(host_memory_gib, "host_memory_gib");
   require_input(host_memory_gib >= 0, "host_memory_gib must be >= 0, got ", host_memory_gib);
   require_input(loss_chunk >= 0, "loss_chunk must be >= 0, got ", loss_chunk);
   require_input(log_every >= 0, "log_every must be >= 0, got ", log_every);
+  finite(peak_tflops, "peak_tflops");
   require_input(peak_tflops >= 0, "peak_tflops must be >= 0, got ", peak_tflops);
   require_input(device == "auto" || device == "cpu" || device == "cuda", "device \"", device,
                 "\" is unknown (expected auto, cpu or cuda)");
@@ -147,8 +160,11 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
 
 void apply_toml_file(const std::string& path, TrainOptions& options) {
   toml::table table;
+  // Read with a size limit (a device or FIFO is read as such, /dev/zero is
+  // refused instead of filling memory), then parsed with the path for messages.
+  const std::string text = read_text_file(path, 16u << 20, "config file");
   try {
-    table = toml::parse_file(path);
+    table = toml::parse(text, path);
   } catch (const toml::parse_error& e) {
     if (e.source().begin.line == 0)  // no position: the file could not be read
       throw InputError(cat("config file ", path, ": ", e.description()));

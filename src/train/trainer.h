@@ -70,6 +70,8 @@ class Trainer {
   // The policy's own choices (split, buffers, host pool), if any.
   std::vector<std::pair<std::string, std::string>> describe_policy() const;
   int64_t log_every() const { return log_every_; }
+  // Steps already taken when run() starts: 0, or the resumed checkpoint's step.
+  int64_t start_step() const { return start_step_; }
 
   TrainSummary run(const std::function<void(const StepRecord&)>& on_step);
 

@@ -108,6 +108,27 @@ TEST_F(DsaCli, BenchReadsCapacityFromFileName) {
       << run.output;
 }
 
+TEST_F(DsaCli, CapacityZeroWithANonEmptyBufferIsInfeasible) {
+  std::string file = write("one.csv", "id,lower,upper,size\na,0,2,4\n");
+  for (const char* solver : {"auto", "bestfit", "exact"}) {
+    CliRun run = run_memo("dsa " + file + " --capacity 0 --solver " + solver);
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_NE(run.output.find("status     infeasible"), std::string::npos) << solver << "\n" << run.output;
+  }
+}
+
+TEST_F(DsaCli, SizesWhoseSumOverflowsExitTwoNamingTheLine) {
+  expect_input_error("big.csv", "id,lower,upper,size\na,0,2,4611686018427387904\nb,0,2,4611686018427387904\n",
+                     "big.csv:2:");
+}
+
+TEST_F(DsaCli, ADeviceThatNeverEndsIsRefusedWithoutReadingItAll) {
+  if (!fs::exists("/dev/zero")) GTEST_SKIP() << "no /dev/zero";
+  CliRun run = run_memo("dsa /dev/zero");
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_NE(run.output.find("/dev/zero:1: line longer than"), std::string::npos) << run.output;
+}
+
 TEST_F(DsaCli, UnknownSolverIsAUsageError) {
   std::string file = write("ok.csv", "id,lower,upper,size\nb1,0,3,4\n");
   EXPECT_EQ(run_memo("dsa " + file + " --solver magic").exit_code, 2);
