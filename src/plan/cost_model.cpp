@@ -7,9 +7,10 @@
 //   offload    2 rounding buffers; host n x skeletal
 //   memo       2 rounding buffers + resident share; host (n - 2) x (x + o + lse
 //              + alpha x rest), alpha from choose_split
-//   transient  one layer's backward working set (gradients of its skeletal
-//              set, dy and dx, its weight gradients in the compute dtype)
-//              + the loss chunk + the final norm output and its gradient
+//   transient  the larger of one layer's backward working set (Llama: per
+//              token as docs/memory-per-token.md states it, dy and dx, the
+//              largest weight-gradient product) and the loss phase (its
+//              chunk, the final norm output and its gradient)
 //   reserve    Hardware::reserve_bytes (context, workspaces, allocator slack)
 // Time: matmuls at peak x matmul_efficiency, attention at peak x
 // attention_efficiency; a layer's backward is 2x its matmuls and 2.5x its
@@ -114,12 +115,28 @@ std::vector<TensorBytes> skeletal_bytes(const PlanInputs& in) {
 }
 
 double transient_bytes(const PlanInputs& in, const std::vector<TensorBytes>& skeletal) {
-  double skel = 0;
-  for (const auto& t : skeletal) skel += t.bytes;
   const double x_bytes = skeletal.front().bytes;  // the layer input, hidden-width
-  const double layer_params = static_cast<double>(in.model.layer_matmul_params());
-  return (skel + 2.0 * x_bytes + layer_params / static_cast<double>(in.parallel.tp) * in.compute_bytes) +
-         (in.loss_chunk_bytes + 2.0 * x_bytes);
+  const auto& m = in.model;
+  const double tp = static_cast<double>(in.parallel.tp);
+  if (m.arch == ModelArch::Gpt) {  // the paper's models: no measured working set, the old bound
+    double skel = 0;
+    for (const auto& t : skeletal) skel += t.bytes;
+    const double layer_params = static_cast<double>(m.layer_matmul_params());
+    return (skel + 2.0 * x_bytes + layer_params / tp * in.compute_bytes) + (in.loss_chunk_bytes + 2.0 * x_bytes);
+  }
+  // Llama: one layer's backward working set per token as the layer runs it
+  // (docs/memory-per-token.md: c max(2f + h, h + a + q, h + 2q, 2h + q)),
+  // plus dy and dx, plus the largest weight-gradient product in the compute
+  // dtype; the loss phase (its chunk, the final norm's output and gradient)
+  // comes before the layers' backward, so the larger of the two.
+  const double tokens = x_bytes / (static_cast<double>(m.hidden) * in.compute_bytes);
+  const double h = static_cast<double>(m.hidden), f = static_cast<double>(m.ffn) / tp;
+  const double q = static_cast<double>((m.heads + 2 * m.kv_heads) * m.head_dim) / tp;
+  const double a = static_cast<double>(m.heads * m.head_dim) / tp;
+  const double per_token = in.compute_bytes * std::max({2.0 * f + h, h + a + q, h + 2.0 * q, 2.0 * h + q});
+  const double largest_matrix = std::max({2.0 * f * h, q * h, a * h});
+  const double layer = tokens * per_token + 2.0 * x_bytes + largest_matrix * in.compute_bytes;
+  return std::max(layer, in.loss_chunk_bytes + 2.0 * x_bytes);
 }
 
 namespace {
