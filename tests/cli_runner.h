@@ -20,8 +20,11 @@ struct CliResult {
 
 // `shell_prefix` runs first in the same shell, e.g. "ulimit -v 4000000; "
 // (an address-space limit the test sets up itself).
+// The command-line tests state CPU expectations (exact peaks, malloc counts,
+// float32 by default): on a machine with a GPU they still run on the CPU
+// (no CUDA device visible to the child); tests/gpu holds the CUDA checks.
 inline CliResult run_memo(const std::string& args, const std::string& shell_prefix = "") {
-  std::string cmd = shell_prefix + "exec " + std::string(MEMO_BINARY) + " " + args + " 2>&1";
+  std::string cmd = shell_prefix + "CUDA_VISIBLE_DEVICES= exec " + std::string(MEMO_BINARY) + " " + args + " 2>&1";
   CliResult r;
   FILE* pipe = ::popen(cmd.c_str(), "r");
   if (!pipe) return r;
