@@ -34,6 +34,10 @@ TEST(BenchCli, EveryPolicyGetsARowAndMatchesKeep) {
       EXPECT_TRUE(row.contains(key)) << key;
     EXPECT_EQ(row["status"], "ok");
     EXPECT_LE(row["max_grad_rel_diff"].get<double>(), 1e-4) << row["policy"];
+    // Every policy computes the same first step: the same loss up to rounding.
+    const double keep_loss = j["rows"][0]["loss"].get<double>();
+    EXPECT_GT(keep_loss, 1.0);  // random init over the tiny vocabulary: about log(vocab)
+    EXPECT_NEAR(row["loss"].get<double>(), keep_loss, 1e-5 * keep_loss) << row["policy"];
   }
   EXPECT_EQ(seen, (std::set<std::string>{"keep", "recompute", "offload", "memo"}));
   // memo keeps x, o, lse and 37% of the rest of 1 layer (3 - 2) on the host; offload all of 3.

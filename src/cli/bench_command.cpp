@@ -137,6 +137,7 @@ void add_bench_command(CLI::App& root, Action& action) {
                                {"host_needed_bytes", json_or_null(r.host_needed_bytes)},
                                {"host_budget_bytes", json_or_null(r.host_budget_bytes)},
                                {"alpha", json_or_null(r.alpha)},
+                               {"loss", json_or_null(r.loss)},
                                {"max_grad_rel_diff", json_or_null(r.max_grad_rel_diff)},
                                {"arena_bytes", json_or_null(r.arena_bytes)},
                                {"plan_fallbacks", json_or_null(r.plan_fallbacks)},

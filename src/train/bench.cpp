@@ -96,7 +96,7 @@ void run_row(const BenchContext& c, BenchRow& row) {
   row.pin_seconds = policy->host_pinning().seconds;
 
   // Untimed first step: warm-up, and the gradients to compare.
-  forward_backward(model, *policy, c.batch, 1.0, o.loss_chunk);
+  row.loss = forward_backward(model, *policy, c.batch, 1.0, o.loss_chunk).mean();
   memory::synchronize(c.ex.device);
   {
     auto grads = copy_grads(model);

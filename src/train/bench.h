@@ -43,6 +43,7 @@ struct BenchRow {
   std::optional<double> host_needed_bytes;  // host-memory: what the pool needed ...
   std::optional<double> host_budget_bytes;  // ... and what it was allowed
   std::optional<double> alpha;
+  std::optional<double> loss;               // mean loss of the untimed first step
   std::optional<double> max_grad_rel_diff;  // against keep, same weights and batch
   std::optional<int64_t> arena_bytes;       // with planned memory
   std::optional<int64_t> plan_fallbacks;    // requests the plan did not expect, over the timed steps
