@@ -40,10 +40,12 @@ at::Tensor sum_head_groups(const at::Tensor& t, int64_t kv_heads) {
   return t.unflatten(1, {kv_heads, t.size(1) / kv_heads}).sum(2);
 }
 
+// causal: query i sees keys 0..i (the callers guarantee s_q == s_k then, so
+// the kernels' different alignments of a rectangular causal mask never
+// matter); else every query sees every key (s_q != s_k allowed).
 AttentionOutput kernel_forward(AttentionKernel kernel, const at::Tensor& q, const at::Tensor& k,
-                               const at::Tensor& v) {
+                               const at::Tensor& v, bool causal) {
   const double dropout = 0.0;
-  const bool causal = true;
   switch (kernel) {
     case AttentionKernel::CpuFlash: {
       auto [o, lse] = at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout, causal);
@@ -71,9 +73,8 @@ AttentionOutput kernel_forward(AttentionKernel kernel, const at::Tensor& q, cons
 
 AttentionGrads kernel_backward(AttentionKernel kernel, const at::Tensor& d_o, const at::Tensor& q,
                                const at::Tensor& k, const at::Tensor& v, const at::Tensor& o,
-                               const at::Tensor& lse) {
+                               const at::Tensor& lse, bool causal) {
   const double dropout = 0.0;
-  const bool causal = true;
   const int64_t s_q = q.size(2);
   const int64_t s_k = k.size(2);
   switch (kernel) {
@@ -147,34 +148,55 @@ const char* attention_kernel_name(AttentionKernel k) {
   return "?";
 }
 
+namespace {
+
+// Programmer errors, not user input: the shapes the kernels are handed.
+void check_attention_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            bool causal) {
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || k.sizes() != v.sizes() ||
+      k.size(0) != q.size(0) || k.size(3) != q.size(3) || k.size(1) < 1 ||
+      q.size(1) % k.size(1) != 0)
+    throw Error(cat("attention: q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes(),
+                    " are not [B, nh, s_q, d], [B, nkv, s_k, d] twice with nkv dividing nh"));
+  // A causal mask on a rectangular block is aligned top-left by some kernels
+  // and bottom-right by others: never ask for one.
+  if (causal && q.size(2) != k.size(2))
+    throw Error(cat("attention: a causal block needs as many queries as keys, not ", q.size(2),
+                    " and ", k.size(2)));
+}
+
+}  // namespace
+
 AttentionOutput attention_forward(AttentionKernel kernel, const at::Tensor& q, const at::Tensor& k,
-                                  const at::Tensor& v) {
+                                  const at::Tensor& v, bool causal) {
+  check_attention_shapes(q, k, v, causal);
   // The memory-efficient kernel refuses grouped-query shapes (ANCHORS.md).
   if (kernel == AttentionKernel::CudaEfficient && k.size(1) != q.size(1))
-    return attention_forward_expanded(kernel, q, k, v);
-  return kernel_forward(kernel, q, k, v);
+    return attention_forward_expanded(kernel, q, k, v, causal);
+  return kernel_forward(kernel, q, k, v, causal);
 }
 
 AttentionGrads attention_backward(AttentionKernel kernel, const at::Tensor& d_o, const at::Tensor& q,
                                   const at::Tensor& k, const at::Tensor& v, const at::Tensor& o,
-                                  const at::Tensor& lse) {
+                                  const at::Tensor& lse, bool causal) {
+  check_attention_shapes(q, k, v, causal);
   if (kernel == AttentionKernel::CudaEfficient && k.size(1) != q.size(1))
-    return attention_backward_expanded(kernel, d_o, q, k, v, o, lse);
-  return kernel_backward(kernel, d_o, q, k, v, o, lse);
+    return attention_backward_expanded(kernel, d_o, q, k, v, o, lse, causal);
+  return kernel_backward(kernel, d_o, q, k, v, o, lse, causal);
 }
 
 AttentionOutput attention_forward_expanded(AttentionKernel kernel, const at::Tensor& q,
-                                           const at::Tensor& k, const at::Tensor& v) {
+                                           const at::Tensor& k, const at::Tensor& v, bool causal) {
   const int64_t rep = q.size(1) / k.size(1);
-  return kernel_forward(kernel, q, repeat_heads(k, rep), repeat_heads(v, rep));
+  return kernel_forward(kernel, q, repeat_heads(k, rep), repeat_heads(v, rep), causal);
 }
 
 AttentionGrads attention_backward_expanded(AttentionKernel kernel, const at::Tensor& d_o,
                                            const at::Tensor& q, const at::Tensor& k,
                                            const at::Tensor& v, const at::Tensor& o,
-                                           const at::Tensor& lse) {
+                                           const at::Tensor& lse, bool causal) {
   const int64_t rep = q.size(1) / k.size(1);
-  auto g = kernel_backward(kernel, d_o, q, repeat_heads(k, rep), repeat_heads(v, rep), o, lse);
+  auto g = kernel_backward(kernel, d_o, q, repeat_heads(k, rep), repeat_heads(v, rep), o, lse, causal);
   return {g.dq, sum_head_groups(g.dk, k.size(1)), sum_head_groups(g.dv, v.size(1))};
 }
 
