@@ -1,0 +1,190 @@
+// The chunked-execution memory model (see chunk_plan.h and docs/chunks.md).
+// Per token of batch x sequence, per GPU, with c the compute and s the
+// statistics element size (fp32, or fp64 in float64 runs), h hidden, f ffn,
+// a = nh d, q = (nh + 2 nkv) d, kv = 2 nkv d, skel one layer's skeletal set:
+//   whole-sequence  2 h c (a layer's input and output, or dy and dx)
+//                   + kv c (K, V) + kv s (dK, dV accumulated over chunks)
+//                   + keep: n skel; recompute: n h c (each layer's input)
+//   chunk buffers   per chunk token, (skel - kv c) x 2 (offload, memo),
+//                   x 1 (recompute: the chunk being rebuilt), 0 (keep)
+//   transients      max(C (c max(2f + h, h + a + q, h + 2q, 2h + q) + (a + nh) s)
+//                       + c x the largest weight matrix, the loss chunk)
+//   host            offload n skel; memo (n - 2)(h c + a c + nh s)
+// The loss phase's whole-sequence part (the final norm's output and its
+// gradient, 2 h c) is no larger than the layers', so adding the larger
+// transient to the layers' whole-sequence part bounds both phases.
+#include "plan/chunk_plan.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace memo::plan {
+
+namespace {
+
+constexpr const char* kPolicies[] = {"keep", "recompute", "offload", "memo"};
+
+bool known_policy(const std::string& p) {
+  for (const char* k : kPolicies)
+    if (p == k) return true;
+  return false;
+}
+
+// Bytes per token of one layer's skeletal set, as plan/cost_model.h lists it.
+double skeletal_per_token(const PlanInputs& in) {
+  double total = 0;
+  for (const auto& t : skeletal_bytes(in)) total += t.bytes;
+  return total / (static_cast<double>(in.batch) * static_cast<double>(in.seq_len));
+}
+
+void validate_chunk(const PlanInputs& in, int64_t chunk_tokens) {
+  validate_plan_inputs(in);
+  require_input(in.model.arch == ModelArch::Llama, "chunked execution is modelled for Llama-family ",
+                "models, not ", in.model.name);
+  const auto& p = in.parallel;
+  require_input(p.tp == 1 && p.sp == 1 && p.cp == 1,
+                "chunked execution is modelled on one GPU per replica (--tp, --sp, --cp 1; --dp any), "
+                "got --tp ", p.tp, " --sp ", p.sp, " --cp ", p.cp);
+  require_input(chunk_tokens >= 0, "--chunk-tokens ", chunk_tokens,
+                ": expected a chunk of at least 1 token, 0 for the whole sequence, or auto");
+}
+
+// chunk_memory after validation.
+ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens) {
+  const auto& m = in.model;
+  const auto& hw = in.hardware;
+  ChunkMemory cm;
+  cm.policy = policy;
+  cm.chunk_tokens = chunk_tokens == 0 ? in.seq_len : std::min(chunk_tokens, in.seq_len);
+  cm.chunks = (in.seq_len + cm.chunk_tokens - 1) / cm.chunk_tokens;
+
+  const double params = static_cast<double>(m.total_params());
+  cm.weight_bytes = params * (in.compute_bytes + in.master_bytes);
+  cm.grad_bytes = params * in.master_bytes;
+  cm.optimizer_bytes = 2.0 * in.master_bytes * params / static_cast<double>(in.parallel.dp);
+  cm.static_bytes = cm.weight_bytes + cm.grad_bytes + cm.optimizer_bytes;
+
+  const double c = in.compute_bytes, s = std::max(4, in.compute_bytes);
+  const double n = static_cast<double>(m.layers), h = static_cast<double>(m.hidden);
+  const double f = static_cast<double>(m.ffn), nh = static_cast<double>(m.heads);
+  const double a = nh * static_cast<double>(m.head_dim);
+  const double kv = 2.0 * static_cast<double>(m.kv_heads * m.head_dim);
+  const double q = a + kv;
+  const double skel = skeletal_per_token(in);
+  const double tokens = static_cast<double>(in.batch) * static_cast<double>(in.seq_len);
+  const double chunk = static_cast<double>(in.batch) * static_cast<double>(cm.chunk_tokens);
+
+  auto whole = [&](const char* name, double per_token) {
+    cm.whole_sequence.push_back({name, per_token * tokens, per_token});
+    cm.whole_sequence_bytes += per_token * tokens;
+    cm.whole_sequence_bytes_per_token += per_token;
+  };
+  whole("hidden state (layer input and output; dy and dx)", 2.0 * h * c);
+  whole("K and V of the layer", kv * c);
+  whole("dK and dV accumulators", kv * s);
+  if (policy == "keep") whole("every layer's skeletal set", n * skel);
+  if (policy == "recompute") whole("every layer's input", n * h * c);
+
+  const double buffers = policy == "keep" ? 0.0 : policy == "recompute" ? 1.0 : 2.0;
+  cm.chunk_buffer_bytes_per_token = buffers * (skel - kv * c);
+  cm.chunk_buffer_bytes = cm.chunk_buffer_bytes_per_token * chunk;
+
+  const double working = c * std::max({2.0 * f + h, h + a + q, h + 2.0 * q, 2.0 * h + q}) + (a + nh) * s;
+  const double largest_matrix = std::max({2.0 * f * h, q * h, a * h});
+  cm.chunk_transient_bytes = std::max(chunk * working + largest_matrix * c, in.loss_chunk_bytes);
+  cm.reserve_bytes = hw.reserve_bytes;
+  cm.device_bytes = cm.static_bytes + cm.whole_sequence_bytes + cm.chunk_buffer_bytes +
+                    cm.chunk_transient_bytes + cm.reserve_bytes;
+
+  if (policy == "offload") cm.host_bytes = n * skel * tokens;
+  if (policy == "memo")
+    cm.host_bytes = std::max(0.0, n - 2.0) * (h * c + a * c + nh * s) * tokens;
+  cm.fits_device = cm.device_bytes <= hw.device_bytes;
+  cm.fits_host = cm.host_bytes <= hw.host_share();
+  return cm;
+}
+
+PlanInputs at_length(const PlanInputs& in, int64_t seq_len) {
+  PlanInputs out = in;
+  out.seq_len = seq_len;
+  return out;
+}
+
+int64_t auto_chunk_unchecked(const PlanInputs& in, const std::string& policy, int64_t unit) {
+  if (evaluate(in, policy, in.seq_len).fits_device) return in.seq_len;
+  // Below seq_len only: longer chunks are one chunk, which did not fit.
+  return longest_fitting(unit, [&](int64_t chunk) {
+    return chunk < in.seq_len && evaluate(in, policy, chunk).fits_device;
+  });
+}
+
+}  // namespace
+
+void validate_chunk_inputs(const ChunkPlanInputs& in) {
+  validate_chunk(in.plan, in.auto_chunk ? 0 : in.chunk_tokens);
+  require_input(in.chunk_unit >= 1, "chunk unit ", in.chunk_unit, ": expected at least 1 token");
+}
+
+ChunkMemory chunk_memory(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens) {
+  validate_chunk(in, chunk_tokens);
+  require_input(known_policy(policy), "unknown policy \"", policy, "\": keep, recompute, offload or memo");
+  return evaluate(in, policy, chunk_tokens);
+}
+
+int64_t auto_chunk_tokens(const PlanInputs& in, const std::string& policy, int64_t unit) {
+  validate_chunk(in, 0);
+  require_input(known_policy(policy), "unknown policy \"", policy, "\": keep, recompute, offload or memo");
+  require_input(unit >= 1, "chunk unit ", unit, ": expected at least 1 token");
+  return auto_chunk_unchecked(in, policy, unit);
+}
+
+LongestContext longest_context(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens,
+                               bool auto_chunk, int64_t unit) {
+  validate_chunk(in, auto_chunk ? 0 : chunk_tokens);
+  require_input(known_policy(policy), "unknown policy \"", policy, "\": keep, recompute, offload or memo");
+  require_input(unit >= 1, "chunk unit ", unit, ": expected at least 1 token");
+  // With the auto chunk, a length fits when its smallest chunk does (the
+  // bytes grow with the chunk).
+  auto at = [&](int64_t seq_len) {
+    return evaluate(at_length(in, seq_len), policy, auto_chunk ? unit : chunk_tokens);
+  };
+  LongestContext lc;
+  lc.policy = policy;
+  lc.seq_len = longest_fitting(unit, [&](int64_t seq_len) { return at(seq_len).fits(); });
+  if (lc.seq_len > 0) {
+    const auto here = at_length(in, lc.seq_len);
+    lc.chunk_tokens = auto_chunk ? auto_chunk_unchecked(here, policy, unit) : evaluate(here, policy, chunk_tokens).chunk_tokens;
+  }
+  // What stops the next unit (longest_fitting searches up to 2^36 tokens).
+  const int64_t next = lc.seq_len + unit;
+  if (next > (int64_t{1} << 36)) {
+    lc.limited_by = "search cap";
+  } else {
+    const auto beyond = at(next);
+    lc.limited_by = !beyond.fits_device && !beyond.fits_host ? "device and host"
+                    : !beyond.fits_device                    ? "device"
+                                                             : "host";
+  }
+  return lc;
+}
+
+ChunkPlan make_chunk_plan(const ChunkPlanInputs& in) {
+  validate_chunk_inputs(in);
+  ChunkPlan cp;
+  cp.in = in;
+  for (const char* policy : kPolicies) {
+    int64_t chunk = in.chunk_tokens;
+    if (in.auto_chunk) {
+      chunk = auto_chunk_unchecked(in.plan, policy, in.chunk_unit);
+      // Nothing fits: show the smallest chunk's bytes (and that it does not fit).
+      if (chunk == 0) chunk = std::min(in.chunk_unit, in.plan.seq_len);
+    }
+    cp.policies.push_back(evaluate(in.plan, policy, chunk));
+    cp.longest.push_back(longest_context(in.plan, policy, in.chunk_tokens, in.auto_chunk, in.chunk_unit));
+  }
+  return cp;
+}
+
+}  // namespace memo::plan

@@ -1,0 +1,107 @@
+// The device-memory model of token-chunked layer execution (issue 14,
+// DESIGN.md section 9, docs/chunks.md): for a model shape, sequence, batch,
+// activation policy and chunk of C tokens, the per-GPU device bytes split into
+// weights and optimizer state, whole-sequence tensors (what a layer boundary
+// and attention need over every token), chunk buffers (the rounding buffers,
+// sized by C) and chunk transients (one chunk's backward working set); the
+// host bytes; the `auto` chunk (the largest that fits the device); and the
+// longest context per policy under both the device and the host bound.
+// Pure C++ (no torch). It models the chunked executor issue 14 describes,
+// which has not landed: nothing here is measured yet.
+//
+// Scope: Llama-family models, one GPU per replica (tp = sp = cp = 1; data
+// parallel degrees shard the optimizer state as in plan/cost_model.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "plan/cost_model.h"
+
+namespace memo::plan {
+
+// One named part of a split, with its bytes per token where it scales with
+// the tokens (0 for the fixed-size parts).
+struct BytesPart {
+  std::string name;
+  double bytes = 0;
+  double bytes_per_token = 0;  // per token of the batch x sequence
+};
+
+// One policy at one chunk size, per GPU.
+struct ChunkMemory {
+  std::string policy;          // keep | recompute | offload | memo
+  int64_t chunk_tokens = 0;    // the chunk as run: min(C, seq_len); seq_len when unchunked
+  int64_t chunks = 0;          // ceil(seq_len / chunk_tokens)
+  // Weights (compute copy + master), gradients, Adam moments.
+  double weight_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
+  double static_bytes = 0;     // their sum
+  // Whole-sequence tensors: the hidden state across a layer boundary (input
+  // and output, or dy and dx in backward), K and V of the layer, their
+  // gradient accumulators, and what the policy keeps over every token
+  // (keep: every layer's skeletal set; recompute: every layer's input).
+  std::vector<BytesPart> whole_sequence;
+  double whole_sequence_bytes = 0;
+  double whole_sequence_bytes_per_token = 0;
+  // The rounding buffers (offload, memo: two chunks' skeletal sets without
+  // K and V; recompute: the one chunk being rebuilt; keep: none).
+  double chunk_buffer_bytes = 0;
+  double chunk_buffer_bytes_per_token = 0;  // per token of the chunk
+  // One chunk's backward working set (docs/memory-per-token.md per token of
+  // the chunk, with chunked attention's dq accumulator), the largest weight-
+  // gradient product, or the loss chunk: the larger.
+  double chunk_transient_bytes = 0;
+  double reserve_bytes = 0;    // Hardware::reserve_bytes
+  double device_bytes = 0;     // static + whole-sequence + buffers + transients + reserve
+  // Pinned host bytes (offload: every layer's skeletal set; memo: its least,
+  // x, o and lse of the swapped layers with the rest recomputed token-wise).
+  double host_bytes = 0;
+  bool fits_device = false, fits_host = false;
+  bool fits() const { return fits_device && fits_host; }
+};
+
+// The longest context one policy fits, at a fixed chunk or with the auto one.
+struct LongestContext {
+  std::string policy;
+  int64_t seq_len = 0;         // 0: not even one unit fits
+  int64_t chunk_tokens = 0;    // the chunk used there
+  std::string limited_by;      // "device", "host" or "search cap"
+};
+
+struct ChunkPlanInputs {
+  PlanInputs plan;             // model, seq_len, batch, hardware, dtypes, loss chunk
+  int64_t chunk_tokens = 0;    // C >= 1; 0: the whole sequence (today's execution)
+  bool auto_chunk = false;     // the largest multiple of chunk_unit that fits (overrides chunk_tokens)
+  int64_t chunk_unit = 1024;   // the granularity of the auto chunk and of the longest context
+};
+
+struct ChunkPlan {
+  ChunkPlanInputs in;
+  std::vector<ChunkMemory> policies;        // keep, recompute, offload, memo at the chosen chunks
+  std::vector<LongestContext> longest;      // the same order
+};
+
+// Throws InputError naming the value: the plan inputs (validate_plan_inputs),
+// a chunk below 0, a unit below 1, a model the chunk model does not cover.
+void validate_chunk_inputs(const ChunkPlanInputs& in);
+
+// One policy at chunk_tokens (>= 1; 0 for the whole sequence); validates.
+ChunkMemory chunk_memory(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens);
+
+// The largest chunk for `policy` that fits the device: seq_len itself (one
+// chunk) when that fits, else the largest multiple of unit below seq_len
+// that does; 0 when not even unit tokens fit. Device bytes grow with the
+// chunk, so this is the fit's edge: unit more tokens do not fit.
+int64_t auto_chunk_tokens(const PlanInputs& in, const std::string& policy, int64_t unit);
+
+// The longest sequence (a multiple of unit) at which `policy` fits both the
+// device and its host share, at chunk_tokens (0: unchunked) or, with
+// auto_chunk, at the smallest chunk (unit tokens: what fits longest).
+LongestContext longest_context(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens,
+                               bool auto_chunk, int64_t unit);
+
+// Every policy at in.chunk_tokens (or its own auto chunk) and its longest context.
+ChunkPlan make_chunk_plan(const ChunkPlanInputs& in);
+
+}  // namespace memo::plan
