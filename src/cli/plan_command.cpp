@@ -26,6 +26,7 @@
 #include "memory/device_memory.h"
 #include "model/attention.h"
 #include "model/config.h"
+#include "plan/chunk_plan.h"
 #include "plan/cost_model.h"
 
 namespace memo::cli {
@@ -45,6 +46,7 @@ struct PlanFlags {
   int64_t tp = 1, sp = 1, cp = 1, dp = 1;
   bool profile = false;
   std::string json;
+  std::optional<std::string> chunk_tokens;  // "auto" or a token count (0: the whole sequence)
 };
 
 // Mean seconds of fn() over a few runs after one warm-up, device synchronised.
@@ -154,6 +156,76 @@ plan::PlanInputs to_inputs(const PlanFlags& f) {
   return in;
 }
 
+// --chunk-tokens C|auto, checked before anything is planned.
+plan::ChunkPlanInputs to_chunk_inputs(const PlanFlags& f, const plan::PlanInputs& in) {
+  plan::ChunkPlanInputs ci;
+  ci.plan = in;
+  const std::string& given = *f.chunk_tokens;
+  if (given == "auto") {
+    ci.auto_chunk = true;
+  } else {
+    std::string text = given;
+    require_input(detail::check_integer<int64_t>(text).empty(), "--chunk-tokens '", given,
+                  "': expected a number of tokens (0: the whole sequence) or auto");
+    ci.chunk_tokens = std::stoll(text);
+  }
+  plan::validate_chunk_inputs(ci);
+  return ci;
+}
+
+nlohmann::json to_json(const plan::ChunkPlan& cp) {
+  nlohmann::json j;
+  j["chunk_tokens"] = cp.in.auto_chunk ? nlohmann::json("auto") : nlohmann::json(cp.in.chunk_tokens);
+  j["chunk_unit"] = cp.in.chunk_unit;
+  j["policies"] = nlohmann::json::array();
+  for (size_t i = 0; i < cp.policies.size(); ++i) {
+    const auto& m = cp.policies[i];
+    const auto& lc = cp.longest[i];
+    nlohmann::json whole = nlohmann::json::object();
+    for (const auto& part : m.whole_sequence) whole[part.name] = part.bytes;
+    j["policies"].push_back({{"policy", m.policy},
+                             {"chunk_tokens", m.chunk_tokens},
+                             {"chunks", m.chunks},
+                             {"static_bytes", m.static_bytes},
+                             {"whole_sequence_bytes", m.whole_sequence_bytes},
+                             {"whole_sequence_bytes_per_token", m.whole_sequence_bytes_per_token},
+                             {"whole_sequence", whole},
+                             {"chunk_buffer_bytes", m.chunk_buffer_bytes},
+                             {"chunk_transient_bytes", m.chunk_transient_bytes},
+                             {"reserve_bytes", m.reserve_bytes},
+                             {"device_bytes", m.device_bytes},
+                             {"host_bytes", m.host_bytes},
+                             {"fits_device", m.fits_device},
+                             {"fits_host", m.fits_host},
+                             {"longest_seq", lc.seq_len},
+                             {"longest_chunk_tokens", lc.chunk_tokens},
+                             {"longest_limited_by", lc.limited_by}});
+  }
+  return j;
+}
+
+void print_chunk_plan(const plan::ChunkPlan& cp) {
+  std::printf("\nchunked execution (--chunk-tokens %s; issue 14's model: the runtime does not chunk yet)\n",
+              cp.in.auto_chunk ? "auto" : std::to_string(cp.in.chunk_tokens).c_str());
+  std::printf("%-10s %9s %7s %11s %11s %10s %11s %11s %11s %11s %5s %11s %14s\n", "policy", "chunk", "chunks",
+              "static", "whole-seq", "per token", "buffers", "transients", "device", "host", "fits", "longest",
+              "limited by");
+  for (size_t i = 0; i < cp.policies.size(); ++i) {
+    const auto& m = cp.policies[i];
+    const auto& lc = cp.longest[i];
+    std::printf("%-10s %9lld %7lld %11s %11s %10s %11s %11s %11s %11s %5s %11lld %14s\n", m.policy.c_str(),
+                (long long)m.chunk_tokens, (long long)m.chunks, format_bytes(m.static_bytes).c_str(),
+                format_bytes(m.whole_sequence_bytes).c_str(),
+                format_bytes(m.whole_sequence_bytes_per_token).c_str(), format_bytes(m.chunk_buffer_bytes).c_str(),
+                format_bytes(m.chunk_transient_bytes).c_str(), format_bytes(m.device_bytes).c_str(),
+                format_bytes(m.host_bytes).c_str(), m.fits() ? "yes" : "no", (long long)lc.seq_len,
+                lc.limited_by.c_str());
+  }
+  std::printf("  whole-sequence tensors per token:");
+  for (const auto& part : cp.policies.front().whole_sequence)
+    if (part.name.rfind("every", 0) != 0) std::printf(" %s %s;", part.name.c_str(), format_bytes(part.bytes_per_token).c_str());
+  std::printf(" keep adds every layer's skeletal set, recompute every layer's input\n");
+}
 
 nlohmann::json to_json(const plan::Plan& pl) {
   const auto& in = pl.in;
@@ -297,6 +369,10 @@ void add_plan_command(CLI::App& root, Action& action) {
   app->add_option("--cp", f->cp, "Context parallel degree")->capture_default_str();
   app->add_option("--dp", f->dp, "Data parallel degree")->capture_default_str();
   app->add_option("--json", f->json, "Write the plan as JSON to this file");
+  app->add_option("--chunk-tokens", f->chunk_tokens,
+                  "C|auto: also model token-chunked execution (issue 14) with chunks of C tokens (0: the\n"
+                  "whole sequence; auto: the largest that fits): the device split, the chunk and the longest\n"
+                  "context per policy");
   app->add_flag("--profile", f->profile,
                 "Measure matmul and attention rates (and on CUDA the host link and device memory) here\n"
                 "and plan with them instead of the preset's figures");
@@ -306,9 +382,18 @@ void add_plan_command(CLI::App& root, Action& action) {
     action = [f]() -> int {
       check_outputs({{"--json", f->json}}, model_inputs(f->model));
       std::printf("memo plan\n");
-      auto plan = plan::make_plan(to_inputs(*f));
+      const auto in = to_inputs(*f);
+      std::optional<plan::ChunkPlanInputs> chunked;
+      if (f->chunk_tokens) chunked = to_chunk_inputs(*f, in);  // bad values before any output
+      auto plan = plan::make_plan(in);
       print_plan(plan);
-      if (!f->json.empty()) write_file_atomic(f->json, to_json(plan).dump(2) + "\n");
+      auto j = to_json(plan);
+      if (chunked) {
+        const auto cp = plan::make_chunk_plan(*chunked);
+        print_chunk_plan(cp);
+        j["chunked"] = to_json(cp);
+      }
+      if (!f->json.empty()) write_file_atomic(f->json, j.dump(2) + "\n");
       return 0;
     };
   });

@@ -1,0 +1,75 @@
+// `memo plan --chunk-tokens C|auto` end to end: the chunked split in the table
+// and under "chunked" in --json (plan/chunk_plan.h), parts adding up to the
+// device bytes, the auto chunk fitting, and bad values refused with exit 2
+// before anything is printed or written.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "cli_runner.h"
+
+namespace memo {
+namespace {
+
+TEST(PlanChunksCli, AutoChunkWritesTheSplitPerPolicy) {
+  auto dir = testing::scratch_dir("plan-chunks");
+  auto path = (dir / "plan.json").string();
+  auto r = testing::run_memo("plan --model llama3.2-1b --seq-len 1048576 --host-gib 128 --gpus-per-host 1 "
+                             "--chunk-tokens auto --json " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("chunked execution (--chunk-tokens auto"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("whole-sequence tensors per token"), std::string::npos) << r.output;
+  std::ifstream f(path);
+  auto j = nlohmann::json::parse(f);
+  ASSERT_TRUE(j.contains("chunked")) << j.dump(2);
+  const auto& c = j["chunked"];
+  EXPECT_EQ(c["chunk_tokens"], "auto");
+  ASSERT_EQ(c["policies"].size(), 4u);
+  const double device = j["hardware"]["device_bytes"].get<double>();
+  for (const auto& p : c["policies"]) {
+    const std::string name = p["policy"];
+    double whole = 0;
+    for (const auto& [part, bytes] : p["whole_sequence"].items()) whole += bytes.get<double>();
+    EXPECT_DOUBLE_EQ(whole, p["whole_sequence_bytes"].get<double>()) << name;
+    EXPECT_DOUBLE_EQ(p["device_bytes"].get<double>(),
+                     p["static_bytes"].get<double>() + p["whole_sequence_bytes"].get<double>() +
+                         p["chunk_buffer_bytes"].get<double>() + p["chunk_transient_bytes"].get<double>() +
+                         p["reserve_bytes"].get<double>())
+        << name;
+    if (p["fits_device"].get<bool>()) EXPECT_LE(p["device_bytes"].get<double>(), device) << name;
+    EXPECT_GT(p["longest_seq"].get<int64_t>(), 0) << name;
+    for (const char* key : {"chunk_tokens", "chunks", "whole_sequence_bytes_per_token", "host_bytes",
+                            "fits_host", "longest_chunk_tokens", "longest_limited_by"})
+      EXPECT_TRUE(p.contains(key)) << name << " " << key;
+  }
+  // A million tokens of Llama-3.2-1B do not fit one H200 unchunked under memo;
+  // chunked, they do (the whole-sequence part is 14 KiB per token).
+  EXPECT_FALSE(j["policies"][3]["fits"].get<bool>());
+  EXPECT_EQ(c["policies"][3]["policy"], "memo");
+  EXPECT_TRUE(c["policies"][3]["fits_device"].get<bool>());
+  EXPECT_LT(c["policies"][3]["chunk_tokens"].get<int64_t>(), 1048576);
+}
+
+TEST(PlanChunksCli, BadChunkTokensExit2BeforeAnyOutput) {
+  auto dir = testing::scratch_dir("plan-chunks-bad");
+  auto path = (dir / "plan.json").string();
+  for (const char* bad : {"-3", "lots", "1.5", ""}) {
+    auto r = testing::run_memo(std::string("plan --model tiny --seq-len 4096 --json ") + path +
+                               " --chunk-tokens '" + bad + "'");
+    EXPECT_EQ(r.code, 2) << bad << ": " << r.output;
+    EXPECT_NE(r.output.find("--chunk-tokens"), std::string::npos) << bad << ": " << r.output;
+    EXPECT_EQ(r.output.find("verdict"), std::string::npos) << bad << ": " << r.output;
+    EXPECT_FALSE(std::filesystem::exists(path)) << bad;
+  }
+  auto r = testing::run_memo("plan --model tiny --seq-len 4096 --tp 2 --chunk-tokens 512");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--tp 2"), std::string::npos) << r.output;
+  r = testing::run_memo("plan --model tiny --seq-len 4096 --chunk-tokens 512");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--chunk-tokens 512"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace memo
