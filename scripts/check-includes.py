@@ -41,6 +41,7 @@ include = re.compile(r'\s*#\s*include\s*"([^"]+)"')
 problems = []
 edges = {}  # room -> set of rooms it includes (room = path without extension)
 rooms = set()
+files = 0
 for folder in sorted(os.listdir(src)):
     d = os.path.join(src, folder)
     if not os.path.isdir(d):
@@ -52,6 +53,7 @@ for folder in sorted(os.listdir(src)):
         if not name.endswith((".h", ".cpp")):
             continue
         path = f"{folder}/{name}"
+        files += 1
         room = os.path.splitext(path)[0]
         rooms.add(room)
         with open(os.path.join(d, name), encoding="utf-8") as f:
@@ -107,7 +109,7 @@ for c in circles:
 
 for p in problems:
     print(p)
-print(f"check-includes: {len(rooms)} files in {len(rank)} folders, "
-      f"{sum(len(e) for e in edges.values())} includes between files: "
+print(f"check-includes: {files} files ({len(rooms)} sources with their headers) in {len(rank)} folders, "
+      f"{sum(len(e) for e in edges.values())} includes between them: "
       + ("every include points down, no circle" if not problems else f"{len(problems)} problem(s)"))
 sys.exit(1 if problems else 0)
