@@ -94,9 +94,10 @@ std::vector<CgroupMemory> memory_cgroups() {
       if (g.limit >= (int64_t{1} << 62)) g.limit = -1;
       g.usage = parse_cgroup_bytes(read_text(g.dir + usage_file));
       out.push_back(g);
-      if (path.empty() || path == "/") break;
-      path = path.substr(0, path.rfind('/'));
-      if (path.empty()) path = "/";
+      // The parent: "/a/b" -> "/a" -> "/" (then stop).
+      const size_t cut = path.rfind('/');
+      if (path.size() <= 1 || cut == std::string::npos) break;
+      path.erase(cut == 0 ? 1 : cut);
     }
   }
   return out;
