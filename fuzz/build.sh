@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 CXX=${CXX:-$(command -v clang++ || command -v clang++-14)}
 FLAGS=(-std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Isrc)
 mkdir -p fuzz/bin
-"$CXX" "${FLAGS[@]}" fuzz/fuzz_safetensors.cpp src/model/safetensors.cpp src/train/files.cpp -o fuzz/bin/fuzz_safetensors
-"$CXX" "${FLAGS[@]}" fuzz/fuzz_hf_config.cpp src/model/config.cpp src/train/files.cpp -o fuzz/bin/fuzz_hf_config
+"$CXX" "${FLAGS[@]}" fuzz/fuzz_safetensors.cpp src/model/safetensors.cpp src/core/files.cpp src/core/mapped_file.cpp -o fuzz/bin/fuzz_safetensors
+"$CXX" "${FLAGS[@]}" fuzz/fuzz_hf_config.cpp src/model/config.cpp src/core/files.cpp -o fuzz/bin/fuzz_hf_config
 echo "built fuzz/bin/fuzz_safetensors fuzz/bin/fuzz_hf_config"

@@ -14,7 +14,7 @@
 
 #include "cli_runner.h"
 #include "core/error.h"
-#include "train/data_megatron.h"
+#include "train/data.h"
 
 namespace memo {
 namespace {

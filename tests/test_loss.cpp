@@ -13,15 +13,6 @@
 namespace memo {
 namespace {
 
-// oneDNN's bf16 GEMMs take scratch through Allocator::raw_allocate, which
-// the CPU memory meter (installed by some tests of this process) does not
-// support; ATen's own bf16 GEMM allocates none.
-struct WithoutOneDnn {
-  bool was = at::globalContext().userEnabledMkldnn();
-  WithoutOneDnn() { at::globalContext().setUserEnabledMkldnn(false); }
-  ~WithoutOneDnn() { at::globalContext().setUserEnabledMkldnn(was); }
-};
-
 class ChunkedLoss : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(ChunkedLoss, EqualsUnchunkedLossAndGradients) {
@@ -58,7 +49,6 @@ INSTANTIATE_TEST_SUITE_P(ChunkSizes, ChunkedLoss, ::testing::Values(1, 4, 5, 7, 
 class ChunkedLossBf16 : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(ChunkedLossBf16, MatchesFloat64WithinBfloat16Rounding) {
-  WithoutOneDnn no_onednn;
   const int64_t T = 37, H = 16, V = 53;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(4);
   auto f64 = at::TensorOptions().dtype(at::kDouble);
@@ -116,7 +106,6 @@ TEST(ChunkedLossBudget, ThousandsOfTokensPerChunkOnAGpuModestOnCpu) {
 int64_t loss_phase_peak(const at::Tensor& h, const at::Tensor& W, const at::Tensor& targets, int64_t chunk,
                         at::Tensor& dW) {
   const at::Device cpu(at::kCPU);
-  WithoutOneDnn no_onednn;
   memory::reset_peak_memory(cpu);
   const auto before = memory::memory_stats(cpu).allocated;
   auto r = train::chunked_cross_entropy(h, W, targets, chunk, 0.5, &dW);

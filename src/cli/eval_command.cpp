@@ -22,7 +22,7 @@
 #include "model/hf_checkpoint.h"
 #include "model/llama.h"
 #include "runtime/policy.h"
-#include "train/data_megatron.h"
+#include "train/data.h"
 #include "train/fit_check.h"
 #include "train/step.h"
 #include "train/trainer.h"

@@ -1,5 +1,5 @@
-// File helpers every writer of memo goes through (implemented in
-// train/files.cpp), so that outputs never destroy anything:
+// File helpers every writer of memo goes through (core/files.cpp), so that
+// outputs never destroy anything:
 //   * whole-file writes are atomic (temporary file, fsync, rename) for regular
 //     files; a symlink is written through (its target is replaced, the link
 //     stays), a character device or FIFO (/dev/null, a pipe) is written in

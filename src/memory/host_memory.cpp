@@ -14,71 +14,11 @@ namespace memo::memory {
 
 namespace {
 
-// The first integer in a file, or -1 ("max" in cgroup v2 means no limit).
-int64_t read_int(const std::string& path) {
+std::string read_text(const std::string& path) {
   std::ifstream in(path);
-  std::string word;
-  if (!(in >> word) || word == "max") return -1;
-  try {
-    size_t used = 0;
-    const long long v = std::stoll(word, &used);
-    return used == word.size() && v >= 0 ? v : -1;
-  } catch (const std::exception&) {
-    return -1;
-  }
-}
-
-int64_t meminfo(const std::string& field) {
-  std::ifstream in("/proc/meminfo");
-  std::string key, unit;
-  long long kb = 0;
-  while (in >> key >> kb) {
-    std::getline(in, unit);
-    if (key == field + ":") return static_cast<int64_t>(kb) * 1024;
-  }
-  return -1;
-}
-
-// limit - usage of the tightest cgroup on the path from the process's cgroup
-// to the root; -1 when none is limited. Limits of 2^62 and more mean "none"
-// (cgroup v1 writes 2^63 - 4096 for an unlimited group).
-int64_t cgroup_room() {
-  std::ifstream in("/proc/self/cgroup");
-  int64_t best = -1;
-  auto consider = [&](const std::string& dir, const char* limit_file, const char* usage_file) {
-    const int64_t limit = read_int(dir + "/" + limit_file);
-    if (limit < 0 || limit >= (int64_t{1} << 62)) return;
-    const int64_t usage = std::max<int64_t>(0, read_int(dir + "/" + usage_file));
-    const int64_t room = std::max<int64_t>(0, limit - usage);
-    best = best < 0 ? room : std::min(best, room);
-  };
-  for (std::string line; std::getline(in, line);) {
-    // "ID:CONTROLLERS:PATH"; v2 is "0::PATH", v1 lists "memory" among the controllers.
-    const auto a = line.find(':'), b = line.find(':', a + 1);
-    if (a == std::string::npos || b == std::string::npos) continue;
-    const std::string controllers = line.substr(a + 1, b - a - 1);
-    std::string path = line.substr(b + 1);
-    std::string root, limit_file, usage_file;
-    if (controllers.empty()) {
-      root = "/sys/fs/cgroup";
-      limit_file = "memory.max";
-      usage_file = "memory.current";
-    } else if (("," + controllers + ",").find(",memory,") != std::string::npos) {
-      root = "/sys/fs/cgroup/memory";
-      limit_file = "memory.limit_in_bytes";
-      usage_file = "memory.usage_in_bytes";
-    } else {
-      continue;
-    }
-    // The group and its ancestors (inside a cgroup namespace the path may be "/").
-    while (true) {
-      consider(root + (path == "/" ? "" : path), limit_file.c_str(), usage_file.c_str());
-      if (path.empty() || path == "/") break;
-      path = path.substr(0, path.rfind('/'));
-      if (path.empty()) path = "/";
-    }
-  }
-  return best;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 // RLIMIT_AS minus the virtual size already mapped; -1 when unlimited.
@@ -95,11 +35,89 @@ int64_t address_space_room() {
 
 }  // namespace
 
+std::map<std::string, double> parse_meminfo(const std::string& text) {
+  std::map<std::string, double> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream ls(line);
+    std::string key, unit;
+    double value = 0;
+    if (!(ls >> key >> value) || key.empty() || key.back() != ':') continue;
+    key.pop_back();
+    ls >> unit;
+    out[key] = unit == "kB" ? value * 1024.0 : value;
+  }
+  return out;
+}
+
+std::map<std::string, double> read_meminfo() { return parse_meminfo(read_text("/proc/meminfo")); }
+
+int64_t parse_cgroup_bytes(const std::string& text) {
+  std::istringstream in(text);
+  std::string word, rest;
+  if (!(in >> word) || (in >> rest) || word == "max") return -1;
+  try {
+    size_t used = 0;
+    const long long v = std::stoll(word, &used);
+    return used == word.size() && v >= 0 ? v : -1;
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+std::vector<CgroupMemory> memory_cgroups() {
+  std::vector<CgroupMemory> out;
+  std::istringstream in(read_text("/proc/self/cgroup"));
+  for (std::string line; std::getline(in, line);) {
+    // "ID:CONTROLLERS:PATH"; v2 is "0::PATH", v1 lists "memory" among the controllers.
+    const auto a = line.find(':'), b = line.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1);
+    std::string path = line.substr(b + 1);
+    const char *root, *limit_file, *usage_file;
+    if (controllers.empty()) {
+      root = "/sys/fs/cgroup";
+      limit_file = "/memory.max";
+      usage_file = "/memory.current";
+    } else if (("," + controllers + ",").find(",memory,") != std::string::npos) {
+      root = "/sys/fs/cgroup/memory";
+      limit_file = "/memory.limit_in_bytes";
+      usage_file = "/memory.usage_in_bytes";
+    } else {
+      continue;
+    }
+    // The group and its ancestors (inside a cgroup namespace the path may be "/").
+    while (true) {
+      CgroupMemory g;
+      g.dir = std::string(root) + (path == "/" ? "" : path);
+      g.limit = parse_cgroup_bytes(read_text(g.dir + limit_file));
+      if (g.limit >= (int64_t{1} << 62)) g.limit = -1;
+      g.usage = parse_cgroup_bytes(read_text(g.dir + usage_file));
+      out.push_back(g);
+      // The parent: "/a/b" -> "/a" -> "/" (then stop).
+      const size_t cut = path.rfind('/');
+      if (path.size() <= 1 || cut == std::string::npos) break;
+      path.erase(cut == 0 ? 1 : cut);
+    }
+  }
+  return out;
+}
+
 HostMemory host_memory() {
   HostMemory m;
-  m.mem_available = meminfo("MemAvailable");
-  m.mem_total = meminfo("MemTotal");
-  m.cgroup_room = cgroup_room();
+  const auto info = read_meminfo();
+  const auto field = [&](const char* key) {
+    const auto it = info.find(key);
+    return it == info.end() ? int64_t{-1} : static_cast<int64_t>(it->second);
+  };
+  m.mem_available = field("MemAvailable");
+  m.mem_total = field("MemTotal");
+  // limit - usage of the tightest cgroup; -1 when none is limited.
+  for (const auto& g : memory_cgroups()) {
+    if (g.limit < 0) continue;
+    const int64_t room = std::max<int64_t>(0, g.limit - std::max<int64_t>(0, g.usage));
+    m.cgroup_room = m.cgroup_room < 0 ? room : std::min(m.cgroup_room, room);
+  }
   m.address_space_room = address_space_room();
   m.available = -1;
   auto take = [&](int64_t v, const char* why) {

@@ -1,5 +1,5 @@
 // Host pools mapped with mmap, pinned through src/cuda/ on CUDA, and the
-// host memory budget.
+// host memory budget (from the figures memory/host_memory.h reads).
 #include "memory/host_pool.h"
 
 #include <ATen/ops/from_blob.h>
@@ -10,11 +10,10 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <map>
-#include <sstream>
 
 #include "core/units.h"
+#include "memory/host_memory.h"
 
 namespace memo::memory {
 
@@ -51,46 +50,35 @@ void release(void* ptr, int64_t bytes, bool pinned, c10::DeviceIndex device) {
   if (pinned) g_live_pinned.fetch_sub(bytes);
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string trim(std::string s) {
-  const auto b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return "";
-  const auto e = s.find_last_not_of(" \t\r\n");
-  return s.substr(b, e - b + 1);
-}
-
-// "Key:   123 kB" lines -> bytes by key.
-std::map<std::string, double> parse_meminfo(const std::string& text) {
-  std::map<std::string, double> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    std::istringstream ls(line);
-    std::string key, unit;
-    double value = 0;
-    if (!(ls >> key >> value) || key.empty() || key.back() != ':') continue;
-    key.pop_back();
-    ls >> unit;
-    out[key] = unit == "kB" ? value * 1024.0 : value;
+// The pools' budget from the parsed figures: see host_budget_from.
+HostBudget budget_from(const std::map<std::string, double>& meminfo, int64_t cgroup_limit, int64_t cgroup_usage) {
+  const double f = kHostBudgetFraction;
+  HostBudget b;
+  const auto get = [&](const char* key) {
+    auto it = meminfo.find(key);
+    return it == meminfo.end() ? 0.0 : it->second;
+  };
+  const double total = get("MemTotal"), available = get("MemAvailable");
+  const double in_use = get("AnonPages") + get("Shmem");
+  if (total > 0) {
+    const double by_total = f * total - in_use;
+    if (by_total >= available / 2)
+      b = {by_total, strf("MemTotal %s x %.2f - %s in use (AnonPages + Shmem), /proc/meminfo",
+                          format_bytes(total).c_str(), f, format_bytes(in_use).c_str())};
+    else
+      b = {available / 2, strf("MemAvailable %s / 2, /proc/meminfo", format_bytes(available).c_str())};
+  } else {
+    b = {0, "unknown (no MemTotal in /proc/meminfo): no limit; set --host-memory-gib"};
   }
-  return out;
-}
-
-// A whole number of bytes, or nothing ("max", empty, junk).
-bool parse_bytes(const std::string& text, double& bytes) {
-  const std::string t = trim(text);
-  if (t.empty() || t == "max") return false;
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(t.c_str(), &end);
-  if (errno != 0 || end == t.c_str() || *end != '\0' || v <= 0) return false;
-  bytes = v;
-  return true;
+  if (cgroup_limit > 0) {
+    const double limit = static_cast<double>(cgroup_limit);
+    const double current = static_cast<double>(std::max<int64_t>(0, cgroup_usage));
+    const double by_cgroup = std::max(0.0, f * limit - current);
+    if (b.bytes <= 0 || by_cgroup < b.bytes)
+      b = {by_cgroup, strf("cgroup memory.max %s x %.2f - %s in use (memory.current)",
+                           format_bytes(limit).c_str(), f, format_bytes(current).c_str())};
+  }
+  return b;
 }
 
 }  // namespace
@@ -133,54 +121,23 @@ int64_t HostPool::live_pinned_bytes() { return g_live_pinned.load(); }
 HostBudget host_budget_from(double flag_gib, const std::string& meminfo, const std::string& cgroup_max,
                             const std::string& cgroup_current) {
   if (flag_gib > 0) return {flag_gib * kGiB, "--host-memory-gib"};
-  const double f = kHostBudgetFraction;
-  HostBudget b;
-  const auto m = parse_meminfo(meminfo);
-  const auto get = [&](const char* key) {
-    auto it = m.find(key);
-    return it == m.end() ? 0.0 : it->second;
-  };
-  const double total = get("MemTotal"), available = get("MemAvailable");
-  const double in_use = get("AnonPages") + get("Shmem");
-  if (total > 0) {
-    const double by_total = f * total - in_use;
-    if (by_total >= available / 2)
-      b = {by_total, strf("MemTotal %s x %.2f - %s in use (AnonPages + Shmem), /proc/meminfo",
-                          format_bytes(total).c_str(), f, format_bytes(in_use).c_str())};
-    else
-      b = {available / 2, strf("MemAvailable %s / 2, /proc/meminfo", format_bytes(available).c_str())};
-  } else {
-    b = {0, "unknown (no MemTotal in /proc/meminfo): no limit; set --host-memory-gib"};
-  }
-  double limit = 0;
-  if (parse_bytes(cgroup_max, limit)) {
-    double current = 0;
-    if (!parse_bytes(cgroup_current, current)) current = 0;
-    const double by_cgroup = std::max(0.0, f * limit - current);
-    if (b.bytes <= 0 || by_cgroup < b.bytes)
-      b = {by_cgroup, strf("cgroup memory.max %s x %.2f - %s in use (memory.current)",
-                           format_bytes(limit).c_str(), f, format_bytes(current).c_str())};
-  }
-  return b;
+  return budget_from(parse_meminfo(meminfo), parse_cgroup_bytes(cgroup_max), parse_cgroup_bytes(cgroup_current));
 }
 
 HostBudget host_budget(double flag_gib) {
   if (flag_gib > 0) return host_budget_from(flag_gib, "", "", "");
-  // cgroup v2: "0::/path" names this process's group under /sys/fs/cgroup.
-  std::string group;
-  {
-    std::istringstream in(read_text("/proc/self/cgroup"));
-    for (std::string line; std::getline(in, line);)
-      if (line.rfind("0::", 0) == 0) group = trim(line.substr(3));
+  // The cgroup (the process's own or an ancestor) that leaves the least.
+  const CgroupMemory* tightest = nullptr;
+  const auto cgroups = memory_cgroups();
+  for (const auto& g : cgroups) {
+    if (g.limit <= 0) continue;
+    const auto room = [](const CgroupMemory& c) {
+      return kHostBudgetFraction * static_cast<double>(c.limit) - static_cast<double>(std::max<int64_t>(0, c.usage));
+    };
+    if (!tightest || room(g) < room(*tightest)) tightest = &g;
   }
-  std::string dir = "/sys/fs/cgroup" + (group == "/" ? std::string() : group);
-  std::string max = read_text(dir + "/memory.max");
-  if (max.empty()) {  // a namespaced cgroup shows its own group as the root
-    dir = "/sys/fs/cgroup";
-    max = read_text(dir + "/memory.max");
-  }
-  auto b = host_budget_from(0, read_text("/proc/meminfo"), max, read_text(dir + "/memory.current"));
-  if (b.source.rfind("cgroup", 0) == 0) b.source += ", " + dir;
+  auto b = budget_from(read_meminfo(), tightest ? tightest->limit : -1, tightest ? tightest->usage : -1);
+  if (b.source.rfind("cgroup", 0) == 0) b.source += ", " + tightest->dir;
   return b;
 }
 

@@ -93,8 +93,9 @@ constexpr double kHostBudgetFraction = 0.75;
 // the cgroup's present use (`cgroup_current`). Pure, for tests.
 HostBudget host_budget_from(double flag_gib, const std::string& meminfo, const std::string& cgroup_max,
                             const std::string& cgroup_current);
-// The same, reading /proc/meminfo and this process's cgroup v2 memory.max
-// and memory.current (under /sys/fs/cgroup, per /proc/self/cgroup).
+// The same, reading /proc/meminfo and the limit and usage of the tightest of
+// this process's memory cgroups (its own or an ancestor, v2 or v1), both read
+// by memory/host_memory.h.
 HostBudget host_budget(double flag_gib);
 
 }  // namespace memo::memory

@@ -1,16 +1,12 @@
-// safetensors reading (header validation, read-only mmap) and writing.
+// safetensors reading (header validation over a read-only map) and writing.
 #include "model/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cstring>
 
 #include "core/error.h"
@@ -139,36 +135,9 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, uin
   return h;
 }
 
-SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  require_input(fd >= 0, path, ": cannot open (", std::strerror(errno), ")");
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw InputError(cat(path, ": not a regular file"));
-  }
-  size_ = static_cast<size_t>(st.st_size);
-  if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      ::close(fd);
-      throw InputError(cat(path, ": cannot map (", std::strerror(errno), ")"));
-    }
-    base_ = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
-  try {
-    static const uint8_t kEmpty[8] = {};
-    header_ = parse_safetensors_header(base_ ? base_ : kEmpty, size_, size_, path);
-  } catch (...) {
-    if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
-    base_ = nullptr;
-    throw;
-  }
-}
-
-SafetensorsReader::~SafetensorsReader() {
-  if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
+SafetensorsReader::SafetensorsReader(const std::string& path) : file_(path) {
+  static const uint8_t kEmpty[8] = {};
+  header_ = parse_safetensors_header(file_.data() ? file_.data() : kEmpty, file_.size(), file_.size(), path);
 }
 
 std::string safetensors_header_bytes(const std::vector<SafetensorsOutput>& tensors,

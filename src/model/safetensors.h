@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "core/mapped_file.h"
+
 namespace memo::model {
 
 // Bytes per element of a safetensors dtype ("F32", "BF16", ...); 0 if unsupported.
@@ -47,19 +49,14 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, uin
 class SafetensorsReader {
  public:
   explicit SafetensorsReader(const std::string& path);
-  ~SafetensorsReader();
-  SafetensorsReader(const SafetensorsReader&) = delete;
-  SafetensorsReader& operator=(const SafetensorsReader&) = delete;
 
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return file_.path(); }
   const SafetensorsHeader& header() const { return header_; }
   // The raw bytes of one tensor (end - begin of them).
-  const uint8_t* bytes(const SafetensorsTensor& t) const { return base_ + t.begin; }
+  const uint8_t* bytes(const SafetensorsTensor& t) const { return file_.data() + t.begin; }
 
  private:
-  std::string path_;
-  const uint8_t* base_ = nullptr;
-  size_t size_ = 0;
+  MappedFile file_;
   SafetensorsHeader header_;
 };
 

@@ -40,16 +40,10 @@ c10::Stream SwapEngine::compute_stream() const {
 
 void SwapEngine::run(Lane lane, int64_t layer, std::vector<CopyPair>& pairs,
                      const c10::Stream& stream, Pending& pending, bool after_copy_out) {
-  // The span's name and bytes are only built on a traced step.
-  auto span = [&] {
-    if (!trace_ || !trace_->enabled()) return int64_t{-1};
-    const char* verb = lane == Lane::DeviceToHost ? "d2h " : "h2d ";
-    return trace_->begin(lane, verb + std::to_string(layer), layer, bytes_of(pairs), stream);
-  };
+  const char* verb = lane == Lane::DeviceToHost ? "d2h " : "h2d ";
   if (!async()) {
-    const int64_t h = span();
+    TraceSpan span(trace_, lane, verb, layer, bytes_of(pairs), stream);
     for (auto& p : pairs) p.dst.copy_(p.src);
-    if (trace_) trace_->end(h, stream);
     return;
   }
   // The side stream starts after the compute queued so far (and, for
@@ -60,9 +54,8 @@ void SwapEngine::run(Lane lane, int64_t layer, std::vector<CopyPair>& pairs,
   if (after_copy_out && last_copy_out_) last_copy_out_->block(stream);
   {
     c10::StreamGuard guard(stream);
-    const int64_t h = span();
+    TraceSpan span(trace_, lane, verb, layer, bytes_of(pairs), stream);
     for (auto& p : pairs) p.dst.copy_(p.src, /*non_blocking=*/true);
-    if (trace_) trace_->end(h, stream);
   }
   pending.done = std::make_unique<c10::Event>(device_.type());
   pending.done->record(stream);

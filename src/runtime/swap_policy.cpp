@@ -166,12 +166,8 @@ class SwapPolicy final : public ActivationPolicy {
       const int64_t kept = split.offload_tokens + split.resident_tokens;
       if (split.resident_tokens > 0) restore_resident(index, acts, split);
       if (kept < seq_len_) {
-        const bool tracing = options_.trace && options_.trace->enabled();
-        const int64_t h = tracing ? options_.trace->begin(Lane::Compute, "recompute " + std::to_string(index),
-                                                          index, 0, engine_->compute_stream())
-                                  : -1;
+        TraceSpan span(options_.trace, Lane::Compute, "recompute ", index, 0, engine_->compute_stream());
         ctx.layer.recompute_tokens(ctx.weights, ctx.rope, acts, kept);
-        if (options_.trace) options_.trace->end(h, engine_->compute_stream());
       }
     }
     x_hold_.erase(index);

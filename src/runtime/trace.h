@@ -69,4 +69,35 @@ class TraceRecorder {
   std::unique_ptr<c10::Event> origin_event_;
 };
 
+// A span that closes itself when it goes out of scope, like
+// memory::RegionScope: TraceSpan span(trace, Lane::Compute, "fwd ", i);
+// names the span "fwd 3". Nothing is recorded (and no name is built) when
+// `trace` is null or not enabled. The stream is the device's current one
+// unless given (a copy engine's side stream).
+class TraceSpan {
+ public:
+  TraceSpan(TraceRecorder* trace, Lane lane, const char* verb, int64_t layer, int64_t bytes = 0)
+      : trace_(trace && trace->enabled() ? trace : nullptr) {
+    if (trace_) {
+      stream_ = trace_->current_stream();
+      handle_ = trace_->begin(lane, verb + std::to_string(layer), layer, bytes, *stream_);
+    }
+  }
+  TraceSpan(TraceRecorder* trace, Lane lane, const char* verb, int64_t layer, int64_t bytes,
+            const c10::Stream& stream)
+      : trace_(trace && trace->enabled() ? trace : nullptr), stream_(stream) {
+    if (trace_) handle_ = trace_->begin(lane, verb + std::to_string(layer), layer, bytes, stream);
+  }
+  ~TraceSpan() {
+    if (trace_) trace_->end(handle_, *stream_);
+  }
+  TraceSpan(const TraceSpan&) = delete;
+  TraceSpan& operator=(const TraceSpan&) = delete;
+
+ private:
+  TraceRecorder* trace_;
+  std::optional<c10::Stream> stream_;
+  int64_t handle_ = -1;
+};
+
 }  // namespace memo::runtime

@@ -1,22 +1,40 @@
-// The synthetic in-context task and token-file readers.
+// Micro-batches: the synthetic in-context task, random windows of a flat
+// token file, packed sequences of a corpus, and the batch's move to the device.
 #include "train/data.h"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
+#include <numeric>
 #include <unordered_map>
 #include <vector>
 
 #include "core/error.h"
 #include "core/units.h"
-#include "train/data_megatron.h"
 #include "train/loss.h"
 
 namespace memo::train {
+
+int64_t supervised_of(const MicroBatch& b) {
+  if (b.supervised >= 0) return b.supervised;
+  return b.targets.ne(kIgnoreTarget).sum().item<int64_t>();
+}
+
+MicroBatch to_device(MicroBatch batch, const at::Device& device) {
+  batch.supervised = supervised_of(batch);
+  auto move = [&](const at::Tensor& t) {
+    if (t.device() == device) return t;
+    // Pageable memory would make the copy wait for the device; a pinned
+    // staging copy lets it queue (the host allocator keeps the staging
+    // block until the copy has run).
+    if (device.is_cuda() && t.is_cpu()) return t.pin_memory().to(device, t.scalar_type(), /*non_blocking=*/true);
+    return t.to(device);
+  };
+  batch.tokens = move(batch.tokens);
+  batch.targets = move(batch.targets);
+  return batch;
+}
 
 uint64_t Rng::next() {
   uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
@@ -120,51 +138,39 @@ class SyntheticAlphabet final : public DataSource {
   Rng rng_;
 };
 
-// A flat file of little-endian token ids of `width` bytes each.
+// Random windows of a flat token file (the corpus checks and maps it).
 class TokenFile final : public DataSource {
  public:
-  TokenFile(std::string path, int width, std::string dtype, int64_t vocab, int64_t seq_len,
+  TokenFile(const std::string& path, const FlatTokenFormat& format, int64_t vocab, int64_t seq_len,
             uint64_t seed)
-      : path_(std::move(path)), width_(width), dtype_(std::move(dtype)), vocab_(vocab),
+      : path_(path), dtype_(format.kind), corpus_(open_flat_corpus(path, format, vocab)),
         rng_(seed ^ 0xDA7Aull) {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    require_input(fs::is_regular_file(path_, ec), "data file ", path_, ": not found");
-    const auto bytes = static_cast<int64_t>(fs::file_size(path_, ec));
-    require_input(!ec, "data file ", path_, ": cannot read its size");
-    require_input(bytes > 0, "data file ", path_, ": is empty");
-    require_input(bytes % width_ == 0, "data file ", path_, ": size ", bytes,
-                  " bytes is not a whole number of ", dtype_, " tokens (", width_, " bytes each)");
-    tokens_ = bytes / width_;
+    tokens_ = corpus_->size();
     require_input(tokens_ >= seq_len + 1, "data file ", path_, ": holds ", tokens_,
                   " tokens, fewer than seq_len + 1 = ", seq_len + 1);
-    file_.open(path_, std::ios::binary);
-    require_input(file_.good(), "data file ", path_, ": cannot open");
-    scan_ids();
+    // Every id is checked up front, so a bad file fails before training
+    // starts rather than mid-run; the same pass hashes the ids (fingerprint()).
+    corpus_->scan();
   }
 
   MicroBatch next(int64_t batch, int64_t seq_len) override {
     require_input(tokens_ >= seq_len + 1, "data file ", path_, ": holds ", tokens_,
                   " tokens, fewer than seq_len + 1 = ", seq_len + 1);
-    auto window = at::empty({batch, seq_len + 1}, at::kLong);
+    auto window = at::empty({batch, seq_len + 1}, at::kLong);  // [B, S + 1]
     auto* w = window.data_ptr<int64_t>();
-    std::vector<int64_t> ids;
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t start = static_cast<int64_t>(rng_.below(static_cast<uint64_t>(tokens_ - seq_len)));
-      read(start, seq_len + 1, ids);
-      std::copy(ids.begin(), ids.end(), w + b * (seq_len + 1));
+      corpus_->read(start, seq_len + 1, w + b * (seq_len + 1));
     }
     return {window.narrow(1, 0, seq_len).contiguous(), window.narrow(1, 1, seq_len).contiguous(),
             batch * seq_len};  // every position has a target
   }
 
-  std::string describe() const override {
-    return strf("%s: %s tokens of %s", path_.c_str(), format_count(static_cast<double>(tokens_)).c_str(),
-                dtype_.c_str());
-  }
+  std::string describe() const override { return corpus_->describe(); }
+  // Kept as it was before the corpus existed: checkpoints store it.
   std::string fingerprint() const override {
     return strf("flat %s file: %lld tokens, id hash %016llx", dtype_.c_str(), static_cast<long long>(tokens_),
-                static_cast<unsigned long long>(hash_));
+                static_cast<unsigned long long>(corpus_->id_hash()));
   }
   std::vector<uint64_t> state() const override { return {rng_.state()}; }
   void restore(const std::vector<uint64_t>& s) override {
@@ -173,45 +179,65 @@ class TokenFile final : public DataSource {
   }
 
  private:
-  void read(int64_t start, int64_t count, std::vector<int64_t>& out) {
-    std::vector<unsigned char> raw(static_cast<size_t>(count * width_));
-    file_.clear();
-    file_.seekg(start * width_);
-    file_.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size()));
-    if (file_.gcount() != static_cast<std::streamsize>(raw.size()))
-      throw InputError(cat("data file ", path_, ": short read at token ", start));
-    out.resize(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i) {
-      const unsigned char* p = raw.data() + i * width_;
-      int64_t id = 0;
-      for (int k = width_ - 1; k >= 0; --k) id = (id << 8) | p[k];
-      if (id >= vocab_)
-        throw InputError(cat("data file ", path_, ": token id ", id, " at position ", start + i,
-                             " is >= the model's vocabulary size ", vocab_));
-      out[static_cast<size_t>(i)] = id;
-    }
-  }
-
-  // Checks every id up front (in 1M-token blocks), so a bad file fails before
-  // training starts rather than mid-run.
-  // The same pass hashes the ids (fingerprint()).
-  void scan_ids() {
-    std::vector<int64_t> ids;
-    const int64_t block = 1 << 20;
-    for (int64_t start = 0; start < tokens_; start += block) {
-      read(start, std::min(block, tokens_ - start), ids);
-      for (int64_t id : ids) hash_ = hash_token(hash_, id);
-    }
-  }
-
   std::string path_;
-  int width_;
   std::string dtype_;
-  int64_t vocab_;
+  std::unique_ptr<TokenCorpus> corpus_;
   int64_t tokens_ = 0;
-  uint64_t hash_ = kTokenHashSeed;
   Rng rng_;
-  std::ifstream file_;
+};
+
+// Sequential windows in a seeded affine order per epoch: i -> (a i + b) mod n
+// with gcd(a, n) = 1, a bijection that needs no table.
+class PackedSource final : public DataSource {
+ public:
+  PackedSource(std::unique_ptr<TokenCorpus> corpus, int64_t seq_len, uint64_t seed)
+      : corpus_(std::move(corpus)), seq_len_(seq_len), seed_(seed) {
+    samples_ = (corpus_->size() - 1) / seq_len_;
+    require_input(samples_ >= 1, corpus_->describe(), ": fewer than seq_len + 1 = ", seq_len_ + 1, " tokens");
+  }
+
+  MicroBatch next(int64_t batch, int64_t seq_len) override {
+    require_input(seq_len == seq_len_, "packed data: seq_len changed from ", seq_len_, " to ", seq_len);
+    auto window = at::empty({batch, seq_len + 1}, at::kLong);
+    auto* w = window.data_ptr<int64_t>();
+    for (int64_t b = 0; b < batch; ++b) {
+      const uint64_t n = static_cast<uint64_t>(samples_);
+      Rng rng(seed_ ^ 0x9ACCEDull ^ (epoch_ * 0x9E3779B97F4A7C15ull));
+      uint64_t a = n > 1 ? 1 + rng.below(n - 1) : 1;
+      while (std::gcd(a, n) != 1) a = a % n + 1;
+      const uint64_t off = rng.below(n);
+      const uint64_t sample = static_cast<uint64_t>((static_cast<unsigned __int128>(a) * index_ + off) % n);
+      corpus_->read(static_cast<int64_t>(sample) * seq_len, seq_len + 1, w + b * (seq_len + 1));
+      if (++index_ == n) {
+        index_ = 0;
+        ++epoch_;
+      }
+    }
+    return {window.narrow(1, 0, seq_len).contiguous(), window.narrow(1, 1, seq_len).contiguous(),
+            batch * seq_len};  // every position has a target
+  }
+
+  std::string describe() const override {
+    return strf("%s, packed into %lld sequences of %lld", corpus_->describe().c_str(),
+                static_cast<long long>(samples_), static_cast<long long>(seq_len_));
+  }
+  std::string fingerprint() const override {
+    return strf("%s, packed into sequences of %lld", corpus_->fingerprint().c_str(), static_cast<long long>(seq_len_));
+  }
+  std::vector<uint64_t> state() const override { return {epoch_, index_}; }
+  void restore(const std::vector<uint64_t>& s) override {
+    require_input(s.size() == 2 && s[1] < static_cast<uint64_t>(samples_),
+                  "checkpoint: the data position does not fit this packed data source");
+    epoch_ = s[0];
+    index_ = s[1];
+  }
+
+ private:
+  std::unique_ptr<TokenCorpus> corpus_;
+  int64_t seq_len_;
+  uint64_t seed_;
+  int64_t samples_ = 0;
+  uint64_t epoch_ = 0, index_ = 0;
 };
 
 }  // namespace
@@ -229,16 +255,12 @@ std::unique_ptr<DataSource> make_file_source(const std::string& path, const std:
   if (format.kind == "text")
     require_input(vocab >= 256, "data file ", path, " is read as bytes (vocabulary 256) but the model's "
                   "vocabulary is only ", vocab);
-  return std::make_unique<TokenFile>(path, format.width, format.kind, vocab, seq_len, seed);
+  return std::make_unique<TokenFile>(path, format, vocab, seq_len, seed);
 }
 
-FlatTokenFormat flat_token_format(const std::string& path, const std::string& dtype) {
-  FlatTokenFormat f;
-  f.kind = dtype;
-  if (f.kind == "auto") f.kind = std::filesystem::path(path).extension() == ".bin" ? "uint16" : "text";
-  f.width = f.kind == "text" ? 1 : f.kind == "uint16" ? 2 : f.kind == "uint32" ? 4 : 0;
-  require_input(f.width > 0, "data dtype \"", dtype, "\" is unknown (expected auto, text, uint16, uint32 or megatron)");
-  return f;
+std::unique_ptr<DataSource> make_packed_source(std::unique_ptr<TokenCorpus> corpus, int64_t seq_len,
+                                               uint64_t seed) {
+  return std::make_unique<PackedSource>(std::move(corpus), seq_len, seed);
 }
 
 }  // namespace memo::train

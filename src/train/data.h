@@ -1,9 +1,11 @@
 // Training data: a built-in synthetic in-context task, a text file
 // read as bytes (vocabulary 256), a flat binary file of uint16/uint32 token
-// ids (the nanoGPT / llm.c format), or a Megatron indexed dataset
-// (data_megatron.h). Each source hands out [batch, seq_len]
+// ids (the nanoGPT / llm.c format), or a Megatron indexed dataset (the
+// corpora are in token_corpus.h). Each source hands out [batch, seq_len]
 // micro-batches of tokens and next-token targets, deterministically from a seed.
 #pragma once
+
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <memory>
@@ -11,9 +13,27 @@
 #include <string>
 #include <vector>
 
-#include "train/step.h"
+#include "train/token_corpus.h"
 
 namespace memo::train {
+
+// What one forward/backward consumes.
+struct MicroBatch {
+  at::Tensor tokens;   // [B, S] int64
+  at::Tensor targets;  // [B, S] int64, kIgnoreTarget where there is no target
+  // Targets that are not kIgnoreTarget, counted on the host while the batch
+  // was on the CPU; -1: not counted (counted when needed, a host
+  // synchronisation if the targets are on a device by then).
+  int64_t supervised = -1;
+};
+
+// batch.supervised, or the targets that are not kIgnoreTarget counted now (a
+// host synchronisation when the targets are already on a device).
+int64_t supervised_of(const MicroBatch& batch);
+
+// The batch on `device`, with its targets counted first (on the host). On
+// CUDA the copies go through pinned memory without blocking the host.
+MicroBatch to_device(MicroBatch batch, const at::Device& device);
 
 class DataSource {
  public:
@@ -60,26 +80,19 @@ struct SyntheticOptions {
 std::unique_ptr<DataSource> make_synthetic_source(const SyntheticOptions& options,
                                                   int64_t seq_len);
 
-// A token file. dtype: "text" (bytes), "uint16", "uint32", "megatron", or
-// "auto" (a Megatron PREFIX when PREFIX.idx and PREFIX.bin exist, else .bin ->
-// uint16, anything else -> text). Throws InputError for a missing or empty
+// A token file: a flat file sampled at random windows, or a Megatron dataset
+// packed (make_packed_source). dtype: "text" (bytes), "uint16", "uint32",
+// "megatron", or "auto" (a Megatron PREFIX when PREFIX.idx and PREFIX.bin
+// exist, else .bin -> uint16, anything else -> text). Throws InputError for a missing or empty
 // file, a size that is not a whole number of tokens, fewer than seq_len + 1
 // tokens, or token ids >= vocab.
 std::unique_ptr<DataSource> make_file_source(const std::string& path, const std::string& dtype,
                                              int64_t vocab, int64_t seq_len, uint64_t seed);
 
-// A 64-bit running hash of token ids (FNV-1a over whole ids), for fingerprints.
-inline constexpr uint64_t kTokenHashSeed = 1469598103934665603ull;
-inline uint64_t hash_token(uint64_t h, int64_t id) {
-  return (h ^ static_cast<uint64_t>(id)) * 1099511628211ull;
-}
-
-// A flat token file's dtype ("auto" resolved by the extension) and its bytes
-// per token. Throws InputError for a dtype that is not text, uint16 or uint32.
-struct FlatTokenFormat {
-  std::string kind;  // "text", "uint16" or "uint32"
-  int width = 0;     // 1, 2 or 4
-};
-FlatTokenFormat flat_token_format(const std::string& path, const std::string& dtype);
+// Fixed-length sequences packed from the corpus: sample i is tokens
+// [i S, i S + S] (inputs and shifted targets), visited in a seeded shuffled
+// order per epoch. The position (epoch, index) is the resumable state.
+std::unique_ptr<DataSource> make_packed_source(std::unique_ptr<TokenCorpus> corpus, int64_t seq_len,
+                                               uint64_t seed);
 
 }  // namespace memo::train

@@ -25,29 +25,7 @@ void check_batch(const model::LlamaModel& model, const MicroBatch& b) {
                 model.options().device);
 }
 
-// Positions with a target; counted now if the data source did not (a host
-// synchronisation when the targets are already on a device).
-int64_t supervised_of(const MicroBatch& b) {
-  if (b.supervised >= 0) return b.supervised;
-  return b.targets.ne(kIgnoreTarget).sum().item<int64_t>();
-}
-
 }  // namespace
-
-MicroBatch to_device(MicroBatch batch, const at::Device& device) {
-  batch.supervised = supervised_of(batch);
-  auto move = [&](const at::Tensor& t) {
-    if (t.device() == device) return t;
-    // Pageable memory would make the copy wait for the device; a pinned
-    // staging copy lets it queue (the host allocator keeps the staging
-    // block until the copy has run).
-    if (device.is_cuda() && t.is_cpu()) return t.pin_memory().to(device, t.scalar_type(), /*non_blocking=*/true);
-    return t.to(device);
-  };
-  batch.tokens = move(batch.tokens);
-  batch.targets = move(batch.targets);
-  return batch;
-}
 
 void LossSum::add(const LossSum& other) {
   if (other.sum.defined()) sum = sum.defined() ? sum + other.sum : other.sum;
@@ -59,12 +37,6 @@ double LossSum::total() const { return sum.defined() ? sum.item<double>() : 0.0;
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
                          const MicroBatch& batch, double grad_weight, int64_t loss_chunk,
                          runtime::TraceRecorder* trace) {
-  auto span = [&](const char* what, int64_t i) {
-    return trace ? trace->begin(runtime::Lane::Compute, what + std::to_string(i), i) : -1;
-  };
-  auto close = [&](int64_t h) {
-    if (trace) trace->end(h);
-  };
   check_batch(model, batch);
   const auto& cfg = model.config();
   const auto& w = model.compute();
@@ -82,13 +54,12 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   for (int64_t i = 0; i < cfg.layers; ++i) {
     model::LayerActivations acts;
     if (const auto* storage = policy.forward_storage(i)) acts = *storage;  // a rounding buffer
-    const int64_t h = span("fwd ", i);
     at::Tensor y;
     {
+      runtime::TraceSpan span(trace, runtime::Lane::Compute, "fwd ", i);
       memory::RegionScope region("layer_fwd");
       y = model.layer().forward(w.layers[static_cast<size_t>(i)], rope, x, acts);
     }
-    close(h);
     policy.save(i, std::move(acts));
     x = std::move(y);
   }
@@ -118,12 +89,11 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
     const auto& lw = w.layers[static_cast<size_t>(i)];
     runtime::LayerContext ctx{model.layer(), lw, rope};
     auto acts = policy.restore(i, ctx);
-    const int64_t h = span("bwd ", i);
     {
+      runtime::TraceSpan span(trace, runtime::Lane::Compute, "bwd ", i);
       memory::RegionScope region("layer_bwd");
       dx = model.layer().backward(lw, g.layers[static_cast<size_t>(i)], rope, acts, dx);
     }
-    close(h);
   }
   policy.end_step();
   g.embed.index_add_(0, batch.tokens.reshape({-1}),

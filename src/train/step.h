@@ -9,21 +9,9 @@
 #include "model/llama.h"
 #include "runtime/policy.h"
 #include "runtime/trace.h"
+#include "train/data.h"
 
 namespace memo::train {
-
-struct MicroBatch {
-  at::Tensor tokens;   // [B, S] int64
-  at::Tensor targets;  // [B, S] int64, kIgnoreTarget where there is no target
-  // Targets that are not kIgnoreTarget, counted on the host while the batch
-  // was on the CPU; -1: not counted (counted when needed, a host
-  // synchronisation if the targets are on a device by then).
-  int64_t supervised = -1;
-};
-
-// The batch on `device`, with its targets counted first (on the host). On
-// CUDA the copies go through pinned memory without blocking the host.
-MicroBatch to_device(MicroBatch batch, const at::Device& device);
 
 // A loss summed on the device: reading it (total, mean) waits for the device,
 // so a step reads it once, after the backward.

@@ -1,21 +1,13 @@
-// Flat and Megatron token corpora (memory-mapped) and the packed, resumable
-// data source.
-#include "train/data_megatron.h"
-
-#include <ATen/ATen.h>
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
+// Flat and Megatron token corpora, memory-mapped, every id checked.
+#include "train/token_corpus.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <numeric>
 #include <vector>
 
 #include "core/error.h"
+#include "core/mapped_file.h"
 #include "core/units.h"
 
 namespace memo::train {
@@ -23,43 +15,6 @@ namespace memo::train {
 namespace fs = std::filesystem;
 
 namespace {
-
-// A read-only memory map of a whole file.
-class Mapping {
- public:
-  explicit Mapping(const std::string& path) : path_(path) {
-    int fd = ::open(path.c_str(), O_RDONLY);
-    require_input(fd >= 0, "data file ", path, ": cannot open (", std::strerror(errno), ")");
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw InputError(cat("data file ", path, ": not a regular file"));
-    }
-    size_ = static_cast<size_t>(st.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (p == MAP_FAILED) {
-        ::close(fd);
-        throw InputError(cat("data file ", path, ": cannot map (", std::strerror(errno), ")"));
-      }
-      base_ = static_cast<const uint8_t*>(p);
-    }
-    ::close(fd);
-  }
-  ~Mapping() {
-    if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
-  }
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  const uint8_t* data() const { return base_; }
-  size_t size() const { return size_; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-  const uint8_t* base_ = nullptr;
-  size_t size_ = 0;
-};
 
 int64_t load_id(const uint8_t* p, int width, bool is_signed) {
   switch (width) {
@@ -82,19 +37,25 @@ int64_t load_id(const uint8_t* p, int width, bool is_signed) {
   }
 }
 
+// The one message for an id the model cannot embed, flat or Megatron.
 void check_id(int64_t id, int64_t vocab, const std::string& path, int64_t pos) {
-  if (id < 0 || id >= vocab)
+  if (id >= vocab)
     throw InputError(cat("data file ", path, ": token id ", id, " at position ", pos,
-                         " is outside the model's vocabulary (size ", vocab, ")"));
+                         " is >= the model's vocabulary size ", vocab));
+  if (id < 0)  // a signed Megatron dtype
+    throw InputError(cat("data file ", path, ": token id ", id, " at position ", pos, " is negative"));
 }
+
+// "data file PATH": how every message about a data file starts.
+std::string label(const std::string& path) { return "data file " + path; }
 
 class FlatCorpus final : public TokenCorpus {
  public:
   FlatCorpus(const std::string& path, int width, std::string dtype, int64_t vocab)
-      : map_(path), width_(width), dtype_(std::move(dtype)), vocab_(vocab) {
+      : map_(path, label(path)), width_(width), dtype_(std::move(dtype)), vocab_(vocab) {
     require_input(map_.size() > 0, "data file ", path, ": is empty");
     require_input(map_.size() % static_cast<size_t>(width_) == 0, "data file ", path, ": size ", map_.size(),
-                  " bytes is not a whole number of ", dtype_, " tokens");
+                  " bytes is not a whole number of ", dtype_, " tokens (", width_, " bytes each)");
   }
   int64_t size() const override { return static_cast<int64_t>(map_.size()) / width_; }
   void read(int64_t start, int64_t count, int64_t* out) const override {
@@ -111,7 +72,7 @@ class FlatCorpus final : public TokenCorpus {
   std::string kind() const override { return "flat " + dtype_; }
 
  private:
-  Mapping map_;
+  MappedFile map_;
   int width_;
   std::string dtype_;
   int64_t vocab_;
@@ -120,8 +81,8 @@ class FlatCorpus final : public TokenCorpus {
 class MegatronCorpus final : public TokenCorpus {
  public:
   MegatronCorpus(const std::string& prefix, int64_t vocab)
-      : idx_path_(prefix + ".idx"), bin_(prefix + ".bin"), vocab_(vocab) {
-    Mapping idx(idx_path_);
+      : idx_path_(prefix + ".idx"), bin_(prefix + ".bin", label(prefix + ".bin")), vocab_(vocab) {
+    const MappedFile idx(idx_path_, label(idx_path_));
     const uint8_t* p = idx.data();
     const size_t n = idx.size();
     const std::string& f = idx_path_;
@@ -193,7 +154,7 @@ class MegatronCorpus final : public TokenCorpus {
 
  private:
   std::string idx_path_;
-  Mapping bin_;
+  MappedFile bin_;
   int64_t vocab_;
   int width_ = 2;
   bool signed_ = false;
@@ -207,60 +168,6 @@ std::string megatron_prefix(const std::string& path) {
   if (p.extension() == ".bin" || p.extension() == ".idx") return (p.parent_path() / p.stem()).string();
   return path;
 }
-
-// Sequential windows in a seeded affine order per epoch: i -> (a i + b) mod n
-// with gcd(a, n) = 1, a bijection that needs no table.
-class PackedSource final : public DataSource {
- public:
-  PackedSource(std::unique_ptr<TokenCorpus> corpus, int64_t seq_len, uint64_t seed)
-      : corpus_(std::move(corpus)), seq_len_(seq_len), seed_(seed) {
-    samples_ = (corpus_->size() - 1) / seq_len_;
-    require_input(samples_ >= 1, corpus_->describe(), ": fewer than seq_len + 1 = ", seq_len_ + 1, " tokens");
-  }
-
-  MicroBatch next(int64_t batch, int64_t seq_len) override {
-    require_input(seq_len == seq_len_, "packed data: seq_len changed from ", seq_len_, " to ", seq_len);
-    auto window = at::empty({batch, seq_len + 1}, at::kLong);
-    auto* w = window.data_ptr<int64_t>();
-    for (int64_t b = 0; b < batch; ++b) {
-      const uint64_t n = static_cast<uint64_t>(samples_);
-      Rng rng(seed_ ^ 0x9ACCEDull ^ (epoch_ * 0x9E3779B97F4A7C15ull));
-      uint64_t a = n > 1 ? 1 + rng.below(n - 1) : 1;
-      while (std::gcd(a, n) != 1) a = a % n + 1;
-      const uint64_t off = rng.below(n);
-      const uint64_t sample = static_cast<uint64_t>((static_cast<unsigned __int128>(a) * index_ + off) % n);
-      corpus_->read(static_cast<int64_t>(sample) * seq_len, seq_len + 1, w + b * (seq_len + 1));
-      if (++index_ == n) {
-        index_ = 0;
-        ++epoch_;
-      }
-    }
-    return {window.narrow(1, 0, seq_len).contiguous(), window.narrow(1, 1, seq_len).contiguous(),
-            batch * seq_len};  // every position has a target
-  }
-
-  std::string describe() const override {
-    return strf("%s, packed into %lld sequences of %lld", corpus_->describe().c_str(),
-                static_cast<long long>(samples_), static_cast<long long>(seq_len_));
-  }
-  std::string fingerprint() const override {
-    return strf("%s, packed into sequences of %lld", corpus_->fingerprint().c_str(), static_cast<long long>(seq_len_));
-  }
-  std::vector<uint64_t> state() const override { return {epoch_, index_}; }
-  void restore(const std::vector<uint64_t>& s) override {
-    require_input(s.size() == 2 && s[1] < static_cast<uint64_t>(samples_),
-                  "checkpoint: the data position does not fit this packed data source");
-    epoch_ = s[0];
-    index_ = s[1];
-  }
-
- private:
-  std::unique_ptr<TokenCorpus> corpus_;
-  int64_t seq_len_;
-  uint64_t seed_;
-  int64_t samples_ = 0;
-  uint64_t epoch_ = 0, index_ = 0;
-};
 
 }  // namespace
 
@@ -295,18 +202,26 @@ std::unique_ptr<TokenCorpus> open_token_corpus(const std::string& path, const st
   if (is_megatron_data(path, dtype)) {
     corpus = std::make_unique<MegatronCorpus>(megatron_prefix(path), vocab);
   } else {
-    const auto format = flat_token_format(path, dtype);
-    std::error_code ec;
-    require_input(fs::is_regular_file(path, ec), "data file ", path, ": not found");
-    corpus = std::make_unique<FlatCorpus>(path, format.width, format.kind, vocab);
+    corpus = open_flat_corpus(path, flat_token_format(path, dtype), vocab);
   }
   corpus->scan();
   return corpus;
 }
 
-std::unique_ptr<DataSource> make_packed_source(std::unique_ptr<TokenCorpus> corpus, int64_t seq_len,
-                                               uint64_t seed) {
-  return std::make_unique<PackedSource>(std::move(corpus), seq_len, seed);
+std::unique_ptr<TokenCorpus> open_flat_corpus(const std::string& path, const FlatTokenFormat& format,
+                                              int64_t vocab) {
+  std::error_code ec;
+  require_input(fs::is_regular_file(path, ec), "data file ", path, ": not found");
+  return std::make_unique<FlatCorpus>(path, format.width, format.kind, vocab);
+}
+
+FlatTokenFormat flat_token_format(const std::string& path, const std::string& dtype) {
+  FlatTokenFormat f;
+  f.kind = dtype;
+  if (f.kind == "auto") f.kind = fs::path(path).extension() == ".bin" ? "uint16" : "text";
+  f.width = f.kind == "text" ? 1 : f.kind == "uint16" ? 2 : f.kind == "uint32" ? 4 : 0;
+  require_input(f.width > 0, "data dtype \"", dtype, "\" is unknown (expected auto, text, uint16, uint32 or megatron)");
+  return f;
 }
 
 }  // namespace memo::train
