@@ -40,18 +40,7 @@ struct EvalOptions {
 
 // The forward pass up to the logits [B, S, V] (float32), for the parity dump.
 at::Tensor logits_of(model::LlamaModel& m, const at::Tensor& tokens) {
-  const auto& w = m.compute();
-  const auto& c = m.config();
-  const int64_t B = tokens.size(0), S = tokens.size(1);
-  const auto rope = m.rope(S);
-  auto x = w.embed.index_select(0, tokens.reshape({-1})).view({B, S, c.hidden});
-  for (int64_t i = 0; i < c.layers; ++i) {
-    model::LayerActivations acts;
-    x = m.layer().forward(w.layers[static_cast<size_t>(i)], rope, x, acts);
-  }
-  at::Tensor nf, rstd;
-  model::rmsnorm_forward(x, w.final_norm, c.rms_eps, nf, rstd);
-  return at::matmul(nf, w.head().t()).to(at::kFloat);
+  return at::matmul(train::final_hidden(m, tokens), m.compute().head().t()).to(at::kFloat);
 }
 
 int run_eval(const EvalOptions& o) {

@@ -151,7 +151,7 @@ void linear_into(const at::Tensor& out, const at::Tensor& in, const at::Tensor& 
 
 void DecoderLayer::forward_pre_attention(const LayerWeights& w, const RopeTable& rope,
                                          const at::Tensor& x, LayerActivations& acts, int64_t t0,
-                                         int64_t n) const {
+                                         int64_t n, int64_t position) const {
   const auto& c = config_;
   const int64_t B = x.size(0), S = x.size(1);
   if (n == 0) n = S - t0;
@@ -162,21 +162,30 @@ void DecoderLayer::forward_pre_attention(const LayerWeights& w, const RopeTable&
   auto qkv = slot_range(acts.qkv, {B, S, c.qkv_dim()}, opts, 1, t0, n);  // [B, n, (nh+2nkv) d]
   rmsnorm_forward(tokens(x, t0, n), w.norm1, c.rms_eps, n1, rstd1, block_elements_);
   linear_into(qkv, n1, w.wqkv);
-  // RoPE in place on q and k (not v), at positions [t0, t0 + n).
+  // RoPE in place on q and k (not v), at global positions position + [t0, t0 + n).
   auto heads = qkv.view({B, n, c.heads + 2 * c.kv_heads, c.head_dim});
-  rope_apply_(heads.narrow(2, 0, c.heads + c.kv_heads), rope.slice(t0, n), /*inverse=*/false,
-              block_elements_);
+  rope_apply_(heads.narrow(2, 0, c.heads + c.kv_heads), rope.slice(position + t0, n),
+              /*inverse=*/false, block_elements_);
+}
+
+AttentionResult DecoderLayer::attend(const at::Tensor& qkv) const {
+  auto [q, k, v] = split_heads(qkv);
+  auto out = attention_forward(kernel_, q, k, v);
+  // o [B, nh, S, d] -> [B, S, nh d] (a view when the kernel wrote it token-major).
+  auto o = out.o.transpose(1, 2).reshape({q.size(0), q.size(2), config_.attn_dim()});
+  return {std::move(o), std::move(out.lse)};
+}
+
+void DecoderLayer::keep_attention(AttentionResult&& result, LayerActivations& acts) const {
+  // The kernels allocate their outputs, so into a preallocated slot this is
+  // one copy of o and lse.
+  const int64_t S = result.o.size(1);
+  put(acts.o, result.o, 1, 0, S);
+  put(acts.lse, result.lse, 2, 0, S);
 }
 
 void DecoderLayer::forward_attention(LayerActivations& acts) const {
-  auto [q, k, v] = split_heads(acts.qkv);
-  auto out = attention_forward(kernel_, q, k, v);
-  // o [B, nh, S, d] -> [B, S, nh d] (a view when the kernel wrote it token-major).
-  // The kernels allocate their outputs, so into a preallocated slot this is
-  // one copy of o and lse.
-  auto o = out.o.transpose(1, 2).reshape({q.size(0), q.size(2), config_.attn_dim()});
-  put(acts.o, o, 1, 0, q.size(2));
-  put(acts.lse, out.lse, 2, 0, q.size(2));
+  keep_attention(attend(acts.qkv), acts);
 }
 
 void DecoderLayer::forward_post_attention(const LayerWeights& w, const at::Tensor& x,
@@ -198,31 +207,38 @@ void DecoderLayer::forward_post_attention(const LayerWeights& w, const at::Tenso
   swiglu_forward(gu, a);
 }
 
-void DecoderLayer::recompute(const LayerWeights& w, const RopeTable& rope,
-                             LayerActivations& acts) const {
-  forward_pre_attention(w, rope, acts.x, acts);
+at::Tensor DecoderLayer::forward_output(const LayerWeights& w, const LayerActivations& acts) const {
+  return at::matmul(acts.a, w.wdown.t()).add_(acts.x2);  // y [B, S, h]
+}
+
+void DecoderLayer::recompute(const LayerWeights& w, const RopeTable& rope, LayerActivations& acts,
+                             int64_t position) const {
+  forward_pre_attention(w, rope, acts.x, acts, 0, 0, position);
   forward_attention(acts);
   forward_post_attention(w, acts.x, acts);
 }
 
 void DecoderLayer::recompute_tokens(const LayerWeights& w, const RopeTable& rope,
-                                    LayerActivations& acts, int64_t t0) const {
+                                    LayerActivations& acts, int64_t t0, int64_t position) const {
   const int64_t S = acts.x.size(1);
   if (t0 >= S) return;
-  forward_pre_attention(w, rope, acts.x, acts, t0, S - t0);
+  forward_pre_attention(w, rope, acts.x, acts, t0, S - t0, position);
   forward_post_attention(w, acts.x, acts, t0, S - t0);
 }
 
 at::Tensor DecoderLayer::forward(const LayerWeights& w, const RopeTable& rope, const at::Tensor& x,
-                                 LayerActivations& acts) const {
+                                 LayerActivations& acts, int64_t position) const {
   acts.x = x;
-  recompute(w, rope, acts);
-  return at::matmul(acts.a, w.wdown.t()).add_(acts.x2);  // y [B, S, h]
+  forward_pre_attention(w, rope, x, acts, 0, 0, position);  // n1, rstd1, qkv
+  forward_attention(acts);                                 // o, lse
+  forward_post_attention(w, x, acts);                      // x2, n2, rstd2, gu, a
+  return forward_output(w, acts);                          // y = x2 + a Wdown^T
 }
 
-at::Tensor DecoderLayer::backward(const LayerWeights& w, LayerWeights& grads,
-                                  const RopeTable& rope, const LayerActivations& acts,
-                                  const at::Tensor& dy) const {
+PostAttentionGrads DecoderLayer::backward_post_attention(const LayerWeights& w,
+                                                         LayerWeights& grads,
+                                                         const LayerActivations& acts,
+                                                         const at::Tensor& dy) const {
   const auto& c = config_;
   const int64_t B = dy.size(0), S = dy.size(1), T = B * S;
 
@@ -244,36 +260,62 @@ at::Tensor DecoderLayer::backward(const LayerWeights& w, LayerWeights& grads,
                  .add_(dy);  // [B, S, h]
   dn2.reset();
 
-  // Attention: x2 = x + o Wo^T.
+  // Attention output projection: x2 = x + o Wo^T.
+  auto d_o = at::matmul(dx2, w.wo);  // [B, S, nh d]
+  accumulate_matmul_grad(grads.wo, dx2, acts.o);
+  return {std::move(dx2), std::move(d_o)};
+}
+
+at::Tensor DecoderLayer::backward_attention(at::Tensor d_o, const at::Tensor& qkv,
+                                            const at::Tensor& o, const at::Tensor& lse) const {
+  const auto& c = config_;
+  const int64_t B = qkv.size(0), S = qkv.size(1);
   AttentionGrads g;
   {
-    auto d_o = at::matmul(dx2, w.wo);  // [B, S, nh d]
-    accumulate_matmul_grad(grads.wo, dx2, acts.o);
-    auto [q, k, v] = split_heads(acts.qkv);
-    auto o_heads = acts.o.view({B, S, c.heads, c.head_dim}).transpose(1, 2);
+    auto [q, k, v] = split_heads(qkv);
+    auto o_heads = o.view({B, S, c.heads, c.head_dim}).transpose(1, 2);
     auto do_heads = d_o.view({B, S, c.heads, c.head_dim}).transpose(1, 2);
-    g = attention_backward(kernel_, do_heads, q, k, v, o_heads, acts.lse);
-  }  // d_o is freed here
+    g = attention_backward(kernel_, do_heads, q, k, v, o_heads, lse);
+  }
+  d_o.reset();
 
-  // Gather dq, dk, dv into the qkv layout (each freed once copied), then undo
-  // RoPE on the q and k part.
-  auto dqkv = at::empty({B, S, c.heads + 2 * c.kv_heads, c.head_dim}, dy.options());
+  // Gather dq, dk, dv into the qkv layout, each freed once copied.
+  auto dqkv = at::empty({B, S, c.heads + 2 * c.kv_heads, c.head_dim}, qkv.options());
   dqkv.narrow(2, 0, c.heads).copy_(g.dq.transpose(1, 2));
   g.dq.reset();
   dqkv.narrow(2, c.heads, c.kv_heads).copy_(g.dk.transpose(1, 2));
   g.dk.reset();
   dqkv.narrow(2, c.heads + c.kv_heads, c.kv_heads).copy_(g.dv.transpose(1, 2));
   g.dv.reset();
-  rope_apply_(dqkv.narrow(2, 0, c.heads + c.kv_heads), rope, /*inverse=*/true, block_elements_);
-  auto dqkv_flat = dqkv.view({B, S, c.qkv_dim()});
+  return dqkv.view({B, S, c.qkv_dim()});  // [B, S, (nh+2nkv) d]
+}
 
+at::Tensor DecoderLayer::backward_pre_attention(const LayerWeights& w, LayerWeights& grads,
+                                                const RopeTable& rope,
+                                                const LayerActivations& acts, at::Tensor dqkv,
+                                                const at::Tensor& dx2, int64_t position) const {
+  const auto& c = config_;
+  const int64_t B = dqkv.size(0), S = dqkv.size(1);
+  // Undo RoPE on the q and k part, at the tokens' global positions.
+  {
+    auto heads = dqkv.view({B, S, c.heads + 2 * c.kv_heads, c.head_dim});
+    rope_apply_(heads.narrow(2, 0, c.heads + c.kv_heads), rope.slice(position, S),
+                /*inverse=*/true, block_elements_);
+  }
   // n1 = rmsnorm(x), qkv = n1 Wqkv^T; dx is written over dn1.
-  auto dn1 = at::matmul(dqkv_flat, w.wqkv);  // [B, S, h]
-  accumulate_matmul_grad(grads.wqkv, dqkv_flat, acts.n1);
+  auto dn1 = at::matmul(dqkv, w.wqkv);  // [B, S, h]
+  accumulate_matmul_grad(grads.wqkv, dqkv, acts.n1);
   dqkv.reset();
-  dqkv_flat.reset();
   return rmsnorm_backward(dn1, acts.x, acts.rstd1, w.norm1, grads.norm1, dn1, block_elements_)
       .add_(dx2);
+}
+
+at::Tensor DecoderLayer::backward(const LayerWeights& w, LayerWeights& grads,
+                                  const RopeTable& rope, const LayerActivations& acts,
+                                  const at::Tensor& dy, int64_t position) const {
+  auto post = backward_post_attention(w, grads, acts, dy);                     // dx2, d_o
+  auto dqkv = backward_attention(std::move(post.d_o), acts.qkv, acts.o, acts.lse);
+  return backward_pre_attention(w, grads, rope, acts, std::move(dqkv), post.dx2, position);
 }
 
 }  // namespace memo::model

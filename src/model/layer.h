@@ -70,15 +70,40 @@ std::vector<SkeletalSpec> skeletal_specs(const ModelConfig& c, int64_t batch, in
 LayerActivations allocate_skeletal(const ModelConfig& c, int64_t batch, int64_t seq_len,
                                    at::ScalarType compute, at::Device device);
 
+// The attention stage's results, token-major: o [B, S, nh d] (a view of the
+// kernel's [B, nh, S, d] output when that is token-major), lse [B, nh, S] in the
+// statistics dtype.
+struct AttentionResult {
+  at::Tensor o;
+  at::Tensor lse;
+};
+
+// The post-attention backward's results: the gradient at x2 (the residual
+// stream, which flows on to x) and at the attention output.
+struct PostAttentionGrads {
+  at::Tensor dx2;  // [B, S, h]
+  at::Tensor d_o;  // [B, S, nh d]
+};
+
+// A layer's forward and backward as stages (docs/design.md, "The step as a
+// per-layer program"): the executor (train/layer_program.*) calls them one by
+// one, with an exchange of q, k, v and o between them; forward() and
+// backward() are the same stages in the same order with nothing between.
+//
+// Positions: the stages work on local tokens, index t of x; RoPE rotates
+// local token t by its global position `position + t` (a sequence shard or a
+// chunk starts at a global position; one device and the whole sequence: 0).
+// `rope` holds the rows of global positions [0, position + S) at least.
 class DecoderLayer {
  public:
   // block_elements: the token-block size of RMSNorm and RoPE (ops.h).
   DecoderLayer(const ModelConfig& config, AttentionKernel kernel,
                int64_t block_elements = kBlockElements);
 
-  // y [B, S, h] from x [B, S, h]; fills every tensor of `acts` (acts.x = x).
+  // y [B, S, h] from x [B, S, h]; fills every tensor of `acts` (acts.x = x):
+  // pre-attention, attention, post-attention, then the output.
   at::Tensor forward(const LayerWeights& w, const RopeTable& rope, const at::Tensor& x,
-                     LayerActivations& acts) const;
+                     LayerActivations& acts, int64_t position = 0) const;
 
   // Every tensor of `acts` but x may be preallocated (a rounding buffer of the
   // activation store): forward and recompute then compute straight into it
@@ -87,29 +112,60 @@ class DecoderLayer {
   // the layer output (docs/memory-per-token.md). Undefined slots are allocated
   // whole by the same code.
 
-  // The forward stages, each on the tokens [t0, t0 + n) of every sequence
-  // (n = 0: to the end). pre-attention: x -> n1, rstd1, qkv (RoPE at those
-  // positions); attention (whole sequence): qkv -> o, lse; post-attention:
-  // x, o -> x2, n2, rstd2, gu, a. A token range needs preallocated slots.
+  // The forward stages, the token-wise ones on the local tokens [t0, t0 + n)
+  // of every sequence (n = 0: to the end); a token range needs preallocated
+  // slots.
+  // pre-attention: x -> n1, rstd1, qkv (q and k rotated at their positions).
   void forward_pre_attention(const LayerWeights& w, const RopeTable& rope, const at::Tensor& x,
-                             LayerActivations& acts, int64_t t0 = 0, int64_t n = 0) const;
+                             LayerActivations& acts, int64_t t0 = 0, int64_t n = 0,
+                             int64_t position = 0) const;
+  // attention (the whole sequence): qkv [B, S, (nh+2nkv) d] -> o, lse.
+  AttentionResult attend(const at::Tensor& qkv) const;
+  // o and lse into their slots of `acts` (one copy each into a preallocated slot).
+  void keep_attention(AttentionResult&& result, LayerActivations& acts) const;
+  // attend(acts.qkv), kept in acts.
   void forward_attention(LayerActivations& acts) const;
+  // post-attention: x, o -> x2, n2, rstd2, gu, a.
   void forward_post_attention(const LayerWeights& w, const at::Tensor& x, LayerActivations& acts,
                               int64_t t0 = 0, int64_t n = 0) const;
+  // The layer's output y [B, S, h] = x2 + a Wdown^T (needs no skeletal slot).
+  at::Tensor forward_output(const LayerWeights& w, const LayerActivations& acts) const;
+
   // Every skeletal tensor of `acts` from acts.x, without the output projection.
-  void recompute(const LayerWeights& w, const RopeTable& rope, LayerActivations& acts) const;
+  void recompute(const LayerWeights& w, const RopeTable& rope, LayerActivations& acts,
+                 int64_t position = 0) const;
   // Token-wise recompute: the tokens [t0, S) of every skeletal tensor except
   // x, o and lse, from acts.x and acts.o, into acts' (preallocated) slots.
   // No attention is recomputed.
   void recompute_tokens(const LayerWeights& w, const RopeTable& rope, LayerActivations& acts,
-                        int64_t t0) const;
+                        int64_t t0, int64_t position = 0) const;
 
-  // dx [B, S, h] from dy [B, S, h]; adds parameter gradients into `grads`.
+  // dx [B, S, h] from dy [B, S, h]; adds parameter gradients into `grads`:
+  // post-attention backward, attention backward, pre-attention backward.
   // Working set beyond acts, dy and the weights: (2f + h) c bytes per token
   // at most for Llama shapes, plus fixed-size blocks and one weight-sized
   // gradient product (docs/memory-per-token.md).
   at::Tensor backward(const LayerWeights& w, LayerWeights& grads, const RopeTable& rope,
-                      const LayerActivations& acts, const at::Tensor& dy) const;
+                      const LayerActivations& acts, const at::Tensor& dy,
+                      int64_t position = 0) const;
+
+  // The backward stages, mirroring forward's.
+  // post-attention: dy -> dx2, d_o; adds the gradients of wdown, wgu, norm2, wo.
+  PostAttentionGrads backward_post_attention(const LayerWeights& w, LayerWeights& grads,
+                                             const LayerActivations& acts,
+                                             const at::Tensor& dy) const;
+  // attention: d_o [B, S, nh d] with the forward's qkv, o (token-major, the
+  // attention's layout) and lse -> dqkv [B, S, (nh+2nkv) d], RoPE not yet
+  // undone. d_o is taken (and freed before dqkv is allocated).
+  at::Tensor backward_attention(at::Tensor d_o, const at::Tensor& qkv, const at::Tensor& o,
+                                const at::Tensor& lse) const;
+  // pre-attention: dqkv, dx2 -> dx [B, S, h]; undoes RoPE at the tokens'
+  // positions; adds the gradients of wqkv and norm1. dqkv is taken (and
+  // freed before dx is computed).
+  at::Tensor backward_pre_attention(const LayerWeights& w, LayerWeights& grads,
+                                    const RopeTable& rope, const LayerActivations& acts,
+                                    at::Tensor dqkv, const at::Tensor& dx2,
+                                    int64_t position = 0) const;
 
   const ModelConfig& config() const { return config_; }
   AttentionKernel kernel() const { return kernel_; }

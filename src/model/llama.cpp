@@ -85,12 +85,12 @@ void LlamaModel::zero_grads() {
   for (auto& [name, t] : grads_.named()) t->zero_();
 }
 
-RopeTable LlamaModel::rope(int64_t seq_len) {
-  if (seq_len > rope_len_) {
-    rope_ = RopeTable::build(config_, seq_len, options_.compute_dtype, options_.device);
-    rope_len_ = seq_len;
+RopeTable LlamaModel::rope(int64_t end) {
+  if (end > rope_len_) {
+    rope_ = RopeTable::build(config_, end, options_.compute_dtype, options_.device);
+    rope_len_ = end;
   }
-  return rope_.slice(0, seq_len);
+  return rope_.slice(0, end);
 }
 
 }  // namespace memo::model

@@ -1,7 +1,7 @@
 // The Llama model's parameters: master weights (fp32, or fp64 in tests),
 // their gradients, and compute-dtype copies used by forward and backward.
-// The layer stack's execution lives in train/step.* so that activation
-// policies (runtime/) sit between the layers.
+// The layer stack's execution lives in train/layer_program.* so that
+// activation policies (runtime/) sit between the layers.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -52,8 +52,9 @@ class LlamaModel {
   void refresh_compute();
   void zero_grads();
 
-  // RoPE rows for positions [0, seq_len); the table is cached across calls.
-  RopeTable rope(int64_t seq_len);
+  // RoPE rows for global positions [0, end) (a shard or chunk at position p
+  // of S tokens needs end = p + S); the table is cached across calls.
+  RopeTable rope(int64_t end);
 
  private:
   ModelConfig config_;

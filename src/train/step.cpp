@@ -1,10 +1,14 @@
-// The step executor: runs the layer stack, asking the policy what to keep.
+// One micro-batch: embedding, the layer stack through the per-layer program
+// (train/layer_program.*), final norm and chunked loss, and back down.
 #include "train/step.h"
 
 #include <ATen/ATen.h>
 
 #include "core/error.h"
 #include "memory/planned_allocator.h"
+#include "runtime/stage_exchange.h"
+#include "runtime/weight_source.h"
+#include "train/layer_program.h"
 #include "train/loss.h"
 
 namespace memo::train {
@@ -34,6 +38,24 @@ void LossSum::add(const LossSum& other) {
 
 double LossSum::total() const { return sum.defined() ? sum.item<double>() : 0.0; }
 
+namespace {
+
+// The executor of one micro-batch on this device: every layer's weights from
+// the model (the replica), no exchange, the whole sequence from position 0.
+struct SingleDeviceProgram {
+  runtime::ReplicaWeights weights;
+  runtime::NoExchange exchange;
+  LayerProgram program;
+  TokenPositions positions;
+
+  SingleDeviceProgram(model::LlamaModel& model, int64_t seq_len, runtime::TraceRecorder* trace)
+      : weights(model.compute()),
+        program({model.layer(), model.config().layers, weights, exchange, trace, {}}),
+        positions{model.rope(seq_len), 0} {}
+};
+
+}  // namespace
+
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
                          const MicroBatch& batch, double grad_weight, int64_t loss_chunk,
                          runtime::TraceRecorder* trace) {
@@ -42,7 +64,7 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   const auto& w = model.compute();
   auto& g = model.grads();
   const int64_t B = batch.tokens.size(0), S = batch.tokens.size(1);
-  const auto rope = model.rope(S);
+  SingleDeviceProgram run(model, S, trace);
 
   // Forward. Regions mark the profiler's level-1 units (memory/planned_allocator.h).
   at::Tensor x;
@@ -51,18 +73,7 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
     x = embed_tokens(model, batch.tokens);  // [B, S, h]
   }
   policy.begin_step({cfg.layers, B, S});
-  for (int64_t i = 0; i < cfg.layers; ++i) {
-    model::LayerActivations acts;
-    if (const auto* storage = policy.forward_storage(i)) acts = *storage;  // a rounding buffer
-    at::Tensor y;
-    {
-      runtime::TraceSpan span(trace, runtime::Lane::Compute, "fwd ", i);
-      memory::RegionScope region("layer_fwd");
-      y = model.layer().forward(w.layers[static_cast<size_t>(i)], rope, x, acts);
-    }
-    policy.save(i, std::move(acts));
-    x = std::move(y);
-  }
+  x = run.program.forward(std::move(x), run.positions, &policy);
   // Final norm, loss, and their backward. The gradient is of the mean over
   // this batch, with the count taken on the host.
   const auto targets = batch.targets.reshape({-1});
@@ -85,36 +96,28 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   x.reset();
 
   // Backward.
-  for (int64_t i = cfg.layers - 1; i >= 0; --i) {
-    const auto& lw = w.layers[static_cast<size_t>(i)];
-    runtime::LayerContext ctx{model.layer(), lw, rope};
-    auto acts = policy.restore(i, ctx);
-    {
-      runtime::TraceSpan span(trace, runtime::Lane::Compute, "bwd ", i);
-      memory::RegionScope region("layer_bwd");
-      dx = model.layer().backward(lw, g.layers[static_cast<size_t>(i)], rope, acts, dx);
-    }
-  }
+  dx = run.program.backward(std::move(dx), run.positions, policy, g);
   policy.end_step();
   g.embed.index_add_(0, batch.tokens.reshape({-1}),
                      dx.reshape({B * S, cfg.hidden}).to(g.embed.scalar_type()));
   return {ce.loss_sum, count};
 }
 
+at::Tensor final_hidden(model::LlamaModel& model, const at::Tensor& tokens) {
+  const auto& cfg = model.config();
+  SingleDeviceProgram run(model, tokens.size(1), nullptr);
+  auto x = run.program.forward(embed_tokens(model, tokens), run.positions);  // [B, S, h]
+  at::Tensor nf, rstdf;
+  model::rmsnorm_forward(x, model.compute().final_norm, cfg.rms_eps, nf, rstdf);
+  return nf;
+}
+
 LossSum forward_loss(model::LlamaModel& model, const MicroBatch& batch, int64_t loss_chunk) {
   check_batch(model, batch);
   const auto& cfg = model.config();
-  const auto& w = model.compute();
   const int64_t B = batch.tokens.size(0), S = batch.tokens.size(1);
-  const auto rope = model.rope(S);
-  auto x = embed_tokens(model, batch.tokens);
-  for (int64_t i = 0; i < cfg.layers; ++i) {
-    model::LayerActivations acts;
-    x = model.layer().forward(w.layers[static_cast<size_t>(i)], rope, x, acts);
-  }
-  at::Tensor nf, rstdf;
-  model::rmsnorm_forward(x, w.final_norm, cfg.rms_eps, nf, rstdf);
-  auto ce = chunked_cross_entropy(nf.view({B * S, cfg.hidden}), w.head(),
+  auto nf = final_hidden(model, batch.tokens);  // [B, S, h]
+  auto ce = chunked_cross_entropy(nf.view({B * S, cfg.hidden}), model.compute().head(),
                                   batch.targets.reshape({-1}), loss_chunk, 0.0, nullptr);
   return {ce.loss_sum, supervised_of(batch)};
 }

@@ -1,5 +1,6 @@
-// One micro-batch through the model: embedding, the layer stack under an
-// activation policy, final norm, chunked loss, and the backward back down.
+// One micro-batch through the model: embedding, the layer stack (the
+// per-layer program of train/layer_program.h) under an activation policy,
+// final norm, chunked loss, and the backward back down.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -31,6 +32,10 @@ struct LossSum {
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
                          const MicroBatch& batch, double grad_weight, int64_t loss_chunk = 0,
                          runtime::TraceRecorder* trace = nullptr);
+
+// Forward only: the final norm's output [B, S, h] (the lm head's input) for
+// tokens [B, S] on the model's device; nothing saved.
+at::Tensor final_hidden(model::LlamaModel& model, const at::Tensor& tokens);
 
 // Forward only (evaluation): the loss, nothing saved.
 LossSum forward_loss(model::LlamaModel& model, const MicroBatch& batch, int64_t loss_chunk = 0);

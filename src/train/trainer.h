@@ -20,6 +20,7 @@
 #include "train/memory_planning.h"
 #include "train/optimizer.h"
 #include "train/options.h"
+#include "train/step.h"
 
 namespace memo::train {
 
@@ -76,6 +77,27 @@ class Trainer {
   TrainSummary run(const std::function<void(const StepRecord&)>& on_step);
 
  private:
+  // The constructor's steps, in order (trainer.cpp).
+  void resolve_model_and_device();
+  void make_policy_and_check_fit();
+  void open_data();
+  void install_memory_planning();
+  void build_model();
+  void build_optimizer_and_prepare_policy();
+  void load_starting_weights();
+
+  // run()'s steps.
+  struct RunTotals;
+  StepRecord train_step(int64_t step, TrainSummary& summary);
+  LossSum accumulate_gradients(bool tracing, TrainSummary& summary);
+  StepRecord update_weights(int64_t step, LossSum& total);
+  void write_trace();
+  void add_step(int64_t step, const StepRecord& r, RunTotals& totals) const;
+  void checkpoint_if_due(int64_t step, const StepRecord& r);
+  TrainSummary summarize(RunTotals& totals) const;
+  int64_t tokens_per_step() const;
+  double flops_per_step() const;
+
   TrainOptions options_;
   model::ModelConfig config_;
   at::Device device_ = at::kCPU;

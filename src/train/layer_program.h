@@ -1,0 +1,81 @@
+// The layer stack as a per-layer program (docs/design.md, "The step as a
+// per-layer program"). For each layer, in order: where its weights come from
+// (a weight source), its forward stages with an exchange around attention
+// (pre-attention, attention, post-attention producing y), its skeletal set
+// handed to the activation policy; in backward, layer by layer down, the
+// policy restores the set and the mirrored stages run (post-attention
+// backward -> d_o, attention backward -> dqkv, pre-attention backward -> dx),
+// then a hook says the layer's gradients are complete. Training
+// (forward_backward), forward_loss and `memo eval` all run the stack here.
+//
+// It lives in train/ (the step executor, docs/design.md section "Layers"): it
+// drives pieces from runtime/ (policy, weight source, exchange, trace) and
+// memory/ (the profiler's regions) over model/'s stages.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+
+#include "model/llama.h"
+#include "runtime/policy.h"
+#include "runtime/stage_exchange.h"
+#include "runtime/trace.h"
+#include "runtime/weight_source.h"
+
+namespace memo::train {
+
+// Where a micro-batch's local tokens sit in the whole sequence: local token t
+// is at global position first + t (a sequence shard or a chunk starts at a
+// global position; one device and the whole sequence: 0).
+struct TokenPositions {
+  model::RopeTable rope;  // rows of global positions [0, first + S) at least
+  int64_t first = 0;
+};
+
+// Called when layer `layer`'s parameter gradients for this micro-batch are
+// complete in `grads` (where a reduce-scatter of them will start).
+using LayerGradientsHook = std::function<void(int64_t layer, model::LayerWeights& grads)>;
+
+// What the program runs on; the references must outlive it.
+struct LayerProgramParts {
+  const model::DecoderLayer& layer;
+  int64_t layers = 0;
+  runtime::WeightSource& weights;
+  runtime::StageExchange& exchange;
+  runtime::TraceRecorder* trace = nullptr;  // each layer's forward and backward as a compute span
+  LayerGradientsHook on_layer_gradients;    // may be empty
+};
+
+class LayerProgram {
+ public:
+  explicit LayerProgram(LayerProgramParts parts) : parts_(std::move(parts)) {}
+
+  // x [B, S, h] through every layer -> the last layer's output [B, S, h].
+  // With a policy (its begin_step called), each layer writes into the storage
+  // the policy offers and hands it the skeletal set; without, nothing is kept
+  // (evaluation).
+  at::Tensor forward(at::Tensor x, const TokenPositions& pos,
+                     runtime::ActivationPolicy* policy = nullptr);
+  // dy [B, S, h] at the last layer's output -> dx [B, S, h] at the first
+  // layer's input, layer by layer down; the policy restores each skeletal set
+  // and the parameter gradients are added into grads.layers.
+  at::Tensor backward(at::Tensor dy, const TokenPositions& pos, runtime::ActivationPolicy& policy,
+                      model::ModelWeights& grads);
+
+  // One layer's forward stages with the exchange between them: fills acts
+  // (acts.x = x), returns y [B, S, h].
+  at::Tensor forward_layer(const model::LayerWeights& w, const TokenPositions& pos,
+                           const at::Tensor& x, model::LayerActivations& acts);
+  // One layer's backward stages with the exchange between them: dy -> dx,
+  // gradients added into `grads`.
+  at::Tensor backward_layer(const model::LayerWeights& w, model::LayerWeights& grads,
+                            const TokenPositions& pos, const model::LayerActivations& acts,
+                            const at::Tensor& dy);
+
+ private:
+  LayerProgramParts parts_;
+};
+
+}  // namespace memo::train
