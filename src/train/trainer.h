@@ -19,6 +19,7 @@
 #include "train/data.h"
 #include "train/memory_planning.h"
 #include "train/optimizer.h"
+#include "train/option_table.h"
 #include "train/options.h"
 
 namespace memo::train {
@@ -76,6 +77,8 @@ class Trainer {
   TrainSummary run(const std::function<void(const StepRecord&)>& on_step);
 
  private:
+  ResolvedRun resolved_run() const;  // for resolved_config() and describe() (train/option_table.h)
+
   TrainOptions options_;
   model::ModelConfig config_;
   at::Device device_ = at::kCPU;
