@@ -14,13 +14,12 @@
 
 #include "cli/commands.h"
 #include "cli/io_checks.h"
+#include "cli/option_flags.h"
 #include "cli/strict_numbers.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/json.h"
 #include "core/units.h"
-#include "model/config.h"
-#include "runtime/policy.h"
 #include "train/trainer.h"
 
 namespace memo::cli {
@@ -28,20 +27,6 @@ namespace memo::cli {
 namespace {
 
 using train::TrainOptions;
-
-// A flag whose value, when given, overrides the same field after the TOML file.
-struct Binding {
-  CLI::Option* option;
-  std::function<void(TrainOptions&)> apply;
-};
-
-template <typename T>
-void add_flag(CLI::App* app, std::vector<Binding>& out, const std::string& flag, T TrainOptions::*field,
-          const std::string& help) {
-  auto value = std::make_shared<T>(TrainOptions{}.*field);
-  auto* opt = app->add_option(flag, *value, help)->capture_default_str();
-  out.push_back({opt, [value, field](TrainOptions& o) { o.*field = *value; }});
-}
 
 void print_step(const train::StepRecord& r, int64_t total) {
   std::printf("step %*lld/%lld  loss %.4f  lr %.2e  |g| %6.3f  %9.0f tok/s  mfu %s  peak %s  %s/step\n",
@@ -152,6 +137,90 @@ void truncate_metrics(const std::string& path, int64_t last_step) {
   if (kept.size() != text.size()) write_file_atomic(path, kept);
 }
 
+// The options of this run: defaults, then the TOML file, then the flags
+// given; validated.
+TrainOptions resolve_options(const std::string& config_file, const FlagBindings& flags) {
+  TrainOptions options;
+  if (!config_file.empty()) train::apply_toml_file(config_file, options);
+  apply_given_flags(flags, options);
+  options.validate();
+  return options;
+}
+
+void print_header(const train::Trainer& trainer) {
+  std::printf("memo train\n");
+  for (const auto& [k, v] : trainer.describe()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
+  for (const auto& [k, v] : trainer.describe_policy()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
+  std::printf("  %-10s %s\n", "threads", describe_cpu_threads().c_str());
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
+// The report's "config" (the resolved configuration and the CPU threads);
+// with --out, config.json written and metrics.jsonl started (or cut back to
+// the resumed checkpoint's step).
+nlohmann::json start_report(const train::Trainer& trainer, const TrainOptions& options) {
+  nlohmann::json report;
+  report["config"] = trainer.resolved_config();
+  report["config"]["cpu_threads"] = {{"threads", cpu_threads().threads},
+                                     {"cores", cpu_threads().cores},
+                                     {"passive_wait", cpu_threads().passive_wait}};
+  report["steps"] = nlohmann::json::array();
+  if (!options.out.empty()) {
+    write_file_atomic(options.out + "/config.json", report["config"].dump(2) + "\n");
+    const std::string metrics = options.out + "/metrics.jsonl";
+    if (options.resume.empty())
+      write_file_atomic(metrics, "");
+    else
+      truncate_metrics(metrics, trainer.start_step());
+  }
+  return report;
+}
+
+// One finished step: into the report, metrics.jsonl (fsynced before a
+// checkpoint) and, every log_every steps, a progress line.
+void record_step(const train::StepRecord& r, const TrainOptions& options, int64_t log_every, nlohmann::json& report) {
+  auto j = train::to_json(r);
+  report["steps"].push_back(j);
+  if (!options.out.empty()) {
+    const std::string metrics = options.out + "/metrics.jsonl";
+    append_line(metrics, j.dump());  // a failed append stops the run (exit 1)
+    // Before a checkpoint is saved, its steps' lines are on disk too.
+    if (options.checkpoint_every > 0 && (r.step % options.checkpoint_every == 0 || r.step == options.steps))
+      fsync_file(metrics);
+  }
+  if (r.step == 1 || r.step % log_every == 0 || r.step == options.steps) print_step(r, options.steps);
+}
+
+// The summary: printed, summary.json, the trace and --json report named.
+void finish_report(const train::TrainSummary& summary, const TrainOptions& options, nlohmann::json& report) {
+  print_summary(summary);
+  report["summary"] = train::to_json(summary);
+  if (!options.out.empty()) write_file_atomic(options.out + "/summary.json", report["summary"].dump(2) + "\n");
+  if (!options.trace.empty()) std::printf("  trace            %s\n", options.trace.c_str());
+  if (!options.json.empty()) {
+    write_file_atomic(options.json, report.dump(2) + "\n");
+    std::printf("  report           %s\n", options.json.c_str());
+  }
+}
+
+int run_train(const std::string& config_file, const FlagBindings& flags) {
+  const TrainOptions options = resolve_options(config_file, flags);
+  check_train_outputs(options, config_file);
+  // One run at a time per --out (held until the process ends; a crashed
+  // run's lock dies with it).
+  std::optional<DirectoryLock> out_lock;
+  if (!options.out.empty()) out_lock.emplace(options.out, "--out");
+
+  train::Trainer trainer(options);
+  print_header(trainer);
+  nlohmann::json report = start_report(trainer, options);
+  const int64_t every = trainer.log_every();
+  auto summary = trainer.run([&](const train::StepRecord& r) { record_step(r, options, every, report); });
+  finish_report(summary, options, report);
+  return 0;
+}
+
 }  // namespace
 
 void add_train_command(CLI::App& root, Action& action) {
@@ -164,147 +233,10 @@ void add_train_command(CLI::App& root, Action& action) {
                   "TOML file with any of the keys below (underscores for dashes: seq_len = 4096); "
                   "flags given on the command line override it")
       ->check(CLI::ExistingFile);
-  auto bindings = std::make_shared<std::vector<Binding>>();
-  auto& b = *bindings;
-  add_flag(app, b, "--model", &TrainOptions::model,
-       "Model: a preset (" + joined(model::preset_names()) + "), a Hugging Face config.json, or a Hugging Face "
-       "checkpoint directory (config.json + *.safetensors: training starts from its weights)");
-  add_flag(app, b, "--layers", &TrainOptions::layers, "Override the model's layer count (0 keeps it)");
-  add_flag(app, b, "--seq-len", &TrainOptions::seq_len, "Tokens per sequence");
-  add_flag(app, b, "--batch", &TrainOptions::batch, "Sequences per micro-batch");
-  add_flag(app, b, "--grad-accum", &TrainOptions::grad_accum, "Micro-batches per optimizer step");
-  add_flag(app, b, "--steps", &TrainOptions::steps, "Optimizer steps");
-  add_flag(app, b, "--policy", &TrainOptions::policy,
-       "Activation policy: " + joined(runtime::policy_names()) +
-           " (keep: all skeletal tensors stay on the device; recompute: only layer inputs, "
-           "each layer re-run in backward; offload: every tensor to pinned host memory on a side "
-           "stream, prefetched a layer ahead; memo: x, o, lse to host, a fraction alpha of the "
-           "other tokens to host, the rest recomputed token-wise without attention)");
-  add_flag(app, b, "--alpha", &TrainOptions::alpha,
-           "memo: fraction of the non-x/o/lse tokens offloaded to host (negative: chosen at start-up "
-           "from the measured host link and layer times)");
-  add_flag(app, b, "--host-memory-gib", &TrainOptions::host_memory_gib,
-           "Host memory offload's and memo's pool may use, in GiB (0: MemTotal x 0.75 minus what processes "
-           "hold, at least half of MemAvailable, within the cgroup's memory.max; the header says which)");
-  add_flag(app, b, "--lr", &TrainOptions::lr, "Peak learning rate");
-  add_flag(app, b, "--min-lr-ratio", &TrainOptions::min_lr_ratio, "Final learning rate as a fraction of --lr");
-  add_flag(app, b, "--warmup", &TrainOptions::warmup, "Linear warmup steps before the cosine decay");
-  add_flag(app, b, "--weight-decay", &TrainOptions::weight_decay, "AdamW decoupled weight decay (matrices only)");
-  add_flag(app, b, "--beta1", &TrainOptions::beta1, "AdamW beta1");
-  add_flag(app, b, "--beta2", &TrainOptions::beta2, "AdamW beta2");
-  add_flag(app, b, "--clip", &TrainOptions::clip, "Clip the global gradient norm to this (0: off)");
-  add_flag(app, b, "--data", &TrainOptions::data,
-       "Token file to train on; empty: the built-in synthetic in-context alphabet task");
-  add_flag(app, b, "--data-dtype", &TrainOptions::data_dtype,
-       "How --data is read: text (bytes, vocabulary 256), uint16 or uint32 (flat little-endian "
-       "token ids, nanoGPT/llm.c format), megatron (PREFIX.bin + PREFIX.idx, documents packed "
-       "in a shuffled resumable order), or auto (megatron when PREFIX.idx exists, .bin -> uint16, else text)");
-  add_flag(app, b, "--resume", &TrainOptions::resume,
-           "Continue from a checkpoint: its directory, or an --out directory (its newest); give the "
-           "same options as the interrupted run");
-  add_flag(app, b, "--checkpoint-every", &TrainOptions::checkpoint_every,
-           "Save OUT/checkpoints/step-N every N steps and after the last (Hugging Face weights + "
-           "optimizer state + data position; 0: never)");
-  add_flag(app, b, "--keep-checkpoints", &TrainOptions::keep_checkpoints, "Newest checkpoints kept (0: all)");
-  add_flag(app, b, "--device", &TrainOptions::device, "auto (CUDA when present), cpu or cuda");
-  add_flag(app, b, "--dtype", &TrainOptions::dtype,
-       "Compute dtype: auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16; "
-       "master weights and optimizer state are always float32");
-  add_flag(app, b, "--attention", &TrainOptions::attention, "CUDA fused attention kernel: auto (cudnn for bfloat16, efficient for float32), cudnn, flash or efficient");
-  add_flag(app, b, "--loss-chunk", &TrainOptions::loss_chunk,
-       "Tokens per cross-entropy chunk (0: from a memory budget, 4 GiB on CUDA, 256 MiB on CPU)");
-  add_flag(app, b, "--seed", &TrainOptions::seed, "Seed for weights and data");
-  add_flag(app, b, "--peak-tflops", &TrainOptions::peak_tflops,
-       "Device peak for MFU in TFLOP/s (0: 989, H100/H200 SXM bf16 dense)");
-  add_flag(app, b, "--out", &TrainOptions::out,
-       "Directory for config.json, metrics.jsonl (one line per step) and summary.json");
-  add_flag(app, b, "--json", &TrainOptions::json,
-       "Write {\"config\", \"steps\": [...], \"summary\"} to this file");
-  add_flag(app, b, "--trace", &TrainOptions::trace,
-           "Write the last step's compute and copy streams as a Chrome trace (Perfetto, chrome://tracing)");
-  {
-    auto planned = std::make_shared<bool>(false);
-    auto* opt = app->add_flag("--planned-memory", *planned,
-                              "Serve each step from one arena laid out by the bi-level memory plan "
-                              "(profiled at step 2, cached on disk). CUDA: PyTorch's pluggable allocator, needs a "
-                              "MEMO_CUDA build");
-    b.push_back({opt, [planned](TrainOptions& o) { o.planned_memory = *planned; }});
-  }
-  add_flag(app, b, "--plan-cache", &TrainOptions::plan_cache,
-           "Directory of cached memory plans (default: OUT/plans, else ~/.cache/memo/plans)");
-  add_flag(app, b, "--memory-timeline", &TrainOptions::memory_timeline,
-           "Write an HTML plot of allocated and reserved bytes over one profiled step, regions marked");
-  add_flag(app, b, "--export-dsa", &TrainOptions::export_dsa,
-           "Write the profiled step's regions (level 1) and the step (level 2) as DSA CSVs into this directory");
-  add_flag(app, b, "--log-every", &TrainOptions::log_every, "Print a progress line every N steps (0: ~20 lines)");
-  {
-    auto skip = std::make_shared<bool>(false);
-    auto* opt = app->add_flag("--no-memory-check", *skip,
-                              "Skip the fit check: by default a run whose estimated memory (weights, gradients, "
-                              "AdamW state, activations under the policy, the pinned host pool) exceeds the "
-                              "device's (on CPU: host RAM) stops before allocating (TOML: memory_check = false)");
-    b.push_back({opt, [skip](TrainOptions& o) { o.memory_check = !*skip; }});
-  }
+  auto flags = add_option_flags(app, train::kTrain, TrainOptions{});  // train/option_table.cpp's rows
   strict_numbers(app);
-
-  app->callback([&action, config_file, bindings] {
-    action = [config_file, bindings]() -> int {
-      TrainOptions options;
-      if (!config_file->empty()) train::apply_toml_file(*config_file, options);
-      for (const auto& bnd : *bindings)
-        if (bnd.option->count() > 0) bnd.apply(options);
-      options.validate();
-      check_train_outputs(options, *config_file);
-      // One run at a time per --out (held until the process ends; a crashed
-      // run's lock dies with it).
-      std::optional<DirectoryLock> out_lock;
-      if (!options.out.empty()) out_lock.emplace(options.out, "--out");
-
-      train::Trainer trainer(options);
-      std::printf("memo train\n");
-      for (const auto& [k, v] : trainer.describe()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
-      for (const auto& [k, v] : trainer.describe_policy()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
-      std::printf("  %-10s %s\n", "threads", describe_cpu_threads().c_str());
-      std::printf("\n");
-      std::fflush(stdout);
-
-      nlohmann::json report;
-      report["config"] = trainer.resolved_config();
-      report["config"]["cpu_threads"] = {{"threads", cpu_threads().threads},
-                                         {"cores", cpu_threads().cores},
-                                         {"passive_wait", cpu_threads().passive_wait}};
-      report["steps"] = nlohmann::json::array();
-      const std::string metrics = options.out + "/metrics.jsonl";
-      if (!options.out.empty()) {
-        write_file_atomic(options.out + "/config.json", report["config"].dump(2) + "\n");
-        if (options.resume.empty())
-          write_file_atomic(metrics, "");
-        else
-          truncate_metrics(metrics, trainer.start_step());
-      }
-      const int64_t every = trainer.log_every();
-      auto summary = trainer.run([&](const train::StepRecord& r) {
-        auto j = train::to_json(r);
-        report["steps"].push_back(j);
-        if (!options.out.empty()) {
-          append_line(metrics, j.dump());  // a failed append stops the run (exit 1)
-          // Before a checkpoint is saved, its steps' lines are on disk too.
-          if (options.checkpoint_every > 0 && (r.step % options.checkpoint_every == 0 || r.step == options.steps))
-            fsync_file(metrics);
-        }
-        if (r.step == 1 || r.step % every == 0 || r.step == options.steps) print_step(r, options.steps);
-      });
-      print_summary(summary);
-      report["summary"] = train::to_json(summary);
-      if (!options.out.empty())
-        write_file_atomic(options.out + "/summary.json", report["summary"].dump(2) + "\n");
-      if (!options.trace.empty()) std::printf("  trace            %s\n", options.trace.c_str());
-      if (!options.json.empty()) {
-        write_file_atomic(options.json, report.dump(2) + "\n");
-        std::printf("  report           %s\n", options.json.c_str());
-      }
-      return 0;
-    };
+  app->callback([&action, config_file, flags] {
+    action = [config_file, flags]() -> int { return run_train(*config_file, *flags); };
   });
 }
 

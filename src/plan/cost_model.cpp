@@ -141,70 +141,66 @@ double transient_bytes(const PlanInputs& in, const std::vector<TensorBytes>& ske
 
 namespace {
 
-// Everything but max_seq, at in.seq_len.
-Plan evaluate(const PlanInputs& in) {
-  Plan pl;
-  pl.in = in;
-  const auto& m = in.model;
+// Weights (compute copy + master), gradients and Adam moments per GPU.
+void add_static_bytes(const PlanInputs& in, Plan& pl) {
   const auto& p = in.parallel;
-  const auto& hw = in.hardware;
-  const double n = static_cast<double>(m.layers);
-  const double B = static_cast<double>(in.batch), S = static_cast<double>(in.seq_len);
-  const double gpus = static_cast<double>(p.replica_gpus());
   const double tp = static_cast<double>(p.tp);
-
-  const double P = static_cast<double>(m.total_params());
+  const double P = static_cast<double>(in.model.total_params());
   pl.weight_bytes = P / tp * (in.compute_bytes + in.master_bytes);
   pl.grad_bytes = P / tp * in.master_bytes;
   pl.optimizer_bytes = 2.0 * in.master_bytes * P / (tp * static_cast<double>(p.dp * p.cp));
-  const double static_bytes = pl.weight_bytes + pl.grad_bytes + pl.optimizer_bytes;
+}
 
+// One layer's skeletal set (always-offloaded and the rest) and the transient working set.
+void add_activation_bytes(const PlanInputs& in, Plan& pl) {
   pl.skeletal = skeletal_bytes(in);
   for (const auto& t : pl.skeletal) {
     pl.per_layer_skeletal_bytes += t.bytes;
     (t.always_offloaded ? pl.fixed_bytes : pl.rest_bytes) += t.bytes;
   }
-  const double skel = pl.per_layer_skeletal_bytes;
-  const double x_bytes = pl.skeletal.front().bytes;  // the layer input, hidden-width
-  const double layer_params = static_cast<double>(m.layer_matmul_params());
   pl.transient_bytes = transient_bytes(in, pl.skeletal);
+}
 
-  // Time.
-  const double mm_rate = hw.peak_flops * hw.matmul_efficiency * gpus;
-  const double at_rate = hw.peak_flops * hw.attention_efficiency * gpus;
+// What every policy's prediction shares.
+struct PolicyContext {
+  const PlanInputs& in;
+  const Plan& pl;
+  double gpus = 0;          // of one replica
+  double matmul_s = 0;      // the step's matmuls
+  double attention_s = 0;   // the step's attention, forward and backward
+  double full_recompute_s = 0;  // one layer's forward again, but its down projection
+  double fixed_device = 0;  // static + transient + reserve bytes
+  double host_share = 0;    // host bytes per GPU
+  SplitInputs split;        // choose_split's inputs but alpha and the device spare
+};
+
+// A layer's forward, backward and token-wise recompute time, the model
+// FLOPs, and the step's matmul and attention time.
+void add_times(const PlanInputs& in, Plan& pl, PolicyContext& c) {
+  const auto& m = in.model;
+  const auto& hw = in.hardware;
+  const double n = static_cast<double>(m.layers);
+  const double B = static_cast<double>(in.batch), S = static_cast<double>(in.seq_len);
+  const double layer_params = static_cast<double>(m.layer_matmul_params());
+  const double mm_rate = hw.peak_flops * hw.matmul_efficiency * c.gpus;
+  const double at_rate = hw.peak_flops * hw.attention_efficiency * c.gpus;
   const double attn_fwd = B * 4.0 * S * S * static_cast<double>(m.heads * m.head_dim) / 2.0;  // per layer
   const double layer_mm_fwd = 2.0 * B * S * layer_params;
   const double down_fwd = 2.0 * B * S * static_cast<double>(m.hidden * m.ffn);
   pl.layer_forward_s = layer_mm_fwd / mm_rate + attn_fwd / at_rate;
   pl.layer_backward_s = 2.0 * layer_mm_fwd / mm_rate + 2.5 * attn_fwd / at_rate;
   pl.layer_recompute_s = (layer_mm_fwd - down_fwd) / mm_rate;  // token-wise, all tokens, no attention
-  const double full_recompute_s = pl.layer_forward_s - down_fwd / mm_rate;
+  c.full_recompute_s = pl.layer_forward_s - down_fwd / mm_rate;
   pl.model_flops = 6.0 * B * S * static_cast<double>(m.matmul_params()) + 3.5 * n * attn_fwd;
-  const double matmul_s = 6.0 * B * S * static_cast<double>(m.matmul_params()) / mm_rate;
-  const double attention_s = 3.5 * n * attn_fwd / at_rate;
+  c.matmul_s = 6.0 * B * S * static_cast<double>(m.matmul_params()) / mm_rate;
+  c.attention_s = 3.5 * n * attn_fwd / at_rate;
+}
 
-  const double fixed_device = static_bytes + pl.transient_bytes + hw.reserve_bytes;
-  const double host_share = hw.host_share();
-
-  auto finish = [&](PolicyPlan& pp) {
-    pp.device_bytes = fixed_device + pp.activation_bytes;
-    pp.matmul_s = matmul_s;
-    pp.attention_s = attention_s;
-    pp.step_s = matmul_s + attention_s + pp.recompute_s + pp.exposed_copy_s;
-    pp.mfu = pl.model_flops / (pp.step_s * hw.peak_flops * gpus);
-    pp.tokens_per_s = B * S * static_cast<double>(p.dp) / pp.step_s;
-    if (pp.why_not.empty() && pp.device_bytes > hw.device_bytes)
-      pp.why_not = cat("needs ", format_bytes(pp.device_bytes), " per GPU, ", format_bytes(hw.device_bytes),
-                       " available");
-    if (pp.why_not.empty() && pp.host_bytes > host_share)
-      pp.why_not = cat("needs ", format_bytes(pp.host_bytes), " of host memory per GPU, ",
-                       format_bytes(host_share), " available");
-    pp.fits = pp.why_not.empty();
-  };
-
+SplitInputs split_inputs(const PlanInputs& in, const Plan& pl, double host_share) {
+  const auto& hw = in.hardware;
   SplitInputs si;
-  si.layers = m.layers;
-  si.seq_len = std::max<int64_t>(1, in.seq_len / p.cp);
+  si.layers = in.model.layers;
+  si.seq_len = std::max<int64_t>(1, in.seq_len / in.parallel.cp);
   si.fixed_bytes = pl.fixed_bytes;
   si.rest_bytes = pl.rest_bytes;
   si.forward_s = pl.layer_forward_s;
@@ -213,75 +209,126 @@ Plan evaluate(const PlanInputs& in) {
   si.d2h_bytes_per_s = hw.d2h_bytes_per_s;
   si.h2d_bytes_per_s = hw.h2d_bytes_per_s;
   si.host_bytes = host_share;
+  return si;
+}
 
+// Device bytes, step time, MFU, throughput and whether it fits, from the
+// policy's activation, host, recompute and exposed-copy figures.
+void finish(PolicyPlan& pp, const PolicyContext& c) {
+  const auto& hw = c.in.hardware;
+  const double B = static_cast<double>(c.in.batch), S = static_cast<double>(c.in.seq_len);
+  pp.device_bytes = c.fixed_device + pp.activation_bytes;
+  pp.matmul_s = c.matmul_s;
+  pp.attention_s = c.attention_s;
+  pp.step_s = c.matmul_s + c.attention_s + pp.recompute_s + pp.exposed_copy_s;
+  pp.mfu = c.pl.model_flops / (pp.step_s * hw.peak_flops * c.gpus);
+  pp.tokens_per_s = B * S * static_cast<double>(c.in.parallel.dp) / pp.step_s;
+  if (pp.why_not.empty() && pp.device_bytes > hw.device_bytes)
+    pp.why_not = cat("needs ", format_bytes(pp.device_bytes), " per GPU, ", format_bytes(hw.device_bytes),
+                     " available");
+  if (pp.why_not.empty() && pp.host_bytes > c.host_share)
+    pp.why_not = cat("needs ", format_bytes(pp.host_bytes), " of host memory per GPU, ",
+                     format_bytes(c.host_share), " available");
+  pp.fits = pp.why_not.empty();
+}
+
+PolicyPlan plan_keep(const PolicyContext& c) {
   PolicyPlan keep;
   keep.policy = "keep";
-  keep.activation_bytes = n * skel;
-  finish(keep);
+  keep.activation_bytes = static_cast<double>(c.in.model.layers) * c.pl.per_layer_skeletal_bytes;
+  finish(keep, c);
+  return keep;
+}
 
+PolicyPlan plan_recompute(const PolicyContext& c) {
+  const double n = static_cast<double>(c.in.model.layers);
+  const double x_bytes = c.pl.skeletal.front().bytes;  // the layer input, hidden-width
   PolicyPlan rec;
   rec.policy = "recompute";
-  rec.activation_bytes = n * x_bytes + skel;
-  rec.recompute_s = n * full_recompute_s;
-  finish(rec);
+  rec.activation_bytes = n * x_bytes + c.pl.per_layer_skeletal_bytes;
+  rec.recompute_s = n * c.full_recompute_s;
+  finish(rec, c);
+  return rec;
+}
 
+PolicyPlan plan_offload(const PolicyContext& c) {
+  const double skel = c.pl.per_layer_skeletal_bytes;
   PolicyPlan off;
   off.policy = "offload";
   off.buffer_bytes = 2.0 * skel;
   off.activation_bytes = off.buffer_bytes;
-  off.host_bytes = n * skel;
+  off.host_bytes = static_cast<double>(c.in.model.layers) * skel;
   off.alpha = 1.0;
   off.limited_by = "every layer swapped whole";
-  if (off.host_bytes <= host_share) {
-    SplitInputs s = si;
+  if (off.host_bytes <= c.host_share) {
+    SplitInputs s = c.split;
     s.alpha = 1.0;
     s.swap_last_two = true;
     try {
-      auto c = choose_split(s);
-      off.exposed_copy_s = c.exposed_copy_s;
-      off.alpha_per_layer.assign(static_cast<size_t>(m.layers), 1.0);
+      auto choice = choose_split(s);
+      off.exposed_copy_s = choice.exposed_copy_s;
+      off.alpha_per_layer.assign(static_cast<size_t>(c.in.model.layers), 1.0);
     } catch (const InputError& e) {
       off.why_not = e.what();  // host memory, at the rounding edge
     }
   }
-  finish(off);
+  finish(off, c);
+  return off;
+}
 
+PolicyPlan plan_memo(const PolicyContext& c) {
+  const auto& hw = c.in.hardware;
   PolicyPlan memo;
   memo.policy = "memo";
-  memo.buffer_bytes = 2.0 * skel;
-  const int64_t swapped = std::max<int64_t>(0, m.layers - 2);
-  const double spare = hw.device_bytes - fixed_device - memo.buffer_bytes;
-  const double min_host = static_cast<double>(swapped) * pl.fixed_bytes;
+  memo.buffer_bytes = 2.0 * c.pl.per_layer_skeletal_bytes;
+  const int64_t swapped = std::max<int64_t>(0, c.in.model.layers - 2);
+  const double spare = hw.device_bytes - c.fixed_device - memo.buffer_bytes;
+  const double min_host = static_cast<double>(swapped) * c.pl.fixed_bytes;
   if (spare < 0) {
-    memo.why_not = cat("needs ", format_bytes(fixed_device + memo.buffer_bytes), " per GPU before any resident "
+    memo.why_not = cat("needs ", format_bytes(c.fixed_device + memo.buffer_bytes), " per GPU before any resident "
                        "share, ", format_bytes(hw.device_bytes), " available");
-  } else if (min_host > host_share) {
+  } else if (min_host > c.host_share) {
     memo.host_bytes = min_host;
     memo.why_not = cat("x, o and lse of ", swapped, " layers need ", format_bytes(min_host),
-                       " of host memory per GPU, ", format_bytes(host_share), " available");
+                       " of host memory per GPU, ", format_bytes(c.host_share), " available");
   } else {
-    SplitInputs s = si;
+    SplitInputs s = c.split;
     s.device_spare_bytes = spare;
-    SplitChoice c;
+    SplitChoice choice;
     try {
-      c = choose_split(s);
+      choice = choose_split(s);
     } catch (const InputError& e) {
       memo.why_not = e.what();
-      c = {};
+      choice = {};
     }
-    memo.alpha = c.alpha;
-    memo.resident = c.resident;
-    memo.limited_by = c.limited_by;
-    memo.host_bytes = c.host_bytes;
-    memo.resident_bytes = static_cast<double>(swapped) * c.resident * pl.rest_bytes;
-    memo.recompute_s = static_cast<double>(swapped) * c.recompute_s;
-    memo.exposed_copy_s = c.exposed_copy_s;
-    for (const auto& l : c.layers) memo.alpha_per_layer.push_back(l.swapped ? c.alpha : 0.0);
+    memo.alpha = choice.alpha;
+    memo.resident = choice.resident;
+    memo.limited_by = choice.limited_by;
+    memo.host_bytes = choice.host_bytes;
+    memo.resident_bytes = static_cast<double>(swapped) * choice.resident * c.pl.rest_bytes;
+    memo.recompute_s = static_cast<double>(swapped) * choice.recompute_s;
+    memo.exposed_copy_s = choice.exposed_copy_s;
+    for (const auto& l : choice.layers) memo.alpha_per_layer.push_back(l.swapped ? choice.alpha : 0.0);
   }
   memo.activation_bytes = memo.buffer_bytes + memo.resident_bytes;
-  finish(memo);
+  finish(memo, c);
+  return memo;
+}
 
-  pl.policies = {keep, rec, off, memo};
+// Everything but max_seq, at in.seq_len: static and activation bytes, times,
+// then each policy's prediction.
+Plan evaluate(const PlanInputs& in) {
+  Plan pl;
+  pl.in = in;
+  add_static_bytes(in, pl);
+  add_activation_bytes(in, pl);
+  PolicyContext c{in, pl, static_cast<double>(in.parallel.replica_gpus()), 0, 0, 0, 0, 0, SplitInputs{}};
+  add_times(in, pl, c);
+  c.fixed_device = pl.weight_bytes + pl.grad_bytes + pl.optimizer_bytes + pl.transient_bytes +
+                   in.hardware.reserve_bytes;
+  c.host_share = in.hardware.host_share();
+  c.split = split_inputs(in, pl, c.host_share);
+  pl.policies = {plan_keep(c), plan_recompute(c), plan_offload(c), plan_memo(c)};
   return pl;
 }
 

@@ -72,12 +72,79 @@ struct BenchContext {
   const std::function<void(const std::string&)>& progress;
 };
 
+// The untimed first step: warm-up, the row's loss, and its gradients
+// compared with keep's (keep's kept for the later rows).
+void first_step(const BenchContext& c, model::LlamaModel& model, runtime::ActivationPolicy& policy, BenchRow& row) {
+  row.loss = forward_backward(model, policy, c.batch, 1.0, c.options.run.loss_chunk).mean();
+  memory::synchronize(c.ex.device);
+  auto grads = copy_grads(model);
+  if (c.keep_grads) {
+    row.max_grad_rel_diff = max_rel_diff(grads.grads, c.keep_grads->grads);
+  } else if (row.policy == "keep") {
+    c.keep_grads = std::move(grads);
+    row.max_grad_rel_diff = 0.0;
+  }
+}
+
+// Planned memory: one step profiled and planned, the arena armed for the
+// timed steps; nullptr without --planned-memory.
+memory::PlannedAllocator* arm_planned_memory(const BenchContext& c, model::LlamaModel& model,
+                                             runtime::ActivationPolicy& policy, BenchRow& row) {
+  if (!c.options.planned_memory) return nullptr;
+  auto* planner = memory::PlannedAllocator::instance();
+  planner->start_recording();
+  planner->begin_step();
+  forward_backward(model, policy, c.batch, 1.0, c.options.run.loss_chunk);
+  model.zero_grads();
+  planner->end_step();
+  auto p = plan_profiled_step(planner->stop_recording(), planner->alignment());
+  planner->arm(p);
+  planner->reset_counters();
+  row.arena_bytes = p.arena_bytes;
+  row.plan_fallbacks = 0;
+  return planner;
+}
+
+// The timed steps (the last one traced with --trace): their median time,
+// device mallocs and plan fallbacks.
+void timed_steps(const BenchContext& c, model::LlamaModel& model, runtime::ActivationPolicy& policy,
+                 runtime::TraceRecorder& trace, memory::PlannedAllocator* planner, BenchRow& row) {
+  std::vector<double> times;
+  memory::reset_peak_memory(c.ex.device);
+  for (int64_t s = 0; s < c.options.steps; ++s) {
+    const bool tracing = !c.options.trace.empty() && s == c.options.steps - 1;
+    trace.set_enabled(tracing);
+    model.zero_grads();
+    memory::synchronize(c.ex.device);
+    if (planner) planner->begin_step();
+    const auto before = memory::memory_stats(c.ex.device);
+    const auto t0 = std::chrono::steady_clock::now();
+    forward_backward(model, policy, c.batch, 1.0, c.options.run.loss_chunk, tracing ? &trace : nullptr);
+    memory::synchronize(c.ex.device);
+    const auto after = memory::memory_stats(c.ex.device);
+    row.device_mallocs_per_step = after.device_mallocs - before.device_mallocs;
+    if (planner) {
+      planner->end_step();
+      *row.plan_fallbacks += planner->stats().fallback;
+      planner->reset_counters();
+    }
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    c.progress(strf("%s: step %lld/%lld %s", row.policy.c_str(), (long long)s + 1, (long long)c.options.steps,
+                    format_seconds(times.back()).c_str()));
+  }
+  if (!c.options.trace.empty()) {
+    trace.flush();
+    trace.write(c.options.trace + "." + row.policy + ".json");
+  }
+  std::sort(times.begin(), times.end());
+  row.step_s = times[times.size() / 2];
+}
+
 // One policy's row: builds its model and policy (both gone when this
 // returns or throws), runs the untimed and the timed steps, fills `row`.
 void run_row(const BenchContext& c, BenchRow& row) {
   const auto& o = c.options.run;
-  const auto& name = row.policy;
-  c.progress(name + ": building the model and the policy");
+  c.progress(row.policy + ": building the model and the policy");
   model::ModelOptions mo;
   mo.device = c.ex.device;
   mo.compute_dtype = c.ex.compute_dtype;
@@ -89,69 +156,15 @@ void run_row(const BenchContext& c, BenchRow& row) {
   if (o.alpha >= 0) po.alpha = o.alpha;
   po.host_memory_bytes = c.host_budget_bytes;
   po.trace = &trace;
-  auto policy = runtime::make_policy(name, po);
+  auto policy = runtime::make_policy(row.policy, po);
   policy->prepare(model, o.batch, o.seq_len);
   row.alpha = policy->alpha();
   row.host_pinned_bytes = policy->host_pinning().bytes;
   row.pin_seconds = policy->host_pinning().seconds;
 
-  // Untimed first step: warm-up, and the gradients to compare.
-  row.loss = forward_backward(model, *policy, c.batch, 1.0, o.loss_chunk).mean();
-  memory::synchronize(c.ex.device);
-  {
-    auto grads = copy_grads(model);
-    if (c.keep_grads) {
-      row.max_grad_rel_diff = max_rel_diff(grads.grads, c.keep_grads->grads);
-    } else if (name == "keep") {
-      c.keep_grads = std::move(grads);
-      row.max_grad_rel_diff = 0.0;
-    }
-  }
-
-  // Planned memory: profile one step, plan it, serve the timed steps from the arena.
-  memory::PlannedAllocator* planner = nullptr;
-  if (c.options.planned_memory) {
-    planner = memory::PlannedAllocator::instance();
-    planner->start_recording();
-    planner->begin_step();
-    forward_backward(model, *policy, c.batch, 1.0, o.loss_chunk);
-    model.zero_grads();
-    planner->end_step();
-    auto p = plan_profiled_step(planner->stop_recording(), planner->alignment());
-    planner->arm(p);
-    planner->reset_counters();
-    row.arena_bytes = p.arena_bytes;
-    row.plan_fallbacks = 0;
-  }
-  std::vector<double> times;
-  memory::reset_peak_memory(c.ex.device);
-  for (int64_t s = 0; s < c.options.steps; ++s) {
-    const bool tracing = !c.options.trace.empty() && s == c.options.steps - 1;
-    trace.set_enabled(tracing);
-    model.zero_grads();
-    memory::synchronize(c.ex.device);
-    if (planner) planner->begin_step();
-    const auto before = memory::memory_stats(c.ex.device);
-    const auto t0 = std::chrono::steady_clock::now();
-    forward_backward(model, *policy, c.batch, 1.0, o.loss_chunk, tracing ? &trace : nullptr);
-    memory::synchronize(c.ex.device);
-    const auto after = memory::memory_stats(c.ex.device);
-    row.device_mallocs_per_step = after.device_mallocs - before.device_mallocs;
-    if (planner) {
-      planner->end_step();
-      *row.plan_fallbacks += planner->stats().fallback;
-      planner->reset_counters();
-    }
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    c.progress(strf("%s: step %lld/%lld %s", name.c_str(), (long long)s + 1, (long long)c.options.steps,
-                    format_seconds(times.back()).c_str()));
-  }
-  if (!c.options.trace.empty()) {
-    trace.flush();
-    trace.write(c.options.trace + "." + name + ".json");
-  }
-  std::sort(times.begin(), times.end());
-  row.step_s = times[times.size() / 2];
+  first_step(c, model, *policy, row);
+  memory::PlannedAllocator* planner = arm_planned_memory(c, model, *policy, row);
+  timed_steps(c, model, *policy, trace, planner, row);
   const auto mem = memory::memory_stats(c.ex.device);
   row.peak_allocated_bytes = mem.peak_allocated;
   row.peak_reserved_bytes = mem.peak_reserved;
@@ -163,17 +176,79 @@ void run_row(const BenchContext& c, BenchRow& row) {
 // The first line of a c10 message (the rest is a C++ backtrace).
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
+// Bad options stop the command (exit 2) before any row runs.
+void check_bench_options(const BenchOptions& options) {
+  options.run.validate();
+  require_input(options.steps > 0, "bench steps must be positive, got ", options.steps);
+  require_input(!options.policies.empty(), "bench: no policies given");
+  for (const auto& p : options.policies) runtime::make_policy(p);  // unknown names fail here
+}
+
+// A row the fit check predicts cannot run: its status, nothing allocated.
+void predicted_status(const PolicyFit& fit, BenchRow& row) {
+  row.status = fit.status;
+  row.message = (fit.status == "host-memory" ? "host memory too small: " : "device memory too small: ") + fit.problem;
+  if (fit.status == "host-memory") {
+    row.host_needed_bytes = fit.pool_bytes;
+    row.host_budget_bytes = fit.pool_budget;
+  }
+}
+
+// Runs one row; a failure of the row is its status and message, not the bench's.
+void run_row_or_status(const BenchContext& c, const PolicyFit* fit, BenchRow& row) {
+  try {
+    if (fit && !fit->problem.empty())
+      predicted_status(*fit, row);
+    else
+      run_row(c, row);
+  } catch (const memory::HostMemoryError& e) {
+    row.status = "host-memory";
+    row.message = e.what();
+    if (e.needed_bytes > 0) row.host_needed_bytes = e.needed_bytes;
+    if (e.budget_bytes > 0) row.host_budget_bytes = e.budget_bytes;
+  } catch (const c10::OutOfMemoryError& e) {
+    // Out of device memory is a result of this row, not a failure of the
+    // bench; reserved minus allocated at that point tells a fragmentation
+    // failure from a real shortage.
+    row.status = "oom";
+    row.message = first_line(e.what_without_backtrace());
+  } catch (const std::bad_alloc&) {
+    row.status = "host-memory";
+    row.message = "a host allocation failed (std::bad_alloc)";
+  } catch (const c10::Error& e) {
+    row.status = "error";
+    row.message = first_line(e.what_without_backtrace());
+  } catch (const Error& e) {
+    row.status = "error";
+    row.message = e.what();
+  }
+}
+
+// A row that is not ok: the peaks since it started (how far it got), no time.
+void record_stopped_row(const BenchContext& c, BenchRow& row) {
+  const auto mem = memory::memory_stats(c.ex.device);
+  row.peak_allocated_bytes = mem.peak_allocated;
+  row.peak_reserved_bytes = mem.peak_reserved;
+  row.step_s = 0;
+  row.mfu.reset();
+  c.progress(row.policy + ": " + row.status + ": " + row.message);
+}
+
+// A row that stopped half-way may leave the planner recording or armed.
+void reset_planner(const BenchOptions& options) {
+  if (!options.planned_memory) return;
+  auto* planner = memory::PlannedAllocator::instance();
+  planner->end_step();
+  planner->stop_recording();
+  if (planner->armed()) planner->disarm();
+}
+
 }  // namespace
 
 std::vector<BenchRow> run_bench(const BenchOptions& options,
                                 const std::function<void(const std::string&)>& progress) {
   const auto& o = options.run;
-  // Bad options stop the command (exit 2) before any row runs; from here on
-  // a row's failure is that row's result.
-  o.validate();
-  require_input(options.steps > 0, "bench steps must be positive, got ", options.steps);
-  require_input(!options.policies.empty(), "bench: no policies given");
-  for (const auto& p : options.policies) runtime::make_policy(p);  // unknown names fail here
+  check_bench_options(options);  // from here on a row's failure is that row's result
   auto cfg = model::resolve_model(o.model);
   if (o.layers > 0) cfg.layers = o.layers;
   cfg.validate(o.model);
@@ -204,56 +279,12 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
     memory::release_cached_memory(ex.device);
     memory::reset_peak_memory(ex.device);
     const auto fit = std::find_if(fits.begin(), fits.end(), [&](const PolicyFit& f) { return f.policy == name; });
-    try {
-      if (fit != fits.end() && !fit->problem.empty()) {
-        row.status = fit->status;  // predicted: nothing of this row is allocated
-        row.message = (fit->status == "host-memory" ? "host memory too small: " : "device memory too small: ") +
-                      fit->problem;
-        if (fit->status == "host-memory") {
-          row.host_needed_bytes = fit->pool_bytes;
-          row.host_budget_bytes = fit->pool_budget;
-        }
-      } else {
-        run_row(context, row);
-      }
-    } catch (const memory::HostMemoryError& e) {
-      row.status = "host-memory";
-      row.message = e.what();
-      if (e.needed_bytes > 0) row.host_needed_bytes = e.needed_bytes;
-      if (e.budget_bytes > 0) row.host_budget_bytes = e.budget_bytes;
-    } catch (const c10::OutOfMemoryError& e) {
-      // Out of device memory is a result of this row, not a failure of the
-      // bench; reserved minus allocated at that point tells a fragmentation
-      // failure from a real shortage.
-      row.status = "oom";
-      row.message = first_line(e.what_without_backtrace());
-    } catch (const std::bad_alloc&) {
-      row.status = "host-memory";
-      row.message = "a host allocation failed (std::bad_alloc)";
-    } catch (const c10::Error& e) {
-      row.status = "error";
-      row.message = first_line(e.what_without_backtrace());
-    } catch (const Error& e) {
-      row.status = "error";
-      row.message = e.what();
-    }
-    if (row.status != "ok") {
-      // The peaks since this row started: how far it got.
-      const auto mem = memory::memory_stats(ex.device);
-      row.peak_allocated_bytes = mem.peak_allocated;
-      row.peak_reserved_bytes = mem.peak_reserved;
-      row.step_s = 0;
-      row.mfu.reset();
-      progress(name + ": " + row.status + ": " + row.message);
-    } else if (name == "keep" && !keep_time) {
+    run_row_or_status(context, fit != fits.end() ? &*fit : nullptr, row);
+    if (row.status != "ok")
+      record_stopped_row(context, row);
+    else if (name == "keep" && !keep_time)
       keep_time = row.step_s;
-    }
-    // A row that stopped half-way may leave the planner recording or armed.
-    if (auto* planner = options.planned_memory ? memory::PlannedAllocator::instance() : nullptr) {
-      planner->end_step();
-      planner->stop_recording();
-      if (planner->armed()) planner->disarm();
-    }
+    reset_planner(options);
     rows.push_back(row);
   }
   for (auto& r : rows)

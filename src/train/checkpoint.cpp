@@ -19,6 +19,7 @@
 #include "core/json.h"
 #include "model/hf_checkpoint.h"
 #include "model/safetensors.h"
+#include "train/option_table.h"
 
 namespace memo::train {
 
@@ -122,16 +123,10 @@ uint64_t parse_u64(const nlohmann::json& v, const std::string& where) {
 
 // The options a resumed run must share with the one that wrote the
 // checkpoint (they change the math), as JSON pointers into the resolved
-// configuration and the flags that set them.
-const std::vector<std::pair<const char*, const char*>>& contract() {
-  static const std::vector<std::pair<const char*, const char*>> fields = {
-      {"/seq_len", "--seq-len"},         {"/batch", "--batch"},
-      {"/grad_accum", "--grad-accum"},   {"/lr", "--lr"},
-      {"/min_lr_ratio", "--min-lr-ratio"}, {"/warmup", "--warmup"},
-      {"/weight_decay", "--weight-decay"}, {"/betas", "--beta1 and --beta2"},
-      {"/clip", "--clip"},               {"/seed", "--seed"},
-      {"/compute_dtype", "--dtype (compute dtype)"}, {"/master_dtype", "the master dtype"},
-  };
+// configuration and the flags that set them: the option table's rows
+// marked resume (train/option_table.cpp).
+const std::vector<std::pair<std::string, std::string>>& contract() {
+  static const std::vector<std::pair<std::string, std::string>> fields = resume_contract();
   return fields;
 }
 

@@ -11,6 +11,7 @@
 #include "core/units.h"
 #include "memory/device_memory.h"
 #include "memory/planned_allocator.h"
+#include "train/option_table.h"
 
 namespace memo::train {
 
@@ -164,6 +165,15 @@ void MemoryPlanning::after_step(int64_t step) {
     report_.active = true;
     plan_ = std::move(p);
   }
+}
+
+nlohmann::json plan_cache_key(const TrainOptions& options, const model::ModelConfig& model,
+                              const std::string& device, const std::string& compute_dtype) {
+  ResolvedRun run;
+  run.model = model;
+  run.device = device;
+  run.compute_dtype = compute_dtype;
+  return plan_cache_key(options, run);
 }
 
 plan::BilevelPlan plan_profiled_step(const plan::RequestTrace& trace, int64_t alignment) {

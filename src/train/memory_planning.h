@@ -13,7 +13,9 @@
 #include <optional>
 #include <string>
 
+#include "model/config.h"
 #include "plan/bilevel.h"
+#include "train/options.h"
 
 namespace memo::train {
 
@@ -68,6 +70,12 @@ class MemoryPlanning {
 };
 
 nlohmann::json to_json(const MemoryPlanReport& r);
+
+// What a run's memory plan depends on (MemoryPlanningOptions::key): the
+// cache-key rows of the option table (train/option_table.cpp) with the
+// resolved model, device ("cpu", "cuda:0") and compute dtype ("float32").
+nlohmann::json plan_cache_key(const TrainOptions& options, const model::ModelConfig& model,
+                              const std::string& device, const std::string& compute_dtype);
 
 // The bi-level plan of a profiled step, solved the same way everywhere: a
 // fixed number of greedy runs, so the same trace always gives the same plan.

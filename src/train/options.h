@@ -1,6 +1,8 @@
 // Everything `memo train` can be told, with defaults, TOML loading and
 // validation. Flag names and TOML keys are the same words (dashes in flags,
-// underscores in TOML): --seq-len <-> seq_len.
+// underscores in TOML): --seq-len <-> seq_len. Each member here has one row
+// in train/option_table.cpp (flag, help, check, JSON, cache key, header);
+// the default is the member's initializer.
 #pragma once
 
 #include <cstdint>
@@ -58,6 +60,8 @@ struct TrainOptions {
 
   // Throws InputError naming the first bad field.
   void validate() const;
+
+  bool operator==(const TrainOptions&) const = default;
 };
 
 // Applies a TOML file's keys onto `options`. Unknown keys, wrong types and

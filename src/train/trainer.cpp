@@ -127,20 +127,7 @@ void Trainer::install_memory_planning() {
     mp.cache_dir = !options_.out.empty() ? options_.out + "/plans"
                                          : std::string(home ? home : ".") + "/.cache/memo/plans";
   }
-  mp.key = {{"model", config_.name},
-            {"shape", {config_.vocab_size, config_.hidden, config_.layers, config_.heads, config_.kv_heads,
-                       config_.head_dim, config_.ffn, config_.tie_embeddings}},
-            {"batch", options_.batch},
-            {"seq_len", options_.seq_len},
-            {"grad_accum", options_.grad_accum},
-            {"policy", options_.policy},
-            {"alpha", options_.alpha},
-            {"host_memory_gib", options_.host_memory_gib},
-            {"loss_chunk", options_.loss_chunk},
-            {"clip", options_.clip},
-            {"device", device_.str()},
-            {"dtype", dtype_name(compute_dtype_)},
-            {"data", options_.data.empty() ? "synthetic" : options_.data_dtype}};
+  mp.key = plan_cache_key(options_, config_, device_.str(), dtype_name(compute_dtype_));
   planning_ = std::make_unique<MemoryPlanning>(mp);
 }
 
@@ -189,90 +176,31 @@ void Trainer::load_starting_weights() {
 
 Trainer::~Trainer() = default;
 
-nlohmann::json Trainer::resolved_config() const {
-  const auto& c = config_;
-  nlohmann::json j;
-  j["model"] = {{"name", c.name},
-                {"vocab_size", c.vocab_size},
-                {"hidden_size", c.hidden},
-                {"layers", c.layers},
-                {"heads", c.heads},
-                {"kv_heads", c.kv_heads},
-                {"head_dim", c.head_dim},
-                {"ffn", c.ffn},
-                {"rope_theta", c.rope_theta},
-                {"rope_scaling_factor", c.rope_scaling.factor},
-                {"tie_embeddings", c.tie_embeddings},
-                {"parameters", c.total_params()}};
-  const auto& o = options_;
-  j["seq_len"] = o.seq_len;
-  j["batch"] = o.batch;
-  j["grad_accum"] = o.grad_accum;
-  j["steps"] = o.steps;
-  j["policy"] = policy_->name();
-  j["alpha"] = json_or_null(policy_->alpha());
-  j["host_memory_budget_bytes"] = host_budget_.bytes;
-  j["host_memory_budget_source"] = host_budget_.source;
-  j["lr"] = o.lr;
-  j["min_lr_ratio"] = o.min_lr_ratio;
-  j["warmup"] = o.warmup;
-  j["weight_decay"] = o.weight_decay;
-  j["betas"] = {o.beta1, o.beta2};
-  j["clip"] = o.clip;
-  j["data"] = data_->describe();
-  j["device"] = device_.str();
-  j["compute_dtype"] = dtype_name(compute_dtype_);
-  j["master_dtype"] = "float32";
-  j["attention_kernel"] = model::attention_kernel_name(model_->layer().kernel());
-  j["loss_chunk"] = loss_chunk_;
-  j["seed"] = o.seed;
-  j["peak_flops"] = peak_flops_;
-  return j;
+// What the options resolved into, for the option table's JSON forms and header lines.
+ResolvedRun Trainer::resolved_run() const {
+  ResolvedRun r;
+  r.model = config_;
+  r.device = device_.str();
+  r.compute_dtype = dtype_name(compute_dtype_);
+  r.policy = policy_->name();
+  r.alpha = policy_->alpha();
+  r.host_budget_bytes = host_budget_.bytes;
+  r.host_budget_source = host_budget_.source;
+  r.attention_kernel = model::attention_kernel_name(model_->layer().kernel());
+  r.data = data_->describe();
+  r.loss_chunk = loss_chunk_;
+  r.loss_budget_bytes = default_loss_budget(device_);
+  r.peak_flops = peak_flops_;
+  r.weights_from = weights_from_;
+  r.resumed_from = resumed_from_;
+  r.start_step = start_step_;
+  return r;
 }
 
+nlohmann::json Trainer::resolved_config() const { return resolved_config_json(options_, resolved_run()); }
+
 std::vector<std::pair<std::string, std::string>> Trainer::describe() const {
-  const auto& c = config_;
-  const auto& o = options_;
-  const int64_t tokens = o.batch * o.seq_len;
-  const int64_t loss_chunks = (tokens + loss_chunk_ - 1) / loss_chunk_;
-  const std::string loss_chunk_source =
-      o.loss_chunk > 0 ? "--loss-chunk"
-                       : "budget " + format_bytes(static_cast<double>(default_loss_budget(device_))) + "; --loss-chunk sets it";
-  std::vector<std::pair<std::string, std::string>> out = {
-      {"model", strf("%s: %lld layers, hidden %lld, heads %lld/%lld kv, head dim %lld, ffn %lld, "
-                     "vocab %lld, %s parameters",
-                     c.name.c_str(), (long long)c.layers, (long long)c.hidden, (long long)c.heads,
-                     (long long)c.kv_heads, (long long)c.head_dim, (long long)c.ffn,
-                     (long long)c.vocab_size, format_count((double)c.total_params()).c_str())},
-      {"shape", strf("batch %lld x seq_len %lld x grad_accum %lld = %lld tokens/step", (long long)o.batch,
-                     (long long)o.seq_len, (long long)o.grad_accum,
-                     (long long)(o.batch * o.seq_len * o.grad_accum))},
-      {"policy", policy_->name()},
-  };
-  if (policy_->name() == "offload" || policy_->name() == "memo")
-    out.emplace_back("host mem", strf("%s for the host pool, from %s",
-                                      host_budget_.bytes > 0 ? format_bytes(host_budget_.bytes).c_str() : "no limit",
-                                      host_budget_.source.c_str()));
-  out.insert(out.end(), {
-      {"device", strf("%s, compute %s, master float32, attention %s", device_.str().c_str(),
-                      dtype_name(compute_dtype_),
-                      model::attention_kernel_name(model_->layer().kernel()))},
-      {"optimizer", strf("AdamW lr %g (warmup %lld, cosine to %g), betas %g/%g, wd %g, clip %g",
-                         o.lr, (long long)o.warmup, o.lr * o.min_lr_ratio, o.beta1, o.beta2,
-                         o.weight_decay, o.clip)},
-      {"loss", strf("cross-entropy in %lld chunk%s of %lld tokens per micro-batch (%s)", (long long)loss_chunks,
-                    loss_chunks == 1 ? "" : "s", (long long)std::min(loss_chunk_, tokens), loss_chunk_source.c_str())},
-      {"data", data_->describe()},
-      {"steps", strf("%lld (seed %llu)", (long long)o.steps, (unsigned long long)o.seed)},
-  });
-  if (!weights_from_.empty()) out.emplace_back("weights", weights_from_ + " (Hugging Face safetensors)");
-  if (!resumed_from_.empty())
-    out.emplace_back("resume", strf("%s (after step %lld)", resumed_from_.c_str(), (long long)start_step_));
-  if (o.checkpoint_every > 0)
-    out.emplace_back("checkpoint", strf("every %lld steps and after the last, in %s/checkpoints (keep %lld)",
-                                        (long long)o.checkpoint_every, o.out.c_str(),
-                                        (long long)o.keep_checkpoints));
-  return out;
+  return header_lines(options_, resolved_run());
 }
 
 std::vector<std::pair<std::string, std::string>> Trainer::describe_policy() const {

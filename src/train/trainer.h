@@ -19,6 +19,7 @@
 #include "train/data.h"
 #include "train/memory_planning.h"
 #include "train/optimizer.h"
+#include "train/option_table.h"
 #include "train/options.h"
 #include "train/step.h"
 
@@ -97,6 +98,8 @@ class Trainer {
   TrainSummary summarize(RunTotals& totals) const;
   int64_t tokens_per_step() const;
   double flops_per_step() const;
+
+  ResolvedRun resolved_run() const;  // for resolved_config() and describe() (train/option_table.h)
 
   TrainOptions options_;
   model::ModelConfig config_;
