@@ -3,7 +3,7 @@
 // its JSON form, its place in the memory-plan cache key, the header line that
 // shows it, whether a resumed run must keep it). Everything else is generated
 // from the rows: the CLI11 flags (cli/option_flags.h), TOML loading and
-// validation (train/options.cpp), the resolved configuration JSON, the cache
+// validation (train/option_loading.cpp), the resolved configuration JSON, the cache
 // key and the header lines (here). docs/options.md says how to add one.
 #pragma once
 

@@ -1,5 +1,7 @@
-// TrainOptions: validation and TOML loading, both from the option table
-// (train/option_table.h).
+// TrainOptions' validate() and apply_toml_file (declared in options.h), both
+// generated from the option table (train/option_table.h). Kept apart from
+// options.h's struct, which the table itself includes, so that no two files
+// include each other.
 #include "train/options.h"
 
 #define TOML_HEADER_ONLY 1
