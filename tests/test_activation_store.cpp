@@ -34,7 +34,7 @@ TEST(Unit, OrdersByLayerThenChunkAndKeysChunksApart) {
   m[Unit{3, 1}] = 2;
   m[Unit(3)] += 10;
   EXPECT_EQ(m.size(), 2u);
-  EXPECT_EQ(m[Unit{3, 0}], 11);
+  EXPECT_EQ((m[Unit{3, 0}]), 11);
   EXPECT_EQ(runtime::to_string(Unit{3}), "3");
   EXPECT_EQ(runtime::to_string(Unit{3, 1}), "3.1");
 }

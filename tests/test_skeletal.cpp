@@ -37,7 +37,7 @@ TEST(SkeletalTable, OneRowPerTensorInMemberOrder) {
   }
   // for_each visits each member once, with its row's name.
   LayerActivations acts;
-  for (size_t i = 0; i < kMembers.size(); ++i) acts.*kMembers[i].second = at::full({1}, static_cast<double>(i));
+  for (size_t i = 0; i < kMembers.size(); ++i) acts.*kMembers[i].second = at::full({1}, static_cast<double>(i), at::kDouble);
   std::vector<std::string> names;
   acts.for_each([&](const char* name, at::Tensor& t) {
     EXPECT_EQ(t.item<double>(), static_cast<double>(names.size())) << name;
