@@ -14,6 +14,7 @@
 #include "model/attention.h"
 #include "model/config.h"
 #include "model/ops.h"
+#include "model/skeletal.h"
 
 namespace memo::model {
 
@@ -29,46 +30,6 @@ struct LayerWeights {
   std::vector<std::pair<const char*, at::Tensor*>> named();
   std::vector<std::pair<const char*, const at::Tensor*>> named() const;
 };
-
-// The skeletal set of one layer: made in forward, needed in backward.
-// B batch, S tokens, h hidden, f ffn; st = statistics dtype (ops.h).
-struct LayerActivations {
-  at::Tensor x;      // [B, S, h]             layer input (the recompute source)
-  at::Tensor n1;     // [B, S, h]             rmsnorm(x) * norm1
-  at::Tensor rstd1;  // [B, S]       st
-  at::Tensor qkv;    // [B, S, (nh+2nkv) d]   q, k after RoPE; v
-  at::Tensor o;      // [B, S, nh d]          attention output
-  at::Tensor lse;    // [B, nh, S]   st       attention log-sum-exp
-  at::Tensor x2;     // [B, S, h]             x + o Wo^T
-  at::Tensor n2;     // [B, S, h]             rmsnorm(x2) * norm2
-  at::Tensor rstd2;  // [B, S]       st
-  at::Tensor gu;     // [B, S, 2f]            [gate | up] = n2 Wgu^T
-  at::Tensor a;      // [B, S, f]             silu(gate) * up
-
-  // Visits every tensor with its name, in the order above.
-  void for_each(const std::function<void(const char*, at::Tensor&)>& fn);
-  void for_each(const std::function<void(const char*, const at::Tensor&)>& fn) const;
-  // Bytes of the defined tensors (storage of each, counted once per tensor).
-  int64_t bytes() const;
-};
-
-// Shape and dtype of one skeletal tensor for a given batch and sequence.
-struct SkeletalSpec {
-  const char* name;
-  std::vector<int64_t> shape;
-  at::ScalarType dtype;
-  int64_t token_dim;  // the dimension that indexes tokens (2 for lse, else 1)
-  bool always_offloaded;  // x, o, lse: never recomputed token-wise
-  int64_t bytes() const;
-};
-// The skeletal set in LayerActivations::for_each order.
-std::vector<SkeletalSpec> skeletal_specs(const ModelConfig& c, int64_t batch, int64_t seq_len,
-                                         at::ScalarType compute);
-// Preallocated tensors for one skeletal set (a rounding buffer): every tensor
-// but x, which forward never writes (acts.x is the layer's input itself) and
-// backward takes from wherever the policy kept the input.
-LayerActivations allocate_skeletal(const ModelConfig& c, int64_t batch, int64_t seq_len,
-                                   at::ScalarType compute, at::Device device);
 
 // The attention stage's results, token-major: o [B, S, nh d] (a view of the
 // kernel's [B, nh, S, d] output when that is token-major), lse [B, nh, S] in the

@@ -78,8 +78,8 @@ std::vector<std::string> policy_names() { return {"keep", "recompute", "offload"
 std::unique_ptr<ActivationPolicy> make_policy(const std::string& name, const PolicyOptions& options) {
   if (name == "keep") return std::make_unique<KeepPolicy>();
   if (name == "recompute") return std::make_unique<RecomputePolicy>();
-  if (name == "offload") return make_swap_policy(false, options);
-  if (name == "memo") return make_swap_policy(true, options);
+  if (name == "offload") return make_offload_policy(options);
+  if (name == "memo") return make_memo_policy(options);
   throw InputError(cat("unknown policy \"", name, "\" (expected one of: ", joined(policy_names()), ")"));
 }
 

@@ -105,7 +105,12 @@ std::vector<std::string> policy_names();
 // A policy by name; throws InputError naming the known ones.
 std::unique_ptr<ActivationPolicy> make_policy(const std::string& name,
                                               const PolicyOptions& options = {});
-// The swapping policies (swap_policy.cpp): offload = every layer, alpha 1.
-std::unique_ptr<ActivationPolicy> make_swap_policy(bool memo, const PolicyOptions& options);
+// The swapping policies (swap_policy.cpp), both over the activation store
+// (activation_store.h). offload: every layer, every token to the host.
+std::unique_ptr<ActivationPolicy> make_offload_policy(const PolicyOptions& options);
+// memo: x, o, lse to the host; of the other tensors the share the alpha LP
+// chooses (or options.alpha), the rest recomputed token-wise; the last two
+// layers stay in their rounding buffers.
+std::unique_ptr<ActivationPolicy> make_memo_policy(const PolicyOptions& options);
 
 }  // namespace memo::runtime

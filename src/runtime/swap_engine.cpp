@@ -38,11 +38,11 @@ c10::Stream SwapEngine::compute_stream() const {
   return compute_ ? *compute_ : c10::Stream(c10::Stream::DEFAULT, device_);
 }
 
-void SwapEngine::run(Lane lane, int64_t layer, std::vector<CopyPair>& pairs,
+void SwapEngine::run(Lane lane, Unit unit, std::vector<CopyPair>& pairs,
                      const c10::Stream& stream, Pending& pending, bool after_copy_out) {
   const char* verb = lane == Lane::DeviceToHost ? "d2h " : "h2d ";
   if (!async()) {
-    TraceSpan span(trace_, lane, verb, layer, bytes_of(pairs), stream);
+    TraceSpan span(trace_, lane, verb, unit, bytes_of(pairs), stream);
     for (auto& p : pairs) p.dst.copy_(p.src);
     return;
   }
@@ -54,7 +54,7 @@ void SwapEngine::run(Lane lane, int64_t layer, std::vector<CopyPair>& pairs,
   if (after_copy_out && last_copy_out_) last_copy_out_->block(stream);
   {
     c10::StreamGuard guard(stream);
-    TraceSpan span(trace_, lane, verb, layer, bytes_of(pairs), stream);
+    TraceSpan span(trace_, lane, verb, unit, bytes_of(pairs), stream);
     for (auto& p : pairs) p.dst.copy_(p.src, /*non_blocking=*/true);
   }
   pending.done = std::make_unique<c10::Event>(device_.type());
@@ -62,29 +62,29 @@ void SwapEngine::run(Lane lane, int64_t layer, std::vector<CopyPair>& pairs,
   pending.pairs = std::move(pairs);  // keeps sources and destinations alive
 }
 
-void SwapEngine::copy_out(int64_t layer, std::vector<CopyPair> pairs) {
-  auto& p = out_[layer];
-  run(Lane::DeviceToHost, layer, pairs, d2h_ ? *d2h_ : compute_stream(), p, false);
+void SwapEngine::copy_out(Unit unit, std::vector<CopyPair> pairs) {
+  auto& p = out_[unit];
+  run(Lane::DeviceToHost, unit, pairs, d2h_ ? *d2h_ : compute_stream(), p, false);
   if (async()) {
     last_copy_out_ = std::make_unique<c10::Event>(device_.type());
     last_copy_out_->record(*d2h_);
   }
 }
 
-void SwapEngine::copy_in(int64_t layer, std::vector<CopyPair> pairs) {
-  auto& p = in_[layer];
-  run(Lane::HostToDevice, layer, pairs, h2d_ ? *h2d_ : compute_stream(), p, true);
+void SwapEngine::copy_in(Unit unit, std::vector<CopyPair> pairs) {
+  auto& p = in_[unit];
+  run(Lane::HostToDevice, unit, pairs, h2d_ ? *h2d_ : compute_stream(), p, true);
 }
 
-void SwapEngine::wait(std::map<int64_t, Pending>& table, int64_t layer) {
-  auto it = table.find(layer);
+void SwapEngine::wait(std::map<Unit, Pending>& table, Unit unit) {
+  auto it = table.find(unit);
   if (it == table.end()) return;
   if (it->second.done) it->second.done->block(*compute_);
   table.erase(it);  // tensors may be released: later compute is ordered after the copy
 }
 
-void SwapEngine::wait_copy_out(int64_t layer) { wait(out_, layer); }
-void SwapEngine::wait_copy_in(int64_t layer) { wait(in_, layer); }
+void SwapEngine::wait_copy_out(Unit unit) { wait(out_, unit); }
+void SwapEngine::wait_copy_in(Unit unit) { wait(in_, unit); }
 
 void SwapEngine::drain() {
   if (async()) {

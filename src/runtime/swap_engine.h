@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "runtime/trace.h"
+#include "runtime/unit.h"
 
 namespace memo::runtime {
 
@@ -41,14 +42,14 @@ class SwapEngine {
   bool async() const { return !device_.is_cpu(); }
   c10::Stream compute_stream() const;
 
-  // Device-to-host copies for `layer`, after all compute queued so far.
-  void copy_out(int64_t layer, std::vector<CopyPair> pairs);
-  // The compute stream waits until `layer`'s copy-out has finished.
-  void wait_copy_out(int64_t layer);
-  // Host-to-device copies for `layer`, after all compute queued so far and
+  // Device-to-host copies for `unit`, after all compute queued so far.
+  void copy_out(Unit unit, std::vector<CopyPair> pairs);
+  // The compute stream waits until `unit`'s copy-out has finished.
+  void wait_copy_out(Unit unit);
+  // Host-to-device copies for `unit`, after all compute queued so far and
   // after every copy-out issued so far (so host data is complete).
-  void copy_in(int64_t layer, std::vector<CopyPair> pairs);
-  void wait_copy_in(int64_t layer);
+  void copy_in(Unit unit, std::vector<CopyPair> pairs);
+  void wait_copy_in(Unit unit);
 
   // The end of a step: the compute stream waits (on the device, not the
   // host) for every copy issued so far, and the pending copies are forgotten
@@ -65,15 +66,15 @@ class SwapEngine {
     std::vector<CopyPair> pairs;
     std::unique_ptr<c10::Event> done;
   };
-  void run(Lane lane, int64_t layer, std::vector<CopyPair>& pairs, const c10::Stream& stream,
+  void run(Lane lane, Unit unit, std::vector<CopyPair>& pairs, const c10::Stream& stream,
            Pending& pending, bool after_copy_out);
-  void wait(std::map<int64_t, Pending>& table, int64_t layer);
+  void wait(std::map<Unit, Pending>& table, Unit unit);
 
   c10::Device device_;
   TraceRecorder* trace_;
   std::optional<c10::Stream> compute_, d2h_, h2d_;
   std::unique_ptr<c10::Event> last_copy_out_;
-  std::map<int64_t, Pending> out_, in_;
+  std::map<Unit, Pending> out_, in_;
 };
 
 }  // namespace memo::runtime

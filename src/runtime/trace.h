@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/unit.h"
+
 namespace memo::runtime {
 
 enum class Lane { Compute = 0, DeviceToHost = 1, HostToDevice = 2 };
@@ -71,22 +73,22 @@ class TraceRecorder {
 
 // A span that closes itself when it goes out of scope, like
 // memory::RegionScope: TraceSpan span(trace, Lane::Compute, "fwd ", i);
-// names the span "fwd 3". Nothing is recorded (and no name is built) when
+// names the span "fwd 3" (a chunk's unit: "fwd 3.1"). Nothing is recorded (and no name is built) when
 // `trace` is null or not enabled. The stream is the device's current one
 // unless given (a copy engine's side stream).
 class TraceSpan {
  public:
-  TraceSpan(TraceRecorder* trace, Lane lane, const char* verb, int64_t layer, int64_t bytes = 0)
+  TraceSpan(TraceRecorder* trace, Lane lane, const char* verb, Unit unit, int64_t bytes = 0)
       : trace_(trace && trace->enabled() ? trace : nullptr) {
     if (trace_) {
       stream_ = trace_->current_stream();
-      handle_ = trace_->begin(lane, verb + std::to_string(layer), layer, bytes, *stream_);
+      handle_ = trace_->begin(lane, verb + to_string(unit), unit.layer, bytes, *stream_);
     }
   }
-  TraceSpan(TraceRecorder* trace, Lane lane, const char* verb, int64_t layer, int64_t bytes,
+  TraceSpan(TraceRecorder* trace, Lane lane, const char* verb, Unit unit, int64_t bytes,
             const c10::Stream& stream)
       : trace_(trace && trace->enabled() ? trace : nullptr), stream_(stream) {
-    if (trace_) handle_ = trace_->begin(lane, verb + std::to_string(layer), layer, bytes, stream);
+    if (trace_) handle_ = trace_->begin(lane, verb + to_string(unit), unit.layer, bytes, stream);
   }
   ~TraceSpan() {
     if (trace_) trace_->end(handle_, *stream_);

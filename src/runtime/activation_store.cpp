@@ -1,0 +1,151 @@
+// ActivationStore: rounding buffers, host slots and copies, per unit.
+#include "runtime/activation_store.h"
+
+#include <ATen/ATen.h>
+
+#include "core/error.h"
+
+namespace memo::runtime {
+
+ActivationStore::ActivationStore(const model::ModelConfig& c, int64_t batch, int64_t tokens,
+                                 at::ScalarType compute, at::Device device,
+                                 std::map<Unit, UnitPlacement> placement, double host_budget_bytes,
+                                 TraceRecorder* trace)
+    : specs_(model::skeletal_specs(c, batch, tokens, compute)),
+      device_(device),
+      placement_(std::move(placement)),
+      buffers_(c, batch, tokens, compute, device) {
+  // Per swapped unit, per tensor: every token of x, o, lse; the host share of the others.
+  std::map<Unit, std::vector<int64_t>> host_tokens;
+  for (const auto& [unit, p] : placement_) {
+    if (!p.swapped) continue;
+    auto& counts = host_tokens[unit];
+    for (const auto& s : specs_) counts.push_back(s.always_offloaded ? tokens : p.host_tokens);
+  }
+  host_ = HostSlots(specs_, host_tokens, device, host_budget_bytes);
+  engine_ = std::make_unique<SwapEngine>(device, trace);
+}
+
+const UnitPlacement& ActivationStore::placement(Unit u) const {
+  auto it = placement_.find(u);
+  if (it == placement_.end()) throw Error(cat("activation store: no placement for unit ", to_string(u)));
+  return it->second;
+}
+
+int64_t ActivationStore::kept_tokens(Unit u) const {
+  const auto& p = placement(u);
+  return p.host_tokens + p.resident_tokens;
+}
+
+void ActivationStore::begin_step() {
+  buffers_.reset();
+  inputs_held_.clear();
+  inputs_in_.clear();
+  resident_.clear();
+  prefetched_.clear();
+}
+
+const model::LayerActivations* ActivationStore::forward_storage(Unit u) {
+  if (auto previous = buffers_.claim_for_forward(u)) {
+    engine_->wait_copy_out(*previous);  // unit u-2's copy must be done
+    inputs_held_.erase(*previous);
+  }
+  return &buffers_.of(u).slots;
+}
+
+void ActivationStore::save(Unit u, const model::LayerActivations& acts) {
+  const auto& p = placement(u);
+  inputs_held_[u] = acts.x;
+  if (!p.swapped) return;
+  engine_->copy_out(u, host_pairs(u, acts, /*to_host=*/true));
+  if (p.resident_tokens > 0) {
+    // The resident tokens of every recomputable tensor, by spec.
+    std::vector<at::Tensor> res;
+    for (const auto& s : specs_)
+      res.push_back(s.always_offloaded ? at::Tensor()
+                                       : (acts.*s.member).narrow(s.token_dim, p.host_tokens, p.resident_tokens).clone());
+    resident_[u] = std::move(res);
+  }
+}
+
+std::vector<CopyPair> ActivationStore::host_pairs(Unit u, const model::LayerActivations& acts,
+                                                  bool to_host) const {
+  std::vector<CopyPair> pairs;
+  const auto& views = host_.views(u);
+  for (size_t k = 0; k < specs_.size(); ++k) {
+    const auto& s = specs_[k];
+    const auto& host = views[k];
+    const int64_t n = host.size(s.token_dim);
+    if (n == 0) continue;
+    auto dev = (acts.*s.member).narrow(s.token_dim, 0, n);
+    if (to_host)
+      pairs.push_back({host, dev});
+    else
+      pairs.push_back({dev, host});
+  }
+  return pairs;
+}
+
+void ActivationStore::prefetch(Unit u) {
+  if (!host_.has(u)) throw Error(cat("activation store: unit ", to_string(u), " has nothing on the host to prefetch"));
+  buffers_.claim_for_copy_in(u);
+  prefetched_.insert(u);
+  // The rounding buffers have no x slot (forward never writes one): the
+  // input comes back into a tensor of its own, kept here until it is taken
+  // (and by the engine until the copy is waited on).
+  model::LayerActivations dst = buffers_.of(u).slots;
+  for (const auto& s : specs_)
+    if (s.layer_input)
+      dst.*s.member = at::empty(s.shape, at::TensorOptions().dtype(s.dtype).device(device_));  // [B, S, h]
+  inputs_in_[u] = dst.x;
+  engine_->copy_in(u, host_pairs(u, dst, /*to_host=*/false));
+}
+
+model::LayerActivations ActivationStore::take_from_buffer(Unit u) {
+  if (!in_buffer(u)) throw Error(cat("activation store: unit ", to_string(u), " is not in its rounding buffer"));
+  auto it = inputs_held_.find(u);
+  if (it == inputs_held_.end()) throw Error(cat("activation store: input of unit ", to_string(u), " was not kept"));
+  model::LayerActivations acts = buffers_.of(u).slots;
+  acts.x = std::move(it->second);
+  inputs_held_.erase(it);
+  return acts;
+}
+
+model::LayerActivations ActivationStore::take_copied_in(Unit u) {
+  engine_->wait_copy_in(u);
+  auto x = inputs_in_.find(u);
+  if (x == inputs_in_.end()) throw Error(cat("activation store: input of unit ", to_string(u), " was not prefetched"));
+  model::LayerActivations acts = buffers_.of(u).slots;
+  acts.x = std::move(x->second);
+  inputs_in_.erase(x);
+  const auto& p = placement(u);
+  if (auto res = resident_.find(u); res != resident_.end()) {
+    for (size_t k = 0; k < specs_.size(); ++k) {
+      const auto& s = specs_[k];
+      const auto& r = res->second[k];
+      if (r.defined()) (acts.*s.member).narrow(s.token_dim, p.host_tokens, p.resident_tokens).copy_(r);
+    }
+    resident_.erase(res);
+  }
+  inputs_held_.erase(u);
+  return acts;
+}
+
+void ActivationStore::end_step() {
+  engine_->drain();
+  inputs_held_.clear();
+  inputs_in_.clear();
+  resident_.clear();
+}
+
+int64_t ActivationStore::device_bytes() const {
+  int64_t bytes = 2 * buffers_.buffer_bytes();
+  for (const auto& [u, x] : inputs_held_) bytes += static_cast<int64_t>(x.nbytes());
+  for (const auto& [u, x] : inputs_in_) bytes += static_cast<int64_t>(x.nbytes());
+  for (const auto& [u, tensors] : resident_)
+    for (const auto& t : tensors)
+      if (t.defined()) bytes += static_cast<int64_t>(t.nbytes());
+  return bytes;
+}
+
+}  // namespace memo::runtime

@@ -1,0 +1,118 @@
+// The activation store of the swapping policies: where each unit's skeletal
+// set lives between its forward and its backward, and the copies that move
+// it. It owns the two rounding buffers, the pinned host pool's slots, the
+// swap engine (side streams and events), and the bookkeeping of what is in
+// flight: the layer inputs held for their copies, the inputs prefetched for
+// backward, the tokens kept resident on the device. Keyed by Unit.
+//
+// The store decides nothing: a UnitPlacement per unit (from the policy) says
+// which tokens go to the host, which stay resident and which are dropped;
+// when to prefetch and what to recompute is the policy's call.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <vector>
+
+#include "model/skeletal.h"
+#include "runtime/host_slots.h"
+#include "runtime/rounding_buffers.h"
+#include "runtime/swap_engine.h"
+#include "runtime/unit.h"
+
+namespace memo::runtime {
+
+class TraceRecorder;
+
+// Where one unit's tokens go between forward and backward. Of each skeletal
+// tensor that is always offloaded (x, o, lse) every token goes to the host;
+// of every other one, the first host_tokens go to the host, the next
+// resident_tokens stay on the device (a copy outside the rounding buffer),
+// and the rest are dropped.
+struct UnitPlacement {
+  bool swapped = false;  // false: the unit stays in its rounding buffer until its backward
+  int64_t host_tokens = 0;
+  int64_t resident_tokens = 0;
+};
+
+class ActivationStore {
+ public:
+  ActivationStore() = default;
+  // Allocates the rounding buffers and the host pool, once. `placement`: one
+  // entry per unit of the step. Throws memory::HostMemoryError (naming
+  // `host_budget_bytes`) when the pool cannot be mapped or pinned.
+  ActivationStore(const model::ModelConfig& c, int64_t batch, int64_t tokens, at::ScalarType compute,
+                  at::Device device, std::map<Unit, UnitPlacement> placement, double host_budget_bytes,
+                  TraceRecorder* trace);
+
+  const UnitPlacement& placement(Unit u) const;
+  // The first tokens of every sequence that come back whole in backward
+  // (host and resident ones); the rest are to be recomputed.
+  int64_t kept_tokens(Unit u) const;
+
+  // The start of a step: every buffer free, nothing held.
+  void begin_step();
+
+  // Forward. The rounding buffer u's forward writes into; first the compute
+  // stream waits for the previous owner's copy to the host, and that owner's
+  // held input is let go.
+  const model::LayerActivations* forward_storage(Unit u);
+  // u's forward is done and wrote `acts` (its buffer, acts.x its input): hold
+  // the input; for a swapped unit start the copy of its host tokens and copy
+  // out its resident tokens.
+  void save(Unit u, const model::LayerActivations& acts);
+
+  // Backward has reached u: buffers of later units are free.
+  void backward_reached(Unit u) { buffers_.release_after(u); }
+  // u's buffer still holds its forward output (a unit that was not swapped,
+  // or one whose buffer was not reused).
+  bool in_buffer(Unit u) const { return buffers_.holds_forward_output(u); }
+  // u's buffer is free for a copy-in.
+  bool buffer_free_for(Unit u) const { return buffers_.free_for(u); }
+  bool prefetched(Unit u) const { return prefetched_.count(u) > 0; }
+  // Starts copying u's host tokens back into its (free) buffer and its input
+  // into a tensor of its own.
+  void prefetch(Unit u);
+
+  // u's skeletal set from its buffer, with its held input (in_buffer(u)).
+  model::LayerActivations take_from_buffer(Unit u);
+  // u's skeletal set after its prefetch: the compute stream waits for the
+  // copy-in, the resident tokens go back into the buffer. Tokens from
+  // kept_tokens(u) on are not restored.
+  model::LayerActivations take_copied_in(Unit u);
+
+  // After the last backward: the compute stream waits for every copy; the
+  // tensors held for them are let go.
+  void end_step();
+
+  // Device bytes held: both rounding buffers, the held and prefetched
+  // inputs, the resident tokens. Host bytes: the pool's slots.
+  int64_t device_bytes() const;
+  int64_t host_bytes() const { return host_.bytes(); }
+  int64_t buffer_bytes() const { return buffers_.buffer_bytes(); }
+  const memory::HostPool& host_pool() const { return host_.pool(); }
+  const RoundingBuffers& buffers() const { return buffers_; }
+  SwapEngine& engine() { return *engine_; }
+  int64_t held_inputs() const { return static_cast<int64_t>(inputs_held_.size()); }
+
+ private:
+  // The host slots and u's tensors, paired in the copy's direction.
+  std::vector<CopyPair> host_pairs(Unit u, const model::LayerActivations& acts, bool to_host) const;
+
+  std::vector<model::SkeletalSpec> specs_;
+  at::Device device_ = at::Device(at::kCPU);
+  std::map<Unit, UnitPlacement> placement_;
+  RoundingBuffers buffers_;
+  HostSlots host_;
+  std::unique_ptr<SwapEngine> engine_;
+  std::map<Unit, at::Tensor> inputs_held_;  // layer inputs from forward, until copied out or used
+  std::map<Unit, at::Tensor> inputs_in_;    // layer inputs prefetched for backward
+  std::map<Unit, std::vector<at::Tensor>> resident_;  // per unit, per spec (undefined: none)
+  std::set<Unit> prefetched_;
+};
+
+}  // namespace memo::runtime
