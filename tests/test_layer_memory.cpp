@@ -21,7 +21,7 @@
 namespace memo {
 namespace {
 
-// One layer's shape in DESIGN.md's names, and the element sizes: c the
+// One layer's shape in docs/design.md's names, and the element sizes: c the
 // compute dtype, s the statistics dtype (ops.h stat_dtype).
 struct Dims {
   int64_t B, S, h, f, nh, nkv, d;

@@ -346,7 +346,7 @@ void add_plan_command(CLI::App& root, Action& action) {
       "plan",
       "Predict, without running, each activation policy's per-GPU memory, host memory, memo's\n"
       "alpha, step time and MFU for a model, sequence length, hardware and parallel degrees,\n"
-      "and the longest sequence each policy fits (DESIGN.md section 6).");
+      "and the longest sequence each policy fits (docs/design.md section 6).");
   auto f = std::make_shared<PlanFlags>();
   app->add_option("--model", f->model, "Preset or Hugging Face config.json")->capture_default_str();
   app->add_option("--layers", f->layers, "Layers (0 keeps the model's)")->capture_default_str();

@@ -52,7 +52,7 @@ struct DeviceMemoryInfo {
 };
 DeviceMemoryInfo device_memory_info(const at::Device& device);
 
-// Device memory left for memo's resident tokens (DESIGN.md section 4): what
+// Device memory left for memo's resident tokens (docs/design.md section 5): what
 // this process could still allocate, free + (reserved - allocated), so
 // blocks the caching allocator holds unused count as available and the
 // figure is the same before and after they are released; at most

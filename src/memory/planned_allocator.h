@@ -1,4 +1,4 @@
-// The request profiler and the planned allocator (DESIGN.md section 5). The
+// The request profiler and the planned allocator (docs/design.md section 6). The
 // device-independent part lives here: one object per process, three modes:
 //   pass-through: every request goes to the device's fallback allocator;
 //   recording:    the same, and every request and free of the training thread

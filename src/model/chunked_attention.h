@@ -1,4 +1,4 @@
-// Exact causal attention over query chunks (DESIGN.md section 9): each chunk
+// Exact causal attention over query chunks (docs/design.md section 9): each chunk
 // of queries [t0, t0 + n) against the causal prefix of keys [0, t0 + n), with
 // the fused kernels of model/attention.h, so that no call sees more than one
 // chunk of queries. The diagonal block (keys [t0, t0 + n)) runs the causal

@@ -41,7 +41,7 @@ struct ModelConfig {
 
   // Matmul parameters of one decoder layer (QKV, O, gate/up, down).
   int64_t layer_matmul_params() const;
-  // Matmul parameters of the whole model, lm head included (DESIGN.md section 7).
+  // Matmul parameters of the whole model, lm head included (docs/design.md section 7).
   int64_t matmul_params() const;
   // All parameters (embedding counted once when tied).
   int64_t total_params() const;

@@ -1,5 +1,5 @@
 // One Llama decoder layer with a hand-written forward and backward. Forward
-// returns the output and the named skeletal tensors (DESIGN.md section 3);
+// returns the output and the named skeletal tensors (docs/design.md section 3);
 // backward takes them plus the output gradient, returns the input gradient and
 // accumulates the parameter gradients. Nothing here uses autograd.
 #pragma once

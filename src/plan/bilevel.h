@@ -1,4 +1,4 @@
-// Bi-level memory plan (DESIGN.md section 5) from one profiled step: level 1
+// Bi-level memory plan (docs/design.md section 6) from one profiled step: level 1
 // packs the requests that live and die inside a region (a layer's forward, a
 // layer's backward, the loss...) once per distinct region signature, and
 // every instance reuses it; level 2 packs the whole step with each region

@@ -1,5 +1,5 @@
 // The device-memory model of token-chunked layer execution (issue 14,
-// DESIGN.md section 9, docs/chunks.md): for a model shape, sequence, batch,
+// docs/design.md section 9, docs/chunks.md): for a model shape, sequence, batch,
 // activation policy and chunk of C tokens, the per-GPU device bytes split into
 // weights and optimizer state, whole-sequence tensors (what a layer boundary
 // and attention need over every token), chunk buffers (the rounding buffers,

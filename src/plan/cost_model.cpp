@@ -101,7 +101,7 @@ std::vector<TensorBytes> skeletal_bytes(const PlanInputs& in) {
   const double nkv = static_cast<double>(m.kv_heads), d = static_cast<double>(m.head_dim);
   const double f = static_cast<double>(m.ffn);
   if (m.arch == ModelArch::Gpt) {
-    // DESIGN.md section 3: 16 h elements per token (8 h + fc1 4h + GeLU 4h) plus lse.
+    // docs/design.md section 3: 16 h elements per token (8 h + fc1 4h + GeLU 4h) plus lse.
     return {hid("x", h, cb, true),       hid("ln1", h, cb),         split("q", nh * d, cb),
             split("k", nkv * d, cb),     split("v", nkv * d, cb),   split("o", nh * d, cb, true),
             split("lse", nh, st, true),  hid("x2", h, cb),          hid("ln2", h, cb),

@@ -1,5 +1,5 @@
-// The cost model and capacity planner behind `memo plan` (DESIGN.md section
-// 6): from a model shape, sequence length, micro-batch, hardware figures and
+// The cost model and capacity planner behind `memo plan` (docs/design.md
+// section 6): from a model shape, sequence length, micro-batch, hardware figures and
 // parallel degrees, the per-GPU bytes of weights, gradients, optimizer state,
 // skeletal and transient activations, host bytes, memo's alpha (via
 // choose_split), the predicted step time and MFU of each activation policy,
@@ -57,7 +57,7 @@ struct ModelShape {
     const int64_t mlp = checked_product({arch == ModelArch::Gpt ? 2 : 3, hidden, ffn}, what);
     return checked_add(checked_add(qkv, o, what), mlp, what);
   }
-  // All layers + lm head (DESIGN.md section 7).
+  // All layers + lm head (docs/design.md section 7).
   int64_t matmul_params() const {
     const std::string what = "the parameter count of model " + name;
     return checked_add(checked_mul(layers, layer_matmul_params(), what), checked_mul(vocab, hidden, what), what);
@@ -132,7 +132,7 @@ struct Plan {
   double transient_bytes = 0;  // one layer's backward working set + loss chunk
   // Time figures per GPU.
   double layer_forward_s = 0, layer_backward_s = 0, layer_recompute_s = 0;
-  double model_flops = 0;      // per step, one replica (DESIGN.md section 7)
+  double model_flops = 0;      // per step, one replica (docs/design.md section 7)
   std::vector<PolicyPlan> policies;  // keep, recompute, offload, memo
   int chosen = -1;             // index into policies; -1: nothing fits
   std::string verdict;
@@ -147,7 +147,7 @@ std::vector<std::string> plan_policy_names();
 // Throws InputError naming the field for a bad shape, hardware, degree or policy.
 void validate_plan_inputs(const PlanInputs& in);
 
-// One layer's skeletal tensors per GPU (DESIGN.md section 3; for Llama, the
+// One layer's skeletal tensors per GPU (docs/design.md section 3; for Llama, the
 // exact list and dtypes of model::skeletal_specs).
 std::vector<TensorBytes> skeletal_bytes(const PlanInputs& in);
 

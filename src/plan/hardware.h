@@ -1,4 +1,4 @@
-// Hardware figures the cost model plans against (DESIGN.md section 6): one
+// Hardware figures the cost model plans against (docs/design.md section 6): one
 // accelerator's peak, memory and host link, and the host it sits in. Presets
 // for the cards the paper and ANCHORS.md use; every field can be overridden.
 // Pure C++ (no torch).

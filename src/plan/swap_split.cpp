@@ -1,4 +1,4 @@
-// The alpha LP of DESIGN.md section 4, solved in closed form (one variable
+// The alpha LP of docs/design.md section 5, solved in closed form (one variable
 // per layer, all layers alike), plus the device-resident share.
 #include "plan/swap_split.h"
 

@@ -1,5 +1,5 @@
 // The token-wise split of each layer's skeletal tensors under the `memo`
-// policy, and the small LP that chooses it (DESIGN.md section 4). Pure C++.
+// policy, and the small LP that chooses it (docs/design.md section 5). Pure C++.
 //
 // Per layer, x, o and lse always go to host. Of every other skeletal tensor
 // the first `offload_tokens` tokens go to host, the next `resident_tokens`

@@ -1,5 +1,5 @@
 // Activation policies: what each layer keeps between its forward and its
-// backward, and where (DESIGN.md section 4). The step executor (train/step.*)
+// backward, and where (docs/design.md section 5). The per-layer program (train/layer_program.*)
 // asks the policy, never decides itself, so `offload` and `memo` plug in here
 // without touching the trainer.
 #pragma once

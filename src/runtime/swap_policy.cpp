@@ -1,5 +1,5 @@
 // `offload` and `memo`: which tokens of each layer's skeletal set go where,
-// and when (DESIGN.md section 4). The activation store (activation_store.h)
+// and when (docs/design.md section 5). The activation store (activation_store.h)
 // keeps them: layers write into one of two device rounding buffers; a side
 // stream copies the kept part to a pinned host pool while the next layer
 // computes; in backward the next layer's part is prefetched one layer ahead

@@ -1,4 +1,4 @@
-// Model FLOPs per step by DESIGN.md section 7: 6 x tokens x matmul parameters
+// Model FLOPs per step by docs/design.md section 7: 6 x tokens x matmul parameters
 // (lm head included) plus causal attention 4 s^2 nh d / 2 per layer forward,
 // x 3.5 for forward plus backward. Recomputation is not counted.
 #pragma once

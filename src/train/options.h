@@ -50,7 +50,7 @@ struct TrainOptions {
   std::string out;                // directory for config.json, metrics.jsonl, summary.json
   std::string json;               // one JSON report file
   std::string trace;              // Chrome trace of the last step's streams
-  // memory planning (DESIGN.md section 5)
+  // memory planning (docs/design.md section 6)
   bool planned_memory = false;    // serve steps from a bi-level planned arena
   std::string plan_cache;         // plan cache directory; empty: OUT/plans or ~/.cache/memo/plans
   std::string memory_timeline;    // HTML timeline of one profiled step
