@@ -13,12 +13,14 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/multi_rank.h"
 #include "cli/io_checks.h"
 #include "cli/strict_numbers.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/json.h"
 #include "core/units.h"
+#include "dist/launch.h"
 #include "model/config.h"
 #include "runtime/policy.h"
 #include "train/trainer.h"
@@ -245,6 +247,12 @@ void add_train_command(CLI::App& root, Action& action) {
                               "device's (on CPU: host RAM) stops before allocating (TOML: memory_check = false)");
     b.push_back({opt, [skip](TrainOptions& o) { o.memory_check = !*skip; }});
   }
+  add_flag(app, b, "--sp", &TrainOptions::sp,
+           "Sequence-parallel ranks (Ulysses): each sequence is cut into sp token shards; world = dp x sp, and "
+           "--batch (global) is split over dp");
+  add_flag(app, b, "--dist-timeout", &TrainOptions::dist_timeout,
+           "Seconds a collective (or the start-up join) waits for a peer; then every rank exits 1 naming the rank "
+           "that died or hung");
   strict_numbers(app);
 
   app->callback([&action, config_file, bindings] {
@@ -254,6 +262,10 @@ void add_train_command(CLI::App& root, Action& action) {
       for (const auto& bnd : *bindings)
         if (bnd.option->count() > 0) bnd.apply(options);
       options.validate();
+      // Many ranks (torchrun, srun, WORLD_SIZE/RANK) or --sp: the mesh is
+      // checked from the options alone, then the process groups come up.
+      if (const auto launch = dist::launch_from_environment(); launch.distributed() || options.sp > 1)
+        start_multi_rank_training(options, launch);
       check_train_outputs(options, *config_file);
       // One run at a time per --out (held until the process ends; a crashed
       // run's lock dies with it).

@@ -61,6 +61,9 @@ void TrainOptions::validate() const {
   require_input(keep_checkpoints >= 0, "keep_checkpoints must be >= 0, got ", keep_checkpoints);
   require_input(checkpoint_every == 0 || !out.empty(), "checkpoint_every needs --out (checkpoints go to OUT/checkpoints)");
   require_input(model.size() > 0, "model must not be empty");
+  positive(sp, "sp");
+  finite(dist_timeout, "dist_timeout");
+  require_input(dist_timeout > 0 && dist_timeout <= 1e7, "dist_timeout must be in (0, 1e7] seconds, got ", dist_timeout);
   // Sizes from flags in checked int64: 2^63 tokens or 2^32 x 2^32 sequences
   // are an InputError here, never a wrapped size reaching an allocator.
   (void)checked_add(seq_len, 1, "seq_len + 1");
@@ -152,6 +155,8 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
       {"export_dsa", string_key(&TrainOptions::export_dsa)},
       {"log_every", int_key(&TrainOptions::log_every)},
       {"memory_check", bool_key(&TrainOptions::memory_check)},
+      {"sp", int_key(&TrainOptions::sp)},
+      {"dist_timeout", float_key(&TrainOptions::dist_timeout)},
   };
   return table;
 }
