@@ -95,12 +95,12 @@ TEST(DistRanks, DeadRankIsNamed) {
 // --timeout-ms and name it as alive but behind.
 TEST(DistRanks, HungRankIsNamed) {
   REQUIRE_DIST();
-  const auto rs = run_processes(env_ranks(2, worker({"hang", "--timeout-ms", "3000"}), free_port()), 60, {1});
+  const auto rs = run_processes(env_ranks(2, worker({"hang", "--timeout-ms", "5000"}), free_port()), 60, {1});
   EXPECT_TRUE(rs[1].killed) << describe(rs);
   EXPECT_EQ(rs[0].code, 1) << describe(rs);
   EXPECT_TRUE(contains(rs[0].output, "rank 1 is alive but has issued 4 of the 5 collectives")) << describe(rs);
-  EXPECT_GE(rs[0].seconds, 3.0) << describe(rs);  // it waited for the timeout
-  EXPECT_LT(rs[0].seconds, 3 + 20) << describe(rs);
+  EXPECT_GE(rs[0].seconds, 5.0) << describe(rs);  // it waited for the timeout
+  EXPECT_LT(rs[0].seconds, 5 + 20) << describe(rs);
 }
 
 // A frozen rank (SIGSTOP: no thread of it runs) stops beating.
