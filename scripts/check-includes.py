@@ -7,7 +7,9 @@ usage: check-includes.py SRC LAYER... [--part FOLDER=LAYER...]
             MEMO_LAYER_ORDER: core plan model memory runtime train cli);
             a folder may include its own files and those of the folders
             before it, nothing else.
-  --part    a folder whose files belong to a layer (cuda=memory).
+  --part    a folder whose files belong to a layer (cuda=memory), or one
+            file that belongs elsewhere than its folder
+            (cuda/process_group_nccl.cpp=dist: the CUDA half of dist/).
 
 A quoted include must name its folder ("model/layer.h") and may not climb
 with "..". A circle is two or more files (a source and its header count as
@@ -34,6 +36,8 @@ while rest:
     else:
         layers.append(a)
 rank = {f: i for i, f in enumerate(layers)}
+file_parts = {k: v for k, v in parts.items() if "/" in k}
+parts = {k: v for k, v in parts.items() if "/" not in k}
 for folder, layer in parts.items():
     rank[folder] = rank[layer]
 
@@ -53,6 +57,8 @@ for folder in sorted(os.listdir(src)):
         if not name.endswith((".h", ".cpp")):
             continue
         path = f"{folder}/{name}"
+        # A file that belongs to another layer than its folder's is checked as that layer's.
+        home = file_parts.get(path, folder)
         files += 1
         room = os.path.splitext(path)[0]
         rooms.add(room)
@@ -69,10 +75,10 @@ for folder in sorted(os.listdir(src)):
                 to = target.split("/")[0]
                 if to not in rank:
                     problems.append(f"{where}: include \"{target}\" names no folder of the layer order")
-                elif rank[to] > rank[folder]:
-                    problems.append(f"{where}: include \"{target}\" points up: {folder}/ ({layers[rank[folder]]}) "
+                elif rank[to] > rank[home]:
+                    problems.append(f"{where}: include \"{target}\" points up: {home}/ ({layers[rank[home]]}) "
                                     f"is below {to}/ ({layers[rank[to]]}) in {' -> '.join(layers)}")
-                elif rank[to] == rank[folder] and to != folder and parts.get(folder) != to:
+                elif rank[to] == rank[home] and to != home and parts.get(home) != to:
                     problems.append(f"{where}: include \"{target}\" reaches {to}/, beside {folder}/ in one layer")
                 other = os.path.splitext(target)[0]
                 if other != room:

@@ -9,6 +9,11 @@ scripts/setup.sh
 arch=lib/x86_64-linux-gnu
 rm -rf .carry && mkdir -p .carry/include .carry/$arch/cmake .carry/share/cmake
 cp -r /usr/include/nlohmann /usr/include/CLI /usr/include/toml++ /usr/include/gtest .carry/include/
+# Gloo's headers for src/dist/ (ProcessGroupGloo.hpp includes them; the code is
+# inside libtorch). NCCL's nccl.h is not carried: the GPU machine's torch
+# depends on the nvidia-nccl Python package, and src/dist/CMakeLists.txt finds
+# its header under site-packages/nvidia/nccl/include.
+cp -r /usr/include/gloo .carry/include/
 cp /usr/$arch/libgtest.a /usr/$arch/libgtest_main.a .carry/$arch/
 cp -r /usr/$arch/cmake/GTest .carry/$arch/cmake/
 cp -r /usr/share/cmake/nlohmann_json /usr/share/cmake/CLI11 .carry/share/cmake/

@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(libgtest-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev ccache)
+# libgloo-dev: only Gloo's headers, which c10d's ProcessGroupGloo.hpp includes
+# (Gloo itself is inside libtorch); without them memo builds for one process.
+APT_PACKAGES=(libgtest-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev ccache libgloo-dev)
 TORCH_VERSION=2.13.0
 
 missing=()

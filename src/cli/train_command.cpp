@@ -14,12 +14,14 @@
 
 #include "cli/commands.h"
 #include "cli/io_checks.h"
+#include "cli/multi_rank.h"
 #include "cli/option_flags.h"
 #include "cli/strict_numbers.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/json.h"
 #include "core/units.h"
+#include "dist/launch.h"
 #include "train/trainer.h"
 
 namespace memo::cli {
@@ -206,6 +208,10 @@ void finish_report(const train::TrainSummary& summary, const TrainOptions& optio
 
 int run_train(const std::string& config_file, const FlagBindings& flags) {
   const TrainOptions options = resolve_options(config_file, flags);
+  // Many ranks (torchrun, srun, WORLD_SIZE/RANK) or --sp: the mesh is
+  // checked from the options alone, then the process groups come up.
+  if (const auto launch = dist::launch_from_environment(); launch.distributed() || options.sp > 1)
+    start_multi_rank_training(options, launch);
   check_train_outputs(options, config_file);
   // One run at a time per --out (held until the process ends; a crashed
   // run's lock dies with it).

@@ -298,6 +298,15 @@ std::vector<OptionSpec> build_table() {
                   "device's (on CPU: host RAM) stops before allocating (TOML: memory_check = false)")
         .bench("Skip the fit check (by default a policy whose estimated memory exceeds the device's, on CPU "
                "host RAM, stops the bench before anything is allocated)"),
+    // Many ranks (src/dist/, docs/dist.md): launched by torchrun, srun or RANK/WORLD_SIZE.
+    option("--sp", &O::sp,
+           "Sequence-parallel ranks (Ulysses): each sequence is cut into sp token shards; world = dp x sp, and "
+           "--batch (global) is split over dp")
+        .check(positive_integer()).example("2"),
+    option("--dist-timeout", &O::dist_timeout,
+           "Seconds a collective (or the start-up join) waits for a peer; then every rank exits 1 naming the rank "
+           "that died or hung")
+        .check(number([](double v) { return v > 0 && v <= 1e7; }, "in (0, 1e7] seconds")).example("60"),
   };
   // clang-format on
 }

@@ -57,6 +57,9 @@ struct TrainOptions {
   std::string export_dsa;         // directory for the profiled regions as DSA CSVs
   int64_t log_every = 0;          // 0 = about 20 progress lines
   bool memory_check = true;       // refuse, before allocating, a run whose estimate does not fit (train/fit_check.h)
+  // many ranks (src/dist/; launched by torchrun, srun or RANK/WORLD_SIZE)
+  int64_t sp = 1;                 // sequence-parallel ranks (Ulysses); world = dp x sp
+  double dist_timeout = 300.0;    // seconds a collective or the join waits for a peer before naming it
 
   // Throws InputError naming the first bad field.
   void validate() const;
