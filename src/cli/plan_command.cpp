@@ -43,6 +43,8 @@ struct PlanFlags {
   std::optional<double> device_gib, peak_tflops, h2d_gbps, d2h_gbps, host_gib;
   std::optional<int> gpus_per_host;
   std::optional<double> matmul_efficiency, attention_efficiency;
+  std::optional<double> nvlink_gbps, ib_gbps, comm_latency_us;
+  std::optional<int> zero;  // default: 3 when dp x sp > 1, else 0
   int64_t tp = 1, sp = 1, cp = 1, dp = 1;
   bool profile = false;
   std::string json;
@@ -140,6 +142,7 @@ plan::PlanInputs to_inputs(const PlanFlags& f) {
   in.hardware = plan::hardware_preset(f.hardware);
   auto& hw = in.hardware;
   in.parallel = {f.tp, f.sp, f.cp, f.dp};
+  if (f.zero) in.zero = *f.zero;
   if (f.profile) {
     plan::validate_plan_inputs(in);  // before spending time measuring
     std::printf("profile    %s\n", profile_hardware(in, hw).c_str());
@@ -153,6 +156,9 @@ plan::PlanInputs to_inputs(const PlanFlags& f) {
   if (f.gpus_per_host) hw.gpus_per_host = *f.gpus_per_host;
   if (f.matmul_efficiency) hw.matmul_efficiency = *f.matmul_efficiency;
   if (f.attention_efficiency) hw.attention_efficiency = *f.attention_efficiency;
+  if (f.nvlink_gbps) hw.intra_host_bytes_per_s = *f.nvlink_gbps * 1e9;
+  if (f.ib_gbps) hw.inter_host_bytes_per_s = *f.ib_gbps * 1e9;
+  if (f.comm_latency_us) hw.collective_latency_s = *f.comm_latency_us * 1e-6;
   return in;
 }
 
@@ -227,6 +233,14 @@ void print_chunk_plan(const plan::ChunkPlan& cp) {
   std::printf(" keep adds every layer's skeletal set, recompute every layer's input\n");
 }
 
+// Bytes one rank sends per step by kind, and their time.
+nlohmann::json comm_json(const plan::CommPlan& c) {
+  return {{"all_to_all_bytes", c.all_to_all_bytes},     {"all_gather_bytes", c.all_gather_bytes},
+          {"reduce_scatter_bytes", c.reduce_scatter_bytes}, {"all_reduce_bytes", c.all_reduce_bytes},
+          {"all_to_all_s", c.all_to_all_s},             {"zero_s", c.zero_s},
+          {"exposed_s", c.exposed_s}};
+}
+
 nlohmann::json to_json(const plan::Plan& pl) {
   const auto& in = pl.in;
   nlohmann::json j;
@@ -244,8 +258,12 @@ nlohmann::json to_json(const plan::Plan& pl) {
                    {"gpus_per_host", in.hardware.gpus_per_host},
                    {"matmul_efficiency", in.hardware.matmul_efficiency},
                    {"attention_efficiency", in.hardware.attention_efficiency},
-                   {"reserve_bytes", in.hardware.reserve_bytes}};
+                   {"reserve_bytes", in.hardware.reserve_bytes},
+                   {"intra_host_bytes_per_s", in.hardware.intra_host_bytes_per_s},
+                   {"inter_host_bytes_per_s", in.hardware.inter_host_bytes_per_s},
+                   {"collective_latency_s", in.hardware.collective_latency_s}};
   j["parallel"] = {{"tp", in.parallel.tp}, {"sp", in.parallel.sp}, {"cp", in.parallel.cp}, {"dp", in.parallel.dp}};
+  j["zero"] = plan::zero_stage(in);
   j["weight_bytes"] = pl.weight_bytes;
   j["grad_bytes"] = pl.grad_bytes;
   j["optimizer_bytes"] = pl.optimizer_bytes;
@@ -266,6 +284,7 @@ nlohmann::json to_json(const plan::Plan& pl) {
   j["alpha_per_layer"] = c ? nlohmann::json(c->alpha_per_layer) : nlohmann::json::array();
   j["step_s"] = c ? nlohmann::json(c->step_s) : nlohmann::json(nullptr);
   j["mfu"] = c ? nlohmann::json(c->mfu) : nlohmann::json(nullptr);
+  j["comm"] = c ? comm_json(c->comm) : nlohmann::json(nullptr);
   j["max_seq"] = nlohmann::json::object();
   j["policies"] = nlohmann::json::array();
   for (const auto& p : pl.policies) {
@@ -285,6 +304,7 @@ nlohmann::json to_json(const plan::Plan& pl) {
                              {"attention_s", p.attention_s},
                              {"recompute_s", p.recompute_s},
                              {"exposed_copy_s", p.exposed_copy_s},
+                             {"comm", comm_json(p.comm)},
                              {"step_s", p.step_s},
                              {"mfu", p.mfu},
                              {"tokens_per_s", p.tokens_per_s},
@@ -307,6 +327,10 @@ void print_plan(const plan::Plan& pl) {
               "per replica)\n",
               (long long)in.batch, (long long)in.seq_len, (long long)p.tp, (long long)p.sp, (long long)p.cp,
               (long long)p.dp, (long long)p.replica_gpus());
+  std::printf("  comm       ZeRO-%d over %lld ranks, Ulysses over %lld; links %.0f GB/s within a host, %.0f GB/s "
+              "across, %.0f us per collective\n",
+              plan::zero_stage(in), (long long)plan::zero_group(in), (long long)plan::ulysses_group(in),
+              hw.intra_host_bytes_per_s / 1e9, hw.inter_host_bytes_per_s / 1e9, hw.collective_latency_s * 1e6);
   std::printf("  hardware   %s: %.4g TFLOP/s bf16 (matmul %.0f%%, attention %.0f%%), %s device, "
               "link %.0f/%.0f GB/s, host %s per %d GPUs (%s each)\n",
               hw.name.c_str(), hw.peak_flops / 1e12, 100 * hw.matmul_efficiency, 100 * hw.attention_efficiency,
@@ -324,18 +348,27 @@ void print_plan(const plan::Plan& pl) {
               format_seconds(pl.layer_forward_s).c_str(), format_seconds(pl.layer_backward_s).c_str(),
               format_seconds(pl.layer_recompute_s).c_str());
 
-  std::printf("\n%-10s %-5s %12s %12s %12s %7s %10s %10s %10s %10s %10s %7s %10s %10s\n", "policy", "fits",
-              "device", "activations", "host", "alpha", "matmul", "attention", "recompute", "copy", "step", "MFU",
-              "tokens/s", "max seq");
+  std::printf("\n%-10s %-5s %12s %12s %12s %7s %10s %10s %10s %10s %10s %10s %7s %10s %10s\n", "policy", "fits",
+              "device", "activations", "host", "alpha", "matmul", "attention", "recompute", "copy", "comm", "step",
+              "MFU", "tokens/s", "max seq");
   for (const auto& q : pl.policies) {
-    std::printf("%-10s %-5s %12s %12s %12s %7s %10s %10s %10s %10s %10s %7s %10s %10lld\n", q.policy.c_str(),
+    std::printf("%-10s %-5s %12s %12s %12s %7s %10s %10s %10s %10s %10s %10s %7s %10s %10lld\n", q.policy.c_str(),
                 q.fits ? "yes" : "no", format_bytes(q.device_bytes).c_str(),
                 format_bytes(q.activation_bytes).c_str(), format_bytes(q.host_bytes).c_str(),
                 q.alpha ? strf("%.3f", *q.alpha).c_str() : "-", format_seconds(q.matmul_s).c_str(),
                 format_seconds(q.attention_s).c_str(), format_seconds(q.recompute_s).c_str(),
-                format_seconds(q.exposed_copy_s).c_str(), format_seconds(q.step_s).c_str(),
+                format_seconds(q.exposed_copy_s).c_str(), format_seconds(q.comm.exposed_s).c_str(),
+                format_seconds(q.step_s).c_str(),
                 strf("%.1f%%", 100 * q.mfu).c_str(), format_count(q.tokens_per_s).c_str(), (long long)q.max_seq);
   }
+  std::printf("\ncommunication per rank per step (comm above: its exposed time)\n");
+  std::printf("%-10s %12s %12s %12s %12s %12s %12s\n", "policy", "all-to-all", "all-gather", "red-scatter",
+              "all-reduce", "a2a time", "ZeRO time");
+  for (const auto& q : pl.policies)
+    std::printf("%-10s %12s %12s %12s %12s %12s %12s\n", q.policy.c_str(),
+                format_bytes(q.comm.all_to_all_bytes).c_str(), format_bytes(q.comm.all_gather_bytes).c_str(),
+                format_bytes(q.comm.reduce_scatter_bytes).c_str(), format_bytes(q.comm.all_reduce_bytes).c_str(),
+                format_seconds(q.comm.all_to_all_s).c_str(), format_seconds(q.comm.zero_s).c_str());
   std::printf("\nverdict: %s\n", pl.verdict.c_str());
 }
 
@@ -368,6 +401,10 @@ void add_plan_command(CLI::App& root, Action& action) {
   app->add_option("--sp", f->sp, "Sequence parallel degree (1, = tp, or with tp 1)")->capture_default_str();
   app->add_option("--cp", f->cp, "Context parallel degree")->capture_default_str();
   app->add_option("--dp", f->dp, "Data parallel degree")->capture_default_str();
+  app->add_option("--zero", f->zero, "ZeRO stage 0-3 for communication (default 3 when dp x sp > 1, else 0)");
+  app->add_option("--nvlink-gbps", f->nvlink_gbps, "Override: intra-host link GB/s per GPU per direction");
+  app->add_option("--ib-gbps", f->ib_gbps, "Override: inter-host link GB/s per GPU per direction");
+  app->add_option("--comm-latency-us", f->comm_latency_us, "Override: fixed cost of one collective, microseconds");
   app->add_option("--json", f->json, "Write the plan as JSON to this file");
   app->add_option("--chunk-tokens", f->chunk_tokens,
                   "C|auto: also model token-chunked execution (issue 14) with chunks of C tokens (0: the\n"

@@ -14,7 +14,8 @@
 //   reserve    Hardware::reserve_bytes (context, workspaces, allocator slack)
 // Time: matmuls at peak x matmul_efficiency, attention at peak x
 // attention_efficiency; a layer's backward is 2x its matmuls and 2.5x its
-// attention forward; copies overlap as choose_split models; no communication.
+// attention forward; copies overlap as choose_split models; communication as
+// comm_plan counts it (see cost_model.h), its exposed part added.
 #include "plan/cost_model.h"
 
 #include <algorithm>
@@ -68,8 +69,9 @@ void validate_plan_inputs(const PlanInputs& in) {
                 "(Ulysses); got --tp ",
                 p.tp);
   if (p.tp == 1 && p.sp > 1)
-    require_input(m.heads % p.sp == 0 && m.kv_heads % p.sp == 0, "--sp ", p.sp,
-                  " (Ulysses) must divide the attention heads (", m.heads, ") and kv heads (", m.kv_heads, ")");
+    require_input(m.heads % p.sp == 0 && (m.kv_heads % p.sp == 0 || p.sp % m.kv_heads == 0), "--sp ", p.sp,
+                  " (Ulysses) must divide the attention heads (", m.heads, ") and divide or be a multiple of the kv heads (",
+                  m.kv_heads, ")");
   require_input(in.seq_len % p.sp == 0, "--sp ", p.sp, " must divide --seq-len ", in.seq_len);
   require_input(in.seq_len % p.cp == 0, "--cp ", p.cp, " must divide --seq-len ", in.seq_len);
   require_input(in.seq_len % (p.sp * p.cp) == 0, "--sp x --cp (", p.sp * p.cp, ") must divide --seq-len ",
@@ -77,6 +79,7 @@ void validate_plan_inputs(const PlanInputs& in) {
   bool known = in.policy == "best";
   for (const auto& n : plan_policy_names()) known = known || in.policy == n;
   require_input(known, "unknown --policy \"", in.policy, "\": keep, recompute, offload, memo or best");
+  require_input(in.zero >= -1 && in.zero <= 3, "--zero must be 0, 1, 2 or 3, got ", in.zero);
   require_input(in.compute_bytes == 2 || in.compute_bytes == 4 || in.compute_bytes == 8,
                 "compute dtype must be 2, 4 or 8 bytes, got ", in.compute_bytes);
   in.hardware.validate();
@@ -137,6 +140,108 @@ double transient_bytes(const PlanInputs& in, const std::vector<TensorBytes>& ske
   const double largest_matrix = std::max({2.0 * f * h, q * h, a * h});
   const double layer = tokens * per_token + 2.0 * x_bytes + largest_matrix * in.compute_bytes;
   return std::max(layer, in.loss_chunk_bytes + 2.0 * x_bytes);
+}
+
+int zero_stage(const PlanInputs& in) {
+  if (in.zero >= 0) return in.zero;
+  return in.parallel.dp * in.parallel.sp > 1 ? 3 : 0;
+}
+
+int64_t ulysses_group(const PlanInputs& in) { return in.parallel.tp == 1 ? in.parallel.sp : 1; }
+
+int64_t zero_group(const PlanInputs& in) {
+  const auto& p = in.parallel;
+  return p.dp * p.cp * std::max(p.tp, p.sp) / p.tp;
+}
+
+int64_t ulysses_all_to_all_bytes(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, int64_t sp,
+                                 int64_t element_size) {
+  const int64_t virtual_heads = heads % sp == 0 ? heads : sp;
+  const int64_t local = batch * (seq_len / sp) * virtual_heads * head_dim * element_size;  // the token-layout tensor
+  return local - local / sp;  // all but the part that stays on this rank
+}
+
+int64_t zero_collective_bytes(int64_t numel, int64_t world, int64_t element_size) {
+  const int64_t shard = (numel + world - 1) / world;  // the buffer padded to world shards
+  return (world - 1) * shard * element_size;
+}
+
+UlyssesLayer ulysses_layer(const PlanInputs& in) {
+  const auto& m = in.model;
+  const int64_t sp = ulysses_group(in);
+  UlyssesLayer u;
+  if (sp <= 1) return u;
+  const int64_t S = in.seq_len / in.parallel.cp;  // the sp group's sequence
+  u.q = ulysses_all_to_all_bytes(in.batch, S, m.heads, m.head_dim, sp, in.compute_bytes);
+  u.kv = ulysses_all_to_all_bytes(in.batch, S, m.kv_heads, m.head_dim, sp, in.compute_bytes);
+  u.forward = 2 * u.q + 2 * u.kv;   // q, k, v to heads; o back
+  u.backward = 2 * u.q + 2 * u.kv;  // d_o to heads; dq, dk, dv back
+  return u;
+}
+
+int64_t zero_layer_numel(const ModelShape& m) { return m.layer_matmul_params() + 2 * m.hidden; }
+
+int64_t zero_rest_numel(const ModelShape& m) { return m.total_params() - m.layers * zero_layer_numel(m); }
+
+CommPlan comm_plan(const PlanInputs& in, const std::string& policy, double recomputed, double compute_s) {
+  const auto& hw = in.hardware;
+  const double n = static_cast<double>(in.model.layers);
+  auto link = [&](int64_t group) {
+    return group <= hw.gpus_per_host ? hw.intra_host_bytes_per_s : hw.inter_host_bytes_per_s;
+  };
+  CommPlan c;
+  // Ulysses (docs/dist.md, the proposal): keep and offload send the minimal
+  // mirror plus o beside d_o (o lives in token layout); recompute redoes the
+  // forward in backward, its four all-to-alls included, and needs no o;
+  // memo sends keep's plus one packed q, k, v all-to-all of each swapped
+  // layer's recomputed tokens.
+  const UlyssesLayer u = ulysses_layer(in);
+  if (u.forward > 0) {
+    const double fwd = static_cast<double>(u.forward), bwd = static_cast<double>(u.backward);
+    const double keep = fwd + bwd + static_cast<double>(u.q);
+    if (policy == "recompute") {
+      c.all_to_all_bytes = n * (2.0 * fwd + bwd);
+      c.all_to_all_calls = in.model.layers * 12;
+    } else {
+      c.all_to_all_bytes = n * keep;
+      c.all_to_all_calls = in.model.layers * 8;
+      if (policy == "memo" && recomputed > 0) {
+        const int64_t swapped = std::max<int64_t>(0, in.model.layers - 2);
+        c.all_to_all_bytes += static_cast<double>(swapped) * recomputed * static_cast<double>(u.q + 2 * u.kv);
+        c.all_to_all_calls += swapped;
+      }
+    }
+    c.all_to_all_s = c.all_to_all_bytes / link(ulysses_group(in)) +
+                     static_cast<double>(c.all_to_all_calls) * hw.collective_latency_s;
+  }
+  // ZeRO over the ranks holding the same weights, per flat buffer.
+  const int64_t z = zero_group(in);
+  const int stage = zero_stage(in);
+  if (z > 1) {
+    const int64_t buffers = in.model.layers + 1;
+    auto per_step = [&](int64_t element_size) {
+      return n * static_cast<double>(zero_collective_bytes(zero_layer_numel(in.model), z, element_size)) +
+             static_cast<double>(zero_collective_bytes(zero_rest_numel(in.model), z, element_size));
+    };
+    const double weights = per_step(in.compute_bytes), grads = per_step(in.master_bytes);
+    if (stage == 3) {  // gathered before forward and again before backward
+      c.all_gather_bytes = 2.0 * weights;
+      c.zero_calls += 2 * buffers;
+    } else if (stage >= 1) {  // the owners' updated weights, after the optimizer step
+      c.all_gather_bytes = weights;
+      c.zero_calls += buffers;
+    }
+    if (stage >= 2) {
+      c.reduce_scatter_bytes = grads;
+    } else {
+      c.all_reduce_bytes = 2.0 * grads;  // a ring all-reduce: reduce-scatter + all-gather
+    }
+    c.zero_calls += buffers;
+    c.zero_s = (c.all_gather_bytes + c.reduce_scatter_bytes + c.all_reduce_bytes) / link(z) +
+               static_cast<double>(c.zero_calls) * hw.collective_latency_s;
+  }
+  c.exposed_s = c.all_to_all_s + std::max(0.0, c.zero_s - compute_s);
+  return c;
 }
 
 namespace {
@@ -220,7 +325,9 @@ void finish(PolicyPlan& pp, const PolicyContext& c) {
   pp.device_bytes = c.fixed_device + pp.activation_bytes;
   pp.matmul_s = c.matmul_s;
   pp.attention_s = c.attention_s;
-  pp.step_s = c.matmul_s + c.attention_s + pp.recompute_s + pp.exposed_copy_s;
+  const double recomputed = pp.alpha && pp.policy == "memo" ? std::max(0.0, 1.0 - *pp.alpha - pp.resident) : 0.0;
+  pp.comm = comm_plan(c.in, pp.policy, recomputed, c.matmul_s + c.attention_s + pp.recompute_s);
+  pp.step_s = c.matmul_s + c.attention_s + pp.recompute_s + pp.exposed_copy_s + pp.comm.exposed_s;
   pp.mfu = c.pl.model_flops / (pp.step_s * hw.peak_flops * c.gpus);
   pp.tokens_per_s = B * S * static_cast<double>(c.in.parallel.dp) / pp.step_s;
   if (pp.why_not.empty() && pp.device_bytes > hw.device_bytes)

@@ -15,8 +15,20 @@
 //   cp  context parallel: every activation by tokens.
 //   dp  data parallel: optimizer state only (ZeRO-1, sharded over dp x cp);
 //       each replica runs its own micro-batch of `batch` sequences.
-// A replica spans max(tp, sp) x cp GPUs; compute divides by that. Collective
-// communication time is not modelled.
+// A replica spans max(tp, sp) x cp GPUs; compute divides by that.
+//
+// Communication per rank per step (CommPlan): Ulysses' all-to-alls over the sp
+// group (tp = 1, sp > 1; docs/dist.md's proposal: what each policy sends) and
+// ZeRO's collectives over the dp x sp x cp ranks that hold the same weights
+// (stage 3: bf16 weights gathered in forward and again in backward; >= 2:
+// gradients reduce-scattered; 0/1: all-reduced; 1/2: the updated bf16
+// weights gathered after the optimizer step). The byte counts are dist's own
+// (dist::ulysses_layer_bytes, dist::zero_collective_bytes; a test compares
+// them). Time: bytes over the group's link (NVLink when the group fits in one
+// host, else InfiniBand) plus a latency per call. The all-to-alls sit on the
+// critical path between a layer's stages (exposed); ZeRO's overlap compute,
+// only what exceeds the step's compute is exposed. Memory still follows
+// ZeRO-1 (the --zero level changes communication only).
 #pragma once
 
 #include <cstdint>
@@ -77,6 +89,7 @@ struct ParallelDegrees {
 };
 
 struct PlanInputs {
+  int zero = -1;                   // ZeRO stage 0..3; -1: 3 when dp x sp > 1, else 0 (zero_stage)
   ModelShape model;
   int64_t seq_len = 0;
   int64_t batch = 1;               // sequences per micro-batch per replica
@@ -93,6 +106,21 @@ struct TensorBytes {
   std::string name;
   double bytes = 0;
   bool always_offloaded = false;  // x, o, lse: swapped whole, never recomputed
+};
+
+// Communication of one rank in one step, by kind (bytes it sends; a ring
+// all-gather or reduce-scatter of N bytes over p ranks sends (p-1)/p N, an
+// all-reduce 2 (p-1)/p N, an all-to-all (p-1)/p of the local buffer).
+struct CommPlan {
+  double all_to_all_bytes = 0;
+  double all_gather_bytes = 0;
+  double reduce_scatter_bytes = 0;
+  double all_reduce_bytes = 0;
+  int64_t all_to_all_calls = 0, zero_calls = 0;
+  double all_to_all_s = 0;  // exposed: on the critical path
+  double zero_s = 0;        // overlaps compute
+  double exposed_s = 0;     // all_to_all_s + what of zero_s the compute does not hide
+  double bytes() const { return all_to_all_bytes + all_gather_bytes + reduce_scatter_bytes + all_reduce_bytes; }
 };
 
 // One activation policy's prediction.
@@ -113,6 +141,7 @@ struct PolicyPlan {
   std::string limited_by;
   // Time per step, per GPU.
   double matmul_s = 0, attention_s = 0, recompute_s = 0, exposed_copy_s = 0, step_s = 0;
+  CommPlan comm;               // step_s includes comm.exposed_s
   double mfu = 0;
   double tokens_per_s = 0;     // all replicas
   int64_t max_seq = 0;         // longest sequence that fits (0: none)
@@ -150,6 +179,37 @@ void validate_plan_inputs(const PlanInputs& in);
 // One layer's skeletal tensors per GPU (docs/design.md section 3; for Llama, the
 // exact list and dtypes of model::skeletal_specs).
 std::vector<TensorBytes> skeletal_bytes(const PlanInputs& in);
+
+// The ZeRO stage in.zero names (its default resolved).
+int zero_stage(const PlanInputs& in);
+// Ranks of one Ulysses group (tp = 1: sp; else 1, no all-to-all) and of the
+// ZeRO group (the ranks that hold the same weights: dp x cp x max(tp, sp) / tp).
+int64_t ulysses_group(const PlanInputs& in);
+int64_t zero_group(const PlanInputs& in);
+
+// dist's counters, recomputed here (plan/ cannot include dist/): one
+// all-to-all of a [B, S/sp, H, d] tensor (replicated heads, sp % H == 0,
+// count as the sp copies they become), and one ZeRO all-gather or
+// reduce-scatter of a flat buffer of numel elements padded to world shards.
+int64_t ulysses_all_to_all_bytes(int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, int64_t sp,
+                                 int64_t element_size);
+int64_t zero_collective_bytes(int64_t numel, int64_t world, int64_t element_size);
+// One layer's minimal mirror (q, k, v, o forward; d_o, dq, dk, dv backward)
+// per rank of the sp group, for in's batch and seq_len / cp tokens.
+struct UlyssesLayer {
+  int64_t q = 0, kv = 0;  // one all-to-all of q (or o, d_o, dq) and of k (or v, dk, dv)
+  int64_t forward = 0, backward = 0;
+};
+UlyssesLayer ulysses_layer(const PlanInputs& in);
+// The flat buffers ZeRO shards: one per layer (its matmuls and norms), then
+// the rest (embeddings, final norm, lm head).
+int64_t zero_layer_numel(const ModelShape& m);
+int64_t zero_rest_numel(const ModelShape& m);
+
+// One policy's communication per rank per step; `recomputed` is memo's
+// fraction of each swapped layer's tokens recomputed in backward (1 - alpha -
+// resident), `compute_s` the step's compute that ZeRO's collectives overlap.
+CommPlan comm_plan(const PlanInputs& in, const std::string& policy, double recomputed, double compute_s);
 
 // The whole plan (validates first).
 Plan make_plan(const PlanInputs& in);

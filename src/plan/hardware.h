@@ -20,6 +20,12 @@ struct Hardware {
   double matmul_efficiency = 0.7;     // fraction of peak bf16 matmuls reach
   double attention_efficiency = 0.55;  // causal fused attention, fwd + bwd (ANCHORS: cuDNN 551/989)
   double reserve_bytes = 2.0 * (1ull << 30);  // CUDA context, library workspaces, allocator slack
+  // Collective links (cost_model: a group of <= gpus_per_host ranks uses the
+  // intra-host link, a larger one the inter-host link), bytes per second one
+  // GPU sends in one direction, and the fixed cost of one collective call.
+  double intra_host_bytes_per_s = 0;  // NVLink
+  double inter_host_bytes_per_s = 0;  // InfiniBand, per GPU (one NIC each)
+  double collective_latency_s = 20e-6;  // assumption: launch + ring start of one NCCL call
 
   // Host memory one GPU may use: host_bytes / gpus_per_host.
   double host_share() const { return gpus_per_host > 0 ? host_bytes / gpus_per_host : 0.0; }
