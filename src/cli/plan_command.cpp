@@ -339,7 +339,7 @@ void print_plan(const plan::Plan& pl) {
   std::printf("\nper GPU\n");
   std::printf("  weights    %s (bf16 copy + fp32 master)\n", format_bytes(pl.weight_bytes).c_str());
   std::printf("  gradients  %s (fp32)\n", format_bytes(pl.grad_bytes).c_str());
-  std::printf("  optimizer  %s (2 x fp32, ZeRO-1 over dp x cp)\n", format_bytes(pl.optimizer_bytes).c_str());
+  std::printf("  optimizer  %s (2 x fp32, sharded per --zero)\n", format_bytes(pl.optimizer_bytes).c_str());
   std::printf("  skeletal   %s per layer:", format_bytes(pl.per_layer_skeletal_bytes).c_str());
   for (const auto& t : pl.skeletal) std::printf(" %s %s", t.name.c_str(), format_bytes(t.bytes).c_str());
   std::printf("\n  transient  %s (one layer's backward working set + loss chunk)\n",

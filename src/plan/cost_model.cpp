@@ -254,6 +254,19 @@ void add_static_bytes(const PlanInputs& in, Plan& pl) {
   pl.weight_bytes = P / tp * (in.compute_bytes + in.master_bytes);
   pl.grad_bytes = P / tp * in.master_bytes;
   pl.optimizer_bytes = 2.0 * in.master_bytes * P / (tp * static_cast<double>(p.dp * p.cp));
+  // ZeRO over the zero group z (docs/dist.md): stage >= 1 shards the Adam
+  // moments and the fp32 master, >= 2 the fp32 gradients, 3 the bf16 weights
+  // (plus two layers gathered: the one computing and the next in flight).
+  // Stage 0 keeps the model above (Adam sharded over dp x cp).
+  const int stage = zero_stage(in);
+  const double z = static_cast<double>(zero_group(in));
+  if (stage >= 1 && z > 1) {
+    const double layer = static_cast<double>(zero_layer_numel(in.model)) / tp;
+    const double compute = stage == 3 ? P / tp / z + 2.0 * layer : P / tp;
+    pl.weight_bytes = compute * in.compute_bytes + P / tp / z * in.master_bytes;
+    pl.optimizer_bytes = 2.0 * in.master_bytes * P / (tp * z);
+    if (stage >= 2) pl.grad_bytes = P / tp / z * in.master_bytes + layer * in.master_bytes;  // + one layer's whole
+  }
 }
 
 // One layer's skeletal set (always-offloaded and the rest) and the transient working set.

@@ -13,7 +13,8 @@
 //       the hidden-width activations (x, n1, x2, n2 and the rstd rows) by
 //       tokens; with tp = 1 it also splits the others (heads during attention).
 //   cp  context parallel: every activation by tokens.
-//   dp  data parallel: optimizer state only (ZeRO-1, sharded over dp x cp);
+//   dp  data parallel: optimizer state (sharded over dp x cp; with --zero
+//       >= 1 over the zero group, see below);
 //       each replica runs its own micro-batch of `batch` sequences.
 // A replica spans max(tp, sp) x cp GPUs; compute divides by that.
 //
@@ -27,8 +28,9 @@
 // them). Time: bytes over the group's link (NVLink when the group fits in one
 // host, else InfiniBand) plus a latency per call. The all-to-alls sit on the
 // critical path between a layer's stages (exposed); ZeRO's overlap compute,
-// only what exceeds the step's compute is exposed. Memory still follows
-// ZeRO-1 (the --zero level changes communication only).
+// only what exceeds the step's compute is exposed. Memory follows the stage
+// too (add_static_bytes: >= 1 shards Adam and the fp32 master over the zero
+// group, >= 2 the gradients, 3 the bf16 weights).
 #pragma once
 
 #include <cstdint>

@@ -131,6 +131,18 @@ TEST(CommPlan, StepTimeIncludesTheExposedCommunication) {
   EXPECT_LT(slow.policy("keep").mfu, pl.policy("keep").mfu);
 }
 
+TEST(CommPlan, HigherZeroStagesHoldLessStaticMemory) {
+  double last = 0;
+  for (int zero : {3, 2, 1, 0}) {
+    const Plan pl = make_plan(llama_8b(65536, 8, 1, zero));
+    const double stat = pl.weight_bytes + pl.grad_bytes + pl.optimizer_bytes;
+    EXPECT_GT(stat, last) << zero;
+    last = stat;
+  }
+  // One rank: the stage changes nothing.
+  EXPECT_EQ(make_plan(llama_8b(65536, 1, 1, 3)).weight_bytes, make_plan(llama_8b(65536, 1, 1, 0)).weight_bytes);
+}
+
 TEST(CommPlan, BadLinkFiguresAndZeroStageAreInputErrors) {
   auto in = llama_8b(65536, 8, 1);
   in.hardware.intra_host_bytes_per_s = 0;
