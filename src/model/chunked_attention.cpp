@@ -58,6 +58,17 @@ void check_kv_block(int64_t kv_block) {
                 " tokens: expected at least 1 (kWholePrefix: all earlier keys in one call)");
 }
 
+// The whole-sequence entry points' arguments: the chunk and key-block sizes,
+// the shapes, and as many keys as queries (causal over one sequence).
+void check_whole_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t chunk,
+                          int64_t kv_block) {
+  check_chunk_size(chunk);
+  check_kv_block(kv_block);
+  check_chunk(q, k, v);
+  if (k.size(2) != q.size(2))
+    throw Error(cat("chunked attention: q has ", q.size(2), " tokens but k and v ", k.size(2)));
+}
+
 }  // namespace
 
 void merge_attention_partial_(at::Tensor& o_acc, at::Tensor& lse_acc, const at::Tensor& o_part,
@@ -148,12 +159,8 @@ at::Tensor attention_chunk_backward(AttentionKernel kernel, const at::Tensor& d_
 AttentionOutput chunked_attention_forward(AttentionKernel kernel, const at::Tensor& q,
                                           const at::Tensor& k, const at::Tensor& v, int64_t chunk,
                                           int64_t kv_block) {
-  check_chunk_size(chunk);
-  check_kv_block(kv_block);
-  check_chunk(q, k, v);
+  check_whole_sequence(q, k, v, chunk, kv_block);
   const int64_t B = q.size(0), nh = q.size(1), S = q.size(2), d = q.size(3);
-  if (k.size(2) != S)
-    throw Error(cat("chunked attention: q has ", S, " tokens but k and v ", k.size(2)));
   if (chunk >= S) return attention_forward(kernel, q, k, v, /*causal=*/true);
 
   auto o = at::empty({B, S, nh, d}, q.options()).transpose(1, 2);  // [B, nh, S, d] token-major
@@ -174,12 +181,8 @@ AttentionGrads chunked_attention_backward(AttentionKernel kernel, const at::Tens
                                           const at::Tensor& v, const at::Tensor& o,
                                           const at::Tensor& lse, int64_t chunk,
                                           int64_t kv_block) {
-  check_chunk_size(chunk);
-  check_kv_block(kv_block);
-  check_chunk(q, k, v);
+  check_whole_sequence(q, k, v, chunk, kv_block);
   const int64_t B = q.size(0), nh = q.size(1), S = q.size(2), d = q.size(3);
-  if (k.size(2) != S)
-    throw Error(cat("chunked attention: q has ", S, " tokens but k and v ", k.size(2)));
   check_same("d_o", d_o, q.sizes(), q);
   check_same("o", o, q.sizes(), q);
   check_same("lse", lse, {B, nh, S}, q);
