@@ -278,5 +278,15 @@ TEST(PlanCli, BadInputExits2NamingTheField) {
   EXPECT_NE(r.output.find("--tp 3"), std::string::npos) << r.output;
 }
 
+// Every stage outside 0-3 is refused, -1 included (the planner's internal
+// "default" is not a value the command takes).
+TEST(PlanCli, ZeroStageOutsideZeroToThreeExits2) {
+  for (const char* stage : {"-1", "4"}) {
+    auto r = testing::run_memo(std::string("plan --model tiny --seq-len 1024 --zero ") + stage);
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("--zero must be 0, 1, 2 or 3"), std::string::npos) << r.output;
+  }
+}
+
 }  // namespace
 }  // namespace memo

@@ -142,7 +142,11 @@ plan::PlanInputs to_inputs(const PlanFlags& f) {
   in.hardware = plan::hardware_preset(f.hardware);
   auto& hw = in.hardware;
   in.parallel = {f.tp, f.sp, f.cp, f.dp};
-  if (f.zero) in.zero = *f.zero;
+  if (f.zero) {
+    // -1 is PlanInputs' "default" internally, not a value a user may give.
+    require_input(*f.zero >= 0 && *f.zero <= 3, "--zero must be 0, 1, 2 or 3, got ", *f.zero);
+    in.zero = *f.zero;
+  }
   if (f.profile) {
     plan::validate_plan_inputs(in);  // before spending time measuring
     std::printf("profile    %s\n", profile_hardware(in, hw).c_str());
