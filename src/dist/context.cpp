@@ -3,6 +3,7 @@
 #include "dist/context.h"
 
 #include <algorithm>
+#include <csignal>
 #include <exception>
 #include <thread>
 
@@ -100,6 +101,11 @@ Context::Context(const LaunchInfo& launch, const MeshShape& mesh, const ContextO
   if (!available()) throw InputError(cat("WORLD_SIZE=", launch.world_size, ": ", unavailable_reason()));
   require_input(options.timeout.count() > 0, "--dist-timeout must be positive");
 #ifdef MEMO_WITH_DIST
+  // A peer that dies leaves its sockets closed: a write to one must fail
+  // with EPIPE (so this rank names the dead peer and exits 1), not kill this
+  // process with SIGPIPE (exit 141, nothing said). Python ignores SIGPIPE at
+  // start-up, which is why torch's own launchers never see it.
+  std::signal(SIGPIPE, SIG_IGN);
   const bool cuda = options.device.is_cuda();
   if (cuda && !nccl_available())
     (void)make_nccl_backend({}, 0, 0, timeout_, 0);  // throws: built without NCCL
