@@ -257,7 +257,15 @@ Context::~Context() {
   // An orderly way out waits for every rank (rank 0 may host the store the
   // others still read); after a failure, or while an exception unwinds, leave
   // at once: the backends of a failed job are leaked (GroupState).
-  if (!distributed() || !store_->monitor || store_->monitor->failed() || std::uncaught_exceptions() > 0) return;
+  if (!distributed() || !store_->monitor) return;
+  if (store_->monitor->failed() || std::uncaught_exceptions() > 0) {
+    // Rank 0 hosting the store stays a little after a failure: the survivors
+    // read the heartbeats from it to name the dead rank (FailureMonitor::
+    // diagnose takes about three intervals); leaving at once would turn their
+    // diagnosis into "the store is gone".
+    if (launch_.rank == 0 && !launch_.agent_store) std::this_thread::sleep_for(4 * store_->monitor->interval());
+    return;
+  }
   try {
     world_.barrier().wait();
   } catch (...) {
