@@ -208,7 +208,9 @@ Context::Context(const LaunchInfo& launch, const MeshShape& mesh, const ContextO
                          differ.front(), " has \"", text_of(differ_value), "\", rank 0 \"", text_of(root_value), "\""));
   }
 
-  const auto interval = std::clamp(timeout_ / 10, std::chrono::milliseconds(50), std::chrono::milliseconds(1000));
+  // A fifth of the timeout (at most 1 s): the survivors judge a beat stale after three intervals,
+  // which on a starved machine must outlast a live rank's scheduling delays.
+  const auto interval = std::clamp(timeout_ / 5, std::chrono::milliseconds(50), std::chrono::milliseconds(1000));
   store_->monitor = std::make_shared<FailureMonitor>(store, rank, world, interval, host);
 
   // The groups, in the same order on every rank: world, sp, dp. A group that
