@@ -72,7 +72,7 @@ train::LossSum hand_written_step(model::LlamaModel& model, runtime::ActivationPo
   auto dx = model::rmsnorm_backward(ce.dh.view({B, S, cfg.hidden}), x, rstdf, w.final_norm, g.final_norm);
   for (int64_t i = cfg.layers - 1; i >= 0; --i) {
     const auto& lw = w.layers[static_cast<size_t>(i)];
-    auto acts = policy.restore(i, runtime::LayerContext{layer, lw, rope});
+    auto acts = policy.restore(i, runtime::LayerContext{layer, lw, rope, {}, 0, 0});
     dx = layer.backward(lw, g.layers[static_cast<size_t>(i)], rope, acts, dx);
   }
   policy.end_step();

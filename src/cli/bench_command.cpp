@@ -50,7 +50,7 @@ void print_header(const train::BenchOptions& o) {
 }
 
 void print_table_head(bool planned_memory) {
-  std::printf("\n%-10s %-11s %10s %8s %7s %12s %12s %6s %12s %12s %8s %7s %14s %8s", "policy", "status", "step",
+  std::printf("\n%-10s %7s %-11s %10s %8s %7s %12s %12s %6s %12s %12s %8s %7s %14s %8s", "policy", "chunk", "status", "step",
               "vs keep", "MFU", "peak alloc", "peak resv", "frag", "host", "pinned", "pin", "alpha", "grad diff",
               "mallocs");
   if (planned_memory) std::printf(" %12s %9s", "arena", "fallbacks");
@@ -58,8 +58,8 @@ void print_table_head(bool planned_memory) {
 }
 
 void print_row(const train::BenchRow& r, bool planned_memory) {
-  std::printf("%-10s %-11s %10s %8s %7s %12s %12s %6s %12s %12s %8s %7s %14s %8lld", r.policy.c_str(),
-              r.status.c_str(),
+  std::printf("%-10s %7s %-11s %10s %8s %7s %12s %12s %6s %12s %12s %8s %7s %14s %8lld", r.policy.c_str(),
+              r.chunk_tokens > 0 ? std::to_string(r.chunk_tokens).c_str() : "-", r.status.c_str(),
               r.status == "ok" ? format_seconds(r.step_s).c_str() : "-",
               r.ratio_to_keep ? strf("%.3fx", *r.ratio_to_keep).c_str() : "-",
               r.mfu ? strf("%.1f%%", *r.mfu * 100).c_str() : "-",
@@ -80,6 +80,9 @@ void print_row(const train::BenchRow& r, bool planned_memory) {
 
 nlohmann::json row_json(const train::BenchRow& r) {
   return {{"policy", r.policy},
+          {"chunk_setting", r.chunk_setting},
+          {"chunk_tokens", r.chunk_tokens},
+          {"peak_split", train::to_json(r.peak_split)},
           {"status", r.status},
           {"message", r.message.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.message)},
           {"step_s", r.status == "ok" ? nlohmann::json(r.step_s) : nlohmann::json(nullptr)},
@@ -99,6 +102,19 @@ nlohmann::json row_json(const train::BenchRow& r) {
           {"plan_fallbacks", json_or_null(r.plan_fallbacks)},
           {"fragmentation", r.fragmentation()},
           {"device_mallocs_per_step", r.device_mallocs_per_step}};
+}
+
+// The peak of each ok row by purpose (train/memory_split.h), under the table.
+void print_peak_splits(const std::vector<train::BenchRow>& rows) {
+  std::printf("\n%-10s %7s %14s %14s %14s %14s\n", "policy", "chunk", "static", "whole-seq", "chunk bufs", "transient");
+  for (const auto& r : rows) {
+    if (r.status != "ok") continue;
+    auto b = [](int64_t v) { return format_bytes(static_cast<double>(v)); };
+    const auto& p = r.peak_split;
+    std::printf("%-10s %7s %14s %14s %14s %14s\n", r.policy.c_str(),
+                r.chunk_tokens > 0 ? std::to_string(r.chunk_tokens).c_str() : "-", b(p.static_bytes).c_str(),
+                b(p.whole_sequence_bytes).c_str(), b(p.chunk_buffer_bytes).c_str(), b(p.transient_bytes).c_str());
+  }
 }
 
 // Why a row is not ok, under the table.
@@ -133,6 +149,7 @@ int run_bench_command(train::BenchOptions o, const FlagBindings& flags, const st
     print_row(r, o.planned_memory);
     out["rows"].push_back(row_json(r));
   }
+  print_peak_splits(rows);
   print_messages(rows);
   if (!json.empty()) write_file_atomic(json, out.dump(2) + "\n");
   return 0;

@@ -85,6 +85,7 @@ void print_summary(const train::TrainSummary& s) {
               format_bytes(static_cast<double>(s.peak_device_bytes)).c_str(),
               format_bytes(static_cast<double>(s.peak_activation_bytes)).c_str(),
               format_bytes(static_cast<double>(s.host_bytes)).c_str());
+  std::printf("  peak split       %s\n", train::describe(s.peak_split).c_str());
 }
 
 // Refuses, before anything runs, outputs that would destroy something:

@@ -10,20 +10,62 @@ namespace memo::runtime {
 ActivationStore::ActivationStore(const model::ModelConfig& c, int64_t batch, int64_t tokens,
                                  at::ScalarType compute, at::Device device,
                                  std::map<Unit, UnitPlacement> placement, double host_budget_bytes,
-                                 TraceRecorder* trace)
+                                 TraceRecorder* trace, int64_t chunks_per_layer, KvPlacement kv)
     : specs_(model::skeletal_specs(c, batch, tokens, compute)),
       device_(device),
       placement_(std::move(placement)),
-      buffers_(c, batch, tokens, compute, device) {
+      buffers_(c, batch, tokens, compute, device, chunks_per_layer),
+      tokens_(tokens),
+      kv_(kv) {
   // Per swapped unit, per tensor: every token of x, o, lse; the host share of the others.
   std::map<Unit, std::vector<int64_t>> host_tokens;
   for (const auto& [unit, p] : placement_) {
     if (!p.swapped) continue;
     auto& counts = host_tokens[unit];
-    for (const auto& s : specs_) counts.push_back(s.always_offloaded ? tokens : p.host_tokens);
+    for (const auto& s : specs_) counts.push_back(s.always_offloaded ? unit_tokens(unit) : p.host_tokens);
   }
   host_ = HostSlots(specs_, host_tokens, device, host_budget_bytes);
+  if (kv_.layers > 0) {
+    // K and V as one more "skeletal" tensor of a whole layer, every token to the host.
+    model::SkeletalSpec spec{"kv", {batch, kv_.tokens, 2 * c.kv_heads * c.head_dim}, compute, 1, true};
+    kv_specs_ = {spec};
+    std::map<Unit, std::vector<int64_t>> kv_tokens;
+    for (int64_t l = 0; l < kv_.layers; ++l) kv_tokens[Unit{l}] = {kv_.tokens};
+    kv_host_ = HostSlots(kv_specs_, kv_tokens, device, host_budget_bytes - static_cast<double>(host_.bytes()));
+  }
   engine_ = std::make_unique<SwapEngine>(device, trace);
+}
+
+int64_t ActivationStore::unit_tokens(Unit u) const {
+  auto it = placement_.find(u);
+  return it != placement_.end() && it->second.tokens > 0 ? it->second.tokens : tokens_;
+}
+
+model::LayerActivations ActivationStore::unit_slots(Unit u) const {
+  const auto& slots = buffers_.of(u).slots;
+  const int64_t n = unit_tokens(u);
+  return n == tokens_ ? slots : model::token_slice(slots, 0, n);
+}
+
+void ActivationStore::save_kv(int64_t layer, const at::Tensor& kv) {
+  if (!kv_host_.has(Unit{layer})) throw Error(cat("activation store: no host slot for K and V of layer ", layer));
+  engine_->copy_out(kv_unit(layer), {{kv_host_.views(Unit{layer}).front(), kv}});
+}
+
+void ActivationStore::prefetch_kv(int64_t layer) {
+  if (!kv_host_.has(Unit{layer})) throw Error(cat("activation store: no host slot for K and V of layer ", layer));
+  const auto& s = kv_specs_.front();
+  auto kv = at::empty(s.shape, at::TensorOptions().dtype(s.dtype).device(device_));  // [B, S, 2 nkv d]
+  kv_in_[layer] = kv;
+  engine_->copy_in(kv_unit(layer), {{kv, kv_host_.views(Unit{layer}).front()}});
+}
+
+at::Tensor ActivationStore::take_kv(int64_t layer) {
+  if (!kv_prefetched(layer)) prefetch_kv(layer);
+  engine_->wait_copy_in(kv_unit(layer));
+  auto kv = std::move(kv_in_[layer]);
+  kv_in_.erase(layer);
+  return kv;
 }
 
 const UnitPlacement& ActivationStore::placement(Unit u) const {
@@ -43,6 +85,7 @@ void ActivationStore::begin_step() {
   inputs_in_.clear();
   resident_.clear();
   prefetched_.clear();
+  kv_in_.clear();
 }
 
 const model::LayerActivations* ActivationStore::forward_storage(Unit u) {
@@ -50,6 +93,8 @@ const model::LayerActivations* ActivationStore::forward_storage(Unit u) {
     engine_->wait_copy_out(*previous);  // unit u-2's copy must be done
     inputs_held_.erase(*previous);
   }
+  // The previous layer's K and V have had a chunk of compute to reach the host.
+  if (kv_.layers > 0 && u.chunk == 1 && u.layer > 0) engine_->wait_copy_out(kv_unit(u.layer - 1));
   return &buffers_.of(u).slots;
 }
 
@@ -93,10 +138,13 @@ void ActivationStore::prefetch(Unit u) {
   // The rounding buffers have no x slot (forward never writes one): the
   // input comes back into a tensor of its own, kept here until it is taken
   // (and by the engine until the copy is waited on).
-  model::LayerActivations dst = buffers_.of(u).slots;
+  model::LayerActivations dst = unit_slots(u);
   for (const auto& s : specs_)
-    if (s.layer_input)
-      dst.*s.member = at::empty(s.shape, at::TensorOptions().dtype(s.dtype).device(device_));  // [B, S, h]
+    if (s.layer_input) {
+      auto shape = s.shape;
+      shape[static_cast<size_t>(s.token_dim)] = unit_tokens(u);
+      dst.*s.member = at::empty(shape, at::TensorOptions().dtype(s.dtype).device(device_));  // [B, n, h]
+    }
   inputs_in_[u] = dst.x;
   engine_->copy_in(u, host_pairs(u, dst, /*to_host=*/false));
 }
@@ -105,7 +153,7 @@ model::LayerActivations ActivationStore::take_from_buffer(Unit u) {
   if (!in_buffer(u)) throw Error(cat("activation store: unit ", to_string(u), " is not in its rounding buffer"));
   auto it = inputs_held_.find(u);
   if (it == inputs_held_.end()) throw Error(cat("activation store: input of unit ", to_string(u), " was not kept"));
-  model::LayerActivations acts = buffers_.of(u).slots;
+  model::LayerActivations acts = unit_slots(u);
   acts.x = std::move(it->second);
   inputs_held_.erase(it);
   return acts;
@@ -115,7 +163,7 @@ model::LayerActivations ActivationStore::take_copied_in(Unit u) {
   engine_->wait_copy_in(u);
   auto x = inputs_in_.find(u);
   if (x == inputs_in_.end()) throw Error(cat("activation store: input of unit ", to_string(u), " was not prefetched"));
-  model::LayerActivations acts = buffers_.of(u).slots;
+  model::LayerActivations acts = unit_slots(u);
   acts.x = std::move(x->second);
   inputs_in_.erase(x);
   const auto& p = placement(u);
@@ -136,12 +184,14 @@ void ActivationStore::end_step() {
   inputs_held_.clear();
   inputs_in_.clear();
   resident_.clear();
+  kv_in_.clear();
 }
 
 int64_t ActivationStore::device_bytes() const {
   int64_t bytes = 2 * buffers_.buffer_bytes();
   for (const auto& [u, x] : inputs_held_) bytes += static_cast<int64_t>(x.nbytes());
   for (const auto& [u, x] : inputs_in_) bytes += static_cast<int64_t>(x.nbytes());
+  for (const auto& [l, kv] : kv_in_) bytes += static_cast<int64_t>(kv.nbytes());
   for (const auto& [u, tensors] : resident_)
     for (const auto& t : tensors)
       if (t.defined()) bytes += static_cast<int64_t>(t.nbytes());

@@ -37,6 +37,15 @@ struct UnitPlacement {
   bool swapped = false;  // false: the unit stays in its rounding buffer until its backward
   int64_t host_tokens = 0;
   int64_t resident_tokens = 0;
+  int64_t tokens = 0;  // the unit's tokens (a shorter last chunk); 0: the store's `tokens`
+};
+
+// Chunked layers (docs/chunks.md): each layer's K and V [B, S, 2 nkv d] go
+// to the host after its forward (like x, o, lse) and come back for its
+// backward.
+struct KvPlacement {
+  int64_t layers = 0;  // 0: no K and V kept by the store (whole layers)
+  int64_t tokens = 0;  // S, the layer's tokens
 };
 
 class ActivationStore {
@@ -45,14 +54,19 @@ class ActivationStore {
   // Allocates the rounding buffers and the host pool, once. `placement`: one
   // entry per unit of the step. Throws memory::HostMemoryError (naming
   // `host_budget_bytes`) when the pool cannot be mapped or pinned.
+  // `tokens`: a unit's (the rounding buffers' size); chunked layers run
+  // `chunks_per_layer` units to a layer, and `kv` says whose K and V the
+  // store keeps on the host.
   ActivationStore(const model::ModelConfig& c, int64_t batch, int64_t tokens, at::ScalarType compute,
                   at::Device device, std::map<Unit, UnitPlacement> placement, double host_budget_bytes,
-                  TraceRecorder* trace);
+                  TraceRecorder* trace, int64_t chunks_per_layer = 1, KvPlacement kv = {});
 
   const UnitPlacement& placement(Unit u) const;
   // The first tokens of every sequence that come back whole in backward
   // (host and resident ones); the rest are to be recomputed.
   int64_t kept_tokens(Unit u) const;
+  // u's tokens (the store's `tokens`, or a shorter last chunk's).
+  int64_t unit_tokens(Unit u) const;
 
   // The start of a step: every buffer free, nothing held.
   void begin_step();
@@ -85,6 +99,16 @@ class ActivationStore {
   // kept_tokens(u) on are not restored.
   model::LayerActivations take_copied_in(Unit u);
 
+  // Chunked layers: layer `layer`'s K and V [B, S, 2 nkv d] after its
+  // forward: the copy to the host starts (the tensor is held until the
+  // copy is waited on: at chunk 1 of the next layer's forward).
+  void save_kv(int64_t layer, const at::Tensor& kv);
+  // Starts copying K and V of `layer` back into a device tensor of their own.
+  void prefetch_kv(int64_t layer);
+  bool kv_prefetched(int64_t layer) const { return kv_in_.count(layer) > 0; }
+  // K and V of `layer` after their copy-in (prefetched now if they were not).
+  at::Tensor take_kv(int64_t layer);
+
   // After the last backward: the compute stream waits for every copy; the
   // tensors held for them are let go.
   void end_step();
@@ -92,7 +116,8 @@ class ActivationStore {
   // Device bytes held: both rounding buffers, the held and prefetched
   // inputs, the resident tokens. Host bytes: the pool's slots.
   int64_t device_bytes() const;
-  int64_t host_bytes() const { return host_.bytes(); }
+  int64_t host_bytes() const { return host_.bytes() + kv_host_.bytes(); }
+  int64_t kv_host_bytes() const { return kv_host_.bytes(); }
   int64_t buffer_bytes() const { return buffers_.buffer_bytes(); }
   const memory::HostPool& host_pool() const { return host_.pool(); }
   const RoundingBuffers& buffers() const { return buffers_; }
@@ -102,6 +127,10 @@ class ActivationStore {
  private:
   // The host slots and u's tensors, paired in the copy's direction.
   std::vector<CopyPair> host_pairs(Unit u, const model::LayerActivations& acts, bool to_host) const;
+  // u's rounding-buffer slots, narrowed to u's tokens.
+  model::LayerActivations unit_slots(Unit u) const;
+  // The engine's key of layer `layer`'s K and V copies (apart from every chunk's).
+  static Unit kv_unit(int64_t layer) { return Unit{layer, -1}; }
 
   std::vector<model::SkeletalSpec> specs_;
   at::Device device_ = at::Device(at::kCPU);
@@ -113,6 +142,11 @@ class ActivationStore {
   std::map<Unit, at::Tensor> inputs_in_;    // layer inputs prefetched for backward
   std::map<Unit, std::vector<at::Tensor>> resident_;  // per unit, per spec (undefined: none)
   std::set<Unit> prefetched_;
+  int64_t tokens_ = 0;
+  KvPlacement kv_;
+  std::vector<model::SkeletalSpec> kv_specs_;  // one spec: K and V [B, S, 2 nkv d]
+  HostSlots kv_host_;                          // per layer (unit {layer, 0}) K and V
+  std::map<int64_t, at::Tensor> kv_in_;        // K and V prefetched for backward, by layer
 };
 
 }  // namespace memo::runtime

@@ -1,12 +1,17 @@
 // `keep`: every skeletal tensor stays on the device (plain PyTorch).
 // `recompute`: only the layer input stays; backward re-runs the whole layer's
 // forward, attention included (Megatron full recompute).
+// Both per unit: with chunked layers (docs/chunks.md) keep holds every
+// chunk's set and each layer's K and V; recompute holds each chunk's input
+// (together the layer's input), rebuilds the layer's K and V from it chunk by
+// chunk in restore_kv and then each chunk's set against them.
 #include <ATen/ATen.h>
 
 #include <map>
 
 #include "core/error.h"
 #include "core/units.h"
+#include "model/chunk_stages.h"
 #include "runtime/policy.h"
 
 namespace memo::runtime {
@@ -20,25 +25,38 @@ class KeepPolicy final : public ActivationPolicy {
     ActivationPolicy::begin_step(shape);
     saved_.clear();
   }
-  void save(int64_t index, model::LayerActivations&& acts) override {
-    saved_[index] = std::move(acts);
+  void save(Unit u, model::LayerActivations&& acts) override {
+    saved_[u] = std::move(acts);
     note_held();
   }
-  model::LayerActivations restore(int64_t index, const LayerContext&) override {
-    auto it = saved_.find(index);
-    if (it == saved_.end()) throw Error(cat("keep: layer ", index, " was not saved"));
+  model::LayerActivations restore(Unit u, const LayerContext&) override {
+    auto it = saved_.find(u);
+    if (it == saved_.end()) throw Error(cat("keep: unit ", to_string(u), " was not saved"));
     auto acts = std::move(it->second);
     saved_.erase(it);
     return acts;
   }
+  void save_kv(int64_t layer, at::Tensor kv) override {
+    kv_[layer] = std::move(kv);
+    note_held();
+  }
+  at::Tensor restore_kv(int64_t layer, const LayerContext&) override {
+    auto it = kv_.find(layer);
+    if (it == kv_.end()) throw Error(cat("keep: K and V of layer ", layer, " were not saved"));
+    auto kv = std::move(it->second);
+    kv_.erase(it);
+    return kv;
+  }
   HeldBytes held() const override {
     HeldBytes h;
-    for (const auto& [i, acts] : saved_) h.device += acts.bytes();
+    for (const auto& [u, acts] : saved_) h.device += acts.bytes();
+    for (const auto& [i, kv] : kv_) h.device += static_cast<int64_t>(kv.nbytes());
     return h;
   }
 
  private:
-  std::map<int64_t, model::LayerActivations> saved_;
+  std::map<Unit, model::LayerActivations> saved_;
+  std::map<int64_t, at::Tensor> kv_;  // [B, S, 2 nkv d] per chunked layer
 };
 
 class RecomputePolicy final : public ActivationPolicy {
@@ -46,32 +64,63 @@ class RecomputePolicy final : public ActivationPolicy {
   std::string name() const override { return "recompute"; }
   void begin_step(const StepShape& shape) override {
     ActivationPolicy::begin_step(shape);
+    seq_len_ = shape.seq_len;
     inputs_.clear();
   }
-  void save(int64_t index, model::LayerActivations&& acts) override {
-    inputs_[index] = acts.x;  // everything else is dropped here
+  void save(Unit u, model::LayerActivations&& acts) override {
+    inputs_[u] = acts.x;  // everything else is dropped here
     note_held();
   }
-  model::LayerActivations restore(int64_t index, const LayerContext& ctx) override {
-    auto it = inputs_.find(index);
-    if (it == inputs_.end()) throw Error(cat("recompute: layer ", index, " was not saved"));
+  // K and V are dropped in forward (save_kv's default would throw) and
+  // rebuilt here from the chunks' inputs.
+  void save_kv(int64_t, at::Tensor) override {}
+  at::Tensor restore_kv(int64_t layer, const LayerContext& ctx) override {
+    require_chunks(ctx);
+    at::Tensor kv;  // [B, S, 2 nkv d]
+    for (auto it = inputs_.lower_bound(Unit{layer, 0}); it != inputs_.end() && it->first.layer == layer; ++it) {
+      const auto& x = it->second;  // [B, n, h]
+      if (!kv.defined()) kv = model::allocate_layer_kv(ctx.layer.config(), x.size(0), seq_len_, x.options());
+      model::recompute_chunk_kv(ctx.layer, ctx.weights, ctx.rope, x, kv, it->first.chunk * ctx.chunk_tokens);
+    }
+    if (!kv.defined()) throw Error(cat("recompute: layer ", layer, " was not saved"));
+    return kv;
+  }
+  model::LayerActivations restore(Unit u, const LayerContext& ctx) override {
+    auto it = inputs_.find(u);
+    if (it == inputs_.end()) throw Error(cat("recompute: unit ", to_string(u), " was not saved"));
     model::LayerActivations acts;
     acts.x = it->second;
-    ctx.layer.recompute(ctx.weights, ctx.rope, acts);
+    if (ctx.kv.defined())
+      model::recompute_chunk(ctx.layer, ctx.weights, ctx.rope, acts, ctx.kv, ctx.t0);
+    else
+      ctx.layer.recompute(ctx.weights, ctx.rope, acts);
     inputs_.erase(it);
     return acts;
   }
   HeldBytes held() const override {
     HeldBytes h;
-    for (const auto& [i, x] : inputs_) h.device += static_cast<int64_t>(x.nbytes());
+    for (const auto& [u, x] : inputs_) h.device += static_cast<int64_t>(x.nbytes());
     return h;
   }
 
  private:
-  std::map<int64_t, at::Tensor> inputs_;
+  static void require_chunks(const LayerContext& ctx) {
+    if (ctx.chunk_tokens < 1) throw Error("recompute: restore_kv of a layer that did not run in chunks");
+  }
+
+  int64_t seq_len_ = 0;
+  std::map<Unit, at::Tensor> inputs_;  // per unit its input [B, n, h] (a view of the layer's)
 };
 
 }  // namespace
+
+void ActivationPolicy::save_kv(int64_t layer, at::Tensor) {
+  throw Error(cat(name(), ": does not run layers in chunks (save_kv of layer ", layer, ")"));
+}
+
+at::Tensor ActivationPolicy::restore_kv(int64_t layer, const LayerContext&) {
+  throw Error(cat(name(), ": does not run layers in chunks (restore_kv of layer ", layer, ")"));
+}
 
 std::vector<std::string> policy_names() { return {"keep", "recompute", "offload", "memo"}; }
 

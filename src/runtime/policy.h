@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/layer.h"
+#include "runtime/unit.h"
 
 namespace memo::model {
 class LlamaModel;
@@ -26,13 +27,23 @@ struct PolicyOptions {
   double host_memory_bytes = 0;    // host memory the pool may use; 0: memory::host_budget's default
   double device_spare_bytes = -1;  // device memory for resident tokens; < 0: measured
   TraceRecorder* trace = nullptr;  // spans of copies and recompute, when tracing
+  // Tokens per chunk of a layer (docs/chunks.md); 0: whole layers. The
+  // program runs chunks only when this is below the sequence; the policy
+  // sizes its units by it.
+  int64_t chunk_tokens = 0;
 };
 
 // What a policy needs to rebuild a layer's skeletal set in backward.
 struct LayerContext {
   const model::DecoderLayer& layer;
   const model::LayerWeights& weights;  // compute dtype
-  const model::RopeTable& rope;        // rows for the step's sequence
+  const model::RopeTable& rope;        // rows for the step's sequence (from its first local token)
+  // Chunked layers only (docs/chunks.md): the layer's K and V [B, S, 2 nkv d]
+  // (restore_kv's result; undefined when restoring K and V themselves or
+  // unchunked), the unit's first token and the chunk size.
+  at::Tensor kv;
+  int64_t t0 = 0;
+  int64_t chunk_tokens = 0;
 };
 
 // Shape of the step about to run.
@@ -71,18 +82,31 @@ class ActivationPolicy {
   virtual std::optional<double> alpha() const { return std::nullopt; }
   // What prepare pinned, for policies with a host pool.
   virtual HostPinning host_pinning() const { return {}; }
+  // Device bytes of the rounding buffers prepare allocated (offload, memo: two
+  // units' skeletal sets; 0 for the others).
+  virtual int64_t buffer_bytes() const { return 0; }
 
   // Before layer 0's forward of a micro-batch. Overrides call this first.
   virtual void begin_step(const StepShape& shape) { peak_ = {}; }
-  // Preallocated storage layer `index`'s forward must write into (a rounding
+  // A unit is a layer (chunk 0) or, with chunked layers, one token chunk
+  // of a layer (runtime/unit.h); units run forward in order and backward in
+  // reverse order.
+  // Preallocated storage unit `u`'s forward must write into (a rounding
   // buffer), or nullptr to let it allocate.
-  virtual const model::LayerActivations* forward_storage(int64_t index) { return nullptr; }
-  // Layer `index` has run forward and produced `acts`, its full skeletal set;
+  virtual const model::LayerActivations* forward_storage(Unit u) { return nullptr; }
+  // Unit `u` has run forward and produced `acts`, its full skeletal set;
   // keep whatever backward will need.
-  virtual void save(int64_t index, model::LayerActivations&& acts) = 0;
-  // Layer `index` is about to run backward: return its full skeletal set,
-  // restored from where it was kept and/or recomputed.
-  virtual model::LayerActivations restore(int64_t index, const LayerContext& ctx) = 0;
+  virtual void save(Unit u, model::LayerActivations&& acts) = 0;
+  // Unit `u` is about to run backward: return its full skeletal set,
+  // restored from where it was kept and/or recomputed (chunked: against
+  // ctx.kv).
+  virtual model::LayerActivations restore(Unit u, const LayerContext& ctx) = 0;
+  // Chunked layers: after every chunk of layer `layer` ran forward, its K and
+  // V [B, S, 2 nkv d] (backward of each chunk needs the keys of its whole
+  // prefix); before the layer's backward (ahead of its chunks' restore), the
+  // same K and V back. A policy that does not run chunked layers throws.
+  virtual void save_kv(int64_t layer, at::Tensor kv);
+  virtual at::Tensor restore_kv(int64_t layer, const LayerContext& ctx);
   // After the last layer's backward.
   virtual void end_step() {}
 

@@ -38,6 +38,7 @@ class SwapPolicy final : public ActivationPolicy {
 
   std::string name() const override { return memo_ ? "memo" : "offload"; }
   std::optional<double> alpha() const override { return split_.alpha; }
+  int64_t buffer_bytes() const override { return store_ ? 2 * store_->buffer_bytes() : 0; }
   HostPinning host_pinning() const override {
     if (!store_) return {};
     return {store_->host_pool().pinned_bytes(), store_->host_pool().pin_seconds()};
@@ -45,19 +46,36 @@ class SwapPolicy final : public ActivationPolicy {
 
   void prepare(model::LlamaModel& model, int64_t batch, int64_t seq_len) override {
     const auto& cfg = model.config();
+    const auto compute = model.options().compute_dtype;
     device_ = model.options().device;
     batch_ = batch;
     seq_len_ = seq_len;
+    // Units: whole layers, or chunks of chunk_tokens (docs/chunks.md); the LP
+    // splits each unit as it split each layer, with a unit's bytes and times.
+    const bool chunked = options_.chunk_tokens > 0 && options_.chunk_tokens < seq_len;
+    unit_tokens_ = chunked ? options_.chunk_tokens : seq_len;
+    chunks_ = (seq_len + unit_tokens_ - 1) / unit_tokens_;
     plan::SplitInputs in;
-    in.layers = cfg.layers;
-    in.seq_len = seq_len;
-    for (const auto& s : model::skeletal_specs(cfg, batch, seq_len, model.options().compute_dtype))
+    in.layers = cfg.layers * chunks_;
+    in.seq_len = unit_tokens_;
+    for (const auto& s : model::skeletal_specs(cfg, batch, unit_tokens_, compute))
       (s.always_offloaded ? in.fixed_bytes : in.rest_bytes) += static_cast<double>(s.bytes());
+    // Chunked: each layer's K and V go to the host too, a chunk's share per unit.
+    const double kv_per_token =
+        static_cast<double>(2 * cfg.kv_heads * cfg.head_dim * static_cast<int64_t>(c10::elementSize(compute)));
+    if (chunked) in.fixed_bytes += kv_per_token * static_cast<double>(batch * unit_tokens_);
     in.swap_last_two = !memo_;
     in.alpha = memo_ ? options_.alpha : std::optional<double>(1.0);
     in.host_bytes = options_.host_memory_bytes > 0 ? options_.host_memory_bytes : memory::host_budget(0).bytes;
+    if (chunked) {
+      // Every layer's K and V are on the host, the last units' included: what
+      // the LP's per-unit share leaves out comes off the budget.
+      const int64_t swapped_units = memo_ ? std::max<int64_t>(0, in.layers - 2) : in.layers;
+      const double kv_host = kv_per_token * static_cast<double>(batch * seq_len * cfg.layers);
+      in.host_bytes -= std::max(0.0, kv_host - kv_per_token * static_cast<double>(batch * unit_tokens_ * swapped_units));
+    }
     if (memo_ && !options_.alpha) {
-      const auto t = measure_startup_times(model, batch, seq_len, in.fixed_bytes + in.rest_bytes);
+      const auto t = measure_startup_times(model, batch, unit_tokens_, in.fixed_bytes + in.rest_bytes);
       in.d2h_bytes_per_s = t.d2h_bytes_per_s;
       in.h2d_bytes_per_s = t.h2d_bytes_per_s;
       in.forward_s = t.forward_s;
@@ -66,7 +84,7 @@ class SwapPolicy final : public ActivationPolicy {
     }
     in.device_spare_bytes = options_.device_spare_bytes >= 0
                                 ? options_.device_spare_bytes
-                                : measure_spare_device(model, batch, seq_len, in.fixed_bytes + in.rest_bytes);
+                                : measure_spare_device(model, batch, unit_tokens_, in.fixed_bytes + in.rest_bytes);
     split_ = choose_split(in);
     // An explicit alpha with an explicit device share keeps that share resident.
     if (memo_ && options_.alpha && options_.device_spare_bytes > 0) add_resident(in);
@@ -75,12 +93,17 @@ class SwapPolicy final : public ActivationPolicy {
     // The store: rounding buffers and the host pool, each allocated once.
     store_.reset();  // a second prepare: the old buffers and pool go first
     std::map<Unit, UnitPlacement> placement;
-    for (int64_t i = 0; i < cfg.layers; ++i) {
-      const auto& l = split_.layers[static_cast<size_t>(i)];
-      placement[Unit{i}] = {l.swapped, l.offload_tokens, l.resident_tokens};
-    }
-    store_ = std::make_unique<ActivationStore>(cfg, batch, seq_len, model.options().compute_dtype, device_,
-                                               std::move(placement), in.host_bytes, options_.trace);
+    for (int64_t i = 0; i < cfg.layers; ++i)
+      for (int64_t c = 0; c < chunks_; ++c) {
+        const auto& l = split_.layers[static_cast<size_t>(i * chunks_ + c)];
+        const int64_t n = std::min(unit_tokens_, seq_len - c * unit_tokens_);  // a shorter last chunk
+        const int64_t host = std::min(l.offload_tokens, n);
+        placement[Unit{i, c}] = {l.swapped, host, std::min(l.resident_tokens, n - host), n};
+      }
+    KvPlacement kv;
+    if (chunked) kv = {cfg.layers, seq_len};
+    store_ = std::make_unique<ActivationStore>(cfg, batch, unit_tokens_, compute, device_, std::move(placement),
+                                               in.host_bytes, options_.trace, chunks_, kv);
   }
 
   std::vector<std::pair<std::string, std::string>> describe() const override {
@@ -97,8 +120,13 @@ class SwapPolicy final : public ActivationPolicy {
                        pct(split_.alpha).c_str(), pct(split_.resident).c_str(),
                        pct(1.0 - split_.alpha - split_.resident).c_str(), split_.alpha,
                        split_.limited_by.c_str())},
-        {"layers", strf("%lld of %lld swapped%s", (long long)swapped, (long long)split_.layers.size(),
-                        memo_ ? " (the last two stay in their rounding buffers)" : "")},
+        {"layers", chunks_ > 1
+                       ? strf("%lld of %lld units swapped (%lld chunks of %lld tokens per layer; K and V of every "
+                              "layer to the host)%s",
+                              (long long)swapped, (long long)split_.layers.size(), (long long)chunks_,
+                              (long long)unit_tokens_, memo_ ? "; the last two units stay in their rounding buffers" : "")
+                       : strf("%lld of %lld swapped%s", (long long)swapped, (long long)split_.layers.size(),
+                              memo_ ? " (the last two stay in their rounding buffers)" : "")},
         {"memory", strf("2 rounding buffers of %s on the device; host pool %s of a %s budget (%s)",
                         format_bytes(static_cast<double>(buffer_bytes)).c_str(),
                         format_bytes(static_cast<double>(host_bytes)).c_str(),
@@ -110,8 +138,9 @@ class SwapPolicy final : public ActivationPolicy {
                             : device_.is_cpu() ? "not pinned: CPU run" : "not pinned: built without MEMO_CUDA")},
     };
     if (inputs_.forward_s > 0)
-      out.push_back({"overlap", strf("per layer: copy-out %s vs forward %s, prefetch %s vs backward %s "
+      out.push_back({"overlap", strf("per %s: copy-out %s vs forward %s, prefetch %s vs backward %s "
                                      "(+ recompute %s); predicted exposed copy %s per step",
+                                     chunks_ > 1 ? "unit (one chunk)" : "layer",
                                      format_seconds(split_.copy_out_s).c_str(),
                                      format_seconds(inputs_.forward_s).c_str(),
                                      format_seconds(split_.copy_in_s).c_str(),
@@ -129,43 +158,56 @@ class SwapPolicy final : public ActivationPolicy {
     store().begin_step();
   }
 
-  const model::LayerActivations* forward_storage(int64_t index) override {
-    return store().forward_storage(Unit{index});
-  }
+  const model::LayerActivations* forward_storage(Unit u) override { return store().forward_storage(u); }
 
-  void save(int64_t index, model::LayerActivations&& acts) override {
-    store().save(Unit{index}, acts);
+  void save(Unit u, model::LayerActivations&& acts) override {
+    store().save(u, acts);
     note_held();
   }
 
-  model::LayerActivations restore(int64_t index, const LayerContext& ctx) override {
+  model::LayerActivations restore(Unit u, const LayerContext& ctx) override {
     auto& store = this->store();
-    const Unit unit{index};
+    const Unit unit = u;
     store.backward_reached(unit);
     model::LayerActivations acts;
     if (store.in_buffer(unit)) {
-      // Still in its rounding buffer from forward (the last layers).
+      // Still in its rounding buffer from forward (the last units).
       acts = store.take_from_buffer(unit);
     } else {
-      if (!store.placement(unit).swapped) throw Error(cat(name(), ": layer ", index, " lost its rounding buffer"));
+      if (!store.placement(unit).swapped)
+        throw Error(cat(name(), ": unit ", to_string(unit), " lost its rounding buffer"));
       if (!store.prefetched(unit)) store.prefetch(unit);
       acts = store.take_copied_in(unit);
-      // The dropped tokens, recomputed into the buffer (no attention).
+      // The dropped tokens, recomputed into the buffer (no attention), at the
+      // unit's positions.
       const int64_t kept = store.kept_tokens(unit);
-      if (kept < seq_len_) {
+      if (kept < store.unit_tokens(unit)) {
         TraceSpan span(options_.trace, Lane::Compute, "recompute ", unit, 0, store.engine().compute_stream());
-        ctx.layer.recompute_tokens(ctx.weights, ctx.rope, acts, kept);
+        ctx.layer.recompute_tokens(ctx.weights, ctx.rope, acts, kept, ctx.t0);
       }
     }
-    // Prefetch the next swapped layer below into its buffer, if that is free.
-    for (int64_t j = index - 1; j >= 0; --j) {
-      const Unit below{j};
+    // Prefetch the next swapped unit below into its buffer, if that is free.
+    for (Unit below = previous(unit); below.layer >= 0; below = previous(below)) {
       if (!store.placement(below).swapped || store.prefetched(below)) continue;
       if (store.in_buffer(below)) continue;  // still in its buffer
       if (store.buffer_free_for(below)) store.prefetch(below);
       break;
     }
+    // Chunked: the layer below's K and V come back while this layer's first chunk runs.
+    if (chunks_ > 1 && unit.chunk == 0 && unit.layer > 0 && !store.kv_prefetched(unit.layer - 1))
+      store.prefetch_kv(unit.layer - 1);
     return acts;
+  }
+
+  void save_kv(int64_t layer, at::Tensor kv) override {
+    if (chunks_ < 2) ActivationPolicy::save_kv(layer, std::move(kv));  // throws: not chunked
+    store().save_kv(layer, kv);
+    note_held();
+  }
+
+  at::Tensor restore_kv(int64_t layer, const LayerContext& ctx) override {
+    if (chunks_ < 2) return ActivationPolicy::restore_kv(layer, ctx);  // throws: not chunked
+    return store().take_kv(layer);
   }
 
   void end_step() override { store().end_step(); }
@@ -180,6 +222,9 @@ class SwapPolicy final : public ActivationPolicy {
     if (!store_) throw Error(cat(name(), ": used before prepare"));
     return *store_;
   }
+
+  // The unit before u in forward order (layer -1 after the first).
+  Unit previous(Unit u) const { return u.chunk > 0 ? Unit{u.layer, u.chunk - 1} : Unit{u.layer - 1, chunks_ - 1}; }
 
   // The LP's choice, or a HostMemoryError with the bytes needed and the
   // budget when even the smallest split this policy allows does not fit.
@@ -201,16 +246,18 @@ class SwapPolicy final : public ActivationPolicy {
     const int64_t swapped = memo_ ? std::max<int64_t>(0, in.layers - 2) : in.layers;
     if (swapped == 0) return;
     double frac = std::min(1.0 - split_.alpha, in.device_spare_bytes / (static_cast<double>(swapped) * in.rest_bytes));
-    auto res = static_cast<int64_t>(std::floor(frac * static_cast<double>(seq_len_)));
+    auto res = static_cast<int64_t>(std::floor(frac * static_cast<double>(unit_tokens_)));
     for (auto& l : split_.layers)
-      if (l.swapped) l.resident_tokens = std::min(res, seq_len_ - l.offload_tokens);
-    split_.resident = static_cast<double>(res) / static_cast<double>(seq_len_);
+      if (l.swapped) l.resident_tokens = std::min(res, unit_tokens_ - l.offload_tokens);
+    split_.resident = static_cast<double>(res) / static_cast<double>(unit_tokens_);
   }
 
   bool memo_;
   PolicyOptions options_;
   c10::Device device_ = c10::Device(c10::DeviceType::CPU);
   int64_t batch_ = 0, seq_len_ = 0;
+  int64_t unit_tokens_ = 0;  // tokens of a unit: seq_len_, or a chunk's
+  int64_t chunks_ = 1;       // units per layer
   plan::SplitInputs inputs_;
   plan::SplitChoice split_;
   std::unique_ptr<ActivationStore> store_;

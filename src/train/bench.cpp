@@ -17,6 +17,7 @@
 #include "model/llama.h"
 #include "runtime/policy.h"
 #include "runtime/trace.h"
+#include "train/chunking.h"
 #include "train/data.h"
 #include "train/fit_check.h"
 #include "train/flops.h"
@@ -75,7 +76,7 @@ struct BenchContext {
 // The untimed first step: warm-up, the row's loss, and its gradients
 // compared with keep's (keep's kept for the later rows).
 void first_step(const BenchContext& c, model::LlamaModel& model, runtime::ActivationPolicy& policy, BenchRow& row) {
-  row.loss = forward_backward(model, policy, c.batch, 1.0, c.options.run.loss_chunk).mean();
+  row.loss = forward_backward(model, policy, c.batch, 1.0, c.options.run.loss_chunk, nullptr, row.chunk_tokens).mean();
   memory::synchronize(c.ex.device);
   auto grads = copy_grads(model);
   if (c.keep_grads) {
@@ -94,7 +95,7 @@ memory::PlannedAllocator* arm_planned_memory(const BenchContext& c, model::Llama
   auto* planner = memory::PlannedAllocator::instance();
   planner->start_recording();
   planner->begin_step();
-  forward_backward(model, policy, c.batch, 1.0, c.options.run.loss_chunk);
+  forward_backward(model, policy, c.batch, 1.0, c.options.run.loss_chunk, nullptr, row.chunk_tokens);
   model.zero_grads();
   planner->end_step();
   auto p = plan_profiled_step(planner->stop_recording(), planner->alignment());
@@ -119,7 +120,8 @@ void timed_steps(const BenchContext& c, model::LlamaModel& model, runtime::Activ
     if (planner) planner->begin_step();
     const auto before = memory::memory_stats(c.ex.device);
     const auto t0 = std::chrono::steady_clock::now();
-    forward_backward(model, policy, c.batch, 1.0, c.options.run.loss_chunk, tracing ? &trace : nullptr);
+    forward_backward(model, policy, c.batch, 1.0, c.options.run.loss_chunk, tracing ? &trace : nullptr,
+                     row.chunk_tokens);
     memory::synchronize(c.ex.device);
     const auto after = memory::memory_stats(c.ex.device);
     row.device_mallocs_per_step = after.device_mallocs - before.device_mallocs;
@@ -134,7 +136,8 @@ void timed_steps(const BenchContext& c, model::LlamaModel& model, runtime::Activ
   }
   if (!c.options.trace.empty()) {
     trace.flush();
-    trace.write(c.options.trace + "." + row.policy + ".json");
+    trace.write(c.options.trace + "." + row.policy + (row.chunk_tokens > 0 ? ".c" + std::to_string(row.chunk_tokens) : "") +
+                ".json");
   }
   std::sort(times.begin(), times.end());
   row.step_s = times[times.size() / 2];
@@ -156,8 +159,10 @@ void run_row(const BenchContext& c, BenchRow& row) {
   if (o.alpha >= 0) po.alpha = o.alpha;
   po.host_memory_bytes = c.host_budget_bytes;
   po.trace = &trace;
+  po.chunk_tokens = row.chunk_tokens;
   auto policy = runtime::make_policy(row.policy, po);
   policy->prepare(model, o.batch, o.seq_len);
+  const int64_t allocated_before_steps = memory::memory_stats(c.ex.device).allocated;
   row.alpha = policy->alpha();
   row.host_pinned_bytes = policy->host_pinning().bytes;
   row.pin_seconds = policy->host_pinning().seconds;
@@ -169,6 +174,14 @@ void run_row(const BenchContext& c, BenchRow& row) {
   row.peak_allocated_bytes = mem.peak_allocated;
   row.peak_reserved_bytes = mem.peak_reserved;
   row.host_bytes = policy->peak_held().host;
+  MemorySplitInputs split;
+  split.peak_bytes = row.peak_allocated_bytes;
+  split.allocated_before_step = allocated_before_steps;
+  split.buffer_bytes = policy->buffer_bytes();
+  split.policy_peak_bytes = policy->peak_held().device;
+  split.tokens = o.batch * o.seq_len;
+  split.chunked = row.chunk_tokens > 0;
+  row.peak_split = split_peak(split, c.cfg, c.ex.compute_dtype);
   if (c.ex.peak_flops > 0) row.mfu = c.flops / (row.step_s * c.ex.peak_flops);
   if (planner) planner->disarm();
 }
@@ -268,24 +281,35 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
   const BenchContext context{options, cfg, ex, batch, model_flops_per_step(cfg, o.batch, o.seq_len),
                              budget.bytes, keep_grads, progress};
 
+  // --chunk-tokens: every setting under every policy, a policy's rows side by side.
+  const auto settings = parse_chunk_tokens(o.chunk_tokens);
+  ChunkContext chunk_context{cfg, o.batch, o.seq_len, "keep", ex.device, ex.compute_dtype, o.sp};
+  if (std::any_of(settings.begin(), settings.end(), [](const ChunkSetting& s) { return s.automatic; }))
+    chunk_context.device_bytes = measure_memory(fit_request(o, cfg, ex.device, ex.compute_dtype)).device;
+
   std::vector<BenchRow> rows;
   std::optional<double> keep_time;
   for (const auto& name : options.policies) {
-    BenchRow row;
-    row.policy = name;
-    // Rows do not see each other: the last row's model and policy are gone
-    // (they lived in run_row), its cached blocks go back to the device and
-    // the peaks restart from what is live now (the batch, nothing else).
-    memory::release_cached_memory(ex.device);
-    memory::reset_peak_memory(ex.device);
-    const auto fit = std::find_if(fits.begin(), fits.end(), [&](const PolicyFit& f) { return f.policy == name; });
-    run_row_or_status(context, fit != fits.end() ? &*fit : nullptr, row);
-    if (row.status != "ok")
-      record_stopped_row(context, row);
-    else if (name == "keep" && !keep_time)
-      keep_time = row.step_s;
-    reset_planner(options);
-    rows.push_back(row);
+    for (const auto& setting : settings) {
+      BenchRow row;
+      row.policy = name;
+      row.chunk_setting = setting.text();
+      chunk_context.policy = name;
+      row.chunk_tokens = resolve_chunk_tokens(setting, chunk_context);
+      // Rows do not see each other: the last row's model and policy are gone
+      // (they lived in run_row), its cached blocks go back to the device and
+      // the peaks restart from what is live now (the batch, nothing else).
+      memory::release_cached_memory(ex.device);
+      memory::reset_peak_memory(ex.device);
+      const auto fit = std::find_if(fits.begin(), fits.end(), [&](const PolicyFit& f) { return f.policy == name; });
+      run_row_or_status(context, fit != fits.end() ? &*fit : nullptr, row);
+      if (row.status != "ok")
+        record_stopped_row(context, row);
+      else if (name == "keep" && !keep_time)
+        keep_time = row.step_s;
+      reset_planner(options);
+      rows.push_back(row);
+    }
   }
   for (auto& r : rows)
     if (keep_time && r.status == "ok") r.ratio_to_keep = r.step_s / *keep_time;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "memory/host_pool.h"
+#include "train/memory_split.h"
 #include "train/options.h"
 
 namespace memo::train {
@@ -26,6 +27,8 @@ struct BenchOptions {
 
 struct BenchRow {
   std::string policy;
+  std::string chunk_setting = "0";  // the --chunk-tokens value of this row ("0", "C", "auto")
+  int64_t chunk_tokens = 0;         // tokens per layer chunk as run; 0: whole layers
   // ok; host-memory (the host pool does not fit the budget, or could not be
   // mapped or pinned); oom (out of device memory); error (any other failure
   // of this row). A row that is not ok has a `message`, and the figures known
@@ -48,6 +51,7 @@ struct BenchRow {
   std::optional<int64_t> arena_bytes;       // with planned memory
   std::optional<int64_t> plan_fallbacks;    // requests the plan did not expect, over the timed steps
   int64_t device_mallocs_per_step = 0;      // calls that reached the device malloc in the last timed step
+  MemorySplit peak_split;                   // peak_allocated_bytes by purpose (train/memory_split.h)
 
   // Reserved but unallocated at the peak, as a share of reserved.
   double fragmentation() const {

@@ -96,25 +96,41 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
   }
   const double x = skeletal.front().bytes;
   const double n = static_cast<double>(c.layers);
+  // Chunked layers (docs/chunks.md): a unit is one chunk of a layer; K and V
+  // of a layer [B, S, 2 nkv d] and their accumulators span the sequence.
+  const bool chunked = r.chunk_tokens > 0 && r.chunk_tokens < r.seq_len;
+  plan::PlanInputs unit_in = in;
+  if (chunked) unit_in.seq_len = r.chunk_tokens;
+  const auto unit_skeletal = chunked ? plan::skeletal_bytes(unit_in) : skeletal;
+  double unit_skel = 0, unit_fixed = 0, unit_rest = 0;
+  for (const auto& t : unit_skeletal) {
+    unit_skel += t.bytes;
+    (t.always_offloaded ? unit_fixed : unit_rest) += t.bytes;
+  }
+  const double units = chunked ? n * static_cast<double>((r.seq_len + r.chunk_tokens - 1) / r.chunk_tokens) : n;
+  const double kv = chunked ? static_cast<double>(tokens * 2 * c.kv_heads * c.head_dim * cb) : 0.0;  // one layer's K, V
+  const double kv_grads = chunked ? kv / static_cast<double>(cb) * std::max<double>(4.0, static_cast<double>(cb)) : 0.0;
 
   FitEstimate e;
   e.weights = P * 4.0 + (r.compute_dtype == c10::ScalarType::Float ? 0.0 : P * static_cast<double>(cb));
   e.grads = P * 4.0;
   e.optimizer = r.optimizer ? P * 8.0 : 0.0;
-  if (r.policy == "keep") e.activations = n * skel;
-  else if (r.policy == "recompute") e.activations = n * x + skel;
-  else if (is_swap(r.policy)) e.activations = 2.0 * skel;  // the two rounding buffers
-  else e.activations = skel;                                 // eval: one layer's forward at a time
-  if (r.policy == "offload") e.pool = n * skel;
-  if (r.policy == "memo") e.pool = std::max(0.0, n - 2.0) * (fixed + r.alpha.value_or(0.0) * rest);
-  // The largest of the phases' temporaries: a layer's backward with the loss
-  // chunk, plus four hidden-width tensors (a layer's input and output and,
-  // under offload and memo, the inputs held while their copies run: measured
-  // on CPU, tests/test_fit_check.cpp); the optimizer step; on the CPU,
+  if (r.policy == "keep") e.activations = n * (skel + kv);
+  else if (r.policy == "recompute") e.activations = n * x + unit_skel + kv;
+  else if (is_swap(r.policy)) e.activations = 2.0 * unit_skel + kv;  // the two rounding buffers (and K, V in flight)
+  else e.activations = unit_skel + kv;                                // eval: one unit's forward at a time
+  if (r.policy == "offload") e.pool = n * (skel + kv);
+  if (r.policy == "memo")
+    e.pool = std::max(0.0, units - 2.0) * (unit_fixed + r.alpha.value_or(0.0) * unit_rest) + n * kv;
+  // The largest of the phases' temporaries: a layer's (a chunk's) backward
+  // with the loss chunk, plus four hidden-width tensors (a layer's input and
+  // output and, under offload and memo, the inputs held while their copies
+  // run: measured on CPU, tests/test_fit_check.cpp), with chunks K, V and
+  // their accumulators; the optimizer step; on the CPU,
   // initialisation (float64 draws); plus the
   // batch (int64 tokens, targets and their window), the loss's per-token
   // targets, masks and statistics, and the RoPE table.
-  const double backward = plan::transient_bytes(in, skeletal) + 4.0 * x;
+  const double backward = plan::transient_bytes(unit_in, unit_skeletal) + 4.0 * x + kv + kv_grads;
   // Fused AdamW and the multi-tensor norm allocate nothing parameter-sized;
   // a bf16 run refreshes its compute copy per tensor.
   const double optimizer_tmp = r.command == "train" ? largest * 4.0 : 0.0;  // bench and eval take no step

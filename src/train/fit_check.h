@@ -35,6 +35,7 @@ struct FitRequest {
   c10::ScalarType compute_dtype = c10::ScalarType::Float;
   bool optimizer = true;        // AdamW moments (train; bench and eval have none)
   std::string command = "train";  // for messages: "train", "bench", "eval"
+  int64_t chunk_tokens = 0;     // tokens per layer chunk as run (train/chunking.h); 0: whole layers
 };
 
 // What the machine has, in bytes.

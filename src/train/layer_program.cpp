@@ -13,6 +13,19 @@ at::Tensor LayerProgram::forward(at::Tensor x, const TokenPositions& pos,
   auto& weights = parts_.weights;
   if (parts_.layers > 0) weights.prefetch(0);
   for (int64_t i = 0; i < parts_.layers; ++i) {
+    if (chunked(x.size(1))) {
+      const auto& w = weights.acquire(i);
+      if (i + 1 < parts_.layers) weights.prefetch(i + 1);
+      at::Tensor y;
+      {
+        runtime::TraceSpan span(parts_.trace, runtime::Lane::Compute, "fwd ", i);
+        memory::RegionScope region("layer_fwd");
+        y = forward_layer_chunks(i, w, pos, x, policy);
+      }
+      weights.release(i);
+      x = std::move(y);
+      continue;
+    }
     model::LayerActivations acts;
     if (policy)
       if (const auto* storage = policy->forward_storage(i)) acts = *storage;  // a rounding buffer
@@ -43,7 +56,17 @@ at::Tensor LayerProgram::backward(at::Tensor dy, const TokenPositions& pos,
     const auto& w = weights.acquire(i);
     if (i > 0) weights.prefetch(i - 1);
     auto& g = grads.layers[static_cast<size_t>(i)];
-    auto acts = policy.restore(i, runtime::LayerContext{parts_.layer, w, local_rope});
+    if (chunked(S)) {
+      {
+        runtime::TraceSpan span(parts_.trace, runtime::Lane::Compute, "bwd ", i);
+        memory::RegionScope region("layer_bwd");
+        dy = backward_layer_chunks(i, w, g, pos, dy, policy);
+      }
+      weights.release(i);
+      if (parts_.on_layer_gradients) parts_.on_layer_gradients(i, g);
+      continue;
+    }
+    auto acts = policy.restore(i, runtime::LayerContext{parts_.layer, w, local_rope, {}, 0, 0});
     {
       runtime::TraceSpan span(parts_.trace, runtime::Lane::Compute, "bwd ", i);
       memory::RegionScope region("layer_bwd");

@@ -46,6 +46,10 @@ struct LayerProgramParts {
   runtime::StageExchange& exchange;
   runtime::TraceRecorder* trace = nullptr;  // each layer's forward and backward as a compute span
   LayerGradientsHook on_layer_gradients;    // may be empty
+  // Tokens per chunk (docs/chunks.md, train/chunk_program.cpp): each layer
+  // runs over chunks of this many local tokens when it is below the
+  // sequence; 0 (or >= the sequence): whole layers, as before.
+  int64_t chunk_tokens = 0;
 };
 
 class LayerProgram {
@@ -73,6 +77,19 @@ class LayerProgram {
   at::Tensor backward_layer(const model::LayerWeights& w, model::LayerWeights& grads,
                             const TokenPositions& pos, const model::LayerActivations& acts,
                             const at::Tensor& dy);
+
+  // Whether a sequence of `tokens` local tokens runs in chunks.
+  bool chunked(int64_t tokens) const { return parts_.chunk_tokens > 0 && parts_.chunk_tokens < tokens; }
+  // Layer `index`'s forward chunk by chunk (train/chunk_program.cpp): each
+  // chunk's skeletal set to the policy as unit {index, chunk}, the layer's
+  // K and V [B, S, 2 nkv d] after the last chunk; returns y [B, S, h].
+  at::Tensor forward_layer_chunks(int64_t index, const model::LayerWeights& w, const TokenPositions& pos,
+                                  const at::Tensor& x, runtime::ActivationPolicy* policy);
+  // Layer `index`'s backward chunk by chunk, last to first: dy -> dx
+  // [B, S, h], gradients added into `grads`.
+  at::Tensor backward_layer_chunks(int64_t index, const model::LayerWeights& w, model::LayerWeights& grads,
+                                   const TokenPositions& pos, const at::Tensor& dy,
+                                   runtime::ActivationPolicy& policy);
 
  private:
   LayerProgramParts parts_;

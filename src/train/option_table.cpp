@@ -10,6 +10,7 @@
 #include "core/json.h"
 #include "core/units.h"
 #include "runtime/policy.h"
+#include "train/chunking.h"
 
 namespace memo::train {
 
@@ -205,6 +206,18 @@ std::vector<OptionSpec> build_table() {
           out["host_memory_budget_source"] = r.host_budget_source;
         })
         .cache_key(),
+    option("--chunk-tokens", &O::chunk_tokens,
+           "Run each layer over token chunks of C tokens (docs/chunks.md): 0 whole layers; C >= seq_len one chunk; "
+           "auto the largest chunk the memory model fits on the device. Exact (the same gradients up to rounding); "
+           "keep and recompute run chunked")
+        .bench("Chunk sizes to compare, comma-separated (0: whole layers, C, auto): one row per policy and chunk")
+        .check(ValueCheck<std::string>([](const std::string& v, const std::string&) { (void)parse_chunk_tokens(v); }))
+        .example("64").header("chunks")
+        .json([](nlohmann::json& out, const O&, const ResolvedRun& r) { out["chunk_tokens"] = r.chunk_tokens; })
+        // Only when chunked, so that the keys of the plans cached before the option stay as they were.
+        .cache_key([](nlohmann::json& out, const O& o, const ResolvedRun&) {
+          if (o.chunk_tokens != "0") out["chunk_tokens"] = o.chunk_tokens;
+        }),
     option("--lr", &O::lr, "Peak learning rate")
         .check(number([](double v) { return v > 0; }, "> 0")).example("0.001").json().header("optimizer").resume(),
     option("--min-lr-ratio", &O::min_lr_ratio, "Final learning rate as a fraction of --lr")
@@ -339,6 +352,13 @@ const std::vector<HeaderLine>& fixed_header_lines() {
          return strf("%s for the host pool, from %s",
                      r.host_budget_bytes > 0 ? format_bytes(r.host_budget_bytes).c_str() : "no limit",
                      r.host_budget_source.c_str());
+       }},
+      {"chunks", [](const TrainOptions& o, const ResolvedRun& r) -> Text {
+         if (r.chunk_tokens <= 0) return strf("whole layers (--chunk-tokens %s)", o.chunk_tokens.c_str());
+         const int64_t chunks = (o.seq_len + r.chunk_tokens - 1) / r.chunk_tokens;
+         return strf("%lld tokens per chunk, %lld chunks per layer (--chunk-tokens %s); whole-sequence tensors "
+                     "on the device: %s",
+                     (long long)r.chunk_tokens, (long long)chunks, o.chunk_tokens.c_str(), r.whole_sequence.c_str());
        }},
       {"device", [](const TrainOptions&, const ResolvedRun& r) -> Text {
          return strf("%s, compute %s, master float32, attention %s", r.device.c_str(), r.compute_dtype.c_str(),

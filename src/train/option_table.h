@@ -40,6 +40,8 @@ struct ResolvedRun {
   // Known once the policy, model and data exist (not needed by the cache key):
   std::string policy;             // the policy's own name
   std::optional<double> alpha;    // the policy's alpha (memo: chosen by the LP when --alpha < 0)
+  int64_t chunk_tokens = 0;       // tokens per layer chunk as run; 0: whole layers (train/chunking.h)
+  std::string whole_sequence;     // the whole-sequence tensors of a chunked layer, bytes per token
   double host_budget_bytes = 0;   // what offload/memo's host pool may use ...
   std::string host_budget_source; // ... and where that figure comes from
   std::string attention_kernel;

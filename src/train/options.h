@@ -24,6 +24,8 @@ struct TrainOptions {
   std::string policy = "keep";
   double alpha = -1.0;            // memo: offloaded fraction; < 0 = chosen by the LP
   double host_memory_gib = 0.0;   // host pool budget for offload/memo; 0 = memory::host_budget's default
+  std::string chunk_tokens = "0"; // tokens per layer chunk (docs/chunks.md): "0" whole layers, "C", "auto";
+                                  // bench: a comma-separated list (train/chunking.h)
   // optimisation
   double lr = 3e-3;
   double min_lr_ratio = 0.1;

@@ -48,9 +48,10 @@ struct SingleDeviceProgram {
   LayerProgram program;
   TokenPositions positions;
 
-  SingleDeviceProgram(model::LlamaModel& model, int64_t seq_len, runtime::TraceRecorder* trace)
+  SingleDeviceProgram(model::LlamaModel& model, int64_t seq_len, runtime::TraceRecorder* trace,
+                      int64_t chunk_tokens = 0)
       : weights(model.compute()),
-        program({model.layer(), model.config().layers, weights, exchange, trace, {}}),
+        program({model.layer(), model.config().layers, weights, exchange, trace, {}, chunk_tokens}),
         positions{model.rope(seq_len), 0} {}
 };
 
@@ -58,13 +59,13 @@ struct SingleDeviceProgram {
 
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
                          const MicroBatch& batch, double grad_weight, int64_t loss_chunk,
-                         runtime::TraceRecorder* trace) {
+                         runtime::TraceRecorder* trace, int64_t chunk_tokens) {
   check_batch(model, batch);
   const auto& cfg = model.config();
   const auto& w = model.compute();
   auto& g = model.grads();
   const int64_t B = batch.tokens.size(0), S = batch.tokens.size(1);
-  SingleDeviceProgram run(model, S, trace);
+  SingleDeviceProgram run(model, S, trace, chunk_tokens);
 
   // Forward. Regions mark the profiler's level-1 units (memory/planned_allocator.h).
   at::Tensor x;

@@ -29,9 +29,12 @@ struct LossSum {
 // Nothing here waits for the device when batch.supervised is set (or the
 // targets are on the CPU).
 // With `trace`, each layer's forward and backward becomes a compute span.
+// chunk_tokens: each layer runs over token chunks of this size when it is
+// below the sequence (docs/chunks.md; the policy must have been made with the
+// same PolicyOptions::chunk_tokens); 0: whole layers.
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
                          const MicroBatch& batch, double grad_weight, int64_t loss_chunk = 0,
-                         runtime::TraceRecorder* trace = nullptr);
+                         runtime::TraceRecorder* trace = nullptr, int64_t chunk_tokens = 0);
 
 // Forward only: the final norm's output [B, S, h] (the lm head's input) for
 // tokens [B, S] on the model's device; nothing saved.

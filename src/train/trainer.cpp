@@ -13,6 +13,7 @@
 #include "memory/device_memory.h"
 #include "model/hf_checkpoint.h"
 #include "train/checkpoint.h"
+#include "train/chunking.h"
 #include "train/fit_check.h"
 #include "memory/planned_allocator.h"
 #include "train/flops.h"
@@ -64,6 +65,7 @@ Trainer::Trainer(const TrainOptions& options) : options_(options) {
   build_model();
   build_optimizer_and_prepare_policy();
   load_starting_weights();
+  allocated_before_steps_ = memory::memory_stats(device_).allocated;  // the static part of the peak split
 }
 
 // The model's shape, the device, the compute dtype and the attention kernel
@@ -95,11 +97,21 @@ void Trainer::make_policy_and_check_fit() {
   host_budget_ = memory::host_budget(options_.host_memory_gib);
   po.host_memory_bytes = host_budget_.bytes;
   po.trace = trace_.get();
+  // --chunk-tokens: auto from the memory model for this device's memory (train/chunking.h).
+  const auto chunking = parse_one_chunk_setting(options_.chunk_tokens);
+  ChunkContext cc{config_, options_.batch, options_.seq_len, options_.policy, device_, compute_dtype_, options_.sp};
+  if (chunking.automatic) cc.device_bytes = measure_memory(fit_request(options_, config_, device_, compute_dtype_)).device;
+  chunk_tokens_ = resolve_chunk_tokens(chunking, cc);
+  po.chunk_tokens = chunk_tokens_;
   policy_ = runtime::make_policy(options_.policy, po);
   // A directory given as --model must hold weights; then the run's memory
   // estimate against the machine's, before anything is allocated (fit_check.h).
   if (options_.resume.empty()) model::require_hf_weights_in_directory(options_.model);
-  if (options_.memory_check) check_fit(fit_request(options_, config_, device_, compute_dtype_));
+  if (options_.memory_check) {
+    auto request = fit_request(options_, config_, device_, compute_dtype_);
+    request.chunk_tokens = chunk_tokens_;
+    check_fit(request);
+  }
 }
 
 // The synthetic task, or a token file.
@@ -184,6 +196,8 @@ ResolvedRun Trainer::resolved_run() const {
   r.compute_dtype = dtype_name(compute_dtype_);
   r.policy = policy_->name();
   r.alpha = policy_->alpha();
+  r.chunk_tokens = chunk_tokens_;
+  r.whole_sequence = describe_whole_sequence(config_, compute_dtype_);
   r.host_budget_bytes = host_budget_.bytes;
   r.host_budget_source = host_budget_.source;
   r.attention_kernel = model::attention_kernel_name(model_->layer().kernel());
@@ -268,7 +282,7 @@ LossSum Trainer::accumulate_gradients(bool tracing, TrainSummary& summary) {
     // the optimizer nothing waits for the device.
     auto batch = to_device(data_->next(o.batch, o.seq_len), device_);
     total.add(forward_backward(*model_, *policy_, batch, 1.0 / static_cast<double>(o.grad_accum),
-                               loss_chunk_, tracing ? trace_.get() : nullptr));
+                               loss_chunk_, tracing ? trace_.get() : nullptr, chunk_tokens_));
     summary.peak_activation_bytes =
         std::max(summary.peak_activation_bytes, policy_->peak_held().device);
     summary.host_bytes = std::max(summary.host_bytes, policy_->peak_held().host);
@@ -341,6 +355,14 @@ TrainSummary Trainer::summarize(RunTotals& totals) const {
   for (size_t i = losses.size() - tail; i < losses.size(); ++i) acc += losses[i];
   summary.final_loss = acc / static_cast<double>(tail);
   summary.tokens_per_s = static_cast<double>(tokens_per_step() * totals.timed_steps) / totals.timed_seconds;
+  MemorySplitInputs split;
+  split.peak_bytes = summary.peak_device_bytes;
+  split.allocated_before_step = allocated_before_steps_;
+  split.buffer_bytes = policy_->buffer_bytes();
+  split.policy_peak_bytes = summary.peak_activation_bytes;
+  split.tokens = options_.batch * options_.seq_len;
+  split.chunked = chunk_tokens_ > 0;
+  summary.peak_split = split_peak(split, config_, compute_dtype_);
   if (peak_flops_ > 0 && device_.is_cuda())
     summary.mfu = flops_per_step() * static_cast<double>(totals.timed_steps) / (totals.timed_seconds * peak_flops_);
   return summary;
@@ -368,6 +390,7 @@ nlohmann::json to_json(const TrainSummary& s) {
           {"peak_device_bytes", s.peak_device_bytes},
           {"peak_activation_bytes", s.peak_activation_bytes},
           {"host_bytes", s.host_bytes},
+          {"peak_split", to_json(s.peak_split)},
           {"no_context_loss", json_or_null(s.no_context_loss)},
           {"memory_plan", to_json(s.memory_plan)}};
 }

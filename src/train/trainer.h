@@ -18,6 +18,7 @@
 #include "runtime/trace.h"
 #include "train/data.h"
 #include "train/memory_planning.h"
+#include "train/memory_split.h"
 #include "train/optimizer.h"
 #include "train/option_table.h"
 #include "train/options.h"
@@ -47,6 +48,7 @@ struct TrainSummary {
   int64_t peak_device_bytes = 0;
   int64_t peak_activation_bytes = 0;  // held by the policy between forward and backward
   int64_t host_bytes = 0;             // pinned host memory the policy holds
+  MemorySplit peak_split;             // peak_device_bytes by purpose (train/memory_split.h)
   std::optional<double> no_context_loss;
   MemoryPlanReport memory_plan;  // with --planned-memory
 };
@@ -108,6 +110,8 @@ class Trainer {
   double peak_flops_ = 0.0;
   int64_t log_every_ = 1;
   int64_t loss_chunk_ = 1;  // tokens per cross-entropy chunk (--loss-chunk, or from the device's budget)
+  int64_t chunk_tokens_ = 0;  // tokens per layer chunk (--chunk-tokens resolved; 0: whole layers)
+  int64_t allocated_before_steps_ = 0;  // device bytes allocated when the constructor ends
   std::unique_ptr<model::LlamaModel> model_;
   std::unique_ptr<runtime::ActivationPolicy> policy_;
   std::unique_ptr<DataSource> data_;

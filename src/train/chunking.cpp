@@ -1,0 +1,110 @@
+// --chunk-tokens: parsing, resolution (auto from plan/chunk_plan.h) and the
+// whole-sequence tensors of the run header.
+#include "train/chunking.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include "core/error.h"
+#include "core/units.h"
+#include "plan/chunk_plan.h"
+#include "plan/hardware.h"
+#include "train/loss.h"
+
+namespace memo::train {
+
+namespace {
+
+constexpr const char* kExpected =
+    "expected a chunk of at least 1 token, 0 for whole layers (no chunks), or auto";
+
+ChunkSetting parse_value(const std::string& value) {
+  if (value == "auto") return {true, 0};
+  bool digits = !value.empty() && value.size() <= 18;
+  for (size_t i = 0; i < value.size() && digits; ++i)
+    digits = std::isdigit(static_cast<unsigned char>(value[i])) || (i == 0 && value[i] == '-' && value.size() > 1);
+  require_input(digits, "--chunk-tokens '", value, "': ", kExpected);
+  const int64_t tokens = std::stoll(value);
+  require_input(tokens >= 0, "--chunk-tokens ", tokens, ": ", kExpected);
+  return {false, tokens};
+}
+
+// The plan inputs of the run (one device per replica), its device's memory.
+plan::PlanInputs plan_inputs(const ChunkContext& ctx) {
+  plan::PlanInputs in;
+  in.model = model::to_plan_shape(ctx.config);
+  in.seq_len = ctx.seq_len;
+  in.batch = ctx.batch;
+  in.compute_bytes = static_cast<int>(c10::elementSize(ctx.compute_dtype));
+  in.master_bytes = 4;
+  in.hardware = plan::hardware_preset("h200-141gb");
+  in.hardware.name = ctx.device.str();
+  in.hardware.device_bytes = ctx.device_bytes;
+  in.hardware.gpus_per_host = 1;
+  if (ctx.device.is_cpu()) in.hardware.reserve_bytes = 64.0 * 1024 * 1024;  // no CUDA context
+  const int64_t loss_chunk =
+      default_loss_chunk(ctx.config.vocab_size, ctx.compute_dtype, default_loss_budget(ctx.device));
+  in.loss_chunk_bytes = static_cast<double>(std::min(loss_chunk, ctx.batch * ctx.seq_len)) *
+                        static_cast<double>(loss_bytes_per_token(ctx.config.vocab_size, ctx.compute_dtype));
+  return in;
+}
+
+}  // namespace
+
+std::vector<ChunkSetting> parse_chunk_tokens(const std::string& text) {
+  std::vector<ChunkSetting> out;
+  size_t begin = 0;
+  while (true) {
+    const size_t comma = text.find(',', begin);
+    out.push_back(parse_value(text.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin)));
+    if (comma == std::string::npos) break;
+    begin = comma + 1;
+  }
+  return out;
+}
+
+ChunkSetting parse_one_chunk_setting(const std::string& text) {
+  const auto all = parse_chunk_tokens(text);
+  require_input(all.size() == 1, "--chunk-tokens '", text,
+                "': train takes one chunk size (a list compares chunk sizes in `memo bench`)");
+  return all.front();
+}
+
+int64_t resolve_chunk_tokens(const ChunkSetting& setting, const ChunkContext& ctx) {
+  if (!setting.automatic && (setting.tokens == 0 || setting.tokens >= ctx.seq_len)) return 0;
+  require_input(ctx.sp == 1, "--chunk-tokens ", setting.text(),
+                " with --sp ", ctx.sp, ": chunked layers under sequence parallelism are not built yet "
+                "(--chunk-tokens 0, or --sp 1)");
+  if (!setting.automatic) return setting.tokens;
+  // auto: the largest chunk the memory model says fits; a unit of 1024
+  // tokens, or an eighth of a short sequence.
+  const auto in = plan_inputs(ctx);
+  const int64_t unit = std::clamp<int64_t>(ctx.seq_len / 8, 1, 1024);
+  const int64_t chunk = plan::auto_chunk_tokens(in, ctx.policy, unit);
+  require_input(chunk > 0, "--chunk-tokens auto: not even a chunk of ", unit, " tokens fits ",
+                format_bytes(ctx.device_bytes), " of ", ctx.device.str(), " at batch ", ctx.batch, " x seq_len ",
+                ctx.seq_len, " under ", ctx.policy, " (the memory model of docs/chunks.md)");
+  return chunk >= ctx.seq_len ? 0 : chunk;
+}
+
+std::vector<WholeSequenceTensor> whole_sequence_tensors(const model::ModelConfig& c, c10::ScalarType compute) {
+  const int64_t cb = static_cast<int64_t>(c10::elementSize(compute));
+  const int64_t sb = std::max<int64_t>(4, cb);  // the statistics dtype
+  const int64_t kv = 2 * c.kv_heads * c.head_dim;
+  // The same list as plan/chunk_plan.cpp's evaluate (without the policy's own part).
+  return {{"hidden state (layer input and output; dy and dx)", 2 * c.hidden * cb},
+          {"K and V of the layer", kv * cb},
+          {"dK and dV accumulators", kv * sb}};
+}
+
+std::string describe_whole_sequence(const model::ModelConfig& c, c10::ScalarType compute) {
+  std::string out;
+  int64_t total = 0;
+  for (const auto& t : whole_sequence_tensors(c, compute)) {
+    out += (out.empty() ? "" : ", ") + t.name + " " + format_bytes(static_cast<double>(t.bytes_per_token));
+    total += t.bytes_per_token;
+  }
+  return out + " = " + format_bytes(static_cast<double>(total)) + " per token";
+}
+
+}  // namespace memo::train

@@ -1,0 +1,53 @@
+// The peak device memory of a run split by purpose (docs/chunks.md, "The
+// memory report"): weights and optimizer state, whole-sequence tensors, chunk
+// buffers and transients. How each part is found:
+//   static          the device bytes allocated before the first step (the
+//                   memory meter / the device allocator's statistics) less the
+//                   policy's rounding buffers, which prepare allocated then;
+//   chunk buffers   the policy's rounding buffers (offload, memo; 0 otherwise);
+//   whole sequence  from the shapes, the hidden state across a layer boundary
+//                   (x and y, dy and dx) and, with chunked layers, K and V of
+//                   a layer and their accumulators (train/chunking.h), plus
+//                   what the policy held at its peak beyond its buffers (keep:
+//                   every skeletal set; recompute: the layer inputs; offload,
+//                   memo: inputs in flight and resident tokens);
+//   transients      the rest of the measured peak (one layer's or one chunk's
+//                   working set, the loss chunk, allocator rounding).
+// The first and the peak are measured; the whole-sequence part is computed,
+// so the transients are what the measurement leaves (clamped at 0).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <string>
+
+#include "model/config.h"
+
+namespace memo::train {
+
+struct MemorySplit {
+  int64_t static_bytes = 0;
+  int64_t whole_sequence_bytes = 0;
+  int64_t chunk_buffer_bytes = 0;
+  int64_t transient_bytes = 0;
+};
+
+struct MemorySplitInputs {
+  int64_t peak_bytes = 0;             // the measured peak of the run (or the row)
+  int64_t allocated_before_step = 0;  // measured before the first step
+  int64_t buffer_bytes = 0;           // the policy's rounding buffers
+  int64_t policy_peak_bytes = 0;      // the most the policy held on the device (buffers included)
+  int64_t tokens = 0;                 // batch x seq_len of a micro-batch
+  bool chunked = false;               // layers ran over chunks
+};
+
+MemorySplit split_peak(const MemorySplitInputs& in, const model::ModelConfig& c, c10::ScalarType compute);
+
+nlohmann::json to_json(const MemorySplit& s);
+// "static 1.2 GiB, whole-sequence 300 MiB, chunk buffers 20 MiB, transients 90 MiB".
+std::string describe(const MemorySplit& s);
+
+}  // namespace memo::train

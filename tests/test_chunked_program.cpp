@@ -1,0 +1,259 @@
+// The per-layer program over token chunks (train/chunk_program.cpp,
+// docs/chunks.md): in float64 a chunked step gives the unchunked step's loss
+// and gradients within 1e-10, step after step, under every policy that runs
+// chunked, for chunks that do and do not divide the sequence, GQA, batch > 1
+// and 1 to 3 layers; a chunk of at least the sequence is the unchunked step
+// bit for bit; and the device peak at 4x the sequence grows only by the
+// whole-sequence tensors with chunks (about 4x without).
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <ostream>
+#include <cmath>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "memory/device_memory.h"
+#include "model/llama.h"
+#include "reference.h"
+#include "runtime/policy.h"
+#include "train/loss.h"
+#include "train/step.h"
+
+namespace memo {
+namespace {
+
+model::LlamaModel float64_model(const model::ModelConfig& cfg) {
+  model::ModelOptions mo;
+  mo.master_dtype = at::kDouble;
+  mo.compute_dtype = at::kDouble;
+  mo.seed = 17;
+  return model::LlamaModel(cfg, mo);
+}
+
+train::MicroBatch batch_of(int64_t vocab, int64_t B, int64_t S, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto tokens = at::randint(vocab, {B, S}, gen, at::kLong);
+  auto targets = at::randint(vocab, {B, S}, gen, at::kLong);
+  targets.index_put_({0, 1}, train::kIgnoreTarget);
+  return {tokens, targets};
+}
+
+std::unique_ptr<runtime::ActivationPolicy> prepared(const std::string& name, double alpha, int64_t chunk,
+                                                    model::LlamaModel& model, int64_t B, int64_t S) {
+  runtime::PolicyOptions opts;
+  opts.host_memory_bytes = 1 << 30;
+  opts.chunk_tokens = chunk;
+  if (name == "memo") opts.alpha = alpha;
+  auto policy = runtime::make_policy(name, opts);
+  policy->prepare(model, B, S);
+  return policy;
+}
+
+// A plain SGD step on the master weights, so that the next step runs on new
+// weights (the same update in both runs).
+void sgd_step(model::LlamaModel& model) {
+  auto master = model.master().named();
+  auto grads = model.grads().named();
+  for (size_t i = 0; i < master.size(); ++i) master[i].second->sub_(*grads[i].second, 0.05);
+  model.refresh_compute();
+  model.zero_grads();
+}
+
+// A policy that passes everything to another and records the units it was
+// given, so that a test knows the layers really ran in chunks.
+class UnitRecorder final : public runtime::ActivationPolicy {
+ public:
+  explicit UnitRecorder(std::unique_ptr<runtime::ActivationPolicy> inner) : inner_(std::move(inner)) {}
+  std::set<runtime::Unit> saved, restored;
+  std::set<int64_t> kv_saved, kv_restored;
+
+  std::string name() const override { return inner_->name(); }
+  void begin_step(const runtime::StepShape& shape) override { inner_->begin_step(shape); }
+  const model::LayerActivations* forward_storage(runtime::Unit u) override { return inner_->forward_storage(u); }
+  void save(runtime::Unit u, model::LayerActivations&& acts) override {
+    saved.insert(u);
+    inner_->save(u, std::move(acts));
+  }
+  model::LayerActivations restore(runtime::Unit u, const runtime::LayerContext& ctx) override {
+    restored.insert(u);
+    return inner_->restore(u, ctx);
+  }
+  void save_kv(int64_t layer, at::Tensor kv) override {
+    kv_saved.insert(layer);
+    inner_->save_kv(layer, std::move(kv));
+  }
+  at::Tensor restore_kv(int64_t layer, const runtime::LayerContext& ctx) override {
+    kv_restored.insert(layer);
+    return inner_->restore_kv(layer, ctx);
+  }
+  void end_step() override { inner_->end_step(); }
+  runtime::HeldBytes held() const override { return inner_->held(); }
+
+ private:
+  std::unique_ptr<runtime::ActivationPolicy> inner_;
+};
+
+struct ChunkCase {
+  const char* policy;
+  double alpha;  // memo only
+  int64_t chunk;
+  int64_t layers;
+  int64_t batch;
+};
+
+std::string case_name(const ChunkCase& c) {
+  return std::string(c.policy) + "_a" + std::to_string(static_cast<int>(c.alpha * 100)) + "_c" +
+         std::to_string(c.chunk) + "_l" + std::to_string(c.layers) + "_b" + std::to_string(c.batch);
+}
+
+void PrintTo(const ChunkCase& c, std::ostream* os) { *os << case_name(c); }
+
+class ChunkedSteps : public ::testing::TestWithParam<ChunkCase> {};
+
+// Three steps of the chunked program against three of the unchunked one under
+// keep: each step's loss and every gradient within 1e-10 (relative to the
+// gradient's largest entry), on a GQA model (4 query heads over 2 kv heads),
+// a sequence of 12 tokens.
+TEST_P(ChunkedSteps, EqualTheUnchunkedStepsWithin1e10InFloat64) {
+  const auto c = GetParam();
+  const int64_t S = 12, loss_chunk = 7;
+  const auto cfg = testing::small_config(4, 2, 4, 20, c.layers, 31);
+  auto chunked = float64_model(cfg);
+  auto whole = float64_model(cfg);
+  UnitRecorder chunked_policy(prepared(c.policy, c.alpha, c.chunk, chunked, c.batch, S));
+  auto whole_policy = prepared("keep", 0, 0, whole, c.batch, S);
+  for (int step = 0; step < 3; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    const auto batch = batch_of(cfg.vocab_size, c.batch, S, 23 + step);
+    auto got = train::forward_backward(chunked, chunked_policy, batch, 1.0, loss_chunk, nullptr, c.chunk);
+    auto want = train::forward_backward(whole, *whole_policy, batch, 1.0, loss_chunk);
+    EXPECT_EQ(got.count, want.count);
+    EXPECT_NEAR(got.total(), want.total(), 1e-10 * std::max(1.0, std::abs(want.total())));
+    auto a = chunked.grads().named();
+    auto b = whole.grads().named();
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      const double scale = b[i].second->abs().max().item<double>();
+      ASSERT_GT(scale, 0.0) << b[i].first;  // a real gradient
+      EXPECT_LE((*a[i].second - *b[i].second).abs().max().item<double>(), 1e-10 * std::max(1.0, scale))
+          << "gradient of " << a[i].first;
+    }
+    sgd_step(chunked);
+    sgd_step(whole);
+  }
+  // Every chunk of every layer was its own unit, forward and backward, and
+  // every layer's K and V went through the policy.
+  std::set<runtime::Unit> units;
+  std::set<int64_t> layers;
+  for (int64_t l = 0; l < c.layers; ++l) {
+    layers.insert(l);
+    for (int64_t k = 0; k * c.chunk < S; ++k) units.insert(runtime::Unit{l, k});
+  }
+  EXPECT_EQ(chunked_policy.saved, units);
+  EXPECT_EQ(chunked_policy.restored, units);
+  EXPECT_EQ(chunked_policy.kv_saved, layers);
+  EXPECT_EQ(chunked_policy.kv_restored, layers);
+}
+
+std::vector<ChunkCase> chunk_cases() {
+  std::vector<ChunkCase> out;
+  for (const auto& [policy, alpha] : std::vector<std::pair<const char*, double>>{
+           {"keep", 0}, {"recompute", 0}, {"offload", 1}, {"memo", 0.0}, {"memo", 0.37}, {"memo", 1.0}}) {
+    out.push_back({policy, alpha, 4, 1, 2});  // 3 chunks of 4
+    out.push_back({policy, alpha, 5, 3, 2});  // 5, 5, 2
+    out.push_back({policy, alpha, 1, 2, 1});  // one token per chunk
+    out.push_back({policy, alpha, 7, 2, 3});  // 7, 5; batch 3
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, ChunkedSteps, ::testing::ValuesIn(chunk_cases()),
+                         [](const auto& info) { return case_name(info.param); });
+
+// A chunk of at least the sequence is one chunk: the unchunked program, the
+// same doubles.
+TEST(ChunkedProgram, AChunkOfTheWholeSequenceIsTheUnchunkedStepBitForBit) {
+  const int64_t B = 2, S = 9;
+  const auto cfg = testing::small_config(4, 2, 4, 20, 2, 31);
+  for (const char* name : {"keep", "recompute", "offload", "memo"}) {
+    auto a = float64_model(cfg);
+    auto b = float64_model(cfg);
+    auto pa = prepared(name, 0, S, a, B, S);
+    auto pb = prepared(name, 0, 0, b, B, S);
+    const auto batch = batch_of(cfg.vocab_size, B, S, 5);
+    EXPECT_EQ(train::forward_backward(a, *pa, batch, 1.0, 4, nullptr, S + 3).total(),
+              train::forward_backward(b, *pb, batch, 1.0, 4).total());
+    auto ga = a.grads().named();
+    auto gb = b.grads().named();
+    for (size_t i = 0; i < ga.size(); ++i) EXPECT_TRUE(at::equal(*ga[i].second, *gb[i].second)) << ga[i].first;
+  }
+}
+
+// Peak device bytes of one step (the CPU memory meter), above what was
+// allocated before it.
+int64_t step_peak(model::LlamaModel& model, runtime::ActivationPolicy& policy, const train::MicroBatch& batch,
+                  int64_t chunk) {
+  const at::Device cpu(at::kCPU);
+  const auto before = memory::memory_stats(cpu).allocated;
+  memory::reset_peak_memory(cpu);
+  (void)train::forward_backward(model, policy, batch, 1.0, 64, nullptr, chunk);
+  const auto peak = memory::memory_stats(cpu).peak_allocated - before;
+  model.zero_grads();
+  return peak;
+}
+
+// At 4x the sequence with a fixed chunk, recompute's step peak grows by no
+// more than the tensors that span the whole sequence: every layer's input
+// (what recompute keeps), the hidden state across a layer boundary and
+// around the loss (x, y, dy, dx, the final norm's output, the loss gradient),
+// K and V of a layer and their float accumulators, the RoPE rows and the
+// loss's per-token vectors, plus a small slack. Without chunks a layer's
+// whole skeletal set and its backward transients ([S x ffn] wide) span the
+// sequence, and the peak grows about 4x.
+TEST(ChunkedProgram, PeakGrowsOnlyByTheWholeSequenceTensors) {
+  memory::install_cpu_memory_meter();
+  // A wide MLP (ffn 32x hidden) makes the per-token skeletal set large
+  // against the whole-sequence tensors.
+  const auto cfg = testing::small_config(2, 1, 4, 256, 2, 31);
+  const int64_t B = 1, S = 256, chunk = 32;
+  const int64_t c = 8, s = 8;  // float64 compute and statistics bytes
+  const int64_t h = cfg.hidden, kv = 2 * cfg.kv_heads * cfg.head_dim;
+  const int64_t whole_per_token = cfg.layers * h * c    // recompute: every layer's input
+                                  + 6 * h * c           // x, y / dy, dx; final norm output; loss gradient
+                                  + kv * c + kv * s     // K, V and dK, dV of one layer
+                                  + cfg.head_dim * c    // RoPE cos and sin rows
+                                  + 2 * s + 64;         // norm statistics; the loss's per-token vectors
+  const int64_t slack = 64 * 1024;
+
+  auto peaks = [&](int64_t chunk_tokens) {
+    std::vector<int64_t> out;
+    for (int64_t len : {S, 4 * S}) {
+      auto model = float64_model(cfg);
+      auto policy = prepared("recompute", 0, chunk_tokens, model, B, len);
+      const auto batch = batch_of(cfg.vocab_size, B, len, 3);
+      (void)step_peak(model, *policy, batch, chunk_tokens);  // warm-up (lazy one-offs)
+      out.push_back(step_peak(model, *policy, batch, chunk_tokens));
+    }
+    return out;
+  };
+  const auto chunked = peaks(chunk);
+  const auto whole = peaks(0);
+  std::printf("peak above the step's start: chunked %lld -> %lld bytes, unchunked %lld -> %lld bytes; bound on the "
+              "chunked growth %lld bytes\n",
+              (long long)chunked[0], (long long)chunked[1], (long long)whole[0], (long long)whole[1],
+              (long long)(3 * S * B * whole_per_token + 64 * 1024));
+  const int64_t bound = 3 * S * B * whole_per_token + slack;
+  EXPECT_LE(chunked[1] - chunked[0], bound)
+      << "chunked peaks " << chunked[0] << " -> " << chunked[1] << " bytes";
+  // Without chunks: about 4x, and far beyond the bound.
+  EXPECT_GE(static_cast<double>(whole[1]), 3.5 * static_cast<double>(whole[0]))
+      << "unchunked peaks " << whole[0] << " -> " << whole[1];
+  EXPECT_GT(whole[1] - whole[0], 2 * bound);
+}
+
+}  // namespace
+}  // namespace memo
