@@ -5,6 +5,8 @@
 
 #include <fstream>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "cli_runner.h"
 
@@ -42,6 +44,39 @@ TEST(BenchCli, EveryPolicyGetsARowAndMatchesKeep) {
   EXPECT_EQ(seen, (std::set<std::string>{"keep", "recompute", "offload", "memo"}));
   // memo keeps x, o, lse and 37% of the rest of 1 layer (3 - 2) on the host; offload all of 3.
   EXPECT_GT(j["rows"][2]["host_bytes"].get<int64_t>(), j["rows"][3]["host_bytes"].get<int64_t>());
+}
+
+// --chunk-tokens 0,C: each policy whole and chunked, side by side; the
+// chunked rows compute the same step (gradients near keep's), recompute's
+// chunked peak is below its whole-layer peak, and each row's peak split adds
+// up to no more than its peak.
+TEST(BenchCli, ChunkSettingsGiveEachPolicyARowPerChunk) {
+  auto j = run_bench_json("bench_chunks",
+                          "--layers 2 --seq-len 256 --batch 1 --steps 1 --chunk-tokens 0,48 --policies keep,recompute,memo");
+  ASSERT_EQ(j["rows"].size(), 6u);
+  const std::vector<std::string> policies = {"keep", "keep", "recompute", "recompute", "memo", "memo"};
+  for (size_t i = 0; i < 6; ++i) {
+    const auto& row = j["rows"][i];
+    SCOPED_TRACE(row.dump());
+    EXPECT_EQ(row["policy"], policies[i]);
+    EXPECT_EQ(row["chunk_setting"], i % 2 ? "48" : "0");
+    EXPECT_EQ(row["chunk_tokens"], i % 2 ? 48 : 0);
+    EXPECT_EQ(row["status"], "ok");
+    EXPECT_LE(row["max_grad_rel_diff"].get<double>(), 1e-4);
+    const auto& split = row["peak_split"];
+    int64_t sum = 0;
+    for (const char* key : {"static_bytes", "whole_sequence_bytes", "chunk_buffer_bytes", "transient_bytes"}) {
+      ASSERT_TRUE(split.contains(key)) << key;
+      EXPECT_GE(split[key].get<int64_t>(), 0) << key;
+      sum += split[key].get<int64_t>();
+    }
+    EXPECT_LE(sum, row["peak_allocated_bytes"].get<int64_t>());
+    EXPECT_GT(split["static_bytes"].get<int64_t>(), 0);
+  }
+  EXPECT_LT(j["rows"][3]["peak_allocated_bytes"].get<int64_t>(), j["rows"][2]["peak_allocated_bytes"].get<int64_t>());
+  EXPECT_GT(j["rows"][5]["peak_split"]["chunk_buffer_bytes"].get<int64_t>(), 0);  // memo's two chunk buffers
+  EXPECT_LT(j["rows"][5]["peak_split"]["chunk_buffer_bytes"].get<int64_t>(),
+            j["rows"][4]["peak_split"]["chunk_buffer_bytes"].get<int64_t>());
 }
 
 TEST(BenchCli, ARowWhoseHostPoolDoesNotFitDoesNotStopTheOthers) {

@@ -85,6 +85,40 @@ TEST_P(TrainBadInput, ExitsWithCode2AndNamesTheProblem) {
 INSTANTIATE_TEST_SUITE_P(Cases, TrainBadInput, ::testing::ValuesIn(bad_inputs()),
                          [](const auto& info) { return std::string(info.param.name); });
 
+// --chunk-tokens: the header names the chunks and the whole-sequence tensors,
+// the config has the chunk as run, the summary splits the peak; a chunk of
+// the whole sequence (or more) runs whole layers, and so does auto when the
+// whole layer fits.
+TEST(TrainCli, ChunkedRunReportsItsChunksAndThePeakSplit) {
+  auto dir = testing::scratch_dir("cli_chunks");
+  const std::string base = "train --steps 2 --seq-len 64 --batch 1 --policy recompute --json ";
+  for (const auto& [flag, want] : std::vector<std::pair<std::string, int64_t>>{{"16", 16}, {"64", 0}, {"1000", 0},
+                                                                               {"auto", 0}}) {
+    SCOPED_TRACE(flag);
+    auto json_path = (dir / ("report-" + flag + ".json")).string();
+    auto r = run_memo(base + json_path + " --chunk-tokens " + flag);
+    ASSERT_EQ(r.code, 0) << r.output;
+    std::ifstream in(json_path);
+    auto j = nlohmann::json::parse(in);
+    EXPECT_EQ(j["config"]["chunk_tokens"], want);
+    if (want > 0) {
+      EXPECT_NE(r.output.find("16 tokens per chunk, 4 chunks per layer (--chunk-tokens 16); whole-sequence tensors "
+                              "on the device: hidden state"),
+                std::string::npos)
+          << r.output;
+    } else {
+      EXPECT_NE(r.output.find("whole layers (--chunk-tokens " + flag + ")"), std::string::npos) << r.output;
+    }
+    const auto& split = j["summary"]["peak_split"];
+    int64_t sum = 0;
+    for (const char* key : {"static_bytes", "whole_sequence_bytes", "chunk_buffer_bytes", "transient_bytes"})
+      sum += split[key].get<int64_t>();
+    EXPECT_LE(sum, j["summary"]["peak_device_bytes"].get<int64_t>());
+    EXPECT_GT(split["static_bytes"].get<int64_t>(), 0);
+    EXPECT_NE(r.output.find("peak split       weights and optimizer state"), std::string::npos) << r.output;
+  }
+}
+
 TEST(TrainCli, FlagsOverrideConfigAndJsonHasTheDocumentedShape) {
   auto dir = testing::scratch_dir("cli_json");
   auto cfg = testing::write_text(dir / "run.toml", "steps = 1\nseq_len = 32\nbatch = 2\n");
