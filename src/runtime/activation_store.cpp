@@ -54,6 +54,9 @@ void ActivationStore::save_kv(int64_t layer, const at::Tensor& kv) {
 
 void ActivationStore::prefetch_kv(int64_t layer) {
   if (!kv_host_.has(Unit{layer})) throw Error(cat("activation store: no host slot for K and V of layer ", layer));
+  // The forward's K and V, held by the engine until their copy-out is waited
+  // on (the last layer's still is), go first.
+  engine_->wait_copy_out(kv_unit(layer));
   const auto& s = kv_specs_.front();
   auto kv = at::empty(s.shape, at::TensorOptions().dtype(s.dtype).device(device_));  // [B, S, 2 nkv d]
   kv_in_[layer] = kv;

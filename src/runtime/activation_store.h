@@ -120,6 +120,7 @@ class ActivationStore {
   int64_t kv_host_bytes() const { return kv_host_.bytes(); }
   int64_t buffer_bytes() const { return buffers_.buffer_bytes(); }
   const memory::HostPool& host_pool() const { return host_.pool(); }
+  const memory::HostPool& kv_host_pool() const { return kv_host_.pool(); }
   const RoundingBuffers& buffers() const { return buffers_; }
   SwapEngine& engine() { return *engine_; }
   int64_t held_inputs() const { return static_cast<int64_t>(inputs_held_.size()); }

@@ -41,7 +41,8 @@ class SwapPolicy final : public ActivationPolicy {
   int64_t buffer_bytes() const override { return store_ ? 2 * store_->buffer_bytes() : 0; }
   HostPinning host_pinning() const override {
     if (!store_) return {};
-    return {store_->host_pool().pinned_bytes(), store_->host_pool().pin_seconds()};
+    return {store_->host_pool().pinned_bytes() + store_->kv_host_pool().pinned_bytes(),
+            store_->host_pool().pin_seconds() + store_->kv_host_pool().pin_seconds()};
   }
 
   void prepare(model::LlamaModel& model, int64_t batch, int64_t seq_len) override {
@@ -112,8 +113,8 @@ class SwapPolicy final : public ActivationPolicy {
     for (const auto& l : split_.layers) swapped += l.swapped;
     const int64_t buffer_bytes = store_ ? store_->buffer_bytes() : 0;
     const int64_t host_bytes = store_ ? store_->host_bytes() : 0;
-    const int64_t pinned = store_ ? store_->host_pool().pinned_bytes() : 0;
-    const double pin_s = store_ ? store_->host_pool().pin_seconds() : 0.0;
+    const int64_t pinned = host_pinning().bytes;
+    const double pin_s = host_pinning().seconds;
     std::vector<std::pair<std::string, std::string>> out = {
         {"split", strf("x, o, lse to host; other tensors: %s offloaded, %s resident, %s recomputed "
                        "(alpha %.3f, %s)",
