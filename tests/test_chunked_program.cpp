@@ -4,7 +4,8 @@
 // chunked, for chunks that do and do not divide the sequence, GQA, batch > 1
 // and 1 to 3 layers; a chunk of at least the sequence is the unchunked step
 // bit for bit; and the device peak at 4x the sequence grows only by the
-// whole-sequence tensors with chunks (about 4x without).
+// whole-sequence tensors with chunks (about 4x without), under recompute,
+// offload and memo.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -193,36 +194,42 @@ TEST(ChunkedProgram, AChunkOfTheWholeSequenceIsTheUnchunkedStepBitForBit) {
   }
 }
 
-// Peak device bytes of one step (the CPU memory meter), above what was
-// allocated before it.
+// Peak device bytes of one step (the CPU memory meter) above `base`.
 int64_t step_peak(model::LlamaModel& model, runtime::ActivationPolicy& policy, const train::MicroBatch& batch,
-                  int64_t chunk) {
+                  int64_t chunk, int64_t base) {
   const at::Device cpu(at::kCPU);
-  const auto before = memory::memory_stats(cpu).allocated;
   memory::reset_peak_memory(cpu);
   (void)train::forward_backward(model, policy, batch, 1.0, 64, nullptr, chunk);
-  const auto peak = memory::memory_stats(cpu).peak_allocated - before;
+  const auto peak = memory::memory_stats(cpu).peak_allocated - base;
   model.zero_grads();
   return peak;
 }
 
-// At 4x the sequence with a fixed chunk, recompute's step peak grows by no
-// more than the tensors that span the whole sequence: every layer's input
-// (what recompute keeps), the hidden state across a layer boundary and
-// around the loss (x, y, dy, dx, the final norm's output, the loss gradient),
-// K and V of a layer and their float accumulators, the RoPE rows and the
-// loss's per-token vectors, plus a small slack. Without chunks a layer's
-// whole skeletal set and its backward transients ([S x ffn] wide) span the
-// sequence, and the peak grows about 4x.
-TEST(ChunkedProgram, PeakGrowsOnlyByTheWholeSequenceTensors) {
+class ChunkedPeak : public ::testing::TestWithParam<const char*> {};
+
+// At 4x the sequence with a fixed chunk, a step's device peak (above what
+// was allocated before the policy was prepared, so that its rounding buffers
+// count) grows by no more than the tensors that span the whole sequence: the
+// hidden state across a layer boundary and around the loss (x, y, dy, dx,
+// the final norm's output, the loss gradient), K and V of a layer and their
+// float accumulators, the RoPE rows and the loss's per-token vectors, and
+// what the policy holds over the sequence (recompute: every layer's input;
+// offload, memo: the inputs of the two units in flight, each a view of its
+// layer's input, and a second layer's K and V while one is copied out or
+// prefetched), plus a small slack. Without chunks a layer's whole skeletal
+// set (in a buffer or recomputed) and its backward transients ([S x ffn]
+// wide) span the sequence, and the peak grows about 4x.
+TEST_P(ChunkedPeak, GrowsOnlyByTheWholeSequenceTensors) {
   memory::install_cpu_memory_meter();
+  const std::string name = GetParam();
   // A wide MLP (ffn 32x hidden) makes the per-token skeletal set large
   // against the whole-sequence tensors.
   const auto cfg = testing::small_config(2, 1, 4, 256, 2, 31);
   const int64_t B = 1, S = 256, chunk = 32;
   const int64_t c = 8, s = 8;  // float64 compute and statistics bytes
   const int64_t h = cfg.hidden, kv = 2 * cfg.kv_heads * cfg.head_dim;
-  const int64_t whole_per_token = cfg.layers * h * c    // recompute: every layer's input
+  const int64_t policy_per_token = name == "recompute" ? cfg.layers * h * c : 2 * h * c + kv * c;
+  const int64_t whole_per_token = policy_per_token
                                   + 6 * h * c           // x, y / dy, dx; final norm output; loss gradient
                                   + kv * c + kv * s     // K, V and dK, dV of one layer
                                   + cfg.head_dim * c    // RoPE cos and sin rows
@@ -233,27 +240,30 @@ TEST(ChunkedProgram, PeakGrowsOnlyByTheWholeSequenceTensors) {
     std::vector<int64_t> out;
     for (int64_t len : {S, 4 * S}) {
       auto model = float64_model(cfg);
-      auto policy = prepared("recompute", 0, chunk_tokens, model, B, len);
+      const auto base = memory::memory_stats(at::Device(at::kCPU)).allocated;
+      auto policy = prepared(name, 0.0, chunk_tokens, model, B, len);
       const auto batch = batch_of(cfg.vocab_size, B, len, 3);
-      (void)step_peak(model, *policy, batch, chunk_tokens);  // warm-up (lazy one-offs)
-      out.push_back(step_peak(model, *policy, batch, chunk_tokens));
+      (void)step_peak(model, *policy, batch, chunk_tokens, base);  // warm-up (lazy one-offs)
+      out.push_back(step_peak(model, *policy, batch, chunk_tokens, base));
     }
     return out;
   };
   const auto chunked = peaks(chunk);
   const auto whole = peaks(0);
-  std::printf("peak above the step's start: chunked %lld -> %lld bytes, unchunked %lld -> %lld bytes; bound on the "
-              "chunked growth %lld bytes\n",
-              (long long)chunked[0], (long long)chunked[1], (long long)whole[0], (long long)whole[1],
-              (long long)(3 * S * B * whole_per_token + 64 * 1024));
   const int64_t bound = 3 * S * B * whole_per_token + slack;
-  EXPECT_LE(chunked[1] - chunked[0], bound)
-      << "chunked peaks " << chunked[0] << " -> " << chunked[1] << " bytes";
+  std::printf("%s: peak above the start: chunked %lld -> %lld bytes, unchunked %lld -> %lld bytes; bound on the "
+              "chunked growth %lld bytes\n",
+              name.c_str(), (long long)chunked[0], (long long)chunked[1], (long long)whole[0], (long long)whole[1],
+              (long long)bound);
+  EXPECT_LE(chunked[1] - chunked[0], bound) << "chunked peaks " << chunked[0] << " -> " << chunked[1] << " bytes";
   // Without chunks: about 4x, and far beyond the bound.
   EXPECT_GE(static_cast<double>(whole[1]), 3.5 * static_cast<double>(whole[0]))
       << "unchunked peaks " << whole[0] << " -> " << whole[1];
   EXPECT_GT(whole[1] - whole[0], 2 * bound);
 }
+
+INSTANTIATE_TEST_SUITE_P(Policies, ChunkedPeak, ::testing::Values("recompute", "offload", "memo"),
+                         [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
 }  // namespace memo
