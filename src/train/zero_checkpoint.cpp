@@ -20,33 +20,36 @@ std::string save_sharded_checkpoint(dist::Group& group, const std::string& out_d
     throw Error(cat("step ", step, ": the weights or optimizer moments are not finite after the update; not saving "
                     "a checkpoint of the diverged state (the previous checkpoints stay; try a lower --lr)"));
   const bool root = group.rank() == 0;
-  auto& master = model.master();
-  const auto named = master.named();
-  // Rank 0's whole moments; the other ranks receive each unit into scratch
+  const auto device = optimizer.master_shard(0).device();
+  // Rank 0's whole state; the other ranks receive each unit into scratch
   // they drop at once (an all-gather: every rank takes part).
+  model::ModelWeights whole;
   std::vector<at::Tensor> m, v;
-  if (root)
-    for (const auto& [name, t] : named) {
+  if (root) {
+    whole = optimizer.empty_whole(device);
+    for (const auto& [name, t] : whole.named()) {
       m.push_back(at::empty_like(*t));
       v.push_back(at::empty_like(*t));
     }
-  const auto units = zero_units(master);
+  }
+  const auto named = whole.named();
+  std::vector<std::vector<size_t>> units;
+  if (root) units = zero_units(whole);
   for (int64_t u = 0; u < optimizer.units(); ++u) {
-    const auto& idx = units[static_cast<size_t>(u)];
     std::vector<at::Tensor*> weights, first, second;
     std::vector<at::Tensor> scratch;
-    scratch.reserve(2 * idx.size());
-    for (size_t i : idx) {
-      weights.push_back(named[i].second);
-      if (root) {
+    if (root) {
+      for (size_t i : units[static_cast<size_t>(u)]) {
+        weights.push_back(named[i].second);
         first.push_back(&m[i]);
         second.push_back(&v[i]);
-      } else {
-        scratch.push_back(at::empty_like(*named[i].second));
-        first.push_back(&scratch.back());
-        scratch.push_back(at::empty_like(*named[i].second));
-        second.push_back(&scratch.back());
       }
+    } else {
+      const auto& shapes = optimizer.layout(u).shapes;
+      scratch.reserve(shapes.size());
+      for (const auto& shape : shapes) scratch.push_back(at::empty(shape, optimizer.master_shard(u).options()));
+      for (auto& t : scratch) weights.push_back(&t);
+      first = second = weights;
     }
     optimizer.gather_unit(u, ZeroOptimizer::State::Master, weights);
     optimizer.gather_unit(u, ZeroOptimizer::State::FirstMoment, first);
@@ -54,7 +57,7 @@ std::string save_sharded_checkpoint(dist::Group& group, const std::string& out_d
   }
   std::string dir;
   if (root) {
-    CheckpointState state{model.config(), model.options().master_dtype, master, m, v, optimizer.steps_taken()};
+    CheckpointState state{model.config(), model.options().master_dtype, whole, m, v, optimizer.steps_taken()};
     dir = save_checkpoint_state(out_dir, step, state, data, info, keep, loss);
   }
   // The others return once rank 0 has renamed the checkpoint into place (or
@@ -67,17 +70,18 @@ std::string save_sharded_checkpoint(dist::Group& group, const std::string& out_d
 }
 
 int64_t load_into_shards(const std::string& dir, model::LlamaModel& model, ZeroOptimizer& optimizer,
-                         DataSource& data, const nlohmann::json& run) {
-  auto& master = model.master();
+                         DataSource& data, const nlohmann::json& run, runtime::ShardedLayerWeights* layers) {
+  // Read on the host: each rank keeps only its shards of it.
+  auto whole = optimizer.empty_whole(at::kCPU);
   std::vector<at::Tensor> m, v;
-  for (const auto& [name, t] : master.named()) {
-    m.push_back(at::zeros_like(*t));
-    v.push_back(at::zeros_like(*t));
+  for (const auto& [name, t] : whole.named()) {
+    m.push_back(at::empty_like(*t));
+    v.push_back(at::empty_like(*t));
   }
-  CheckpointState state{model.config(), model.options().master_dtype, master, m, v, 0};
+  CheckpointState state{model.config(), model.options().master_dtype, whole, m, v, 0};
   const int64_t step = load_checkpoint_state(dir, state, data, run);
-  optimizer.load_whole(master, m, v, state.optimizer_steps);
-  model.refresh_compute();
+  optimizer.load_whole(whole, m, v, state.optimizer_steps);
+  optimizer.publish(model.compute(), layers);
   return step;
 }
 

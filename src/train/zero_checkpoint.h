@@ -21,21 +21,23 @@
 
 namespace memo::train {
 
-// Collective over the optimizer's group. The whole master weights are
-// gathered into model.master() on every rank (stages 1-2 hold them anyway;
-// stage 3's trainer may keep them as scratch); the moments into temporaries
-// on rank 0 only. A non-finite shard on any rank: every rank throws the same
-// Error and nothing is written. Returns the directory (on every rank).
+// Collective over the optimizer's group. The whole master weights and
+// moments are gathered into temporaries on rank 0 (the other ranks take part
+// in each unit's gather and drop it); model.master() is not used, only the
+// model's config and master dtype. A non-finite shard on any rank: every rank
+// throws the same Error and nothing is written. Returns the directory (on
+// every rank).
 std::string save_sharded_checkpoint(dist::Group& group, const std::string& out_dir, int64_t step,
                                     model::LlamaModel& model, ZeroOptimizer& optimizer, const DataSource& data,
                                     const nlohmann::json& info, int64_t keep, double loss);
 
-// Every rank: the checkpoint's whole tensors into model.master() (checked as
-// load_checkpoint checks them), its shards and moments into the optimizer,
-// the data position restored; the compute weights refreshed from the master
-// (stage 3: then publish the layers' shards with optimizer.publish). Returns
-// the number of steps taken.
+// Every rank: the checkpoint's whole tensors read into temporaries (checked
+// as load_checkpoint checks them), this rank's shards of the weights and
+// moments into the optimizer, the step count and the data position restored,
+// then optimizer.publish(model.compute(), layers) (layers: stage 3's source,
+// else null). Returns the number of steps taken.
 int64_t load_into_shards(const std::string& dir, model::LlamaModel& model, ZeroOptimizer& optimizer,
-                         DataSource& data, const nlohmann::json& run);
+                         DataSource& data, const nlohmann::json& run,
+                         runtime::ShardedLayerWeights* layers = nullptr);
 
 }  // namespace memo::train

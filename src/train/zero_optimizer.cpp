@@ -223,6 +223,22 @@ void ZeroOptimizer::load_whole(model::ModelWeights& master, const std::vector<at
   adamw_->set_steps_taken(steps);
 }
 
+model::ModelWeights ZeroOptimizer::empty_whole(const at::Device& device) const {
+  const auto opts = master_.front().options().device(device);
+  model::ModelWeights w;
+  w.layers.resize(static_cast<size_t>(layers()));
+  for (int64_t l = 0; l < layers(); ++l) {
+    size_t k = 0;
+    for (auto& [name, t] : w.layers[static_cast<size_t>(l)].named()) *t = at::empty(layout(l).shapes.at(k++), opts);
+  }
+  // The rest: embed, final_norm, then lm_head when the model has one (named() lists it only when defined).
+  const auto& rest = layout(layers()).shapes;
+  w.embed = at::empty(rest.at(0), opts);
+  w.final_norm = at::empty(rest.at(1), opts);
+  if (rest.size() == 3) w.lm_head = at::empty(rest[2], opts);
+  return w;
+}
+
 bool ZeroOptimizer::any_non_finite() {
   auto bad = at::zeros({1}, at::kFloat);  // [1] on the host; moved to the group's device below
   bool local = false;

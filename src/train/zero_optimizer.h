@@ -81,6 +81,10 @@ class ZeroOptimizer {
   // (in the unit's order; every rank takes part, every rank receives).
   enum class State { Master, FirstMoment, SecondMoment };
   void gather_unit(int64_t unit, State which, const std::vector<at::Tensor*>& out);
+  // Whole tensors in the units' shapes, uninitialised, in the master dtype
+  // on `device` (what a checkpoint is gathered into or read from: the
+  // model's own whole master weights need not exist under ZeRO).
+  model::ModelWeights empty_whole(const at::Device& device) const;
   // This rank's shards from whole tensors (in weights.named() order for
   // `master`; m and v in the same order), and the step count.
   void load_whole(model::ModelWeights& master, const std::vector<at::Tensor>& m, const std::vector<at::Tensor>& v,

@@ -358,8 +358,8 @@ void ckpt_load(dist::Context& ctx, const Args& a) {
     return;
   }
   Sharded run(ctx, a.stage, 99);  // other weights: the load must replace them
-  check(train::load_into_shards(dir, *run.model, *run.zero, *data, run_info()) == a.steps, "the checkpoint's step");
-  if (run.source) run.zero->publish(run.model->compute(), run.source.get());
+  check(train::load_into_shards(dir, *run.model, *run.zero, *data, run_info(), run.source.get()) == a.steps,
+        "the checkpoint's step");
   check(run.zero->steps_taken() == a.steps, "AdamW steps after load");
   // Every unit's shards gathered whole: the reference's state.
   auto& master = run.model->master();
