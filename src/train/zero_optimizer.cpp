@@ -145,10 +145,10 @@ void ZeroOptimizer::finish_gradients() {
 
 at::Tensor ZeroOptimizer::grad_norm() {
   finish_gradients();
-  // Padding is zero in every shard: the squares of the pieces, summed in
-  // float64 and over the ranks, are the whole gradients' squared norm.
-  auto squares = at::zeros({1}, grads_.front().options().dtype(at::kDouble));  // [1]
-  for (const auto& g : grads_) squares.add_(g.to(at::kDouble).square().sum());
+  // Padding is zero in every shard: the squared norms of the shards, summed
+  // in float64 and over the ranks, are the whole gradients' squared norm.
+  // Per-shard norms in one multi-tensor kernel, as grad_norm (optimizer.h).
+  auto squares = at::stack(at::_foreach_norm(grads_, 2)).to(at::kDouble).square().sum().reshape({1});  // [1]
   group_.all_reduce(squares).wait();
   return squares.sqrt().squeeze(0);  // []
 }
