@@ -61,23 +61,21 @@ std::string read_text(const fs::path& p) {
 namespace {
 
 // Writes the checkpoint's files into `tmp` and fsyncs them.
-void write_checkpoint_files(const fs::path& tmp, int64_t step, model::LlamaModel& model, AdamW& optimizer,
-                            const DataSource& data, const nlohmann::json& info, double loss) {
-  model::write_hf_checkpoint(tmp.string(), model.config(), model.master(), model.options().master_dtype);
+void write_checkpoint_files(const fs::path& tmp, int64_t step, CheckpointState& s, const DataSource& data,
+                            const nlohmann::json& info, double loss) {
+  model::write_hf_checkpoint(tmp.string(), s.config, s.master, s.master_dtype);
   std::vector<std::pair<std::string, at::Tensor>> state;
-  const auto names = model.master().named();
-  auto& m = optimizer.first_moments();
-  auto& v = optimizer.second_moments();
-  if (m.size() != names.size() || v.size() != names.size())
+  const auto names = s.master.named();
+  if (s.m.size() != names.size() || s.v.size() != names.size())
     throw Error("checkpoint: optimizer state does not match the model's parameters");
   for (size_t i = 0; i < names.size(); ++i) {
-    state.emplace_back("m." + names[i].first, m[i]);
-    state.emplace_back("v." + names[i].first, v[i]);
+    state.emplace_back("m." + names[i].first, s.m[i]);
+    state.emplace_back("v." + names[i].first, s.v[i]);
   }
   model::write_tensors((tmp / "optimizer.safetensors").string(), state);
   nlohmann::json st;
   st["step"] = step;
-  st["optimizer_steps"] = optimizer.steps_taken();
+  st["optimizer_steps"] = s.optimizer_steps;
   auto ds = nlohmann::json::array();
   for (auto x : data.state()) ds.push_back(std::to_string(x));  // exact 64-bit values as strings
   st["data_state"] = ds;
@@ -146,10 +144,10 @@ void check_contract(const std::string& state_path, const nlohmann::json& saved, 
 
 // The checkpoint's config.json against the model being resumed: every field
 // that changes the math (shape, norms, RoPE).
-void check_model(const fs::path& dir, const model::LlamaModel& model) {
+void check_model(const fs::path& dir, const model::ModelConfig& config) {
   const auto path = (dir / "config.json").string();
   const auto saved = model::hf_config_json(model::parse_hf_config(read_text(path), path), at::kFloat);
-  const auto now = model::hf_config_json(model.config(), at::kFloat);
+  const auto now = model::hf_config_json(config, at::kFloat);
   for (const auto& [key, value] : now.items()) {
     if (key == "max_position_embeddings") continue;  // informational
     if (saved.at(key) != value)
@@ -161,11 +159,11 @@ void check_model(const fs::path& dir, const model::LlamaModel& model) {
 
 // optimizer.safetensors: exactly an "m." and a "v." tensor per parameter, of
 // its dtype and shape, finite, second moments >= 0; copied in place.
-void load_moments(const std::string& path, model::LlamaModel& model, AdamW& optimizer) {
+void load_moments(const std::string& path, CheckpointState& s) {
   model::SafetensorsReader reader(path);
-  const auto names = model.master().named();
-  auto& m = optimizer.first_moments();
-  auto& v = optimizer.second_moments();
+  const auto names = s.master.named();
+  auto& m = s.m;
+  auto& v = s.v;
   std::map<std::string, at::Tensor*> slots;
   for (size_t i = 0; i < names.size(); ++i) {
     slots["m." + names[i].first] = &m[i];
@@ -197,10 +195,17 @@ void load_moments(const std::string& path, model::LlamaModel& model, AdamW& opti
 std::string save_checkpoint(const std::string& out_dir, int64_t step, model::LlamaModel& model,
                             AdamW& optimizer, const DataSource& data, const nlohmann::json& info,
                             int64_t keep, double loss) {
+  CheckpointState state{model.config(), model.options().master_dtype, model.master(), optimizer.first_moments(),
+                        optimizer.second_moments(), optimizer.steps_taken()};
+  return save_checkpoint_state(out_dir, step, state, data, info, keep, loss);
+}
+
+std::string save_checkpoint_state(const std::string& out_dir, int64_t step, CheckpointState& s,
+                                  const DataSource& data, const nlohmann::json& info, int64_t keep, double loss) {
   // The diverged state is never saved: the previous checkpoints stay as they are.
-  const auto names = model.master().named();
-  auto& m = optimizer.first_moments();
-  auto& v = optimizer.second_moments();
+  const auto names = s.master.named();
+  auto& m = s.m;
+  auto& v = s.v;
   require_input(m.size() == names.size() && v.size() == names.size(),
                 "checkpoint: optimizer state does not match the model's parameters");
   std::vector<std::pair<std::string, at::Tensor*>> all_state = names;
@@ -228,7 +233,7 @@ std::string save_checkpoint(const std::string& out_dir, int64_t step, model::Lla
   try {
     fs::create_directories(tmp, ec);
     if (ec) throw_file_error("create checkpoint directory", tmp.string(), ec.value());
-    write_checkpoint_files(tmp, step, model, optimizer, data, info, loss);
+    write_checkpoint_files(tmp, step, s, data, info, loss);
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;
@@ -269,6 +274,16 @@ std::string find_checkpoint(const std::string& path) {
 
 int64_t load_checkpoint(const std::string& dir, model::LlamaModel& model, AdamW& optimizer,
                         DataSource& data, const nlohmann::json& run) {
+  CheckpointState state{model.config(), model.options().master_dtype, model.master(), optimizer.first_moments(),
+                        optimizer.second_moments(), 0};
+  const int64_t step = load_checkpoint_state(dir, state, data, run);
+  optimizer.set_steps_taken(state.optimizer_steps);
+  model.refresh_compute();
+  return step;
+}
+
+int64_t load_checkpoint_state(const std::string& dir, CheckpointState& s, DataSource& data,
+                              const nlohmann::json& run) {
   const fs::path d(dir);
   const auto state_path = (d / "trainer_state.json").string();
   const nlohmann::json st = parse_json(read_text(state_path), state_path);
@@ -293,7 +308,7 @@ int64_t load_checkpoint(const std::string& dir, model::LlamaModel& model, AdamW&
 
   // The run must be the one that wrote the checkpoint, up to what does not change the math.
   check_contract(state_path, st.value("info", nlohmann::json()), run);
-  check_model(d, model);
+  check_model(d, s.config);
   if (st.contains("data_fingerprint")) {
     require_input(st.at("data_fingerprint").is_string(), state_path, ": \"data_fingerprint\" must be a string");
     require_input(st.at("data_fingerprint").get<std::string>() == data.fingerprint(), state_path,
@@ -305,17 +320,16 @@ int64_t load_checkpoint(const std::string& dir, model::LlamaModel& model, AdamW&
                   "); this run reads ", data.describe());
   }
 
-  model::load_hf_weights(dir, model.config(), model.master());
-  if (const auto bad = first_non_finite(model.master().named()); !bad.empty())
+  model::load_hf_weights(dir, s.config, s.master);
+  if (const auto bad = first_non_finite(s.master.named()); !bad.empty())
     throw InputError(cat(dir, "/model.safetensors: weight ", bad, " holds NaN or infinite values"));
-  load_moments((d / "optimizer.safetensors").string(), model, optimizer);
-  optimizer.set_steps_taken(opt_steps);
+  load_moments((d / "optimizer.safetensors").string(), s);
+  s.optimizer_steps = opt_steps;
   try {
     data.restore(ds);
   } catch (const InputError& e) {
     throw InputError(cat(state_path, ": ", e.what()));
   }
-  model.refresh_compute();
   return step;
 }
 

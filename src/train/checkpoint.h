@@ -22,6 +22,28 @@
 
 namespace memo::train {
 
+// What a checkpoint holds of the model and the optimizer, as whole tensors:
+// the master weights, AdamW's first and second moments (one per
+// master.named() entry, in that order) and its step count. save_checkpoint
+// and load_checkpoint take them from / put them into a LlamaModel and an
+// AdamW; ZeRO (train/zero_checkpoint.h) gathers them from the shards.
+struct CheckpointState {
+  const model::ModelConfig& config;
+  at::ScalarType master_dtype;
+  model::ModelWeights& master;
+  std::vector<at::Tensor>& m;
+  std::vector<at::Tensor>& v;
+  int64_t optimizer_steps = 0;
+};
+
+// save_checkpoint of a state (the tensors may be views of nothing else).
+std::string save_checkpoint_state(const std::string& out_dir, int64_t step, CheckpointState& state,
+                                  const DataSource& data, const nlohmann::json& info, int64_t keep, double loss);
+// load_checkpoint into a state: the whole tensors are copied in place and
+// state.optimizer_steps set; the caller refreshes what derives from them.
+int64_t load_checkpoint_state(const std::string& dir, CheckpointState& state, DataSource& data,
+                              const nlohmann::json& run);
+
 // Saves the state after `step` completed steps, whose loss was `loss`, under
 // out_dir/checkpoints and removes all but the newest `keep` (keep <= 0: keep
 // all), never the newest one whose recorded loss is finite. `info` is the

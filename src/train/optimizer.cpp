@@ -10,15 +10,30 @@
 
 namespace memo::train {
 
+namespace {
+
+std::vector<bool> matrices(const std::vector<at::Tensor*>& params) {
+  std::vector<bool> out;
+  for (auto* p : params) out.push_back(p->dim() >= 2);
+  return out;
+}
+
+}  // namespace
+
 AdamW::AdamW(std::vector<at::Tensor*> params, std::vector<at::Tensor*> grads, AdamWOptions options)
+    : AdamW(params, grads, options, matrices(params)) {}
+
+AdamW::AdamW(std::vector<at::Tensor*> params, std::vector<at::Tensor*> grads, AdamWOptions options,
+             const std::vector<bool>& decayed)
     : params_(std::move(params)), grads_(std::move(grads)), options_(options) {
-  if (params_.size() != grads_.size()) throw Error("AdamW: params and grads differ in count");
+  if (params_.size() != grads_.size() || params_.size() != decayed.size())
+    throw Error("AdamW: params, grads and decay flags differ in count");
   for (size_t i = 0; i < params_.size(); ++i) {
     auto* p = params_[i];
     m_.push_back(at::zeros_like(*p));
     v_.push_back(at::zeros_like(*p));
     steps_.push_back(at::zeros({}, p->options().dtype(at::kFloat)));
-    (p->dim() >= 2 ? decayed_ : plain_).push_back(i);
+    (decayed[i] ? decayed_ : plain_).push_back(i);
   }
 }
 

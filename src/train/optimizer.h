@@ -25,6 +25,11 @@ struct AdamWOptions {
 class AdamW {
  public:
   AdamW(std::vector<at::Tensor*> params, std::vector<at::Tensor*> grads, AdamWOptions options);
+  // The same over parts of parameters (ZeRO's shard pieces, train/zero_optimizer.h):
+  // decayed[i] says whether params[i] is part of a matrix (the group is the
+  // whole parameter's, not the piece's, which is always 1-D).
+  AdamW(std::vector<at::Tensor*> params, std::vector<at::Tensor*> grads, AdamWOptions options,
+        const std::vector<bool>& decayed);
   void step(double lr);
   int64_t steps_taken() const { return t_; }
   // Checkpoint access: the first and second moments (one per parameter, in
