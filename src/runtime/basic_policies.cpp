@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/units.h"
 #include "runtime/policy.h"
+#include "runtime/stage_exchange.h"
 
 namespace memo::runtime {
 
@@ -57,7 +58,14 @@ class RecomputePolicy final : public ActivationPolicy {
     if (it == inputs_.end()) throw Error(cat("recompute: layer ", index, " was not saved"));
     model::LayerActivations acts;
     acts.x = it->second;
-    ctx.layer.recompute(ctx.weights, ctx.rope, acts);
+    if (ctx.exchange) {
+      // Attention runs on the whole sequence again (Ulysses: its all-to-alls too).
+      ctx.layer.forward_pre_attention(ctx.weights, ctx.rope, acts.x, acts);
+      ctx.layer.keep_attention(attend_exchanged(ctx.layer, *ctx.exchange, acts.qkv), acts);
+      ctx.layer.forward_post_attention(ctx.weights, acts.x, acts);
+    } else {
+      ctx.layer.recompute(ctx.weights, ctx.rope, acts);
+    }
     inputs_.erase(it);
     return acts;
   }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +20,7 @@ class LlamaModel;
 namespace memo::runtime {
 
 class TraceRecorder;
+class StageExchange;
 
 // Options of the swapping policies; ignored by keep and recompute.
 struct PolicyOptions {
@@ -26,6 +28,10 @@ struct PolicyOptions {
   double host_memory_bytes = 0;    // host memory the pool may use; 0: memory::host_budget's default
   double device_spare_bytes = -1;  // device memory for resident tokens; < 0: measured
   TraceRecorder* trace = nullptr;  // spans of copies and recompute, when tracing
+  // Many ranks: the alpha every rank uses, from this rank's choice (the
+  // minimum over the ranks), so every rank swaps and recomputes alike.
+  // Empty: this rank's own choice.
+  std::function<double(double)> agree_alpha;
 };
 
 // What a policy needs to rebuild a layer's skeletal set in backward.
@@ -33,6 +39,9 @@ struct LayerContext {
   const model::DecoderLayer& layer;
   const model::LayerWeights& weights;  // compute dtype
   const model::RopeTable& rope;        // rows for the step's sequence
+  // Attention's way to the whole sequence and back (Ulysses under sp > 1),
+  // for a policy that recomputes attention; null: the layer's own, local.
+  StageExchange* exchange = nullptr;
 };
 
 // Shape of the step about to run.
