@@ -203,6 +203,35 @@ TEST(DistTrain, MemoWithMeasuredAlphaAgreesAcrossRanks) {
   fs::remove_all(dir);
 }
 
+// --trace on many ranks: rank 0's Chrome trace has a comm lane with each
+// collective of the step (the layer's all-to-alls, the all-reduces).
+TEST(DistTrain, TraceHasACommLane) {
+  REQUIRE_DIST();
+  const auto dir = memo::testing::scratch_dir("dist_train_trace");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto args = train_args(dir, "keep", 2);
+  args.insert(args.end(), {"--trace", (dir / "trace.json").string()});
+  const auto rs = run_processes(env_ranks(2, args, free_port()), 300);
+  for (const auto& r : rs) ASSERT_EQ(r.code, 0) << describe(rs);
+  std::ifstream in(dir / "trace.json");
+  const auto trace = nlohmann::json::parse(in);
+  int lanes = 0;
+  std::map<std::string, int> spans;
+  for (const auto& e : trace["traceEvents"]) {
+    if (e["ph"] == "M" && e["args"]["name"] == "comm") ++lanes;
+    if (e["ph"] == "X" && e["cat"] == "comm") {
+      ++spans[e["name"].get<std::string>()];
+      EXPECT_GE(e["dur"].get<double>(), 0.0);
+    }
+  }
+  EXPECT_EQ(lanes, 1) << trace.dump();
+  const auto plan = planned(2, 2, "keep");
+  EXPECT_EQ(spans["all_to_all sp0"], plan.all_to_all_calls) << trace.dump();
+  EXPECT_EQ(spans["all_reduce world"], plan.zero_calls) << trace.dump();
+  fs::remove_all(dir);
+}
+
 // --zero 1-3 are refused on every rank before any collective (nothing
 // listens at MASTER_PORT).
 TEST(DistTrain, ZeroStagesNotBuiltAreRefusedOnEveryRank) {

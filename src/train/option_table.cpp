@@ -314,11 +314,8 @@ std::vector<OptionSpec> build_table() {
            "1-3 (sharded optimizer state, gradients, weights) are not built yet")
         .check(ValueCheck<int64_t>([](int64_t v, const std::string& key) {
           require_input(v >= 0 && v <= 3, key, " must be a ZeRO stage 0, 1, 2 or 3, got ", v);
-          require_input(v == 0, key, " ", v, ": ZeRO stage ", v,
-                        " is not built yet (only stage 0: weights, gradients and optimizer state replicated "
-                        "on every rank)");
         }))
-        .example("0"),
+        .example("3"),
   };
   // clang-format on
 }

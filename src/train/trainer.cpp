@@ -148,8 +148,9 @@ void Trainer::install_memory_planning() {
   MemoryPlanningOptions mp;
   mp.device = device_;
   mp.planned = options_.planned_memory;
-  mp.timeline_path = options_.memory_timeline;
-  mp.export_dir = options_.export_dsa;
+  // Many ranks: only rank 0 writes.
+  mp.timeline_path = is_root() ? options_.memory_timeline : "";
+  mp.export_dir = is_root() ? options_.export_dsa : "";
   mp.cache_dir = options_.plan_cache;
   if (mp.cache_dir.empty() && mp.planned) {
     const char* home = std::getenv("HOME");
