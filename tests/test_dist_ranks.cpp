@@ -124,22 +124,6 @@ TEST(DistRanks, MissingRankIsNamedAtTheJoin) {
   }
 }
 
-// `memo train` on 2 ranks: the process groups come up, then every rank refuses alike.
-TEST(DistTrain, RefusesOnEveryRankWithTheMeshUp) {
-  REQUIRE_DIST();
-  const auto rs = run_processes(
-      env_ranks(2, memo_train({"--sp", "2", "--seq-len", "64", "--batch", "2", "--steps", "1", "--dist-timeout", "60"}),
-                free_port()),
-      120);
-  for (size_t r = 0; r < rs.size(); ++r) {
-    EXPECT_EQ(rs[r].code, 2) << describe(rs);
-    EXPECT_TRUE(contains(rs[r].output, "multi-rank training is not built yet: the process group and mesh are up "
-                                       "(world 2 = dp 1 x sp 2, gloo, launched by env); rank " + std::to_string(r)))
-        << describe(rs);
-    EXPECT_FALSE(contains(rs[r].output, "memo train\n")) << describe(rs);  // no progress printed
-  }
-}
-
 // A bad mesh exits 2 on every rank before any store or collective: nothing
 // listens at MASTER_PORT, so a rank that tried to reach it would wait the
 // 60 s timeout.

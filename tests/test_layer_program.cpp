@@ -146,11 +146,14 @@ TEST(LayerProgram, ForwardLossEqualsTheTrainingStepsLoss) {
 // backward, and nothing else changes.
 class CopyingExchange final : public runtime::StageExchange {
  public:
-  int qkv_heads = 0, o_tokens = 0, o_heads = 0, qkv_tokens = 0;
+  int qkv_heads = 0, o_tokens = 0, o_heads = 0, qkv_tokens = 0, lse_tokens = 0, lse_heads = 0;
   at::Tensor qkv_to_heads(const at::Tensor& t) override { return ++qkv_heads, t.clone(); }
   at::Tensor o_to_tokens(const at::Tensor& t) override { return ++o_tokens, t.clone(); }
   at::Tensor o_to_heads(const at::Tensor& t) override { return ++o_heads, t.clone(); }
   at::Tensor qkv_to_tokens(const at::Tensor& t) override { return ++qkv_tokens, t.clone(); }
+  at::Tensor lse_to_tokens(const at::Tensor& t) override { return ++lse_tokens, t.clone(); }
+  at::Tensor lse_to_heads(const at::Tensor& t) override { return ++lse_heads, t.clone(); }
+  model::HeadCounts local_heads() const override { return {}; }
 };
 
 // Records the weight source's calls: (kind, layer).
@@ -213,6 +216,8 @@ TEST(LayerProgram, ExchangeWeightSourceAndGradientHookAroundEachLayer) {
   EXPECT_EQ(exchange.qkv_heads, 2 * layers);  // and once more in backward for attention's inputs
   EXPECT_EQ(exchange.o_heads, 2 * layers);    // o and d_o
   EXPECT_EQ(exchange.qkv_tokens, layers);
+  EXPECT_EQ(exchange.lse_tokens, layers);  // lse lives in token layout too
+  EXPECT_EQ(exchange.lse_heads, layers);
   EXPECT_TRUE(at::equal(y, y_want));
   EXPECT_TRUE(at::equal(dx, dx_want));
 

@@ -98,7 +98,7 @@ TEST(OptionTable, BenchTakesTheRunsShapeOptionsButNotTrainsOutputs) {
 }
 
 TEST(OptionTable, UnknownTomlKeysAreRefusedNamingTheKnownOnes) {
-  for (const std::string key : {"zero", "no_memory_check", "seq-len", "betas"}) {
+  for (const std::string key : {"zero_stage", "no_memory_check", "seq-len", "betas"}) {
     try {
       from_toml(key + " = 2\n", "unknown.toml");
       ADD_FAILURE() << key << " was accepted";

@@ -5,6 +5,7 @@
 // with kv heads split and replicated, sp 2/4/8 and several world sizes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "dist/ulysses.h"
@@ -53,11 +54,24 @@ TEST(PlanCommDist, UlyssesLayerBytesEqualDistsCounter) {
         EXPECT_EQ(got.backward, want.backward) << what;
         EXPECT_EQ(got.q, dist::ulysses_all_to_all_bytes(c.batch, c.seq_len, c.heads, c.head_dim, sp, compute_bytes))
             << what;
-        // keep sends the minimal mirror plus o beside d_o, every layer.
-        const auto keep = plan::comm_plan(in, "keep", 0, 1.0);
-        EXPECT_EQ(keep.all_to_all_bytes,
-                  static_cast<double>(in.model.layers * (want.forward + want.backward + got.q)))
-            << what;
+        // What memo train's exchange sends (docs/dist.md: token layout between
+        // forward and backward): the minimal mirror, plus o and the packed
+        // q, k, v again in backward, plus lse both ways; recompute the
+        // forward's three once more. memo sends keep's whatever it recomputes.
+        const int64_t lse = dist::ulysses_all_to_all_bytes(c.batch, c.seq_len, c.heads, 1, sp,
+                                                           std::max(4, compute_bytes));
+        EXPECT_EQ(got.lse, lse) << what;
+        const int64_t q = got.q, kv = got.kv;
+        const int64_t forward = (q + 2 * kv) + q + lse;
+        const int64_t keep_layer = want.forward + want.backward + q + (q + 2 * kv) + 2 * lse;
+        for (const char* policy : {"keep", "offload", "memo"}) {
+          const auto p = plan::comm_plan(in, policy, 0.5, 1.0);
+          EXPECT_EQ(p.all_to_all_bytes, static_cast<double>(in.model.layers * keep_layer)) << what << " " << policy;
+          EXPECT_EQ(p.all_to_all_calls, in.model.layers * 8) << what << " " << policy;
+        }
+        const auto recompute = plan::comm_plan(in, "recompute", 0, 1.0);
+        EXPECT_EQ(recompute.all_to_all_bytes, static_cast<double>(in.model.layers * (keep_layer + forward))) << what;
+        EXPECT_EQ(recompute.all_to_all_calls, in.model.layers * 11) << what;
       }
     }
   }
@@ -91,7 +105,21 @@ TEST(PlanCommDist, ZeroBytesEqualDistsCounter) {
       in.zero = 0;
       auto z0 = plan::comm_plan(in, "keep", 0, 1.0);
       EXPECT_EQ(z0.all_gather_bytes, 0) << what;
-      EXPECT_EQ(z0.all_reduce_bytes, 2 * step(in.master_bytes)) << what;  // ring: reduce-scatter + all-gather
+      // memo train's stage 0: one ring all-reduce per gradient tensor
+      // (dist counts 2 (n - 1)/n of its bytes), then the loss sum and count.
+      int64_t want = 0;
+      auto ring = [&](int64_t numel, int64_t bytes) { want += 2 * (world - 1) * numel * bytes / world; };
+      const auto& m = in.model;
+      for (int64_t l = 0; l < m.layers; ++l)
+        for (int64_t numel : {m.hidden, (m.heads + 2 * m.kv_heads) * m.head_dim * m.hidden,
+                              m.hidden * m.heads * m.head_dim, m.hidden, 2 * m.ffn * m.hidden, m.hidden * m.ffn})
+          ring(numel, in.master_bytes);
+      ring(m.vocab * m.hidden, in.master_bytes);
+      ring(m.hidden, in.master_bytes);
+      if (!m.tied_embeddings) ring(m.vocab * m.hidden, in.master_bytes);
+      ring(2, 8);
+      EXPECT_EQ(z0.all_reduce_bytes, static_cast<double>(want)) << what;
+      EXPECT_EQ(z0.zero_calls, 6 * m.layers + (m.tied_embeddings ? 2 : 3) + 1) << what;
     }
   }
 }

@@ -149,6 +149,35 @@ TEST(SwapMemory, HostPoolEqualsThePlanToTheByte) {
   EXPECT_NEAR(*p->alpha(), 3.0 / 9.0, 1e-12);
 }
 
+// Many ranks: memo asks for agreement on the alpha it measured (once, in
+// prepare) and uses the agreed one; an explicit --alpha asks nothing.
+TEST(SwapSplit, MemoUsesTheAlphaTheRanksAgreeOn) {
+  Case c{6, 0.37, 2, 9, 4, 2};
+  for (double agreed : {2.0 / 9.0, 5.0 / 9.0}) {
+    auto model = make_model(c);
+    runtime::PolicyOptions opts;
+    opts.host_memory_bytes = 1 << 30;
+    std::vector<double> asked;
+    opts.agree_alpha = [&](double mine) {
+      asked.push_back(mine);
+      return agreed;
+    };
+    auto p = runtime::make_policy("memo", opts);
+    p->prepare(model, c.batch, c.seq);
+    ASSERT_EQ(asked.size(), 1u);
+    EXPECT_GE(asked[0], 0.0);
+    EXPECT_NEAR(*p->alpha(), agreed, 1e-12);
+  }
+  auto model = make_model(c);
+  runtime::PolicyOptions opts;
+  opts.host_memory_bytes = 1 << 30;
+  opts.alpha = c.alpha;
+  int asked = 0;
+  opts.agree_alpha = [&](double mine) { return ++asked, mine; };
+  runtime::make_policy("memo", opts)->prepare(model, c.batch, c.seq);
+  EXPECT_EQ(asked, 0);
+}
+
 TEST(SwapMemory, TooSmallHostPoolFailsBeforeTrainingWithWhatWouldFit) {
   Case c{6, 0.37, 2, 9, 4, 2};
   auto model = make_model(c);

@@ -1,4 +1,4 @@
-// start_multi_rank_training: mesh check, process groups, then the refusal.
+// join_ranks: the mesh check, then the process groups of the job.
 #include "cli/multi_rank.h"
 
 #include <chrono>
@@ -17,12 +17,13 @@ namespace {
 std::string agreement_of(const train::TrainOptions& o) {
   return cat("model=", o.model, " layers=", o.layers, " seq_len=", o.seq_len, " batch=", o.batch,
              " grad_accum=", o.grad_accum, " steps=", o.steps, " sp=", o.sp, " policy=", o.policy,
-             " dtype=", o.dtype, " device=", o.device, " seed=", o.seed, " data=", o.data, " lr=", o.lr);
+             " dtype=", o.dtype, " device=", o.device, " seed=", o.seed, " data=", o.data, " lr=", o.lr,
+             " zero=", o.zero, " alpha=", o.alpha, " clip=", o.clip, " warmup=", o.warmup, " resume=", o.resume);
 }
 
 }  // namespace
 
-void start_multi_rank_training(const train::TrainOptions& options, const dist::LaunchInfo& launch) {
+std::unique_ptr<dist::Context> join_ranks(const train::TrainOptions& options, const dist::LaunchInfo& launch) {
   model::ModelConfig config = model::resolve_model(options.model);
   if (options.layers > 0) config.layers = options.layers;
   config.validate(options.model);
@@ -34,9 +35,7 @@ void start_multi_rank_training(const train::TrainOptions& options, const dist::L
       std::chrono::milliseconds(static_cast<int64_t>(options.dist_timeout * 1000.0 + 0.5));
   context_options.device = train::resolve_execution(options).device;
   context_options.agreement = agreement_of(options);
-  dist::Context context(launch, mesh, context_options);
-  throw InputError(cat("multi-rank training is not built yet: the process group and mesh are up (", mesh.describe(),
-                       ", ", context.backend_name(), ", launched by ", launch.launcher, "); rank ", launch.rank));
+  return std::make_unique<dist::Context>(launch, mesh, context_options);
 }
 
 }  // namespace memo::cli

@@ -1,17 +1,19 @@
-// `memo train` on many ranks: the part of issue 13 built so far (launch,
-// process groups, mesh); training itself on many ranks comes with the step
-// executor's integration.
+// `memo train` on many ranks (torchrun, srun, RANK/WORLD_SIZE): the mesh
+// checked from the options alone, then the join of the ranks.
 #pragma once
 
+#include <memory>
+
+#include "dist/context.h"
 #include "dist/launch.h"
 #include "train/options.h"
 
 namespace memo::cli {
 
 // Checks the mesh from the options alone (InputError, exit 2 on every rank,
-// before any store or collective), brings the store and the world/sp/dp
-// groups up (CommError naming a missing or failed rank: exit 1), then refuses
-// with an InputError: multi-rank training is not built yet.
-[[noreturn]] void start_multi_rank_training(const train::TrainOptions& options, const dist::LaunchInfo& launch);
+// before any store or collective), then brings the store and the
+// world/sp/dp groups up (CommError naming a missing or failed rank: exit 1;
+// a rank given other options than rank 0: InputError on every rank).
+std::unique_ptr<dist::Context> join_ranks(const train::TrainOptions& options, const dist::LaunchInfo& launch);
 
 }  // namespace memo::cli

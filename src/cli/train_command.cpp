@@ -21,6 +21,7 @@
 #include "core/files.h"
 #include "core/json.h"
 #include "core/units.h"
+#include "dist/context.h"
 #include "dist/launch.h"
 #include "train/trainer.h"
 
@@ -80,6 +81,18 @@ void print_summary(const train::TrainSummary& s) {
                 m.peak_reserved_bytes > 0
                     ? strf(", %.2f%% of reserved", 100.0 * static_cast<double>(frag) / static_cast<double>(m.peak_reserved_bytes)).c_str()
                     : "");
+  }
+  if (s.comm) {
+    std::string kinds;
+    for (int k = 0; k < dist::kCollectiveKinds; ++k) {
+      const auto& b = s.comm->by_kind[static_cast<size_t>(k)];
+      if (b.calls == 0) continue;
+      kinds += strf("%s%s %s in %lld", kinds.empty() ? "" : ", ", dist::collective_name(static_cast<dist::Collective>(k)),
+                    format_bytes(static_cast<double>(b.bytes_sent)).c_str(), static_cast<long long>(b.calls));
+    }
+    std::printf("  communication    %s sent per step by rank 0 (%s; world %d = dp %d x sp %d)\n",
+                format_bytes(static_cast<double>(s.comm->total().bytes_sent)).c_str(), kinds.c_str(), s.world, s.dp,
+                s.sp);
   }
   std::printf("  peak memory      %s on the device; %s of activations held for backward; %s on the host\n",
               format_bytes(static_cast<double>(s.peak_device_bytes)).c_str(),
@@ -150,9 +163,13 @@ TrainOptions resolve_options(const std::string& config_file, const FlagBindings&
   return options;
 }
 
-void print_header(const train::Trainer& trainer) {
+void print_header(const train::Trainer& trainer, const dist::Context* context) {
   std::printf("memo train\n");
   for (const auto& [k, v] : trainer.describe()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
+  if (context)
+    std::printf("  %-10s %s, %s, launched by %s; ZeRO stage 0 (weights, gradients, AdamW state replicated)\n",
+                "ranks", context->mesh().describe().c_str(), context->backend_name().c_str(),
+                context->launch().launcher.c_str());
   for (const auto& [k, v] : trainer.describe_policy()) std::printf("  %-10s %s\n", k.c_str(), v.c_str());
   std::printf("  %-10s %s\n", "threads", describe_cpu_threads().c_str());
   std::printf("\n");
@@ -209,22 +226,28 @@ void finish_report(const train::TrainSummary& summary, const TrainOptions& optio
 
 int run_train(const std::string& config_file, const FlagBindings& flags) {
   const TrainOptions options = resolve_options(config_file, flags);
-  // Many ranks (torchrun, srun, WORLD_SIZE/RANK) or --sp: the mesh is
-  // checked from the options alone, then the process groups come up.
-  if (const auto launch = dist::launch_from_environment(); launch.distributed() || options.sp > 1)
-    start_multi_rank_training(options, launch);
+  train::require_built_zero_stage(options);  // on every rank, before any is reached
   check_train_outputs(options, config_file);
+  // Many ranks (torchrun, srun, WORLD_SIZE/RANK) or --sp: the mesh is
+  // checked from the options alone, then the process groups come up. Only
+  // rank 0 prints and writes; the others speak only on errors.
+  std::unique_ptr<dist::Context> context;
+  if (const auto launch = dist::launch_from_environment(); launch.distributed() || options.sp > 1)
+    context = join_ranks(options, launch);
+  const bool root = !context || context->is_root();
   // One run at a time per --out (held until the process ends; a crashed
   // run's lock dies with it).
   std::optional<DirectoryLock> out_lock;
-  if (!options.out.empty()) out_lock.emplace(options.out, "--out");
+  if (root && !options.out.empty()) out_lock.emplace(options.out, "--out");
 
-  train::Trainer trainer(options);
-  print_header(trainer);
-  nlohmann::json report = start_report(trainer, options);
+  train::Trainer trainer(options, context.get());
+  if (root) print_header(trainer, context.get());
+  nlohmann::json report = root ? start_report(trainer, options) : nlohmann::json();
   const int64_t every = trainer.log_every();
-  auto summary = trainer.run([&](const train::StepRecord& r) { record_step(r, options, every, report); });
-  finish_report(summary, options, report);
+  auto summary = trainer.run([&](const train::StepRecord& r) {
+    if (root) record_step(r, options, every, report);
+  });
+  if (root) finish_report(summary, options, report);
   return 0;
 }
 

@@ -23,13 +23,18 @@ DecoderLayer::DecoderLayer(const ModelConfig& config, AttentionKernel kernel,
                            int64_t block_elements)
     : config_(config), kernel_(kernel), block_elements_(block_elements) {}
 
+HeadCounts DecoderLayer::resolve(HeadCounts heads) const {
+  return heads.q > 0 ? heads : HeadCounts{config_.heads, config_.kv_heads};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> DecoderLayer::split_heads(
-    const at::Tensor& qkv) const {
+    const at::Tensor& qkv, HeadCounts local) const {
   const auto& c = config_;
-  auto heads = qkv.view({qkv.size(0), qkv.size(1), c.heads + 2 * c.kv_heads, c.head_dim});
-  auto q = heads.narrow(2, 0, c.heads).transpose(1, 2);
-  auto k = heads.narrow(2, c.heads, c.kv_heads).transpose(1, 2);
-  auto v = heads.narrow(2, c.heads + c.kv_heads, c.kv_heads).transpose(1, 2);
+  const auto [nh, nkv] = resolve(local);
+  auto heads = qkv.view({qkv.size(0), qkv.size(1), nh + 2 * nkv, c.head_dim});
+  auto q = heads.narrow(2, 0, nh).transpose(1, 2);
+  auto k = heads.narrow(2, nh, nkv).transpose(1, 2);
+  auto v = heads.narrow(2, nh + nkv, nkv).transpose(1, 2);
   return {q, k, v};
 }
 
@@ -103,11 +108,11 @@ void DecoderLayer::forward_pre_attention(const LayerWeights& w, const RopeTable&
               /*inverse=*/false, block_elements_);
 }
 
-AttentionResult DecoderLayer::attend(const at::Tensor& qkv) const {
-  auto [q, k, v] = split_heads(qkv);
+AttentionResult DecoderLayer::attend(const at::Tensor& qkv, HeadCounts heads) const {
+  auto [q, k, v] = split_heads(qkv, heads);
   auto out = attention_forward(kernel_, q, k, v);
   // o [B, nh, S, d] -> [B, S, nh d] (a view when the kernel wrote it token-major).
-  auto o = out.o.transpose(1, 2).reshape({q.size(0), q.size(2), config_.attn_dim()});
+  auto o = out.o.transpose(1, 2).reshape({q.size(0), q.size(2), q.size(1) * config_.head_dim});
   return {std::move(o), std::move(out.lse)};
 }
 
@@ -202,27 +207,29 @@ PostAttentionGrads DecoderLayer::backward_post_attention(const LayerWeights& w,
 }
 
 at::Tensor DecoderLayer::backward_attention(at::Tensor d_o, const at::Tensor& qkv,
-                                            const at::Tensor& o, const at::Tensor& lse) const {
+                                            const at::Tensor& o, const at::Tensor& lse,
+                                            HeadCounts local) const {
   const auto& c = config_;
+  const auto [nh, nkv] = resolve(local);
   const int64_t B = qkv.size(0), S = qkv.size(1);
   AttentionGrads g;
   {
-    auto [q, k, v] = split_heads(qkv);
-    auto o_heads = o.view({B, S, c.heads, c.head_dim}).transpose(1, 2);
-    auto do_heads = d_o.view({B, S, c.heads, c.head_dim}).transpose(1, 2);
+    auto [q, k, v] = split_heads(qkv, local);
+    auto o_heads = o.view({B, S, nh, c.head_dim}).transpose(1, 2);
+    auto do_heads = d_o.view({B, S, nh, c.head_dim}).transpose(1, 2);
     g = attention_backward(kernel_, do_heads, q, k, v, o_heads, lse);
   }
   d_o.reset();
 
   // Gather dq, dk, dv into the qkv layout, each freed once copied.
-  auto dqkv = at::empty({B, S, c.heads + 2 * c.kv_heads, c.head_dim}, qkv.options());
-  dqkv.narrow(2, 0, c.heads).copy_(g.dq.transpose(1, 2));
+  auto dqkv = at::empty({B, S, nh + 2 * nkv, c.head_dim}, qkv.options());
+  dqkv.narrow(2, 0, nh).copy_(g.dq.transpose(1, 2));
   g.dq.reset();
-  dqkv.narrow(2, c.heads, c.kv_heads).copy_(g.dk.transpose(1, 2));
+  dqkv.narrow(2, nh, nkv).copy_(g.dk.transpose(1, 2));
   g.dk.reset();
-  dqkv.narrow(2, c.heads + c.kv_heads, c.kv_heads).copy_(g.dv.transpose(1, 2));
+  dqkv.narrow(2, nh + nkv, nkv).copy_(g.dv.transpose(1, 2));
   g.dv.reset();
-  return dqkv.view({B, S, c.qkv_dim()});  // [B, S, (nh+2nkv) d]
+  return dqkv.view({B, S, (nh + 2 * nkv) * c.head_dim});  // [B, S, (nh+2nkv) d]
 }
 
 at::Tensor DecoderLayer::backward_pre_attention(const LayerWeights& w, LayerWeights& grads,

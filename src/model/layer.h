@@ -39,6 +39,14 @@ struct AttentionResult {
   at::Tensor lse;
 };
 
+// The attention heads a head-layout tensor holds: every head on one device;
+// under Ulysses sequence parallelism heads / sp query heads and kv_heads / sp
+// kv heads (or 1, replicated, when sp exceeds them). {0, 0}: the config's.
+struct HeadCounts {
+  int64_t q = 0;
+  int64_t kv = 0;
+};
+
 // The post-attention backward's results: the gradient at x2 (the residual
 // stream, which flows on to x) and at the attention output.
 struct PostAttentionGrads {
@@ -80,8 +88,9 @@ class DecoderLayer {
   void forward_pre_attention(const LayerWeights& w, const RopeTable& rope, const at::Tensor& x,
                              LayerActivations& acts, int64_t t0 = 0, int64_t n = 0,
                              int64_t position = 0) const;
-  // attention (the whole sequence): qkv [B, S, (nh+2nkv) d] -> o, lse.
-  AttentionResult attend(const at::Tensor& qkv) const;
+  // attention (the whole sequence): qkv [B, S, (nh+2nkv) d] -> o [B, S, nh d],
+  // lse [B, nh, S]; with `heads`, qkv holds only those heads (head layout).
+  AttentionResult attend(const at::Tensor& qkv, HeadCounts heads = {}) const;
   // o and lse into their slots of `acts` (one copy each into a preallocated slot).
   void keep_attention(AttentionResult&& result, LayerActivations& acts) const;
   // attend(acts.qkv), kept in acts.
@@ -118,8 +127,9 @@ class DecoderLayer {
   // attention: d_o [B, S, nh d] with the forward's qkv, o (token-major, the
   // attention's layout) and lse -> dqkv [B, S, (nh+2nkv) d], RoPE not yet
   // undone. d_o is taken (and freed before dqkv is allocated).
+  // With `heads`, every tensor holds only those heads (head layout).
   at::Tensor backward_attention(at::Tensor d_o, const at::Tensor& qkv, const at::Tensor& o,
-                                const at::Tensor& lse) const;
+                                const at::Tensor& lse, HeadCounts heads = {}) const;
   // pre-attention: dqkv, dx2 -> dx [B, S, h]; undoes RoPE at the tokens'
   // positions; adds the gradients of wqkv and norm1. dqkv is taken (and
   // freed before dx is computed).
@@ -134,7 +144,9 @@ class DecoderLayer {
 
  private:
   // q [B, nh, S, d], k and v [B, nkv, S, d] as views into qkv [B, S, (nh+2nkv) d].
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads(const at::Tensor& qkv) const;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads(const at::Tensor& qkv,
+                                                             HeadCounts heads = {}) const;
+  HeadCounts resolve(HeadCounts heads) const;
 
   ModelConfig config_;
   AttentionKernel kernel_;

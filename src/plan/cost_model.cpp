@@ -174,9 +174,47 @@ UlyssesLayer ulysses_layer(const PlanInputs& in) {
   const int64_t S = in.seq_len / in.parallel.cp;  // the sp group's sequence
   u.q = ulysses_all_to_all_bytes(in.batch, S, m.heads, m.head_dim, sp, in.compute_bytes);
   u.kv = ulysses_all_to_all_bytes(in.batch, S, m.kv_heads, m.head_dim, sp, in.compute_bytes);
+  // lse [B, nh, S] in the statistics dtype: float32 for 16-bit compute, else the compute dtype.
+  u.lse = ulysses_all_to_all_bytes(in.batch, S, m.heads, 1, sp, std::max<int64_t>(4, in.compute_bytes));
   u.forward = 2 * u.q + 2 * u.kv;   // q, k, v to heads; o back
   u.backward = 2 * u.q + 2 * u.kv;  // d_o to heads; dq, dk, dv back
   return u;
+}
+
+UlyssesPolicyLayer ulysses_policy_layer(const PlanInputs& in, const std::string& policy) {
+  const UlyssesLayer u = ulysses_layer(in);
+  UlyssesPolicyLayer p;
+  if (u.q == 0) return p;
+  const int64_t qkv = u.q + 2 * u.kv;
+  const int64_t forward = qkv + u.q + u.lse;                  // q, k, v in; o, lse out
+  const int64_t backward = u.q + qkv + u.q + u.lse + qkv;     // d_o, q k v, o, lse in; dq dk dv out
+  p.forward = forward;
+  p.backward = policy == "recompute" ? forward + backward : backward;
+  p.calls = policy == "recompute" ? 3 + 3 + 5 : 3 + 5;
+  return p;
+}
+
+AllReducePlan stage0_all_reduce(const ModelShape& m, int64_t world, int64_t element_size) {
+  AllReducePlan a;
+  if (world <= 1) return a;
+  auto ring = [&](int64_t numel, int64_t bytes) {  // dist::Group::all_reduce's count
+    a.bytes += 2 * (world - 1) * numel * bytes / world;
+    ++a.calls;
+  };
+  const int64_t h = m.hidden, d = m.head_dim;
+  for (int64_t i = 0; i < m.layers; ++i) {
+    if (m.arch == ModelArch::Llama) {  // norm1, wqkv, wo, norm2, wgu, wdown
+      for (int64_t numel : {h, (m.heads + 2 * m.kv_heads) * d * h, h * m.heads * d, h, 2 * m.ffn * h, h * m.ffn})
+        ring(numel, element_size);
+    } else {
+      ring(zero_layer_numel(m), element_size);
+    }
+  }
+  ring(m.vocab * h, element_size);                       // embed
+  ring(h, element_size);                                 // final norm
+  if (!m.tied_embeddings) ring(m.vocab * h, element_size);  // lm head
+  ring(2, 8);                                            // the loss sum and token count
+  return a;
 }
 
 int64_t zero_layer_numel(const ModelShape& m) { return m.layer_matmul_params() + 2 * m.hidden; }
@@ -190,30 +228,15 @@ CommPlan comm_plan(const PlanInputs& in, const std::string& policy, double recom
     return group <= hw.gpus_per_host ? hw.intra_host_bytes_per_s : hw.inter_host_bytes_per_s;
   };
   CommPlan c;
-  // Ulysses (docs/dist.md, the proposal): keep and offload send the minimal
-  // mirror plus o beside d_o (o lives in token layout); recompute redoes the
-  // forward in backward, its four all-to-alls included, and needs no o;
-  // memo sends keep's plus one packed q, k, v all-to-all of each swapped
-  // layer's recomputed tokens.
-  const UlyssesLayer u = ulysses_layer(in);
-  if (u.forward > 0) {
-    const double fwd = static_cast<double>(u.forward), bwd = static_cast<double>(u.backward);
-    const double keep = fwd + bwd + static_cast<double>(u.q);
-    if (policy == "recompute") {
-      c.all_to_all_bytes = n * (2.0 * fwd + bwd);
-      c.all_to_all_calls = in.model.layers * 12;
-    } else {
-      c.all_to_all_bytes = n * keep;
-      c.all_to_all_calls = in.model.layers * 8;
-      if (policy == "memo" && recomputed > 0) {
-        const int64_t swapped = std::max<int64_t>(0, in.model.layers - 2);
-        c.all_to_all_bytes += static_cast<double>(swapped) * recomputed * static_cast<double>(u.q + 2 * u.kv);
-        c.all_to_all_calls += swapped;
-      }
-    }
+  // Ulysses (docs/dist.md): what the runtime's exchange sends per layer.
+  const UlyssesPolicyLayer u = ulysses_policy_layer(in, policy);
+  if (u.calls > 0) {
+    c.all_to_all_bytes = n * static_cast<double>(u.forward + u.backward);
+    c.all_to_all_calls = in.model.layers * u.calls;
     c.all_to_all_s = c.all_to_all_bytes / link(ulysses_group(in)) +
                      static_cast<double>(c.all_to_all_calls) * hw.collective_latency_s;
   }
+  (void)recomputed;  // memo recomputes on its own tokens: nothing more moves
   // ZeRO over the ranks holding the same weights, per flat buffer.
   const int64_t z = zero_group(in);
   const int stage = zero_stage(in);
@@ -233,10 +256,16 @@ CommPlan comm_plan(const PlanInputs& in, const std::string& policy, double recom
     }
     if (stage >= 2) {
       c.reduce_scatter_bytes = grads;
+      c.zero_calls += buffers;
+    } else if (stage == 0) {
+      // memo train's stage 0: every gradient tensor all-reduced, and the loss.
+      const auto a = stage0_all_reduce(in.model, z, in.master_bytes);
+      c.all_reduce_bytes = static_cast<double>(a.bytes);
+      c.zero_calls += a.calls;
     } else {
       c.all_reduce_bytes = 2.0 * grads;  // a ring all-reduce: reduce-scatter + all-gather
+      c.zero_calls += buffers;
     }
-    c.zero_calls += buffers;
     c.zero_s = (c.all_gather_bytes + c.reduce_scatter_bytes + c.all_reduce_bytes) / link(z) +
                static_cast<double>(c.zero_calls) * hw.collective_latency_s;
   }

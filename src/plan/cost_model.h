@@ -200,9 +200,28 @@ int64_t zero_collective_bytes(int64_t numel, int64_t world, int64_t element_size
 // per rank of the sp group, for in's batch and seq_len / cp tokens.
 struct UlyssesLayer {
   int64_t q = 0, kv = 0;  // one all-to-all of q (or o, d_o, dq) and of k (or v, dk, dv)
+  int64_t lse = 0;        // one all-to-all of attention's log-sum-exp (statistics dtype)
   int64_t forward = 0, backward = 0;
 };
 UlyssesLayer ulysses_layer(const PlanInputs& in);
+// What memo's runtime sends per layer (docs/dist.md: every skeletal tensor
+// lives in token layout): forward q, k, v packed to head layout, o and lse
+// back (3 all-to-alls); backward d_o, the kept q, k, v (packed), o and lse to
+// head layout and dq, dk, dv (packed) back (5). recompute redoes the forward's
+// 3 in backward; keep, offload and memo recompute nothing that moves.
+struct UlyssesPolicyLayer {
+  int64_t forward = 0, backward = 0;  // bytes
+  int64_t calls = 0;
+};
+UlyssesPolicyLayer ulysses_policy_layer(const PlanInputs& in, const std::string& policy);
+// Stage 0's all-reduces per rank per step over `world` ranks: every gradient
+// tensor (one call each, the ring's 2 (n-1)/n of its bytes, as dist counts
+// them) and the step's loss sum and token count (2 float64).
+struct AllReducePlan {
+  int64_t bytes = 0;
+  int64_t calls = 0;
+};
+AllReducePlan stage0_all_reduce(const ModelShape& m, int64_t world, int64_t element_size);
 // The flat buffers ZeRO shards: one per layer (its matmuls and norms), then
 // the rest (embeddings, final norm, lm head).
 int64_t zero_layer_numel(const ModelShape& m);

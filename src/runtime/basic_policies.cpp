@@ -13,6 +13,7 @@
 #include "core/units.h"
 #include "model/chunk_stages.h"
 #include "runtime/policy.h"
+#include "runtime/stage_exchange.h"
 
 namespace memo::runtime {
 
@@ -90,10 +91,16 @@ class RecomputePolicy final : public ActivationPolicy {
     if (it == inputs_.end()) throw Error(cat("recompute: unit ", to_string(u), " was not saved"));
     model::LayerActivations acts;
     acts.x = it->second;
-    if (ctx.kv.defined())
+    if (ctx.kv.defined()) {
       model::recompute_chunk(ctx.layer, ctx.weights, ctx.rope, acts, ctx.kv, ctx.t0);
-    else
+    } else if (ctx.exchange) {
+      // Attention runs on the whole sequence again (Ulysses: its all-to-alls too).
+      ctx.layer.forward_pre_attention(ctx.weights, ctx.rope, acts.x, acts);
+      ctx.layer.keep_attention(attend_exchanged(ctx.layer, *ctx.exchange, acts.qkv), acts);
+      ctx.layer.forward_post_attention(ctx.weights, acts.x, acts);
+    } else {
       ctx.layer.recompute(ctx.weights, ctx.rope, acts);
+    }
     inputs_.erase(it);
     return acts;
   }

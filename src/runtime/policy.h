@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,7 @@ class LlamaModel;
 namespace memo::runtime {
 
 class TraceRecorder;
+class StageExchange;
 
 // Options of the swapping policies; ignored by keep and recompute.
 struct PolicyOptions {
@@ -31,6 +33,10 @@ struct PolicyOptions {
   // program runs chunks only when this is below the sequence; the policy
   // sizes its units by it.
   int64_t chunk_tokens = 0;
+  // Many ranks: the alpha every rank uses, from this rank's choice (the
+  // minimum over the ranks), so every rank swaps and recomputes alike.
+  // Empty: this rank's own choice.
+  std::function<double(double)> agree_alpha;
 };
 
 // What a policy needs to rebuild a layer's skeletal set in backward.
@@ -44,6 +50,9 @@ struct LayerContext {
   at::Tensor kv;
   int64_t t0 = 0;
   int64_t chunk_tokens = 0;
+  // Attention's way to the whole sequence and back (Ulysses under sp > 1),
+  // for a policy that recomputes attention; null: the layer's own, local.
+  StageExchange* exchange = nullptr;
 };
 
 // Shape of the step about to run.

@@ -12,6 +12,10 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <utility>
+
+#include "model/layer.h"
+
 namespace memo::runtime {
 
 class StageExchange {
@@ -28,6 +32,12 @@ class StageExchange {
   // After attention's backward: dq, dk, dv packed in head layout -> token
   // layout [B, S_local, (nh + 2 nkv) d].
   virtual at::Tensor qkv_to_tokens(const at::Tensor& dqkv) = 0;
+  // Attention's log-sum-exp: head layout [B, nh_local, S] -> token layout
+  // [B, nh, S_local] after attention, and back before its backward.
+  virtual at::Tensor lse_to_tokens(const at::Tensor& lse) = 0;
+  virtual at::Tensor lse_to_heads(const at::Tensor& lse) = 0;
+  // The heads a head-layout tensor holds ({0, 0}: every head).
+  virtual model::HeadCounts local_heads() const = 0;
 };
 
 // One device holds the whole sequence and every head: nothing moves.
@@ -37,6 +47,33 @@ class NoExchange final : public StageExchange {
   at::Tensor o_to_tokens(const at::Tensor& o) override { return o; }
   at::Tensor o_to_heads(const at::Tensor& o) override { return o; }
   at::Tensor qkv_to_tokens(const at::Tensor& dqkv) override { return dqkv; }
+  at::Tensor lse_to_tokens(const at::Tensor& lse) override { return lse; }
+  at::Tensor lse_to_heads(const at::Tensor& lse) override { return lse; }
+  model::HeadCounts local_heads() const override { return {}; }
 };
+
+// Attention through the exchange: qkv in token layout -> o and lse in token
+// layout (every skeletal tensor lives in token layout between forward and
+// backward, so every policy keeps, swaps and recomputes the local tokens
+// alone: docs/dist.md).
+inline model::AttentionResult attend_exchanged(const model::DecoderLayer& layer, StageExchange& exchange,
+                                               const at::Tensor& qkv) {
+  auto attended = layer.attend(exchange.qkv_to_heads(qkv), exchange.local_heads());  // head layout
+  attended.o = exchange.o_to_tokens(attended.o);
+  attended.lse = exchange.lse_to_tokens(attended.lse);
+  return attended;
+}
+
+// Attention's backward through the exchange: d_o and the skeletal qkv, o,
+// lse in token layout -> dqkv in token layout (RoPE not yet undone).
+inline at::Tensor backward_attention_exchanged(const model::DecoderLayer& layer, StageExchange& exchange,
+                                               at::Tensor d_o, const model::LayerActivations& acts) {
+  at::Tensor d_o_heads = exchange.o_to_heads(d_o);
+  d_o.reset();
+  at::Tensor dqkv = layer.backward_attention(std::move(d_o_heads), exchange.qkv_to_heads(acts.qkv),
+                                             exchange.o_to_heads(acts.o), exchange.lse_to_heads(acts.lse),
+                                             exchange.local_heads());
+  return exchange.qkv_to_tokens(dqkv);
+}
 
 }  // namespace memo::runtime

@@ -87,6 +87,14 @@ class SwapPolicy final : public ActivationPolicy {
                                 ? options_.device_spare_bytes
                                 : measure_spare_device(model, batch, unit_tokens_, in.fixed_bytes + in.rest_bytes);
     split_ = choose_split(in);
+    if (memo_ && !options_.alpha && options_.agree_alpha) {
+      // Many ranks: the alpha every rank agrees on (each measured its own).
+      const double agreed = options_.agree_alpha(split_.alpha);
+      if (agreed != split_.alpha) {
+        in.alpha = agreed;
+        split_ = choose_split(in);
+      }
+    }
     // An explicit alpha with an explicit device share keeps that share resident.
     if (memo_ && options_.alpha && options_.device_spare_bytes > 0) add_resident(in);
     inputs_ = in;

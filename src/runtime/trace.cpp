@@ -16,6 +16,7 @@ const char* lane_name(Lane lane) {
     case Lane::Compute: return "compute";
     case Lane::DeviceToHost: return "device-to-host";
     case Lane::HostToDevice: return "host-to-device";
+    case Lane::Comm: return "comm";
   }
   return "?";
 }
@@ -47,6 +48,7 @@ int64_t TraceRecorder::begin(Lane lane, const std::string& name, int64_t layer, 
     if (!origin_event_) {
       origin_event_ = std::make_unique<c10::Event>(device_.type(), c10::EventFlag::BACKEND_DEFAULT);
       origin_event_->record(stream);
+      origin_host_ = std::chrono::steady_clock::now();
     }
     p->start = std::make_unique<c10::Event>(device_.type(), c10::EventFlag::BACKEND_DEFAULT);
     p->start->record(stream);
@@ -82,9 +84,24 @@ void TraceRecorder::flush() {
   pending_.clear();
 }
 
+void TraceRecorder::add_host_span(Lane lane, const std::string& name, int64_t bytes,
+                                  std::chrono::steady_clock::time_point start,
+                                  std::chrono::steady_clock::time_point end) {
+  if (!enabled_) return;
+  using us = std::chrono::duration<double, std::micro>;
+  // On a device the timeline starts at the first span's event: the host time
+  // it was recorded at stands in for it (so host spans are placed to within
+  // the launch queue's depth).
+  const auto origin = device_.is_cpu() || !origin_event_ ? origin_ : origin_host_;
+  spans_.push_back({lane, name, -1, bytes, us(start - origin).count(), us(end - start).count()});
+}
+
 std::string TraceRecorder::chrome_json() const {
   nlohmann::json events = nlohmann::json::array();
-  for (Lane lane : {Lane::Compute, Lane::DeviceToHost, Lane::HostToDevice})
+  std::vector<Lane> lanes = {Lane::Compute, Lane::DeviceToHost, Lane::HostToDevice};
+  if (std::any_of(spans_.begin(), spans_.end(), [](const Span& s) { return s.lane == Lane::Comm; }))
+    lanes.push_back(Lane::Comm);  // many ranks only
+  for (Lane lane : lanes)
     events.push_back({{"name", "thread_name"},
                       {"ph", "M"},
                       {"pid", 0},

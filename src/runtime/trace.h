@@ -19,7 +19,8 @@
 
 namespace memo::runtime {
 
-enum class Lane { Compute = 0, DeviceToHost = 1, HostToDevice = 2 };
+// Comm: collectives between ranks (dist/comm.h), as the host saw them.
+enum class Lane { Compute = 0, DeviceToHost = 1, HostToDevice = 2, Comm = 3 };
 const char* lane_name(Lane lane);
 
 struct Span {
@@ -52,6 +53,11 @@ class TraceRecorder {
                 const c10::Stream& stream);
   void end(int64_t handle, const c10::Stream& stream);
 
+  // A span timed on the host clock (a collective from issue to completion,
+  // dist::CommSpan), placed on the recorder's host timeline.
+  void add_host_span(Lane lane, const std::string& name, int64_t bytes,
+                     std::chrono::steady_clock::time_point start, std::chrono::steady_clock::time_point end);
+
   // Resolves event timings (the device must be synchronised) and appends the
   // spans to the finished list; times count from the recorder's creation on
   // CPU, from its first span's start on a device.
@@ -69,6 +75,7 @@ class TraceRecorder {
   std::vector<Span> spans_;
   std::chrono::steady_clock::time_point origin_;
   std::unique_ptr<c10::Event> origin_event_;
+  std::chrono::steady_clock::time_point origin_host_;  // when origin_event_ was recorded
 };
 
 // A span that closes itself when it goes out of scope, like

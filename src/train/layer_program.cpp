@@ -66,7 +66,7 @@ at::Tensor LayerProgram::backward(at::Tensor dy, const TokenPositions& pos,
       if (parts_.on_layer_gradients) parts_.on_layer_gradients(i, g);
       continue;
     }
-    auto acts = policy.restore(i, runtime::LayerContext{parts_.layer, w, local_rope, {}, 0, 0});
+    auto acts = policy.restore(i, runtime::LayerContext{parts_.layer, w, local_rope, {}, 0, 0, &parts_.exchange});
     {
       runtime::TraceSpan span(parts_.trace, runtime::Lane::Compute, "bwd ", i);
       memory::RegionScope region("layer_bwd");
@@ -84,11 +84,7 @@ at::Tensor LayerProgram::forward_layer(const model::LayerWeights& w, const Token
   auto& exchange = parts_.exchange;
   acts.x = x;
   layer.forward_pre_attention(w, pos.rope, x, acts, 0, 0, pos.first);  // n1, rstd1, qkv
-  {
-    auto attended = layer.attend(exchange.qkv_to_heads(acts.qkv));    // o, lse
-    attended.o = exchange.o_to_tokens(attended.o);
-    layer.keep_attention(std::move(attended), acts);
-  }
+  layer.keep_attention(runtime::attend_exchanged(layer, exchange, acts.qkv), acts);  // o, lse
   layer.forward_post_attention(w, x, acts);  // x2, n2, rstd2, gu, a
   return layer.forward_output(w, acts);      // y = x2 + a Wdown^T
 }
@@ -99,11 +95,7 @@ at::Tensor LayerProgram::backward_layer(const model::LayerWeights& w, model::Lay
   const auto& layer = parts_.layer;
   auto& exchange = parts_.exchange;
   auto post = layer.backward_post_attention(w, grads, acts, dy);  // dx2, d_o
-  at::Tensor d_o = exchange.o_to_heads(post.d_o);
-  post.d_o.reset();
-  at::Tensor dqkv = layer.backward_attention(std::move(d_o), exchange.qkv_to_heads(acts.qkv),
-                                             exchange.o_to_heads(acts.o), acts.lse);
-  dqkv = exchange.qkv_to_tokens(dqkv);
+  at::Tensor dqkv = runtime::backward_attention_exchanged(layer, exchange, std::move(post.d_o), acts);
   return layer.backward_pre_attention(w, grads, pos.rope, acts, std::move(dqkv), post.dx2,
                                       pos.first);
 }

@@ -260,13 +260,15 @@ std::vector<OptionSpec> build_table() {
         .json([](nlohmann::json& out, const O&, const ResolvedRun& r) { out["device"] = r.device; })
         .cache_key([](nlohmann::json& out, const O&, const ResolvedRun& r) { out["device"] = r.device; }),
     option("--dtype", &O::dtype,
-           "Compute dtype: auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16; "
-           "master weights and optimizer state are always float32")
-        .bench("Compute dtype: auto, float32 or bfloat16").check(one_of({"auto", "float32", "bfloat16"}))
+           "Compute dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float64 (CPU only: "
+           "master weights and optimizer state in float64 too, for exact comparisons); otherwise master "
+           "weights and optimizer state are float32")
+        .bench("Compute dtype: auto, float32, bfloat16 or float64 (CPU)")
+        .check(one_of({"auto", "float32", "bfloat16", "float64"}))
         .example("bfloat16").header("device")
         .json([](nlohmann::json& out, const O&, const ResolvedRun& r) {
           out["compute_dtype"] = r.compute_dtype;
-          out["master_dtype"] = "float32";
+          out["master_dtype"] = r.compute_dtype == "float64" ? "float64" : "float32";
         })
         .cache_key([](nlohmann::json& out, const O&, const ResolvedRun& r) { out["dtype"] = r.compute_dtype; })
         .resume("/compute_dtype", "--dtype (compute dtype)").resume("/master_dtype", "the master dtype"),
@@ -320,6 +322,13 @@ std::vector<OptionSpec> build_table() {
            "Seconds a collective (or the start-up join) waits for a peer; then every rank exits 1 naming the rank "
            "that died or hung")
         .check(number([](double v) { return v > 0 && v <= 1e7; }, "in (0, 1e7] seconds")).example("60"),
+    option("--zero", &O::zero,
+           "ZeRO stage on many ranks: 0 replicates weights, gradients and AdamW state (gradients all-reduced); "
+           "1-3 (sharded optimizer state, gradients, weights) are not built yet")
+        .check(ValueCheck<int64_t>([](int64_t v, const std::string& key) {
+          require_input(v >= 0 && v <= 3, key, " must be a ZeRO stage 0, 1, 2 or 3, got ", v);
+        }))
+        .example("3"),
   };
   // clang-format on
 }

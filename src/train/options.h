@@ -43,7 +43,7 @@ struct TrainOptions {
   int64_t keep_checkpoints = 3;   // newest checkpoints kept; 0 = all
   // execution
   std::string device = "auto";    // auto, cpu, cuda
-  std::string dtype = "auto";     // compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16
+  std::string dtype = "auto";     // compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float64 (CPU)
   std::string attention = "auto"; // CUDA fused attention kernel: auto, cudnn, flash, efficient
   int64_t loss_chunk = 0;         // tokens per cross-entropy chunk; 0 = automatic
   uint64_t seed = 1234;
@@ -62,12 +62,17 @@ struct TrainOptions {
   // many ranks (src/dist/; launched by torchrun, srun or RANK/WORLD_SIZE)
   int64_t sp = 1;                 // sequence-parallel ranks (Ulysses); world = dp x sp
   double dist_timeout = 300.0;    // seconds a collective or the join waits for a peer before naming it
+  int64_t zero = 0;               // ZeRO stage (0: weights, gradients and optimizer state replicated)
 
   // Throws InputError naming the first bad field.
   void validate() const;
 
   bool operator==(const TrainOptions&) const = default;
 };
+
+// InputError unless options.zero is a stage built so far (0; ZeRO 1-3 come
+// as separate components): checked before any rank is reached.
+void require_built_zero_stage(const TrainOptions& options);
 
 // Applies a TOML file's keys onto `options`. Unknown keys, wrong types and
 // syntax errors throw InputError naming the file, key and line.

@@ -42,30 +42,34 @@ namespace {
 
 // The executor of one micro-batch on this device: every layer's weights from
 // the model (the replica), no exchange, the whole sequence from position 0.
+// With a shard (many ranks): its exchange, its tokens' positions and the
+// gradients hook.
 struct SingleDeviceProgram {
   runtime::ReplicaWeights weights;
-  runtime::NoExchange exchange;
+  runtime::NoExchange none;
   LayerProgram program;
   TokenPositions positions;
 
   SingleDeviceProgram(model::LlamaModel& model, int64_t seq_len, runtime::TraceRecorder* trace,
-                      int64_t chunk_tokens = 0)
+                      int64_t chunk_tokens = 0, const SequenceShard* shard = nullptr)
       : weights(model.compute()),
-        program({model.layer(), model.config().layers, weights, exchange, trace, {}, chunk_tokens}),
-        positions{model.rope(seq_len), 0} {}
+        program({model.layer(), model.config().layers, weights,
+                 shard && shard->exchange ? *shard->exchange : static_cast<runtime::StageExchange&>(none), trace,
+                 shard ? shard->on_layer_gradients : LayerGradientsHook{}, chunk_tokens}),
+        positions{model.rope((shard ? shard->first : 0) + seq_len), shard ? shard->first : 0} {}
 };
 
 }  // namespace
 
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
                          const MicroBatch& batch, double grad_weight, int64_t loss_chunk,
-                         runtime::TraceRecorder* trace, int64_t chunk_tokens) {
+                         runtime::TraceRecorder* trace, int64_t chunk_tokens, const SequenceShard* shard) {
   check_batch(model, batch);
   const auto& cfg = model.config();
   const auto& w = model.compute();
   auto& g = model.grads();
   const int64_t B = batch.tokens.size(0), S = batch.tokens.size(1);
-  SingleDeviceProgram run(model, S, trace, chunk_tokens);
+  SingleDeviceProgram run(model, S, trace, chunk_tokens, shard);
 
   // Forward. Regions mark the profiler's level-1 units (memory/planned_allocator.h).
   at::Tensor x;
@@ -76,16 +80,18 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   policy.begin_step({cfg.layers, B, S});
   x = run.program.forward(std::move(x), run.positions, &policy);
   // Final norm, loss, and their backward. The gradient is of the mean over
-  // this batch, with the count taken on the host.
+  // this batch (on many ranks: of the whole micro-batch), with the count
+  // taken on the host.
   const auto targets = batch.targets.reshape({-1});
   const int64_t count = supervised_of(batch);
+  const int64_t mean_over = shard && shard->count >= 0 ? shard->count : count;
   CrossEntropyResult ce;
   at::Tensor dx;
   {
     memory::RegionScope region("loss");
     at::Tensor nf, rstdf;
     model::rmsnorm_forward(x, w.final_norm, cfg.rms_eps, nf, rstdf);
-    const double scale = count > 0 ? grad_weight / static_cast<double>(count) : 0.0;
+    const double scale = mean_over > 0 ? grad_weight / static_cast<double>(mean_over) : 0.0;
     ce = chunked_cross_entropy(nf.view({B * S, cfg.hidden}), w.head(), targets, loss_chunk, scale,
                                &g.head());
     nf.reset();

@@ -10,7 +10,9 @@
 #include "model/llama.h"
 #include "runtime/policy.h"
 #include "runtime/trace.h"
+#include "runtime/stage_exchange.h"
 #include "train/data.h"
+#include "train/layer_program.h"
 
 namespace memo::train {
 
@@ -24,6 +26,18 @@ struct LossSum {
   double mean() const { return count ? total() / static_cast<double>(count) : 0.0; }
 };
 
+// This rank's part of a micro-batch on many ranks (Ulysses sequence
+// parallelism and data parallelism): its tokens start at global position
+// `first` of their sequences, attention reaches the other tokens through
+// `exchange`, and the gradient is of the mean over `count` tokens (the whole
+// micro-batch's, over every rank). The default: the whole sequence here.
+struct SequenceShard {
+  runtime::StageExchange* exchange = nullptr;  // null: nothing moves
+  int64_t first = 0;
+  int64_t count = -1;                          // < 0: this batch's supervised tokens
+  LayerGradientsHook on_layer_gradients;       // may be empty
+};
+
 // Forward and backward; gradients (scaled by grad_weight / count) are added
 // into model.grads(). Returns the loss of this micro-batch, on the device.
 // Nothing here waits for the device when batch.supervised is set (or the
@@ -34,7 +48,8 @@ struct LossSum {
 // same PolicyOptions::chunk_tokens); 0: whole layers.
 LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& policy,
                          const MicroBatch& batch, double grad_weight, int64_t loss_chunk = 0,
-                         runtime::TraceRecorder* trace = nullptr, int64_t chunk_tokens = 0);
+                         runtime::TraceRecorder* trace = nullptr, int64_t chunk_tokens = 0,
+                         const SequenceShard* shard = nullptr);
 
 // Forward only: the final norm's output [B, S, h] (the lm head's input) for
 // tokens [B, S] on the model's device; nothing saved.

@@ -10,6 +10,9 @@
 #include "core/error.h"
 #include "core/json.h"
 #include "core/units.h"
+#include "dist/context.h"
+#include "runtime/stage_exchange.h"
+#include "runtime/ulysses_exchange.h"
 #include "memory/device_memory.h"
 #include "model/hf_checkpoint.h"
 #include "train/checkpoint.h"
@@ -47,7 +50,7 @@ Execution resolve_execution(const TrainOptions& o) {
   if (o.dtype == "auto")
     e.compute_dtype = e.device.is_cuda() ? at::kBFloat16 : at::kFloat;
   else
-    e.compute_dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+    e.compute_dtype = o.dtype == "bfloat16" ? at::kBFloat16 : o.dtype == "float64" ? at::kDouble : at::kFloat;
   e.peak_flops = o.peak_tflops > 0 ? o.peak_tflops * 1e12 : (e.device.is_cuda() ? kDefaultPeakFlops : 0.0);
   return e;
 }
@@ -57,7 +60,7 @@ const char* dtype_name_of(at::ScalarType t) { return dtype_name(t); }
 // Each step below checks or builds one thing; the order matters: every check
 // of user input before anything is allocated, memory planning before the
 // model, the optimizer state before the policy measures free memory.
-Trainer::Trainer(const TrainOptions& options) : options_(options) {
+Trainer::Trainer(const TrainOptions& options, dist::Context* context) : options_(options), dist_(context) {
   resolve_model_and_device();
   make_policy_and_check_fit();
   open_data();
@@ -85,6 +88,18 @@ void Trainer::resolve_model_and_device() {
   (void)model::pick_attention_kernel(device_, compute_dtype_, options_.attention);
   log_every_ = options_.log_every > 0 ? options_.log_every
                                       : std::max<int64_t>(1, options_.steps / 20);
+  // This rank's part of every micro-batch (the mesh was checked before the
+  // process groups came up: dist::check_mesh).
+  local_batch_ = options_.batch;
+  local_seq_ = options_.seq_len;
+  if (dist_) {
+    const auto& mesh = dist_->mesh();
+    const auto coords = dist_->coords();
+    local_batch_ = options_.batch / mesh.dp;
+    local_seq_ = options_.seq_len / mesh.sp;
+    first_token_ = coords.sp_index * local_seq_;
+    require_input(!options_.planned_memory, "--planned-memory is not built for many ranks yet");
+  }
 }
 
 // Everything that can fail on user input is checked before the model is
@@ -97,18 +112,30 @@ void Trainer::make_policy_and_check_fit() {
   host_budget_ = memory::host_budget(options_.host_memory_gib);
   po.host_memory_bytes = host_budget_.bytes;
   po.trace = trace_.get();
+  TrainOptions local = options_;  // this rank's share of the activations
+  local.batch = local_batch_;
+  local.seq_len = local_seq_;
   // --chunk-tokens: auto from the memory model for this device's memory (train/chunking.h).
   const auto chunking = parse_one_chunk_setting(options_.chunk_tokens);
-  ChunkContext cc{config_, options_.batch, options_.seq_len, options_.policy, device_, compute_dtype_, options_.sp};
-  if (chunking.automatic) cc.device_bytes = measure_memory(fit_request(options_, config_, device_, compute_dtype_)).device;
+  ChunkContext cc{config_, local_batch_, local_seq_, options_.policy, device_, compute_dtype_, options_.sp};
+  if (chunking.automatic) cc.device_bytes = measure_memory(fit_request(local, config_, device_, compute_dtype_)).device;
   chunk_tokens_ = resolve_chunk_tokens(chunking, cc);
   po.chunk_tokens = chunk_tokens_;
+  if (dist_) {
+    // memo's alpha: the smallest any rank chose, so every rank swaps and
+    // recomputes the same tokens and none waits for a slower one.
+    po.agree_alpha = [this](double alpha) {
+      auto t = at::full({1}, -alpha, at::TensorOptions().dtype(at::kDouble).device(device_));  // [1]
+      dist_->world().all_reduce(t, dist::ReduceOp::Max).wait();
+      return -t.item<double>();
+    };
+  }
   policy_ = runtime::make_policy(options_.policy, po);
   // A directory given as --model must hold weights; then the run's memory
   // estimate against the machine's, before anything is allocated (fit_check.h).
   if (options_.resume.empty()) model::require_hf_weights_in_directory(options_.model);
   if (options_.memory_check) {
-    auto request = fit_request(options_, config_, device_, compute_dtype_);
+    auto request = fit_request(local, config_, device_, compute_dtype_);
     request.chunk_tokens = chunk_tokens_;
     check_fit(request);
   }
@@ -131,8 +158,9 @@ void Trainer::install_memory_planning() {
   MemoryPlanningOptions mp;
   mp.device = device_;
   mp.planned = options_.planned_memory;
-  mp.timeline_path = options_.memory_timeline;
-  mp.export_dir = options_.export_dsa;
+  // Many ranks: only rank 0 writes.
+  mp.timeline_path = is_root() ? options_.memory_timeline : "";
+  mp.export_dir = is_root() ? options_.export_dsa : "";
   mp.cache_dir = options_.plan_cache;
   if (mp.cache_dir.empty() && mp.planned) {
     const char* home = std::getenv("HOME");
@@ -148,7 +176,7 @@ void Trainer::build_model() {
   at::manual_seed(options_.seed);
   model::ModelOptions mo;
   mo.device = device_;
-  mo.master_dtype = at::kFloat;
+  mo.master_dtype = compute_dtype_ == at::kDouble ? at::kDouble : at::kFloat;
   mo.compute_dtype = compute_dtype_;
   mo.attention = options_.attention;
   mo.seed = options_.seed;
@@ -168,7 +196,8 @@ void Trainer::build_optimizer_and_prepare_policy() {
   optimizer_ = std::make_unique<AdamW>(
       params, grads_,
       AdamWOptions{options_.beta1, options_.beta2, 1e-8, options_.weight_decay});
-  policy_->prepare(*model_, options_.batch, options_.seq_len);
+  policy_->prepare(*model_, local_batch_, local_seq_);
+  if (dist_ && dist_->mesh().sp > 1) exchange_ = std::make_unique<runtime::UlyssesExchange>(dist_->sp(), config_);
 }
 
 // Starting weights: a checkpoint to resume, or a Hugging Face directory's
@@ -245,8 +274,21 @@ int64_t Trainer::tokens_per_step() const {
   return options_.batch * options_.seq_len * options_.grad_accum;
 }
 
+// The whole job's (every rank's) model FLOPs; MFU divides by the world's peak.
 double Trainer::flops_per_step() const {
   return model_flops_per_step(config_, options_.batch * options_.grad_accum, options_.seq_len);
+}
+
+bool Trainer::is_root() const { return !dist_ || dist_->is_root(); }
+
+dist::CollectiveBytes CommRecord::total() const {
+  dist::CollectiveBytes t;
+  for (const auto& k : by_kind) {
+    t.calls += k.calls;
+    t.bytes_sent += k.bytes_sent;
+    t.bytes_received += k.bytes_received;
+  }
+  return t;
 }
 
 // One optimizer step: the micro-batches' gradients, the update, and the
@@ -256,10 +298,24 @@ StepRecord Trainer::train_step(int64_t step, TrainSummary& summary) {
   planning_->before_step(step);
   memory::reset_peak_memory(device_);
   const auto t0 = Clock::now();
-  const bool tracing = !options_.trace.empty() && step == options_.steps - 1;  // the last step
+  // The last step, on rank 0 (the only rank that writes).
+  const bool tracing = !options_.trace.empty() && step == options_.steps - 1 && is_root();
   trace_->set_enabled(tracing);
+  if (dist_) {
+    dist_->stats().reset();
+    dist_->stats().set_tracing(tracing);
+  }
   LossSum total = accumulate_gradients(tracing, summary);
   StepRecord r = update_weights(step, total);
+  if (dist_) {
+    CommRecord c;
+    for (int k = 0; k < dist::kCollectiveKinds; ++k) c.by_kind[k] = dist_->stats().get(static_cast<dist::Collective>(k));
+    r.comm = c;
+    if (tracing)
+      for (auto& span : dist_->stats().take_spans())
+        trace_->add_host_span(runtime::Lane::Comm, cat(dist::collective_name(span.kind), " ", span.group), span.bytes,
+                              span.issued, span.completed);
+  }
   memory::synchronize(device_);
   planning_->after_step(step);
   if (tracing) write_trace();
@@ -267,9 +323,42 @@ StepRecord Trainer::train_step(int64_t step, TrainSummary& summary) {
 
   r.seconds = secs;
   r.tokens_per_s = static_cast<double>(tokens_per_step()) / secs;
-  if (peak_flops_ > 0 && device_.is_cuda()) r.mfu = flops_per_step() / (secs * peak_flops_);
+  const double world = dist_ ? dist_->world_size() : 1;
+  if (peak_flops_ > 0 && device_.is_cuda()) r.mfu = flops_per_step() / (secs * peak_flops_ * world);
   r.peak_device_bytes = memory::memory_stats(device_).peak_allocated;
   return r;
+}
+
+// This rank's part of a global micro-batch [batch, seq_len]: its dp replica's
+// sequences, its sp rank's tokens [first, first + seq_len / sp) and their
+// targets (the last token's target is the next shard's first token: the
+// targets are already shifted). global_count: the whole micro-batch's
+// supervised tokens, which every rank divides by.
+MicroBatch Trainer::shard_of(MicroBatch global, int64_t& global_count) const {
+  global_count = supervised_of(global);
+  if (!dist_) return global;
+  const int64_t row = dist_->coords().dp_index * local_batch_;
+  MicroBatch b;
+  b.tokens = global.tokens.narrow(0, row, local_batch_).narrow(1, first_token_, local_seq_).contiguous();    // [B/dp, S/sp]
+  b.targets = global.targets.narrow(0, row, local_batch_).narrow(1, first_token_, local_seq_).contiguous();  // [B/dp, S/sp]
+  b.supervised = supervised_of(b);
+  return b;
+}
+
+// ZeRO stage 0: every gradient summed over the world (each rank's is already
+// divided by the whole micro-batch's token count, so the sum is the global
+// mean's), started per layer as its gradients complete so the transfer
+// overlaps the layers below; waited before the norm.
+void Trainer::start_gradient_reduction(model::LayerWeights& layer_grads) {
+  for (auto& [name, t] : layer_grads.named()) reductions_.push_back(dist_->world().all_reduce(*t));
+}
+
+void Trainer::finish_gradient_reduction() {
+  auto& g = model_->grads();
+  for (at::Tensor* t : {&g.embed, &g.final_norm, &g.lm_head})
+    if (t->defined()) reductions_.push_back(dist_->world().all_reduce(*t));
+  for (auto& w : reductions_) w.wait();
+  reductions_.clear();
 }
 
 // Forward and backward of every micro-batch of the step, the gradients
@@ -280,12 +369,29 @@ LossSum Trainer::accumulate_gradients(bool tracing, TrainSummary& summary) {
   for (int64_t m = 0; m < o.grad_accum; ++m) {
     // Targets are counted on the host before the batch moves; from here to
     // the optimizer nothing waits for the device.
-    auto batch = to_device(data_->next(o.batch, o.seq_len), device_);
+    int64_t global_count = 0;
+    auto batch = to_device(shard_of(data_->next(o.batch, o.seq_len), global_count), device_);
+    SequenceShard shard;
+    shard.exchange = exchange_.get();
+    shard.first = first_token_;
+    shard.count = global_count;
+    if (dist_ && m + 1 == o.grad_accum)  // the last micro-batch completes each layer's gradients
+      shard.on_layer_gradients = [this](int64_t, model::LayerWeights& g) { start_gradient_reduction(g); };
     total.add(forward_backward(*model_, *policy_, batch, 1.0 / static_cast<double>(o.grad_accum),
-                               loss_chunk_, tracing ? trace_.get() : nullptr, chunk_tokens_));
+                               loss_chunk_, tracing ? trace_.get() : nullptr, chunk_tokens_,
+                               dist_ ? &shard : nullptr));
     summary.peak_activation_bytes =
         std::max(summary.peak_activation_bytes, policy_->peak_held().device);
     summary.host_bytes = std::max(summary.host_bytes, policy_->peak_held().host);
+  }
+  if (dist_) {
+    finish_gradient_reduction();
+    // The loss: every rank's sum and token count, summed over the world.
+    auto both = at::stack({total.sum.defined() ? total.sum.to(at::kDouble) : at::zeros({}, at::kDouble).to(device_),
+                           at::full({}, static_cast<double>(total.count), at::TensorOptions().dtype(at::kDouble).device(device_))});  // [2]
+    dist_->world().all_reduce(both).wait();
+    total.sum = both[0];
+    total.count = static_cast<int64_t>(std::llround(both[1].item<double>()));
   }
   return total;
 }
@@ -333,12 +439,14 @@ void Trainer::add_step(int64_t step, const StepRecord& r, RunTotals& totals) con
     ++totals.timed_steps;
   }
   totals.summary.peak_device_bytes = std::max(totals.summary.peak_device_bytes, r.peak_device_bytes);
+  if (r.comm) totals.summary.comm = r.comm;
 }
 
 // save_checkpoint refuses non-finite weights, and rotation keeps the newest finite checkpoint.
 void Trainer::checkpoint_if_due(int64_t step, const StepRecord& r) {
   const auto& o = options_;
-  if (o.checkpoint_every > 0 && ((step + 1) % o.checkpoint_every == 0 || step + 1 == o.steps))
+  // Many ranks at ZeRO 0: every rank holds the whole state; rank 0 writes it.
+  if (is_root() && o.checkpoint_every > 0 && ((step + 1) % o.checkpoint_every == 0 || step + 1 == o.steps))
     save_checkpoint(o.out, step + 1, *model_, *optimizer_, *data_, resolved_config(), o.keep_checkpoints, r.loss);
 }
 
@@ -360,15 +468,43 @@ TrainSummary Trainer::summarize(RunTotals& totals) const {
   split.allocated_before_step = allocated_before_steps_;
   split.buffer_bytes = policy_->buffer_bytes();
   split.policy_peak_bytes = summary.peak_activation_bytes;
-  split.tokens = options_.batch * options_.seq_len;
+  split.tokens = local_batch_ * local_seq_;
   split.chunked = chunk_tokens_ > 0;
   summary.peak_split = split_peak(split, config_, compute_dtype_);
+  const double world = dist_ ? dist_->world_size() : 1;
   if (peak_flops_ > 0 && device_.is_cuda())
-    summary.mfu = flops_per_step() * static_cast<double>(totals.timed_steps) / (totals.timed_seconds * peak_flops_);
+    summary.mfu = flops_per_step() * static_cast<double>(totals.timed_steps) / (totals.timed_seconds * peak_flops_ * world);
+  if (dist_) {
+    summary.world = dist_->world_size();
+    summary.dp = dist_->mesh().dp;
+    summary.sp = dist_->mesh().sp;
+  }
   return summary;
 }
 
+namespace {
+
+// {"all_to_all": {"calls", "bytes_sent", "bytes_received"}, ..., "total": {...}}
+nlohmann::json comm_json(const CommRecord& c) {
+  auto one = [](const dist::CollectiveBytes& b) {
+    return nlohmann::json{{"calls", b.calls}, {"bytes_sent", b.bytes_sent}, {"bytes_received", b.bytes_received}};
+  };
+  nlohmann::json j;
+  for (int k = 0; k < dist::kCollectiveKinds; ++k)
+    j[dist::collective_name(static_cast<dist::Collective>(k))] = one(c.by_kind[static_cast<size_t>(k)]);
+  j["total"] = one(c.total());
+  return j;
+}
+
+}  // namespace
+
 nlohmann::json to_json(const StepRecord& r) {
+  auto j = to_json_fields(r);
+  if (r.comm) j["comm"] = comm_json(*r.comm);
+  return j;
+}
+
+nlohmann::json to_json_fields(const StepRecord& r) {
   return {{"step", r.step},
           {"loss", r.loss},
           {"lr", r.lr},
@@ -380,6 +516,15 @@ nlohmann::json to_json(const StepRecord& r) {
 }
 
 nlohmann::json to_json(const TrainSummary& s) {
+  auto j = to_json_fields(s);
+  if (s.comm) {
+    j["comm_per_step"] = comm_json(*s.comm);
+    j["mesh"] = {{"world", s.world}, {"dp", s.dp}, {"sp", s.sp}};
+  }
+  return j;
+}
+
+nlohmann::json to_json_fields(const TrainSummary& s) {
   return {{"steps", s.steps},
           {"tokens", s.tokens},
           {"seconds", s.seconds},

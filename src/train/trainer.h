@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -12,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "dist/comm.h"
 #include "memory/host_pool.h"
 #include "model/llama.h"
 #include "runtime/policy.h"
@@ -24,7 +26,20 @@
 #include "train/options.h"
 #include "train/step.h"
 
+namespace memo::dist {
+class Context;
+}
+namespace memo::runtime {
+class StageExchange;
+}
+
 namespace memo::train {
+
+// Bytes this rank moved in a step, by collective kind (dist/comm.h); many ranks only.
+struct CommRecord {
+  std::array<dist::CollectiveBytes, dist::kCollectiveKinds> by_kind{};
+  dist::CollectiveBytes total() const;
+};
 
 struct StepRecord {
   int64_t step = 0;          // 1-based
@@ -35,6 +50,7 @@ struct StepRecord {
   double tokens_per_s = 0.0;
   std::optional<double> mfu;  // CUDA only
   int64_t peak_device_bytes = 0;
+  std::optional<CommRecord> comm;  // many ranks: this rank's bytes moved in the step
 };
 
 struct TrainSummary {
@@ -51,6 +67,8 @@ struct TrainSummary {
   MemorySplit peak_split;             // peak_device_bytes by purpose (train/memory_split.h)
   std::optional<double> no_context_loss;
   MemoryPlanReport memory_plan;  // with --planned-memory
+  std::optional<CommRecord> comm;  // many ranks: rank 0's bytes moved per step (the last step's)
+  int world = 1, dp = 1, sp = 1;
 };
 
 // Device, compute dtype and MFU peak resolved from the options.
@@ -64,7 +82,11 @@ const char* dtype_name_of(at::ScalarType t);
 
 class Trainer {
  public:
-  explicit Trainer(const TrainOptions& options);
+  // `context`: many ranks (dp x sp, ZeRO stage 0): this rank takes its
+  // sequences and token shard of each micro-batch, attention runs through
+  // Ulysses all-to-alls, gradients and the loss are summed over the world.
+  // Only rank 0 writes checkpoints and the trace. Null: one process.
+  explicit Trainer(const TrainOptions& options, dist::Context* context = nullptr);
   ~Trainer();
 
   // The resolved configuration (model shape, device, dtypes, data...).
@@ -98,6 +120,10 @@ class Trainer {
   void add_step(int64_t step, const StepRecord& r, RunTotals& totals) const;
   void checkpoint_if_due(int64_t step, const StepRecord& r);
   TrainSummary summarize(RunTotals& totals) const;
+  MicroBatch shard_of(MicroBatch global, int64_t& global_count) const;
+  void start_gradient_reduction(model::LayerWeights& layer_grads);
+  void finish_gradient_reduction();
+  bool is_root() const;
   int64_t tokens_per_step() const;
   double flops_per_step() const;
 
@@ -123,9 +149,19 @@ class Trainer {
   std::string weights_from_;   // a Hugging Face directory the weights came from
   std::unique_ptr<MemoryPlanning> planning_;
   memory::HostBudget host_budget_;  // what offload/memo's host pool may use, and why
+  // Many ranks (null context: one process, local_* = the options').
+  dist::Context* dist_ = nullptr;
+  int64_t local_batch_ = 0, local_seq_ = 0;  // this rank's sequences and tokens per sequence
+  int64_t first_token_ = 0;                  // global position of this rank's first token
+  std::unique_ptr<runtime::StageExchange> exchange_;
+  std::vector<dist::Work> reductions_;       // gradient all-reduces in flight
 };
 
+// Many ranks add "comm" (a step's bytes by collective kind) and, to the
+// summary, "comm_per_step" and "mesh".
 nlohmann::json to_json(const StepRecord& r);
 nlohmann::json to_json(const TrainSummary& s);
+nlohmann::json to_json_fields(const StepRecord& r);   // without them
+nlohmann::json to_json_fields(const TrainSummary& s);
 
 }  // namespace memo::train

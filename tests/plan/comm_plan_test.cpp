@@ -99,13 +99,11 @@ TEST(CommPlan, PoliciesSendWhatTheyRecompute) {
   const auto keep = comm_plan(in, "keep", 0, 1.0);
   EXPECT_EQ(comm_plan(in, "offload", 0, 1.0).all_to_all_bytes, keep.all_to_all_bytes);
   EXPECT_GT(comm_plan(in, "recompute", 0, 1.0).all_to_all_bytes, keep.all_to_all_bytes);
-  const auto none = comm_plan(in, "memo", 0, 1.0);
-  const auto half = comm_plan(in, "memo", 0.5, 1.0);
-  const auto all = comm_plan(in, "memo", 1.0, 1.0);
-  EXPECT_EQ(none.all_to_all_bytes, keep.all_to_all_bytes);
-  EXPECT_GT(half.all_to_all_bytes, none.all_to_all_bytes);
-  EXPECT_NEAR(all.all_to_all_bytes - none.all_to_all_bytes, 2.0 * (half.all_to_all_bytes - none.all_to_all_bytes),
-              1.0);
+  // memo recomputes its dropped tokens from its own x and o (every skeletal
+  // tensor lives in token layout, docs/dist.md): nothing more moves,
+  // whatever share it recomputes.
+  for (double recomputed : {0.0, 0.5, 1.0})
+    EXPECT_EQ(comm_plan(in, "memo", recomputed, 1.0).all_to_all_bytes, keep.all_to_all_bytes) << recomputed;
 }
 
 TEST(CommPlan, ZeroOverlapsComputeAllToAllsAreExposed) {

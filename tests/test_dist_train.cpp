@@ -1,0 +1,268 @@
+// `memo train` on 2 and 4 real ranks over Gloo (started with RANK/WORLD_SIZE,
+// once through torchrun --no-python), in float64: per-step losses and final
+// weights of every mesh (sp 2, sp 4 with the tiny model's 2 kv heads
+// replicated, dp 2, dp 2 x sp 2) under every policy equal the single-process
+// run's within 1e-10 relative; only rank 0 prints and writes; each step's
+// all-to-all bytes equal the Ulysses count for the shape.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli_runner.h"
+#include "dist/context.h"
+#include "dist/ulysses.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "plan/cost_model.h"
+#include "plan/hardware.h"
+#include "rank_runner.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace plan = memo::plan;
+using memo::testing::env_ranks;
+using memo::testing::free_port;
+using memo::testing::ProcessResult;
+using memo::testing::run_processes;
+
+#define REQUIRE_DIST() \
+  if (!memo::dist::available()) GTEST_SKIP() << memo::dist::unavailable_reason()
+
+// The tiny model (4 heads, 2 kv heads) with 3 layers (memo swaps layer 0 and
+// keeps the last two), 16 tokens, 4 sequences, 2 steps, float64.
+constexpr int64_t kSeq = 16, kBatch = 4, kSteps = 2;
+
+std::vector<std::string> train_args(const fs::path& dir, const std::string& policy, int64_t sp) {
+  std::vector<std::string> a = {MEMO_BINARY, "train", "--dtype", "float64", "--device", "cpu", "--layers", "3",
+                                "--seq-len", std::to_string(kSeq), "--batch", std::to_string(kBatch), "--steps",
+                                std::to_string(kSteps), "--warmup", "0", "--lr", "1e-2", "--policy", policy,
+                                "--json", (dir / "report.json").string(), "--out", (dir / "out").string(),
+                                "--checkpoint-every", std::to_string(kSteps), "--dist-timeout", "120"};
+  if (policy == "memo") a.insert(a.end(), {"--alpha", "0.5"});  // half of each shard's tokens recomputed
+  if (sp > 1) a.insert(a.end(), {"--sp", std::to_string(sp)});
+  return a;
+}
+
+std::string describe(const std::vector<ProcessResult>& rs) {
+  std::string out;
+  for (size_t i = 0; i < rs.size(); ++i)
+    out += "--- rank " + std::to_string(i) + ": code " + std::to_string(rs[i].code) +
+           (rs[i].killed ? " (killed)" : "") + " after " + std::to_string(rs[i].seconds) + " s\n" + rs[i].output;
+  return out;
+}
+
+struct RunResult {
+  nlohmann::json report;
+  std::vector<double> losses;
+  std::map<std::string, std::vector<double>> weights;  // the last checkpoint's, float64
+};
+
+RunResult read_run(const fs::path& dir) {
+  RunResult r;
+  std::ifstream in(dir / "report.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  r.report = nlohmann::json::parse(ss.str());
+  for (const auto& s : r.report["steps"]) r.losses.push_back(s["loss"].get<double>());
+  fs::path newest;
+  for (const auto& e : fs::directory_iterator(dir / "out" / "checkpoints"))
+    if (e.path().filename().string().rfind("step-", 0) == 0 && e.path() > newest) newest = e.path();
+  memo::model::SafetensorsReader reader((newest / "model.safetensors").string());
+  for (const auto& t : reader.header().tensors) {
+    EXPECT_EQ(t.dtype, "F64") << t.name;
+    std::vector<double> v(static_cast<size_t>(t.numel()));
+    std::memcpy(v.data(), reader.bytes(t), v.size() * sizeof(double));
+    r.weights[t.name] = std::move(v);
+  }
+  return r;
+}
+
+// The single-process run (keep), once per test process.
+const RunResult& reference() {
+  static const RunResult ref = [] {
+    const auto dir = memo::testing::scratch_dir("dist_train_ref");
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const auto rs = run_processes({{train_args(dir, "keep", 1), {{"OMP_NUM_THREADS", "1"}}}}, 300);
+    EXPECT_EQ(rs[0].code, 0) << describe(rs);
+    return read_run(dir);
+  }();
+  return ref;
+}
+
+// max |a - b| over a tensor, relative to its largest |b|.
+double relative_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::abs(a[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+void expect_matches_reference(const RunResult& got, const std::string& what) {
+  const auto& ref = reference();
+  ASSERT_EQ(got.losses.size(), ref.losses.size()) << what;
+  for (size_t i = 0; i < ref.losses.size(); ++i)
+    EXPECT_NEAR(got.losses[i], ref.losses[i], 1e-10 * std::abs(ref.losses[i])) << what << ": step " << i + 1;
+  ASSERT_EQ(got.weights.size(), ref.weights.size()) << what;
+  for (const auto& [name, w] : ref.weights) {
+    ASSERT_TRUE(got.weights.count(name)) << what << ": " << name;
+    ASSERT_EQ(got.weights.at(name).size(), w.size()) << what << ": " << name;
+    EXPECT_LE(relative_difference(got.weights.at(name), w), 1e-10) << what << ": " << name;
+  }
+}
+
+// Runs `world` ranks of memo train under `policy` with --sp `sp`; rank 0's
+// outputs, after checking that every rank succeeded and only rank 0 spoke.
+RunResult run_ranks(int world, int64_t sp, const std::string& policy) {
+  const auto dir = memo::testing::scratch_dir("dist_train_" + std::to_string(world) + "_" + std::to_string(sp) + "_" + policy);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const auto rs = run_processes(env_ranks(world, train_args(dir, policy, sp), free_port()), 300);
+  for (size_t r = 0; r < rs.size(); ++r) {
+    EXPECT_EQ(rs[r].code, 0) << describe(rs);
+    if (r > 0) EXPECT_EQ(rs[r].output, "") << "rank " << r << " spoke on success\n" << describe(rs);
+  }
+  EXPECT_NE(rs[0].output.find("memo train\n"), std::string::npos) << describe(rs);
+  // Only rank 0 wrote: one report, one checkpoint directory.
+  auto result = read_run(dir);
+  fs::remove_all(dir);
+  return result;
+}
+
+// The planner's count for the same shape (float64, ZeRO stage 0).
+plan::CommPlan planned(int world, int64_t sp, const std::string& policy) {
+  plan::PlanInputs in;
+  auto config = memo::model::resolve_model("tiny");
+  config.layers = 3;
+  in.model = memo::model::to_plan_shape(config);
+  in.seq_len = kSeq;
+  in.batch = kBatch / (world / sp);  // per replica
+  in.parallel.sp = sp;
+  in.parallel.dp = world / sp;
+  in.zero = 0;
+  in.compute_bytes = 8;
+  in.master_bytes = 8;
+  in.hardware = plan::hardware_preset("h200-141gb");
+  return plan::comm_plan(in, policy, policy == "memo" ? 0.5 : 0.0, 1.0);
+}
+
+void check_mesh_under_every_policy(int world, int64_t sp) {
+  REQUIRE_DIST();
+  for (const std::string policy : {"keep", "recompute", "offload", "memo"}) {
+    const auto got = run_ranks(world, sp, policy);
+    const std::string what = "world " + std::to_string(world) + ", sp " + std::to_string(sp) + ", " + policy;
+    expect_matches_reference(got, what);
+    // The mesh and the bytes moved are reported, per step and in the summary.
+    EXPECT_EQ(got.report["summary"]["mesh"]["sp"].get<int64_t>(), sp) << what;
+    EXPECT_EQ(got.report["summary"]["mesh"]["dp"].get<int64_t>(), world / sp) << what;
+    // Each step's bytes, counted at the process group, are the planner's.
+    const auto plan = planned(world, sp, policy);
+    for (const auto& step : got.report["steps"]) {
+      ASSERT_TRUE(step.contains("comm")) << what;
+      const auto& c = step["comm"];
+      EXPECT_EQ(c["all_to_all"]["bytes_sent"].get<double>(), plan.all_to_all_bytes) << what;
+      EXPECT_EQ(c["all_to_all"]["calls"].get<int64_t>(), plan.all_to_all_calls) << what;
+      EXPECT_EQ(c["all_reduce"]["bytes_sent"].get<double>(), plan.all_reduce_bytes) << what;
+      EXPECT_EQ(c["all_reduce"]["calls"].get<int64_t>(), plan.zero_calls) << what;
+      EXPECT_GT(c["all_reduce"]["bytes_sent"].get<double>(), 0) << what;
+      if (sp == 1) EXPECT_EQ(c["all_to_all"]["calls"].get<int64_t>(), 0) << what;
+    }
+  }
+}
+
+TEST(DistTrain, Sp2MatchesOneProcessUnderEveryPolicy) { check_mesh_under_every_policy(2, 2); }
+TEST(DistTrain, Sp4ReplicatedKvHeadsMatchesOneProcessUnderEveryPolicy) { check_mesh_under_every_policy(4, 4); }
+TEST(DistTrain, Dp2MatchesOneProcessUnderEveryPolicy) { check_mesh_under_every_policy(2, 1); }
+TEST(DistTrain, Dp2Sp2MatchesOneProcessUnderEveryPolicy) { check_mesh_under_every_policy(4, 2); }
+
+// memo with its alpha measured on each rank: the ranks agree on one (the
+// smallest) and train as the single process does.
+TEST(DistTrain, MemoWithMeasuredAlphaAgreesAcrossRanks) {
+  REQUIRE_DIST();
+  const auto dir = memo::testing::scratch_dir("dist_train_alpha");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto args = train_args(dir, "memo", 2);
+  args.erase(std::find(args.begin(), args.end(), "--alpha"), std::find(args.begin(), args.end(), "--alpha") + 2);
+  const auto rs = run_processes(env_ranks(2, args, free_port()), 300);
+  for (const auto& r : rs) EXPECT_EQ(r.code, 0) << describe(rs);
+  expect_matches_reference(read_run(dir), "sp 2, memo, measured alpha");
+  fs::remove_all(dir);
+}
+
+// --trace on many ranks: rank 0's Chrome trace has a comm lane with each
+// collective of the step (the layer's all-to-alls, the all-reduces).
+TEST(DistTrain, TraceHasACommLane) {
+  REQUIRE_DIST();
+  const auto dir = memo::testing::scratch_dir("dist_train_trace");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto args = train_args(dir, "keep", 2);
+  args.insert(args.end(), {"--trace", (dir / "trace.json").string()});
+  const auto rs = run_processes(env_ranks(2, args, free_port()), 300);
+  for (const auto& r : rs) ASSERT_EQ(r.code, 0) << describe(rs);
+  std::ifstream in(dir / "trace.json");
+  const auto trace = nlohmann::json::parse(in);
+  int lanes = 0;
+  std::map<std::string, int> spans;
+  for (const auto& e : trace["traceEvents"]) {
+    if (e["ph"] == "M" && e["args"]["name"] == "comm") ++lanes;
+    if (e["ph"] == "X" && e["cat"] == "comm") {
+      ++spans[e["name"].get<std::string>()];
+      EXPECT_GE(e["dur"].get<double>(), 0.0);
+    }
+  }
+  EXPECT_EQ(lanes, 1) << trace.dump();
+  const auto plan = planned(2, 2, "keep");
+  EXPECT_EQ(spans["all_to_all sp0"], plan.all_to_all_calls) << trace.dump();
+  EXPECT_EQ(spans["all_reduce world"], plan.zero_calls) << trace.dump();
+  fs::remove_all(dir);
+}
+
+// --zero 1-3 are refused on every rank before any collective (nothing
+// listens at MASTER_PORT).
+TEST(DistTrain, ZeroStagesNotBuiltAreRefusedOnEveryRank) {
+  REQUIRE_DIST();
+  for (const char* stage : {"1", "3"}) {
+    const auto rs = run_processes(
+        env_ranks(2, {MEMO_BINARY, "train", "--zero", stage, "--steps", "1", "--dist-timeout", "60"}, free_port()), 60);
+    for (const auto& r : rs) {
+      EXPECT_EQ(r.code, 2) << describe(rs);
+      EXPECT_NE(r.output.find(std::string("ZeRO stage ") + stage + " is not built yet"), std::string::npos)
+          << describe(rs);
+    }
+  }
+}
+
+// torchrun --no-python: its agent hosts the store; sp 2 under recompute.
+TEST(DistTorchrun, TrainSp2MatchesOneProcess) {
+  REQUIRE_DIST();
+  const std::string torchrun = std::string(MEMO_SOURCE_DIR) + "/.venv/bin/torchrun";
+  if (!fs::exists(torchrun)) GTEST_SKIP() << "no " << torchrun << " (scripts/setup.sh makes it)";
+  const auto dir = memo::testing::scratch_dir("dist_train_torchrun");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::vector<std::string> argv = {torchrun, "--no-python", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                                   "--master-port", std::to_string(free_port())};
+  for (const auto& a : train_args(dir, "recompute", 2)) argv.push_back(a);
+  const auto rs = run_processes({{argv, {{"OMP_NUM_THREADS", "1"}}}}, 300);
+  ASSERT_EQ(rs[0].code, 0) << describe(rs);
+  EXPECT_NE(rs[0].output.find("launched by torchrun"), std::string::npos) << describe(rs);
+  expect_matches_reference(read_run(dir), "torchrun, sp 2, recompute");
+  fs::remove_all(dir);
+}
+
+}  // namespace
