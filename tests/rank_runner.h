@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -67,11 +68,20 @@ inline std::vector<Process> env_ranks(int world, const std::vector<std::string>&
   return ranks;
 }
 
+// A process to kill with SIGKILL mid-run: `rank` (an index of the processes)
+// once `when()` first returns true (polled every 20 ms while it runs).
+struct KillWhen {
+  int rank = -1;
+  std::function<bool()> when;
+  double killed_at = -1;  // seconds from the start, set when it was killed
+};
+
 // Runs every process to its end, or to `deadline_s` (then SIGKILL). Once all
 // processes not in `expendable` have exited, the expendable ones (a hung or
-// frozen rank) are killed.
+// frozen rank) are killed. With `kill`, that process is killed once its
+// condition holds (its code is then 128 + 9).
 inline std::vector<ProcessResult> run_processes(const std::vector<Process>& procs, double deadline_s,
-                                                const std::set<int>& expendable = {}) {
+                                                const std::set<int>& expendable = {}, KillWhen* kill = nullptr) {
   namespace fs = std::filesystem;
   const auto dir = fs::temp_directory_path() /
                    ("memo_ranks_" + std::to_string(::getpid()) + "_" + std::to_string(free_port()));
@@ -104,6 +114,10 @@ inline std::vector<ProcessResult> run_processes(const std::vector<Process>& proc
   std::set<size_t> running;
   for (size_t i = 0; i < pids.size(); ++i) running.insert(i);
   while (!running.empty()) {
+    if (kill && kill->killed_at < 0 && running.count(static_cast<size_t>(kill->rank)) && kill->when()) {
+      ::kill(pids[static_cast<size_t>(kill->rank)], SIGKILL);
+      kill->killed_at = elapsed();
+    }
     for (auto it = running.begin(); it != running.end();) {
       int status = 0;
       if (::waitpid(pids[*it], &status, WNOHANG) == pids[*it]) {

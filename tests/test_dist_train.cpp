@@ -247,6 +247,75 @@ TEST(DistTrain, ZeroStagesNotBuiltAreRefusedOnEveryRank) {
   }
 }
 
+// A rank killed (SIGKILL) mid-run, after the first checkpoint is complete:
+// the other exits non-zero within --dist-timeout naming it, and the newest
+// complete checkpoint is intact: one process resumed from it takes the same
+// next three steps (losses within 1e-10) as the 2 ranks run uninterrupted.
+TEST(DistTrain, RankKilledMidRunLeavesAnIntactCheckpoint) {
+  REQUIRE_DIST();
+  constexpr int64_t kLongSteps = 200;  // long enough that the kill lands mid-run
+  constexpr double kTimeout = 20;
+  const auto dir = memo::testing::scratch_dir("dist_train_killed");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto with_steps = [&](std::vector<std::string> a, const fs::path& d) {
+    *(std::find(a.begin(), a.end(), "--steps") + 1) = std::to_string(kLongSteps);
+    *(std::find(a.begin(), a.end(), "--checkpoint-every") + 1) = "2";
+    *(std::find(a.begin(), a.end(), "--dist-timeout") + 1) = std::to_string(static_cast<int>(kTimeout));
+    *(std::find(a.begin(), a.end(), "--json") + 1) = (d / "report.json").string();
+    *(std::find(a.begin(), a.end(), "--out") + 1) = (d / "out").string();
+    return a;
+  };
+  const auto killed_dir = dir / "killed";
+  fs::create_directories(killed_dir);
+  // Rank 1 dies once rank 0 has renamed its first checkpoint into place.
+  const auto first = killed_dir / "out" / "checkpoints" / "step-00000002";
+  memo::testing::KillWhen kill{1, [&] { return fs::exists(first / "trainer_state.json"); }};
+  const auto rs = run_processes(env_ranks(2, with_steps(train_args(killed_dir, "keep", 2), killed_dir), free_port()),
+                                300, {}, &kill);
+  ASSERT_GE(kill.killed_at, 0) << "rank 1 ended before its first checkpoint\n" << describe(rs);
+  EXPECT_EQ(rs[1].code, 128 + SIGKILL) << "rank 1 finished before the kill\n" << describe(rs);
+  EXPECT_NE(rs[0].code, 0) << describe(rs);
+  EXPECT_FALSE(rs[0].killed) << describe(rs);
+  EXPECT_LE(rs[0].seconds - kill.killed_at, kTimeout + 10) << describe(rs);
+  EXPECT_NE(rs[0].output.find("from rank 1 (died or frozen)"), std::string::npos) << describe(rs);
+  EXPECT_FALSE(fs::exists(killed_dir / "report.json")) << "the run finished: nothing was interrupted";
+
+  // The newest complete checkpoint (a step-* directory; a *.tmp is not one).
+  int64_t newest = 0;
+  for (const auto& e : fs::directory_iterator(killed_dir / "out" / "checkpoints")) {
+    const auto name = e.path().filename().string();
+    if (name.rfind("step-", 0) == 0 && name.find(".tmp") == std::string::npos)
+      newest = std::max<int64_t>(newest, std::stoll(name.substr(5)));
+  }
+  ASSERT_GE(newest, 2);
+  ASSERT_LT(newest, kLongSteps);
+
+  // One process resumes from it and runs to the end; the same 2 ranks run
+  // uninterrupted are the reference (from the same weights at the checkpoint
+  // the two differ by rounding only; a single-process reference would differ
+  // by rounding amplified over the tens of steps before the checkpoint).
+  const auto resumed_dir = dir / "resumed", ref_dir = dir / "ref";
+  fs::create_directories(resumed_dir);
+  fs::create_directories(ref_dir);
+  auto resumed_args = with_steps(train_args(resumed_dir, "keep", 1), resumed_dir);
+  resumed_args.insert(resumed_args.end(), {"--resume", (killed_dir / "out").string()});
+  const auto resumed = run_processes({{resumed_args, {{"OMP_NUM_THREADS", "1"}}}}, 300);
+  ASSERT_EQ(resumed[0].code, 0) << describe(resumed);
+  const auto ref = run_processes(env_ranks(2, with_steps(train_args(ref_dir, "keep", 2), ref_dir), free_port()), 300);
+  for (const auto& r : ref) ASSERT_EQ(r.code, 0) << describe(ref);
+  const auto got = read_run(resumed_dir), want = read_run(ref_dir);
+  ASSERT_EQ(want.losses.size(), static_cast<size_t>(kLongSteps));
+  ASSERT_EQ(got.losses.size(), static_cast<size_t>(kLongSteps - newest));
+  // The next three steps: the first checks the weights (and the data
+  // position), the later ones the AdamW moments and step count too.
+  for (size_t i = 0; i < std::min<size_t>(3, got.losses.size()); ++i) {
+    const double w = want.losses[static_cast<size_t>(newest) + i];
+    EXPECT_NEAR(got.losses[i], w, 1e-10 * std::abs(w)) << "step " << newest + 1 + static_cast<int64_t>(i);
+  }
+  fs::remove_all(dir);
+}
+
 // torchrun --no-python: its agent hosts the store; sp 2 under recompute.
 TEST(DistTorchrun, TrainSp2MatchesOneProcess) {
   REQUIRE_DIST();
