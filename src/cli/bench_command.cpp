@@ -11,9 +11,11 @@
 #include "cli/io_checks.h"
 #include "cli/option_flags.h"
 #include "cli/strict_numbers.h"
+#include "core/error.h"
 #include "core/files.h"
 #include "core/json.h"
 #include "core/units.h"
+#include "dist/launch.h"
 #include "memory/host_pool.h"
 #include "train/bench.h"
 
@@ -131,6 +133,14 @@ void print_messages(const std::vector<train::BenchRow>& rows) {
 // Flags, the header, the rows, the table and --json.
 int run_bench_command(train::BenchOptions o, const FlagBindings& flags, const std::string& policies,
                       const std::string& json) {
+  // bench runs its rows in one process. Started as many ranks, each would run
+  // every row alone and write the same files, so every rank refuses (exit 2)
+  // before anything runs or is written, naming what measures the ranks.
+  if (const auto launch = dist::launch_from_environment(); launch.distributed())
+    throw InputError(cat("memo bench runs in one process only, but it was started as rank ", launch.rank, " of ",
+                         launch.world_size, " (", launch.source,
+                         "); for the bytes each rank moves per step by collective kind run `memo train` on the "
+                         "ranks with --json (steps[].comm), or `memo plan --sp N --dp M` for the planner's count"));
   apply_given_flags(flags, o.run);
   o.policies = split_list(policies);
   std::vector<NamedPath> outputs = {{"--json", json}};
