@@ -70,9 +70,6 @@ struct TrainOptions {
   bool operator==(const TrainOptions&) const = default;
 };
 
-// InputError unless options.zero is a stage built so far (0; ZeRO 1-3 come
-// as separate components): checked before any rank is reached.
-void require_built_zero_stage(const TrainOptions& options);
 
 // Applies a TOML file's keys onto `options`. Unknown keys, wrong types and
 // syntax errors throw InputError naming the file, key and line.
