@@ -49,7 +49,8 @@ std::vector<std::string> train_args(const fs::path& dir, const std::string& poli
                                 "--seq-len", std::to_string(kSeq), "--batch", std::to_string(kBatch), "--steps",
                                 std::to_string(kSteps), "--warmup", "0", "--lr", "1e-2", "--policy", policy,
                                 "--json", (dir / "report.json").string(), "--out", (dir / "out").string(),
-                                "--checkpoint-every", std::to_string(kSteps), "--dist-timeout", "120"};
+                                "--checkpoint-every", std::to_string(kSteps), "--dist-timeout", "120",
+                                "--zero", "0"};
   if (policy == "memo") a.insert(a.end(), {"--alpha", "0.5"});  // half of each shard's tokens recomputed
   if (sp > 1) a.insert(a.end(), {"--sp", std::to_string(sp)});
   return a;
@@ -234,12 +235,17 @@ TEST(DistTrain, TraceHasACommLane) {
 }
 
 // ZeRO 1-3 (docs/dist.md, "ZeRO"): the arguments of train_args with --zero
-// `stage` and a checkpoint every `checkpoint_every` steps.
+// `stage` (-1: no --zero, the default) and a checkpoint every
+// `checkpoint_every` steps.
 std::vector<std::string> zero_args(const fs::path& dir, const std::string& policy, int64_t sp, int zero,
                                    int64_t checkpoint_every = kSteps) {
   auto a = train_args(dir, policy, sp);
   *(std::find(a.begin(), a.end(), "--checkpoint-every") + 1) = std::to_string(checkpoint_every);
-  a.insert(a.end(), {"--zero", std::to_string(zero)});
+  const auto flag = std::find(a.begin(), a.end(), "--zero");
+  if (zero < 0)
+    a.erase(flag, flag + 2);
+  else
+    *(flag + 1) = std::to_string(zero);
   return a;
 }
 
@@ -271,7 +277,8 @@ void expect_zero_collectives(const RunResult& got, int zero, const std::string& 
   }
 }
 
-// --zero 1, 2, 3 on 2 ranks (dp 2, sp 2) and 3 on dp 2 x sp 2: losses and
+// --zero 1, 2, 3 on 2 ranks (dp 2, sp 2), 3 on dp 2 x sp 2, and no --zero
+// (the default on many ranks: stage 3's collectives): losses and
 // final weights equal the single process's within 1e-10 (the sharded AdamW
 // is the unsharded kernel on the shard pieces; the gradients are summed in
 // another order), and the gradients move as the stage says.
@@ -284,14 +291,14 @@ TEST(DistTrainZero, Stages1To3MatchOneProcess) {
     std::string policy;
   };
   for (const Case& c : {Case{2, 1, 1, "keep"}, Case{2, 2, 2, "keep"}, Case{2, 2, 3, "keep"}, Case{2, 1, 3, "keep"},
-                        Case{4, 2, 3, "memo"}}) {
+                        Case{4, 2, 3, "memo"}, Case{2, 2, -1, "keep"}}) {
     const std::string what = "world " + std::to_string(c.world) + ", sp " + std::to_string(c.sp) + ", zero " +
                              std::to_string(c.zero) + ", " + c.policy;
     const auto dir = memo::testing::scratch_dir("dist_train_zero_" + std::to_string(c.world) + "_" +
-                                                std::to_string(c.sp) + "_" + std::to_string(c.zero));
+                                                std::to_string(c.sp) + "_" + std::to_string(c.zero + 1));
     const auto got = run_zero(dir, c.world, zero_args(dir, c.policy, c.sp, c.zero));
     expect_matches_reference(got, what);
-    if (c.policy == "keep") expect_zero_collectives(got, c.zero, what);
+    if (c.policy == "keep") expect_zero_collectives(got, c.zero < 0 ? 3 : c.zero, what);
     fs::remove_all(dir);
   }
 }

@@ -199,7 +199,7 @@ void Trainer::build_model() {
 void Trainer::build_optimizer_and_prepare_policy() {
   for (auto& [name, t] : model_->grads().named()) grads_.push_back(t);
   const AdamWOptions adamw{options_.beta1, options_.beta2, 1e-8, options_.weight_decay};
-  zero_stage_ = dist_ ? static_cast<int>(options_.zero) : 0;
+  zero_stage_ = dist_ ? static_cast<int>(options_.zero < 0 ? 3 : options_.zero) : 0;  // the default: 3
   if (zero_stage_ > 0) {
     zero_ = std::make_unique<ZeroOptimizer>(dist_->world(), model_->master(), zero_stage_, adamw);
     if (zero_stage_ == 3)
