@@ -226,7 +226,6 @@ void finish_report(const train::TrainSummary& summary, const TrainOptions& optio
 
 int run_train(const std::string& config_file, const FlagBindings& flags) {
   const TrainOptions options = resolve_options(config_file, flags);
-  train::require_built_zero_stage(options);  // on every rank, before any is reached
   check_train_outputs(options, config_file);
   // Many ranks (torchrun, srun, WORLD_SIZE/RANK) or --sp: the mesh is
   // checked from the options alone, then the process groups come up. Only

@@ -97,9 +97,4 @@ void apply_toml_file(const std::string& path, TrainOptions& options) {
   }
 }
 
-void require_built_zero_stage(const TrainOptions& o) {
-  require_input(o.zero == 0, "--zero ", o.zero, ": ZeRO stage ", o.zero,
-                " is not built yet (only stage 0: weights, gradients and optimizer state replicated on every rank)");
-}
-
 }  // namespace memo::train

@@ -324,9 +324,11 @@ std::vector<OptionSpec> build_table() {
         .check(number([](double v) { return v > 0 && v <= 1e7; }, "in (0, 1e7] seconds")).example("60"),
     option("--zero", &O::zero,
            "ZeRO stage on many ranks: 0 replicates weights, gradients and AdamW state (gradients all-reduced); "
-           "1-3 (sharded optimizer state, gradients, weights) are not built yet")
+           "1 shards the fp32 master weights and AdamW state over the world, 2 also the gradients "
+           "(reduce-scattered per layer), 3 also the layers' weights (gathered one layer ahead); "
+           "(-1, the default: 3 on many ranks); one process ignores it")
         .check(ValueCheck<int64_t>([](int64_t v, const std::string& key) {
-          require_input(v >= 0 && v <= 3, key, " must be a ZeRO stage 0, 1, 2 or 3, got ", v);
+          require_input(v >= -1 && v <= 3, key, " must be a ZeRO stage 0, 1, 2 or 3 (or -1: 3 on many ranks), got ", v);
         }))
         .example("3"),
   };

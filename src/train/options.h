@@ -62,7 +62,7 @@ struct TrainOptions {
   // many ranks (src/dist/; launched by torchrun, srun or RANK/WORLD_SIZE)
   int64_t sp = 1;                 // sequence-parallel ranks (Ulysses); world = dp x sp
   double dist_timeout = 300.0;    // seconds a collective or the join waits for a peer before naming it
-  int64_t zero = 0;               // ZeRO stage (0: weights, gradients and optimizer state replicated)
+  int64_t zero = -1;              // ZeRO stage 0-3 on many ranks; -1: 3 on many ranks (one process: none)
 
   // Throws InputError naming the first bad field.
   void validate() const;
@@ -70,9 +70,6 @@ struct TrainOptions {
   bool operator==(const TrainOptions&) const = default;
 };
 
-// InputError unless options.zero is a stage built so far (0; ZeRO 1-3 come
-// as separate components): checked before any rank is reached.
-void require_built_zero_stage(const TrainOptions& options);
 
 // Applies a TOML file's keys onto `options`. Unknown keys, wrong types and
 // syntax errors throw InputError naming the file, key and line.

@@ -53,7 +53,8 @@ struct SingleDeviceProgram {
   SingleDeviceProgram(model::LlamaModel& model, int64_t seq_len, runtime::TraceRecorder* trace,
                       int64_t chunk_tokens = 0, const SequenceShard* shard = nullptr)
       : weights(model.compute()),
-        program({model.layer(), model.config().layers, weights,
+        program({model.layer(), model.config().layers,
+                 shard && shard->weights ? *shard->weights : static_cast<runtime::WeightSource&>(weights),
                  shard && shard->exchange ? *shard->exchange : static_cast<runtime::StageExchange&>(none), trace,
                  shard ? shard->on_layer_gradients : LayerGradientsHook{}, chunk_tokens}),
         positions{model.rope((shard ? shard->first : 0) + seq_len), shard ? shard->first : 0} {}

@@ -11,6 +11,7 @@
 #include "runtime/policy.h"
 #include "runtime/trace.h"
 #include "runtime/stage_exchange.h"
+#include "runtime/weight_source.h"
 #include "train/data.h"
 #include "train/layer_program.h"
 
@@ -36,6 +37,7 @@ struct SequenceShard {
   int64_t first = 0;
   int64_t count = -1;                          // < 0: this batch's supervised tokens
   LayerGradientsHook on_layer_gradients;       // may be empty
+  runtime::WeightSource* weights = nullptr;    // the layers' weights (ZeRO 3); null: the model's compute copies
 };
 
 // Forward and backward; gradients (scaled by grad_weight / count) are added

@@ -22,6 +22,9 @@
 #include "train/flops.h"
 #include "train/loss.h"
 #include "train/step.h"
+#include "train/zero_checkpoint.h"
+#include "train/zero_optimizer.h"
+#include "runtime/sharded_weights.h"
 
 namespace memo::train {
 
@@ -189,13 +192,23 @@ void Trainer::build_model() {
 // The optimizer state first: memo reads the device memory left for resident
 // tokens in prepare, and that must not count the moments as free. Then the
 // policy's buffers, host pool and swap split, before the first step.
+// Many ranks at ZeRO 1-3: the sharded optimizer (this rank's shard of the
+// master weights and moments) in place of AdamW; stage 3 also shards the
+// layers' compute weights (the per-layer program gathers them). One process
+// has nothing to shard: --zero changes nothing there.
 void Trainer::build_optimizer_and_prepare_policy() {
-  std::vector<at::Tensor*> params;
-  for (auto& [name, t] : model_->master().named()) params.push_back(t);
   for (auto& [name, t] : model_->grads().named()) grads_.push_back(t);
-  optimizer_ = std::make_unique<AdamW>(
-      params, grads_,
-      AdamWOptions{options_.beta1, options_.beta2, 1e-8, options_.weight_decay});
+  const AdamWOptions adamw{options_.beta1, options_.beta2, 1e-8, options_.weight_decay};
+  zero_stage_ = dist_ ? static_cast<int>(options_.zero < 0 ? 3 : options_.zero) : 0;  // the default: 3
+  if (zero_stage_ > 0) {
+    zero_ = std::make_unique<ZeroOptimizer>(dist_->world(), model_->master(), zero_stage_, adamw);
+    if (zero_stage_ == 3)
+      sharded_layers_ = std::make_unique<runtime::ShardedLayerWeights>(dist_->world(), model_->compute().layers);
+  } else {
+    std::vector<at::Tensor*> params;
+    for (auto& [name, t] : model_->master().named()) params.push_back(t);
+    optimizer_ = std::make_unique<AdamW>(params, grads_, adamw);
+  }
   policy_->prepare(*model_, local_batch_, local_seq_);
   if (dist_ && dist_->mesh().sp > 1) exchange_ = std::make_unique<runtime::UlyssesExchange>(dist_->sp(), config_);
 }
@@ -205,12 +218,23 @@ void Trainer::build_optimizer_and_prepare_policy() {
 void Trainer::load_starting_weights() {
   if (!options_.resume.empty()) {
     resumed_from_ = find_checkpoint(options_.resume);
-    start_step_ = load_checkpoint(resumed_from_, *model_, *optimizer_, *data_, resolved_config());
+    start_step_ = zero_ ? load_into_shards(resumed_from_, *model_, *zero_, *data_, resolved_config(),
+                                           sharded_layers_.get())
+                        : load_checkpoint(resumed_from_, *model_, *optimizer_, *data_, resolved_config());
     require_input(start_step_ < options_.steps, "--resume ", resumed_from_, ": the checkpoint is at step ",
                   start_step_, ", not before --steps ", options_.steps, "; nothing to do");
   } else if (model::has_hf_weights(options_.model)) {
     model::load_hf_weights(options_.model, config_, model_->master());
     model_->refresh_compute();
+    if (zero_) {  // the loaded weights into this rank's shards, moments at zero
+      std::vector<at::Tensor> m, v;
+      for (auto& [name, t] : model_->master().named()) {
+        m.push_back(at::zeros_like(*t));
+        v.push_back(at::zeros_like(*t));
+      }
+      zero_->load_whole(model_->master(), m, v, 0);
+      zero_->publish(model_->compute(), sharded_layers_.get());
+    }
     weights_from_ = options_.model;
   }
 }
@@ -345,15 +369,29 @@ MicroBatch Trainer::shard_of(MicroBatch global, int64_t& global_count) const {
   return b;
 }
 
-// ZeRO stage 0: every gradient summed over the world (each rank's is already
-// divided by the whole micro-batch's token count, so the sum is the global
-// mean's), started per layer as its gradients complete so the transfer
-// overlaps the layers below; waited before the norm.
-void Trainer::start_gradient_reduction(model::LayerWeights& layer_grads) {
+// Every gradient summed over the world (each rank's is already divided by
+// the whole micro-batch's token count, so the sum is the global mean's),
+// started per layer as its gradients complete so the transfer overlaps the
+// layers below; waited before the norm. ZeRO 0: all-reduced in place;
+// stages 2-3: reduce-scattered into the optimizer's gradient shards; stage
+// 1: every unit reduce-scattered once, after the backward.
+void Trainer::start_gradient_reduction(int64_t layer, model::LayerWeights& layer_grads) {
+  if (zero_) {
+    if (zero_stage_ >= 2) zero_->reduce_layer(layer, layer_grads);
+    return;
+  }
   for (auto& [name, t] : layer_grads.named()) reductions_.push_back(dist_->world().all_reduce(*t));
 }
 
 void Trainer::finish_gradient_reduction() {
+  if (zero_) {
+    if (zero_stage_ == 1)
+      zero_->reduce_all(model_->grads());
+    else
+      zero_->reduce_rest(model_->grads());
+    zero_->finish_gradients();
+    return;
+  }
   auto& g = model_->grads();
   for (at::Tensor* t : {&g.embed, &g.final_norm, &g.lm_head})
     if (t->defined()) reductions_.push_back(dist_->world().all_reduce(*t));
@@ -375,8 +413,9 @@ LossSum Trainer::accumulate_gradients(bool tracing, TrainSummary& summary) {
     shard.exchange = exchange_.get();
     shard.first = first_token_;
     shard.count = global_count;
+    shard.weights = sharded_layers_.get();
     if (dist_ && m + 1 == o.grad_accum)  // the last micro-batch completes each layer's gradients
-      shard.on_layer_gradients = [this](int64_t, model::LayerWeights& g) { start_gradient_reduction(g); };
+      shard.on_layer_gradients = [this](int64_t l, model::LayerWeights& g) { start_gradient_reduction(l, g); };
     total.add(forward_backward(*model_, *policy_, batch, 1.0 / static_cast<double>(o.grad_accum),
                                loss_chunk_, tracing ? trace_.get() : nullptr, chunk_tokens_,
                                dist_ ? &shard : nullptr));
@@ -405,7 +444,7 @@ StepRecord Trainer::update_weights(int64_t step, LossSum& total) {
   // The step's one wait for the device: its loss and gradient norm, read
   // together and checked before the update, so a diverged step never
   // changes the weights (nor, after it, a checkpoint).
-  auto norm = grad_norm(grads_);  // [] float64
+  auto norm = zero_ ? zero_->grad_norm() : grad_norm(grads_);  // [] float64
   auto host = at::stack({total.sum.to(at::kDouble), norm}).cpu();  // [2]
   r.loss = total.count ? host.data_ptr<double>()[0] / static_cast<double>(total.count) : 0.0;
   r.grad_norm = host.data_ptr<double>()[1];
@@ -417,10 +456,16 @@ StepRecord Trainer::update_weights(int64_t step, LossSum& total) {
     throw Error(cat("step ", r.step, ": the gradient norm is ", r.grad_norm,
                     "; stopping before the update (try a lower --lr or check the data)"));
   const double factor = clip_factor(r.grad_norm, o.clip);
-  if (factor != 1.0) scale_grads(grads_, factor);
   r.lr = lr_at(step, o.steps, o.warmup, o.lr, o.min_lr_ratio);
-  optimizer_->step(r.lr);
-  model_->refresh_compute();
+  if (zero_) {
+    if (factor != 1.0) zero_->scale_grads(factor);
+    zero_->step(r.lr);
+    zero_->publish(model_->compute(), sharded_layers_.get());  // the updated shards where forward reads them
+  } else {
+    if (factor != 1.0) scale_grads(grads_, factor);
+    optimizer_->step(r.lr);
+    model_->refresh_compute();
+  }
   model_->zero_grads();
   return r;
 }
@@ -445,8 +490,16 @@ void Trainer::add_step(int64_t step, const StepRecord& r, RunTotals& totals) con
 // save_checkpoint refuses non-finite weights, and rotation keeps the newest finite checkpoint.
 void Trainer::checkpoint_if_due(int64_t step, const StepRecord& r) {
   const auto& o = options_;
+  if (o.checkpoint_every <= 0 || ((step + 1) % o.checkpoint_every != 0 && step + 1 != o.steps)) return;
+  // ZeRO 1-3: every rank gathers its shards toward rank 0, which writes (the
+  // single-process format: it resumes on any number of ranks).
+  if (zero_) {
+    save_sharded_checkpoint(dist_->world(), o.out, step + 1, *model_, *zero_, *data_, resolved_config(),
+                            o.keep_checkpoints, r.loss);
+    return;
+  }
   // Many ranks at ZeRO 0: every rank holds the whole state; rank 0 writes it.
-  if (is_root() && o.checkpoint_every > 0 && ((step + 1) % o.checkpoint_every == 0 || step + 1 == o.steps))
+  if (is_root())
     save_checkpoint(o.out, step + 1, *model_, *optimizer_, *data_, resolved_config(), o.keep_checkpoints, r.loss);
 }
 

@@ -31,9 +31,12 @@ class Context;
 }
 namespace memo::runtime {
 class StageExchange;
+class ShardedLayerWeights;
 }
 
 namespace memo::train {
+
+class ZeroOptimizer;
 
 // Bytes this rank moved in a step, by collective kind (dist/comm.h); many ranks only.
 struct CommRecord {
@@ -121,7 +124,7 @@ class Trainer {
   void checkpoint_if_due(int64_t step, const StepRecord& r);
   TrainSummary summarize(RunTotals& totals) const;
   MicroBatch shard_of(MicroBatch global, int64_t& global_count) const;
-  void start_gradient_reduction(model::LayerWeights& layer_grads);
+  void start_gradient_reduction(int64_t layer, model::LayerWeights& layer_grads);
   void finish_gradient_reduction();
   bool is_root() const;
   int64_t tokens_per_step() const;
@@ -154,7 +157,12 @@ class Trainer {
   int64_t local_batch_ = 0, local_seq_ = 0;  // this rank's sequences and tokens per sequence
   int64_t first_token_ = 0;                  // global position of this rank's first token
   std::unique_ptr<runtime::StageExchange> exchange_;
-  std::vector<dist::Work> reductions_;       // gradient all-reduces in flight
+  std::vector<dist::Work> reductions_;       // gradient all-reduces in flight (ZeRO 0)
+  // ZeRO 1-3 (many ranks, --zero > 0): the sharded optimizer in place of
+  // optimizer_, and stage 3's layer weights (docs/dist.md, "ZeRO").
+  int zero_stage_ = 0;
+  std::unique_ptr<ZeroOptimizer> zero_;
+  std::unique_ptr<runtime::ShardedLayerWeights> sharded_layers_;
 };
 
 // Many ranks add "comm" (a step's bytes by collective kind) and, to the
