@@ -85,10 +85,12 @@ const char* dtype_name_of(at::ScalarType t);
 
 class Trainer {
  public:
-  // `context`: many ranks (dp x sp, ZeRO stage 0): this rank takes its
+  // `context`: many ranks (dp x sp, ZeRO stage --zero): this rank takes its
   // sequences and token shard of each micro-batch, attention runs through
-  // Ulysses all-to-alls, gradients and the loss are summed over the world.
-  // Only rank 0 writes checkpoints and the trace. Null: one process.
+  // Ulysses all-to-alls, gradients are all-reduced (stage 0) or
+  // reduce-scattered into the sharded optimizer (1-3) and the loss summed
+  // over the world. Only rank 0 writes checkpoints and the trace. Null: one
+  // process.
   explicit Trainer(const TrainOptions& options, dist::Context* context = nullptr);
   ~Trainer();
 
