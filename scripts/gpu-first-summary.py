@@ -90,7 +90,25 @@ if planned:
                   f"{r['plan_fallbacks'] if r['plan_fallbacks'] is not None else '-'} |")
     print()
 
+chunked = sorted((n for n in os.listdir(out) if n.startswith("chunks_") and n.endswith(".json")),
+                 key=lambda n: int(n[7:-5].rstrip("k")) * (1024 if n.endswith("k.json") else 1))
+if chunked:
+    print("## Chunked layers (issue 14): Llama-3.2-1B, memo\n")
+    print("| run | chunk | status | step s | MFU | peak alloc GiB |")
+    print("|---|---|---|---|---|---|")
+    for n in chunked:
+        for r in load(n)["rows"]:
+            print(f"| {n[:-5]} | {r.get('chunk_tokens', '-')} | {r['status']} | "
+                  f"{r['step_s'] if r.get('step_s') is not None else '-'} | {r.get('mfu') or '-'} | "
+                  f"{gib(r['peak_allocated_bytes']) if r.get('peak_allocated_bytes') is not None else '-'} |")
+    print()
+
 print("## Targets\n")
+c64 = {r.get("chunk_tokens"): r for r in (load("chunks_64k.json") or {"rows": []})["rows"]}
+whole, chunked64 = c64.get(0), next((r for k, r in c64.items() if k), None)
+if whole and chunked64 and whole["status"] == chunked64["status"] == "ok":
+    ratio = chunked64["step_s"] / whole["step_s"]
+    print(f"- chunked step <= 1.05 x whole at 64K (Llama-3.2-1B, memo): {ratio:.3f} -> {'met' if ratio <= 1.05 else 'missed'}")
 keep, memo, rec = rows.get("keep"), rows.get("memo"), rows.get("recompute")
 if keep and memo and keep["status"] == memo["status"] == "ok":
     ratio = memo["step_s"] / keep["step_s"]

@@ -22,9 +22,13 @@
 # with --planned-memory, one process each, then an offload ladder (192K-320K,
 # a guess) for the length where the caching allocator fails for fragmentation.
 #
+# `bash scripts/gpu-first.sh chunks` (a third call): chunked layers (issue
+# 14), Llama-3.2-1B under memo: whole vs chunked at 64K, then the longest
+# context that trains in the call's time.
+#
 # Here, before the call: scripts/prepare-carry.sh (build dependencies and the
 # probe copy in .carry/). On the device tool: carry [".carry"], command
-# "bash scripts/gpu-first.sh [first|planned]", timeout_s 600.
+# "bash scripts/gpu-first.sh [first|planned|chunks]", timeout_s 600.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-first}
@@ -136,10 +140,27 @@ planned() {
   done
 }
 
+# Chunked layers (issue 14) on Llama-3.2-1B, all 16 layers, under memo:
+# whole and chunked side by side at 64K (target: chunked within 1.05x), then
+# single steps at growing contexts with chunks, until one fails or time runs
+# out (1M tokens is ~1e18 FLOPs: several minutes on an H200; 2M needs its own
+# call). Host memory explicit: the machine has 128 GB.
+chunks() {
+  step chunks_64k 200 build/memo bench --device cuda --model llama3.2-1b --seq-len 65536 --batch 1 \
+    --steps 3 --policies memo --chunk-tokens 0,8192 --host-memory-gib 100 --json "$OUT/chunks_64k.json"
+  for seq in 262144 524288 1048576; do
+    left=$(( 570 - ($(date +%s) - T0) ))
+    if (( left < 120 )); then echo "chunks_$seq: skipped, ${left}s left" | tee -a "$OUT/steps.txt"; break; fi
+    step "chunks_$seq" "$left" build/memo bench --device cuda --model llama3.2-1b --seq-len "$seq" --batch 1 \
+      --steps 1 --policies memo --chunk-tokens auto --host-memory-gib 100 --json "$OUT/chunks_$seq.json" || break
+  done
+}
+
 case "$part" in
   first) first ;;
   planned) planned ;;
-  *) echo "usage: $0 [first|planned]"; exit 2 ;;
+  chunks) chunks ;;
+  *) echo "usage: $0 [first|planned|chunks]"; exit 2 ;;
 esac
 
 python3 scripts/gpu-first-summary.py "$OUT" > "$OUT/summary.md" 2> "$OUT/summary.err"
