@@ -144,8 +144,8 @@ RunResult run_ranks(int world, int64_t sp, const std::string& policy) {
   return result;
 }
 
-// The planner's count for the same shape (float64, ZeRO stage 0).
-plan::CommPlan planned(int world, int64_t sp, const std::string& policy) {
+// The planner's inputs for the shape these tests run (float64).
+plan::PlanInputs plan_inputs(int world, int64_t sp) {
   plan::PlanInputs in;
   auto config = memo::model::resolve_model("tiny");
   config.layers = 3;
@@ -158,7 +158,12 @@ plan::CommPlan planned(int world, int64_t sp, const std::string& policy) {
   in.compute_bytes = 8;
   in.master_bytes = 8;
   in.hardware = plan::hardware_preset("h200-141gb");
-  return plan::comm_plan(in, policy, policy == "memo" ? 0.5 : 0.0, 1.0);
+  return in;
+}
+
+// The planner's count for the same shape (float64, ZeRO stage 0).
+plan::CommPlan planned(int world, int64_t sp, const std::string& policy) {
+  return plan::comm_plan(plan_inputs(world, sp), policy, policy == "memo" ? 0.5 : 0.0, 1.0);
 }
 
 void check_mesh_under_every_policy(int world, int64_t sp) {
@@ -266,14 +271,25 @@ RunResult run_zero(const fs::path& dir, int world, const std::vector<std::string
 // (3 layers, then embed + final norm + head) reduce-scattered once; stages
 // 1-2 gather every unit once (publish), stage 3 every layer in forward and
 // again in backward and the rest once; two all-reduces (the loss, the norm).
-void expect_zero_collectives(const RunResult& got, int zero, const std::string& what) {
+void expect_zero_collectives(const RunResult& got, int world, int64_t sp, int zero, const std::string& what) {
   constexpr int64_t kLayers = 3, kUnits = kLayers + 1;
+  // The planner's count for the same shape and stage (memo plan --zero).
+  auto in = plan_inputs(world, sp);
+  in.zero = zero;
+  const auto plan = plan::comm_plan(in, "keep", 0.0, 1.0);
   for (const auto& step : got.report["steps"]) {
     ASSERT_TRUE(step.contains("comm")) << what;
     const auto& c = step["comm"];
     EXPECT_EQ(c["reduce_scatter"]["calls"].get<int64_t>(), kUnits) << what;
     EXPECT_EQ(c["all_gather"]["calls"].get<int64_t>(), zero == 3 ? 2 * kLayers + 1 : kUnits) << what;
     EXPECT_EQ(c["all_reduce"]["calls"].get<int64_t>(), 2) << what;
+    EXPECT_EQ(c["all_gather"]["bytes_sent"].get<double>(), plan.all_gather_bytes) << what;
+    EXPECT_EQ(c["reduce_scatter"]["bytes_sent"].get<double>(), plan.reduce_scatter_bytes) << what;
+    EXPECT_EQ(c["all_reduce"]["bytes_sent"].get<double>(), plan.all_reduce_bytes) << what;
+    EXPECT_EQ(c["all_gather"]["calls"].get<int64_t>() + c["reduce_scatter"]["calls"].get<int64_t>() +
+                  c["all_reduce"]["calls"].get<int64_t>(),
+              plan.zero_calls)
+        << what;
   }
 }
 
@@ -298,7 +314,7 @@ TEST(DistTrainZero, Stages1To3MatchOneProcess) {
                                                 std::to_string(c.sp) + "_" + std::to_string(c.zero + 1));
     const auto got = run_zero(dir, c.world, zero_args(dir, c.policy, c.sp, c.zero));
     expect_matches_reference(got, what);
-    if (c.policy == "keep") expect_zero_collectives(got, c.zero < 0 ? 3 : c.zero, what);
+    if (c.policy == "keep") expect_zero_collectives(got, c.world, c.sp, c.zero < 0 ? 3 : c.zero, what);
     fs::remove_all(dir);
   }
 }

@@ -96,8 +96,16 @@ TEST(PlanCommDist, ZeroBytesEqualDistsCounter) {
       EXPECT_EQ(plan::zero_collective_bytes(layer, world, 2), dist::zero_collective_bytes(layer, world, 2)) << what;
       in.zero = 3;
       auto z3 = plan::comm_plan(in, "keep", 0, 1.0);
-      EXPECT_EQ(z3.all_gather_bytes, 2 * step(in.compute_bytes)) << what;  // forward and backward
+      // Each layer in forward and again in backward; the rest once.
+      EXPECT_EQ(z3.all_gather_bytes,
+                step(in.compute_bytes) +
+                    static_cast<double>(in.model.layers * dist::zero_collective_bytes(layer, world, in.compute_bytes)))
+          << what;
       EXPECT_EQ(z3.reduce_scatter_bytes, step(in.master_bytes)) << what;
+      in.zero = 1;  // reduce-scattered too (the owner needs only its shard), not all-reduced
+      auto z1 = plan::comm_plan(in, "keep", 0, 1.0);
+      EXPECT_EQ(z1.reduce_scatter_bytes, step(in.master_bytes)) << what;
+      EXPECT_EQ(z1.all_gather_bytes, step(in.compute_bytes)) << what;
       in.zero = 2;
       auto z2 = plan::comm_plan(in, "keep", 0, 1.0);
       EXPECT_EQ(z2.all_gather_bytes, step(in.compute_bytes)) << what;  // after the optimizer step

@@ -247,24 +247,33 @@ CommPlan comm_plan(const PlanInputs& in, const std::string& policy, double recom
              static_cast<double>(zero_collective_bytes(zero_rest_numel(in.model), z, element_size));
     };
     const double weights = per_step(in.compute_bytes), grads = per_step(in.master_bytes);
-    if (stage == 3) {  // gathered before forward and again before backward
-      c.all_gather_bytes = 2.0 * weights;
-      c.zero_calls += 2 * buffers;
+    const double layer_gather =
+        n * static_cast<double>(zero_collective_bytes(zero_layer_numel(in.model), z, in.compute_bytes));
+    if (stage == 3) {
+      // memo train's stage 3 (ShardedLayerWeights): each layer gathered
+      // before its forward and again before its backward; the embedding,
+      // final norm and head once, after the optimizer step (they stay whole).
+      c.all_gather_bytes = weights + layer_gather;
+      c.zero_calls += buffers + in.model.layers;
     } else if (stage >= 1) {  // the owners' updated weights, after the optimizer step
       c.all_gather_bytes = weights;
       c.zero_calls += buffers;
     }
-    if (stage >= 2) {
+    if (stage >= 1) {
+      // Stage 1 too reduce-scatters (every unit once, after the backward;
+      // stages 2-3 each layer as it completes): the owner needs only its
+      // shard. Then two small all-reduces: the loss sum and token count,
+      // and the clipping norm's squared shard norms (float64).
       c.reduce_scatter_bytes = grads;
       c.zero_calls += buffers;
-    } else if (stage == 0) {
+      const auto ring = [&](int64_t numel) { return 2 * (z - 1) * numel * 8 / z; };
+      c.all_reduce_bytes = static_cast<double>(ring(2) + ring(1));
+      c.zero_calls += 2;
+    } else {
       // memo train's stage 0: every gradient tensor all-reduced, and the loss.
       const auto a = stage0_all_reduce(in.model, z, in.master_bytes);
       c.all_reduce_bytes = static_cast<double>(a.bytes);
       c.zero_calls += a.calls;
-    } else {
-      c.all_reduce_bytes = 2.0 * grads;  // a ring all-reduce: reduce-scatter + all-gather
-      c.zero_calls += buffers;
     }
     c.zero_s = (c.all_gather_bytes + c.reduce_scatter_bytes + c.all_reduce_bytes) / link(z) +
                static_cast<double>(c.zero_calls) * hw.collective_latency_s;

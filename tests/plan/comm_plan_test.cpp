@@ -58,7 +58,9 @@ TEST(CommPlan, ZeroStageChangesGathersAndScattersNotAllToAlls) {
     EXPECT_EQ(z0.reduce_scatter_bytes, 0) << policy;
     EXPECT_GT(z3.all_gather_bytes, 0) << policy;
     EXPECT_GT(z3.reduce_scatter_bytes, 0) << policy;
-    EXPECT_EQ(z3.all_reduce_bytes, 0) << policy;
+    // Only the loss sum and count and the clipping norm: three float64 values.
+    EXPECT_GT(z3.all_reduce_bytes, 0) << policy;
+    EXPECT_LE(z3.all_reduce_bytes, 2 * 3 * 8) << policy;
   }
 }
 
@@ -85,7 +87,7 @@ TEST(CommPlan, AGroupWithinOneHostUsesTheIntraHostLinkAcrossHostsTheInterHostLin
   in.hardware.gpus_per_host = 8;
   const auto within = comm_plan(in, "keep", 0, 1e9);
   EXPECT_DOUBLE_EQ(within.all_to_all_s, within.all_to_all_bytes / in.hardware.intra_host_bytes_per_s);
-  EXPECT_DOUBLE_EQ(within.zero_s, (within.all_gather_bytes + within.reduce_scatter_bytes) /
+  EXPECT_DOUBLE_EQ(within.zero_s, (within.all_gather_bytes + within.reduce_scatter_bytes + within.all_reduce_bytes) /
                                       in.hardware.intra_host_bytes_per_s);
   in.hardware.gpus_per_host = 4;
   const auto across = comm_plan(in, "keep", 0, 1e9);
