@@ -152,4 +152,16 @@ inline std::vector<ProcessResult> run_processes(const std::vector<Process>& proc
   return results;
 }
 
+// Every process's exit code, time and output, for a failed expectation's
+// message.
+inline std::string describe(const std::vector<ProcessResult>& rs) {
+  std::string out;
+  for (size_t i = 0; i < rs.size(); ++i)
+    out += "--- rank " + std::to_string(i) + ": code " + std::to_string(rs[i].code) +
+           (rs[i].killed ? " (killed)" : "") + " after " + std::to_string(rs[i].seconds) + " s\n" + rs[i].output;
+  return out;
+}
+
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
 }  // namespace memo::testing

@@ -35,6 +35,8 @@ namespace plan = memo::plan;
 using memo::testing::env_ranks;
 using memo::testing::free_port;
 using memo::testing::ProcessResult;
+using memo::testing::contains;
+using memo::testing::describe;
 using memo::testing::run_processes;
 
 #define REQUIRE_DIST() \
@@ -54,14 +56,6 @@ std::vector<std::string> train_args(const fs::path& dir, const std::string& poli
   if (policy == "memo") a.insert(a.end(), {"--alpha", "0.5"});  // half of each shard's tokens recomputed
   if (sp > 1) a.insert(a.end(), {"--sp", std::to_string(sp)});
   return a;
-}
-
-std::string describe(const std::vector<ProcessResult>& rs) {
-  std::string out;
-  for (size_t i = 0; i < rs.size(); ++i)
-    out += "--- rank " + std::to_string(i) + ": code " + std::to_string(rs[i].code) +
-           (rs[i].killed ? " (killed)" : "") + " after " + std::to_string(rs[i].seconds) + " s\n" + rs[i].output;
-  return out;
 }
 
 struct RunResult {

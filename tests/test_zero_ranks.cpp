@@ -19,6 +19,8 @@ using memo::testing::env_ranks;
 using memo::testing::free_port;
 using memo::testing::Process;
 using memo::testing::ProcessResult;
+using memo::testing::contains;
+using memo::testing::describe;
 using memo::testing::run_processes;
 
 #define REQUIRE_DIST() \
@@ -28,16 +30,6 @@ std::vector<std::string> worker(std::vector<std::string> args) {
   args.insert(args.begin(), MEMO_ZERO_WORKER);
   return args;
 }
-
-std::string describe(const std::vector<ProcessResult>& rs) {
-  std::string out;
-  for (size_t i = 0; i < rs.size(); ++i)
-    out += "--- process " + std::to_string(i) + ": code " + std::to_string(rs[i].code) +
-           (rs[i].killed ? " (killed)" : "") + " after " + std::to_string(rs[i].seconds) + " s\n" + rs[i].output;
-  return out;
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // Every process exits 0 and says `marker`.
 void expect_all_ok(const std::vector<ProcessResult>& rs, const std::string& marker) {
