@@ -37,9 +37,12 @@ inline std::shared_ptr<FlagBindings> add_option_flags(CLI::App* app, train::Comm
           using T = std::decay_t<decltype(defaults.*member)>;
           if constexpr (std::is_same_v<T, bool>) {
             if (spec.is_switch()) {  // given: the member becomes switch_sets
+              // CLI11 writes into *given while parsing, so the binding owns it
+              // (a local that died here was a use-after-free on every switch).
               auto given = std::make_shared<bool>(false);
               auto* opt = app->add_flag(spec.flag, *given, spec.help_for(command));
-              bindings->push_back({opt, [member, sets = *spec.switch_sets](train::TrainOptions& o) { o.*member = sets; }});
+              bindings->push_back(
+                  {opt, [given, member, sets = *spec.switch_sets](train::TrainOptions& o) { o.*member = sets; }});
               return;
             }
           }
