@@ -261,11 +261,15 @@ Context::~Context() {
   // at once: the backends of a failed job are leaked (GroupState).
   if (!distributed() || !store_->monitor) return;
   if (store_->monitor->failed() || std::uncaught_exceptions() > 0) {
-    // Rank 0 hosting the store stays a little after a failure: the survivors
+    // Rank 0 hosting the store stays after a failure until every survivor has
     // read the heartbeats from it to name the dead rank (FailureMonitor::
-    // diagnose takes about three intervals); leaving at once would turn their
-    // diagnosis into "the store is gone".
-    if (launch_.rank == 0 && !launch_.agent_store) std::this_thread::sleep_for(4 * store_->monitor->interval());
+    // diagnose); leaving earlier would turn their diagnosis into "the store
+    // is gone". A survivor still inside a collective diagnoses only when that
+    // collective times out, so the wait is capped at the timeout plus the
+    // diagnosis' own three intervals and a margin.
+    if (launch_.rank == 0 && !launch_.agent_store)
+      store_->monitor->wait_for_survivors(std::chrono::steady_clock::now() + timeout_ +
+                                          5 * store_->monitor->interval());
     return;
   }
   try {

@@ -23,6 +23,7 @@ struct FailureMonitor::Beat {
 namespace {
 
 std::string beat_key(int rank) { return cat("hb/", rank); }
+std::string diagnosed_key(int rank) { return cat("diag/", rank); }
 
 // "<beats> <issued>"
 struct BeatValue {
@@ -133,10 +134,66 @@ std::string FailureMonitor::diagnose(const std::vector<int>& ranks) {
               dead, " (died or frozen)");
   if (!behind.empty()) out += (out.empty() ? "" : "; ") + behind;
   if (out.empty()) out = "every rank of the group still beats and has reached this collective";
+  try {
+    read_store_->set(diagnosed_key(rank_), std::vector<uint8_t>{'1'});
+  } catch (...) {
+  }
   return out;
 #else
   (void)ranks;
   return {};
+#endif
+}
+
+void FailureMonitor::wait_for_survivors(std::chrono::steady_clock::time_point deadline) {
+#ifdef MEMO_WITH_DIST
+  using Clock = std::chrono::steady_clock;
+  struct Seen {
+    std::string beat;
+    Clock::time_point changed;
+    bool settled = false;  // diagnosed, behind in collectives, or its beat stood still for three intervals
+  };
+  const auto start = Clock::now();
+  std::vector<Seen> seen(static_cast<size_t>(world_), Seen{"", start, false});
+  seen[static_cast<size_t>(rank_)].settled = true;
+  while (Clock::now() < deadline) {
+    bool all = true;
+    for (int r = 0; r < world_; ++r) {
+      auto& s = seen[static_cast<size_t>(r)];
+      if (s.settled) continue;
+      try {
+        if (read_store_->check({diagnosed_key(r)})) {
+          s.settled = true;
+          continue;
+        }
+        std::string beat;
+        if (read_store_->check({beat_key(r)})) {
+          const auto bytes = read_store_->get(beat_key(r));
+          beat.assign(bytes.begin(), bytes.end());
+        }
+        long long beats = -1, issued = -1;
+        if (std::sscanf(beat.c_str(), "%lld %lld", &beats, &issued) == 2 && issued < this->issued()) {
+          s.settled = true;  // stuck outside communication: it may never reach a collective to time out in
+          continue;
+        }
+        const auto now = Clock::now();
+        if (beat != s.beat) {
+          s.beat = beat;
+          s.changed = now;
+        } else if (now - s.changed > 3 * interval_) {
+          s.settled = true;  // dead or frozen: it will never diagnose
+          continue;
+        }
+      } catch (...) {
+        return;  // this process hosts the store; failing to read it means it is going anyway
+      }
+      all = false;
+    }
+    if (all) return;
+    std::this_thread::sleep_for(interval_ / 2);
+  }
+#else
+  (void)deadline;
 #endif
 }
 

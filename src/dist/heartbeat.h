@@ -40,7 +40,16 @@ class FailureMonitor {
 
   // After a failure: what the beats say about `ranks` (global ranks), e.g.
   // "rank 1 stopped beating (died or frozen)". Takes about three intervals.
+  // Also records that this rank has diagnosed ("diag/<rank>" in the store).
   std::string diagnose(const std::vector<int>& ranks);
+
+  // After a failure, on the rank that hosts the store: waits until every
+  // other rank has diagnosed, stopped beating (a dead rank never will) or is
+  // behind this one in collectives (stuck outside communication, it may never
+  // time out), at most until `deadline`. A survivor still blocked in a
+  // collective reads the beats only when that collective times out, so the
+  // host must outlast it.
+  void wait_for_survivors(std::chrono::steady_clock::time_point deadline);
 
   std::chrono::milliseconds interval() const { return interval_; }
 
