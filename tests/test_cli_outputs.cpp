@@ -200,6 +200,22 @@ TEST(Outputs, ADirectoryOrAnOverlongNameIsBadInputNamingThePath) {
   fs::remove_all(dir);
 }
 
+// A run refused after it took the --out lock (here: an unknown policy, found
+// when the trainer is built) leaves no directory it created behind, and an
+// --out that existed stays.
+TEST(Outputs, ARefusedRunLeavesNoOutDirectoryItCreated) {
+  auto dir = testing::scratch_dir("out_refused");
+  const auto fresh = dir / "new" / "run";
+  auto r = run_memo("train" + kQuick + "--policy bogus --out " + fresh.string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "new")) << r.output;
+  fs::create_directories(dir / "kept");
+  r = run_memo("train" + kQuick + "--policy bogus --out " + (dir / "kept").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(fs::is_directory(dir / "kept"));
+  fs::remove_all(dir);
+}
+
 TEST(Outputs, AReadOnlyDirectoryIsBadInput) {
   if (::geteuid() == 0) GTEST_SKIP() << "root writes into read-only directories";
   auto dir = testing::scratch_dir("out_ro");

@@ -428,8 +428,16 @@ void check_output_dirs(const std::vector<NamedPath>& dirs, const std::vector<Nam
 
 // --- the --out lock --------------------------------------------------------------
 
-DirectoryLock::DirectoryLock(const std::string& dir, const std::string& what) {
+DirectoryLock::DirectoryLock(const std::string& dir, const std::string& what) : dir_(dir) {
   std::error_code ec;
+  // The topmost missing directory of DIR's chain: what the destructor may remove.
+  for (fs::path p = fs::absolute(fs::path(dir), ec).lexically_normal(); !ec && p.has_relative_path();
+       p = p.parent_path()) {
+    std::error_code status_ec;  // set for a missing path too: read the type
+    if (fs::symlink_status(p, status_ec).type() != fs::file_type::not_found) break;
+    created_ = p.string();
+  }
+  ec.clear();
   fs::create_directories(dir, ec);
   if (ec) throw_file_error(cat("create ", what, " directory"), dir, ec.value());
   const std::string path = (fs::path(dir) / ".lock").string();
@@ -463,7 +471,25 @@ DirectoryLock::DirectoryLock(const std::string& dir, const std::string& what) {
 }
 
 DirectoryLock::~DirectoryLock() {
-  if (fd_ >= 0) ::close(fd_);  // releases the flock
+  if (fd_ < 0) return;
+  if (!created_.empty()) {
+    // Still holding the lock: if DIR holds nothing but .lock, remove it and
+    // the empty parents this lock created (never anything that existed).
+    std::error_code ec;
+    bool only_lock = true;
+    for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec))
+      if (it->path().filename() != ".lock") only_lock = false;
+    if (!ec && only_lock) {
+      fs::remove(fs::path(dir_) / ".lock", ec);
+      const fs::path top = fs::path(created_);
+      for (fs::path p = fs::absolute(fs::path(dir_), ec).lexically_normal(); !ec && p.has_relative_path();
+           p = p.parent_path()) {
+        if (!fs::remove(p, ec) || ec) break;  // not empty (or gone): stop climbing
+        if (p == top) break;
+      }
+    }
+  }
+  ::close(fd_);  // releases the flock
 }
 
 }  // namespace memo

@@ -89,7 +89,10 @@ void check_output_dirs(const std::vector<NamedPath>& dirs, const std::vector<Nam
 // An exclusive lock on DIR/.lock (created with DIR), held while the object
 // lives. A second process asking for it gets InputError "WHAT DIR is in use
 // by another memo run (pid N)". flock(2) locks die with their process, so a
-// crashed run never leaves the directory locked.
+// crashed run never leaves the directory locked. A directory the lock
+// created (with any missing parents) is removed again when the lock goes and
+// nothing but the lock file was written into it: a run refused after taking
+// the lock leaves no empty --out behind.
 class DirectoryLock {
  public:
   DirectoryLock(const std::string& dir, const std::string& what);
@@ -99,6 +102,8 @@ class DirectoryLock {
 
  private:
   int fd_ = -1;
+  std::string dir_;
+  std::string created_;  // the topmost directory the constructor created; empty if DIR existed
 };
 
 }  // namespace memo
