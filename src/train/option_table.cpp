@@ -276,7 +276,14 @@ std::vector<OptionSpec> build_table() {
            "CUDA fused attention kernel: auto (cudnn for bfloat16, efficient for float32), cudnn, flash or efficient")
         .bench("CUDA attention kernel: auto (cudnn for bfloat16, efficient for float32), cudnn, flash or efficient")
         .check(one_of({"auto", "cudnn", "flash", "efficient"})).example("efficient").header("device")
-        .json([](nlohmann::json& out, const O&, const ResolvedRun& r) { out["attention_kernel"] = r.attention_kernel; }),
+        .json([](nlohmann::json& out, const O&, const ResolvedRun& r) { out["attention_kernel"] = r.attention_kernel; })
+        // The kernel's workspace is part of the step's requests, so a plan made
+        // under one kernel is stale under another. "auto" resolves from the
+        // device and dtype (already in the key) and stays out of it, so the
+        // keys of plans cached before this entry stay as they were.
+        .cache_key([](nlohmann::json& out, const O& o, const ResolvedRun&) {
+          if (o.attention != "auto") out["attention"] = o.attention;
+        }),
     option("--loss-chunk", &O::loss_chunk,
            "Tokens per cross-entropy chunk (0: from a memory budget, 4 GiB on CUDA, 256 MiB on CPU)")
         .check(at_least_zero()).example("128").header("loss").cache_key()
