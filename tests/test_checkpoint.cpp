@@ -64,6 +64,24 @@ TEST(Checkpoint, ResumeFromAnOutDirectoryTakesTheNewest) {
   fs::remove_all(dir);
 }
 
+// Past step 99,999,999 the zero-padded name gains a digit: the newest is
+// still found by its step, and a directory whose name is not a step is not
+// a checkpoint.
+TEST(Checkpoint, TheNewestIsFoundByStepNotByName) {
+  auto dir = testing::scratch_dir("ckpt_order");
+  auto r = run_memo("train --steps 1 --seq-len 16 --batch 2 --out " + (dir / "o").string() +
+                    " --checkpoint-every 1 --keep-checkpoints 0");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto ckpts = dir / "o/checkpoints";
+  fs::copy(ckpts / "step-00000001", ckpts / "step-99999999", fs::copy_options::recursive);
+  fs::copy(ckpts / "step-00000001", ckpts / "step-100000000", fs::copy_options::recursive);
+  fs::copy(ckpts / "step-00000001", ckpts / "step-9x", fs::copy_options::recursive);
+  EXPECT_EQ(fs::path(train::find_checkpoint((dir / "o").string())).filename(), "step-100000000");
+  fs::remove_all(ckpts / "step-100000000");
+  EXPECT_EQ(fs::path(train::find_checkpoint((dir / "o").string())).filename(), "step-99999999");
+  fs::remove_all(dir);
+}
+
 TEST(Checkpoint, LeftoversOfAnInterruptedSaveAreRemoved) {
   auto dir = testing::scratch_dir("ckpt_leftover");
   fs::create_directories(dir / "o/checkpoints/step-00000007.tmp");

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -35,20 +36,35 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-// Complete checkpoints under root/checkpoints, oldest first.
+// The step a checkpoint directory's name carries ("step-" and decimal
+// digits only); -1 for any other name (a temporary, or a stranger's).
+int64_t step_of_name(const std::string& name) {
+  if (!name.starts_with(kPrefix)) return -1;
+  const char* first = name.data() + std::strlen(kPrefix);
+  const char* last = name.data() + name.size();
+  int64_t step = -1;
+  const auto [end, ec] = std::from_chars(first, last, step);
+  return ec == std::errc() && end == last && first != last && *first != '-' && *first != '+' ? step : -1;
+}
+
+// Complete checkpoints under root/checkpoints, oldest first: ordered by
+// their step, not their names (past step 99,999,999 the zero-padded names
+// gain a digit and would sort before the older ones).
 std::vector<fs::path> list_checkpoints(const fs::path& root) {
-  std::vector<fs::path> out;
+  std::vector<std::pair<int64_t, fs::path>> found;
   std::error_code ec;
   const auto dir = root / "checkpoints";
-  if (!fs::is_directory(dir, ec)) return out;
+  if (!fs::is_directory(dir, ec)) return {};
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const auto name = e.path().filename().string();
+    const int64_t step = step_of_name(name);
     std::error_code ec2;
-    if (e.is_directory(ec2) && name.starts_with(kPrefix) && name.find(".tmp") == std::string::npos &&
-        fs::exists(e.path() / "trainer_state.json", ec2))
-      out.push_back(e.path());
+    if (step >= 0 && e.is_directory(ec2) && fs::exists(e.path() / "trainer_state.json", ec2))
+      found.emplace_back(step, e.path());
   }
-  std::sort(out.begin(), out.end());
+  std::sort(found.begin(), found.end());
+  std::vector<fs::path> out;
+  for (auto& [step, path] : found) out.push_back(std::move(path));
   return out;
 }
 
