@@ -186,7 +186,9 @@ void run_row(const BenchContext& c, BenchRow& row) {
   split.buffer_bytes = policy->buffer_bytes();
   split.policy_peak_bytes = policy->peak_held().device;
   split.tokens = o.batch * o.seq_len;
-  split.chunked = row.chunk_tokens > 0;
+  split.chunked = row.chunk_tokens > 0 && row.chunk_tokens < c.options.run.seq_len;
+  split.policy_holds_layer_kv = row.policy == "keep";
+  split.unit_tokens = o.batch * (split.chunked ? row.chunk_tokens : o.seq_len);
   row.peak_split = split_peak(split, c.cfg, c.ex.compute_dtype);
   if (c.ex.peak_flops > 0) row.mfu = c.flops / (row.step_s * c.ex.peak_flops);
   if (planner) planner->disarm();

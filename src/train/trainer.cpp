@@ -522,7 +522,9 @@ TrainSummary Trainer::summarize(RunTotals& totals) const {
   split.buffer_bytes = policy_->buffer_bytes();
   split.policy_peak_bytes = summary.peak_activation_bytes;
   split.tokens = local_batch_ * local_seq_;
-  split.chunked = chunk_tokens_ > 0;
+  split.chunked = chunk_tokens_ > 0 && chunk_tokens_ < local_seq_;
+  split.policy_holds_layer_kv = options_.policy == "keep";
+  split.unit_tokens = local_batch_ * (split.chunked ? chunk_tokens_ : local_seq_);
   summary.peak_split = split_peak(split, config_, compute_dtype_);
   const double world = dist_ ? dist_->world_size() : 1;
   if (peak_flops_ > 0 && device_.is_cuda())
