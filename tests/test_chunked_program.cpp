@@ -5,7 +5,8 @@
 // and 1 to 3 layers; a chunk of at least the sequence is the unchunked step
 // bit for bit; and the device peak at 4x the sequence grows only by the
 // whole-sequence tensors with chunks (about 4x without), under recompute,
-// offload and memo.
+// offload and memo. Evaluation (forward_loss, `memo eval --chunk-tokens`)
+// runs its layers in chunks too: the same loss within 1e-10, a lower peak.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -264,6 +265,51 @@ TEST_P(ChunkedPeak, GrowsOnlyByTheWholeSequenceTensors) {
 
 INSTANTIATE_TEST_SUITE_P(Policies, ChunkedPeak, ::testing::Values("recompute", "offload", "memo"),
                          [](const auto& info) { return std::string(info.param); });
+
+// Evaluation's forward (forward_loss: `memo eval`) runs each layer in
+// chunks when asked, as training's forward does: in float64 the loss equals
+// whole layers' within 1e-10, for chunks that do and do not divide the
+// sequence, with GQA and batch > 1, and the token count is the same.
+TEST(ChunkedEvaluation, LossEqualsWholeLayersWithin1e10InFloat64) {
+  const auto cfg = testing::small_config(4, 2, 4, 20, 3, 31);
+  auto model = float64_model(cfg);
+  const int64_t B = 2, S = 24;
+  const auto batch = batch_of(cfg.vocab_size, B, S, 11);
+  const auto whole = train::forward_loss(model, batch, 7);
+  for (int64_t chunk : {1, 5, 8, 23}) {
+    const auto chunked = train::forward_loss(model, batch, 7, chunk);
+    EXPECT_EQ(chunked.count, whole.count) << "chunk " << chunk;
+    EXPECT_NEAR(chunked.total(), whole.total(), 1e-10 * std::abs(whole.total())) << "chunk " << chunk;
+  }
+}
+
+// The peak of one evaluation forward (the CPU memory meter) above what is
+// allocated before it.
+int64_t eval_peak(model::LlamaModel& model, const train::MicroBatch& batch, int64_t chunk) {
+  const at::Device cpu(at::kCPU);
+  const auto base = memory::memory_stats(cpu).allocated;
+  memory::reset_peak_memory(cpu);
+  (void)train::forward_loss(model, batch, 64, chunk).total();
+  return memory::memory_stats(cpu).peak_allocated - base;
+}
+
+// At a long sequence a chunked evaluation's peak is a fraction of whole
+// layers': with a wide MLP (ffn 32x hidden) a whole layer's transients (the
+// MLP's [S x ffn] gate, up and activation) span the sequence; in chunks they
+// span 32 tokens, and what spans the sequence is the hidden state, one
+// layer's K and V, the final norm's output and the loss's per-token vectors.
+TEST(ChunkedEvaluation, PeakIsLowerAtALongSequence) {
+  memory::install_cpu_memory_meter();
+  const auto cfg = testing::small_config(2, 1, 4, 256, 2, 31);
+  auto model = float64_model(cfg);
+  const auto batch = batch_of(cfg.vocab_size, 1, 1024, 3);
+  (void)eval_peak(model, batch, 0);  // warm-up (lazy one-offs)
+  const auto whole = eval_peak(model, batch, 0);
+  const auto chunked = eval_peak(model, batch, 32);
+  std::printf("evaluation peak above the start at 1024 tokens: whole layers %lld bytes, chunks of 32 %lld bytes\n",
+              (long long)whole, (long long)chunked);
+  EXPECT_LT(chunked, whole / 3) << "whole " << whole << ", chunked " << chunked;
+}
 
 }  // namespace
 }  // namespace memo

@@ -174,28 +174,6 @@ TEST(DistTrain, MissingRankNamedWithinTheDistTimeout) {
   EXPECT_LT(rs[0].seconds, 2 + 20) << describe(rs);
 }
 
-// memo bench runs in one process: started as 2 ranks, each exits 2 before
-// running a row or writing --json, naming what measures the ranks instead.
-TEST(DistBench, ManyRanksAreRefusedOnEveryRank) {
-  const auto dir = memo::testing::scratch_dir("dist_bench");
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  const auto json = (dir / "bench.json").string();
-  const auto rs = run_processes(env_ranks(2, {MEMO_BINARY, "bench", "--layers", "1", "--seq-len", "16", "--steps",
-                                               "1", "--policies", "keep", "--json", json},
-                                          free_port()),
-                                120);
-  for (const auto& r : rs) {
-    EXPECT_EQ(r.code, 2) << describe(rs);
-    EXPECT_TRUE(contains(r.output, "memo bench runs in one process only")) << describe(rs);
-    EXPECT_TRUE(contains(r.output, "memo train")) << describe(rs);
-    EXPECT_FALSE(contains(r.output, "keep ")) << "a row ran\n" << describe(rs);
-  }
-  EXPECT_TRUE(contains(rs[1].output, "rank 1 of 2")) << describe(rs);
-  EXPECT_FALSE(std::filesystem::exists(json));
-  std::filesystem::remove_all(dir);
-}
-
 TEST(DistTrain, SpWithoutRanksExitsTwo) {
   const auto rs = run_processes({{memo_train({"--sp", "2", "--steps", "1"}), {}}}, 30);
   EXPECT_EQ(rs[0].code, 2) << describe(rs);

@@ -4,7 +4,8 @@
 // replicated, dp 2, dp 2 x sp 2) under every policy equal the single-process
 // run's within 1e-10 relative; only rank 0 prints and writes; each step's
 // all-to-all bytes equal the Ulysses count for the shape; ZeRO 1-3 the same,
-// and a ZeRO 3 checkpoint of 4 ranks resumes on 2 and on 1.
+// and a ZeRO 3 checkpoint of 4 ranks resumes on 2 and on 1; memo bench's
+// rows on 2 ranks move the planned bytes.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -440,6 +441,85 @@ TEST(DistTorchrun, TrainSp2MatchesOneProcess) {
   EXPECT_NE(rs[0].output.find("launched by torchrun"), std::string::npos) << describe(rs);
   expect_matches_reference(read_run(dir), "torchrun, sp 2, recompute");
   fs::remove_all(dir);
+}
+
+// memo bench on `world` ranks (--sp `sp`, --zero `zero`) of the tiny model's
+// 3 layers, float64, one timed step per row: every rank succeeded, only rank
+// 0 spoke; rank 0's --json.
+nlohmann::json run_bench_ranks(int world, int64_t sp, int zero, const std::string& policies) {
+  const auto dir = memo::testing::scratch_dir("dist_bench_" + std::to_string(sp) + "_" + std::to_string(zero));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const auto json = dir / "bench.json";
+  std::vector<std::string> args = {MEMO_BINARY, "bench", "--dtype", "float64", "--device", "cpu", "--layers", "3",
+                                   "--seq-len", std::to_string(kSeq), "--batch", std::to_string(kBatch), "--steps",
+                                   "1", "--policies", policies, "--alpha", "0.5", "--zero", std::to_string(zero),
+                                   "--dist-timeout", "120", "--json", json.string()};
+  if (sp > 1) args.insert(args.end(), {"--sp", std::to_string(sp)});
+  const auto rs = run_processes(env_ranks(world, args, free_port()), 300);
+  for (size_t r = 0; r < rs.size(); ++r) {
+    EXPECT_EQ(rs[r].code, 0) << describe(rs);
+    if (r > 0) EXPECT_EQ(rs[r].output, "") << "rank " << r << " spoke on success\n" << describe(rs);
+  }
+  EXPECT_TRUE(contains(rs[0].output, "memo bench: ")) << describe(rs);
+  EXPECT_TRUE(contains(rs[0].output, "(bytes sent per step by rank 0 / calls)")) << describe(rs);
+  std::ifstream in(json);
+  EXPECT_TRUE(in.good()) << "rank 0 wrote no --json\n" << describe(rs);
+  nlohmann::json j = in.good() ? nlohmann::json::parse(in) : nlohmann::json::object();
+  fs::remove_all(dir);
+  return j;
+}
+
+// memo bench on 2 ranks (it refused many ranks before): each row is memo
+// train's step on the mesh, and its bytes moved per step by collective kind
+// are the planner's count for that configuration (memo plan --sp --zero):
+// sp 2 at ZeRO 0 under every policy (Ulysses all-to-alls, gradient
+// all-reduces), dp 2 at ZeRO 3 under keep (gathers, reduce-scatters, the
+// loss and norm all-reduces).
+TEST(DistBench, RowsMoveThePlannedBytesPerRank) {
+  REQUIRE_DIST();
+  const std::vector<std::string> policies = {"keep", "recompute", "offload", "memo"};
+  const auto sp2 = run_bench_ranks(2, 2, 0, "keep,recompute,offload,memo");
+  ASSERT_TRUE(sp2.contains("rows")) << sp2.dump();
+  EXPECT_EQ(sp2["mesh"]["sp"].get<int64_t>(), 2) << sp2.dump();
+  EXPECT_EQ(sp2["mesh"]["dp"].get<int64_t>(), 1) << sp2.dump();
+  ASSERT_EQ(sp2["rows"].size(), policies.size()) << sp2.dump();
+  for (size_t i = 0; i < policies.size(); ++i) {
+    const auto& row = sp2["rows"][i];
+    const std::string what = "sp 2, " + policies[i] + ": " + row.dump();
+    ASSERT_EQ(row["policy"].get<std::string>(), policies[i]) << what;
+    ASSERT_EQ(row["status"].get<std::string>(), "ok") << what;
+    const auto plan = planned(2, 2, policies[i]);
+    const auto& c = row["comm_per_step"];
+    EXPECT_EQ(c["all_to_all"]["bytes_sent"].get<double>(), plan.all_to_all_bytes) << what;
+    EXPECT_EQ(c["all_to_all"]["calls"].get<int64_t>(), plan.all_to_all_calls) << what;
+    EXPECT_EQ(c["all_reduce"]["bytes_sent"].get<double>(), plan.all_reduce_bytes) << what;
+    EXPECT_EQ(c["all_reduce"]["calls"].get<int64_t>(), plan.zero_calls) << what;
+    EXPECT_EQ(c["all_gather"]["calls"].get<int64_t>(), 0) << what;
+    EXPECT_EQ(c["reduce_scatter"]["calls"].get<int64_t>(), 0) << what;
+    EXPECT_GT(c["all_to_all"]["bytes_sent"].get<double>(), 0) << what;
+  }
+
+  const auto dp2 = run_bench_ranks(2, 1, 3, "keep");
+  ASSERT_TRUE(dp2.contains("rows")) << dp2.dump();
+  EXPECT_EQ(dp2["mesh"]["dp"].get<int64_t>(), 2) << dp2.dump();
+  EXPECT_EQ(dp2["mesh"]["zero"].get<int64_t>(), 3) << dp2.dump();
+  ASSERT_EQ(dp2["rows"].size(), 1u) << dp2.dump();
+  const auto& row = dp2["rows"][0];
+  ASSERT_EQ(row["status"].get<std::string>(), "ok") << row.dump();
+  auto in = plan_inputs(2, 1);
+  in.zero = 3;
+  const auto plan = plan::comm_plan(in, "keep", 0.0, 1.0);
+  const auto& c = row["comm_per_step"];
+  EXPECT_EQ(c["all_to_all"]["calls"].get<int64_t>(), 0) << row.dump();
+  EXPECT_EQ(c["all_gather"]["bytes_sent"].get<double>(), plan.all_gather_bytes) << row.dump();
+  EXPECT_EQ(c["reduce_scatter"]["bytes_sent"].get<double>(), plan.reduce_scatter_bytes) << row.dump();
+  EXPECT_EQ(c["all_reduce"]["bytes_sent"].get<double>(), plan.all_reduce_bytes) << row.dump();
+  EXPECT_EQ(c["all_gather"]["calls"].get<int64_t>() + c["reduce_scatter"]["calls"].get<int64_t>() +
+                c["all_reduce"]["calls"].get<int64_t>(),
+            plan.zero_calls)
+      << row.dump();
+  EXPECT_GT(plan.all_gather_bytes, 0);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // `memo bench`: every activation policy on the same model, shape and batch,
-// one table (and --json).
+// one table (and --json); on many ranks each row on the mesh, with the
+// bytes each rank moves per step by collective kind.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -9,12 +10,14 @@
 
 #include "cli/commands.h"
 #include "cli/io_checks.h"
+#include "cli/multi_rank.h"
 #include "cli/option_flags.h"
 #include "cli/strict_numbers.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/json.h"
 #include "core/units.h"
+#include "dist/context.h"
 #include "dist/launch.h"
 #include "memory/host_pool.h"
 #include "train/bench.h"
@@ -41,9 +44,14 @@ train::TrainOptions bench_run_defaults() {
   return run;
 }
 
-void print_header(const train::BenchOptions& o) {
+void print_header(const train::BenchOptions& o, const dist::Context* ranks) {
   std::printf("memo bench: %s, %lld layers, batch %lld x seq_len %lld\n", o.run.model.c_str(),
               (long long)o.run.layers, (long long)o.run.batch, (long long)o.run.seq_len);
+  if (ranks)
+    std::printf("  ranks %s, %s, launched by %s; ZeRO stage %lld; each row is memo train's step "
+                "(forward, backward, gradient reduction, optimizer) on the mesh\n",
+                ranks->mesh().describe().c_str(), ranks->backend_name().c_str(), ranks->launch().launcher.c_str(),
+                (long long)(o.run.zero < 0 ? 3 : o.run.zero));
   std::printf("  threads %s\n", describe_cpu_threads().c_str());
   std::printf("  host memory for offload/memo pools: %s, from %s\n",
               o.host_budget->bytes > 0 ? format_bytes(o.host_budget->bytes).c_str() : "no limit",
@@ -103,7 +111,8 @@ nlohmann::json row_json(const train::BenchRow& r) {
           {"arena_bytes", json_or_null(r.arena_bytes)},
           {"plan_fallbacks", json_or_null(r.plan_fallbacks)},
           {"fragmentation", r.fragmentation()},
-          {"device_mallocs_per_step", r.device_mallocs_per_step}};
+          {"device_mallocs_per_step", r.device_mallocs_per_step},
+          {"comm_per_step", r.comm ? train::to_json(*r.comm) : nlohmann::json(nullptr)}};
 }
 
 // The peak of each ok row by purpose (train/memory_split.h), under the table.
@@ -116,6 +125,23 @@ void print_peak_splits(const std::vector<train::BenchRow>& rows) {
     std::printf("%-10s %7s %14s %14s %14s %14s\n", r.policy.c_str(),
                 r.chunk_tokens > 0 ? std::to_string(r.chunk_tokens).c_str() : "-", b(p.static_bytes).c_str(),
                 b(p.whole_sequence_bytes).c_str(), b(p.chunk_buffer_bytes).c_str(), b(p.transient_bytes).c_str());
+  }
+}
+
+// Many ranks: the bytes rank 0 moved in a row's last step, and the calls,
+// by collective kind, under the table.
+void print_comm(const std::vector<train::BenchRow>& rows) {
+  std::printf("\n%-10s %7s", "policy", "chunk");
+  for (int k = 0; k < dist::kCollectiveKinds; ++k)
+    std::printf(" %22s", dist::collective_name(static_cast<dist::Collective>(k)));
+  std::printf("   (bytes sent per step by rank 0 / calls)\n");
+  for (const auto& r : rows) {
+    if (!r.comm) continue;
+    std::printf("%-10s %7s", r.policy.c_str(), r.chunk_tokens > 0 ? std::to_string(r.chunk_tokens).c_str() : "-");
+    for (const auto& b : r.comm->by_kind)
+      std::printf(" %22s", strf("%s / %lld", format_bytes(static_cast<double>(b.bytes_sent)).c_str(),
+                                static_cast<long long>(b.calls)).c_str());
+    std::printf("\n");
   }
 }
 
@@ -133,14 +159,6 @@ void print_messages(const std::vector<train::BenchRow>& rows) {
 // Flags, the header, the rows, the table and --json.
 int run_bench_command(train::BenchOptions o, const FlagBindings& flags, const std::string& policies,
                       const std::string& json) {
-  // bench runs its rows in one process. Started as many ranks, each would run
-  // every row alone and write the same files, so every rank refuses (exit 2)
-  // before anything runs or is written, naming what measures the ranks.
-  if (const auto launch = dist::launch_from_environment(); launch.distributed())
-    throw InputError(cat("memo bench runs in one process only, but it was started as rank ", launch.rank, " of ",
-                         launch.world_size, " (", launch.source,
-                         "); for the bytes each rank moves per step by collective kind run `memo train` on the "
-                         "ranks with --json (steps[].comm), or `memo plan --sp N --dp M` for the planner's count"));
   apply_given_flags(flags, o.run);
   o.policies = split_list(policies);
   std::vector<NamedPath> outputs = {{"--json", json}};
@@ -148,18 +166,37 @@ int run_bench_command(train::BenchOptions o, const FlagBindings& flags, const st
     for (const auto& p : o.policies) outputs.push_back({"--trace", o.trace + "." + p + ".json"});
   check_outputs(outputs, model_inputs(o.run.model));
   o.host_budget = memory::host_budget(o.run.host_memory_gib);
-  print_header(o);
-  auto rows = train::run_bench(o, [](const std::string& line) { std::fprintf(stderr, "  %s\n", line.c_str()); });
+  // Many ranks (torchrun, srun, WORLD_SIZE/RANK) or --sp: the mesh is checked
+  // from the options alone, then the process groups come up; every rank runs
+  // every row together, and only rank 0 prints and writes.
+  std::unique_ptr<dist::Context> ranks;
+  if (const auto launch = dist::launch_from_environment(); launch.distributed() || o.run.sp > 1) {
+    o.run.validate();
+    ranks = join_ranks(o.run, launch, cat(" policies=", policies, " bench_steps=", o.steps, " trace=", o.trace));
+  }
+  const bool root = !ranks || ranks->is_root();
+  if (root) print_header(o, ranks.get());
+  auto progress = [root](const std::string& line) {
+    if (root) std::fprintf(stderr, "  %s\n", line.c_str());
+  };
+  auto rows = train::run_bench(o, progress, ranks.get());
+  if (!root) return 0;
   print_table_head(o.planned_memory);
   nlohmann::json out;
   out["host_memory_budget_bytes"] = o.host_budget->bytes;
   out["host_memory_budget_source"] = o.host_budget->source;
+  if (ranks)
+    out["mesh"] = {{"world", ranks->world_size()},
+                   {"dp", ranks->mesh().dp},
+                   {"sp", ranks->mesh().sp},
+                   {"zero", o.run.zero < 0 ? 3 : o.run.zero}};
   out["rows"] = nlohmann::json::array();
   for (const auto& r : rows) {
     print_row(r, o.planned_memory);
     out["rows"].push_back(row_json(r));
   }
   print_peak_splits(rows);
+  if (ranks) print_comm(rows);
   print_messages(rows);
   if (!json.empty()) write_file_atomic(json, out.dump(2) + "\n");
   return 0;
@@ -174,7 +211,10 @@ void add_bench_command(CLI::App& root, Action& action) {
       "print step time, ratio to keep, MFU, peak device memory, host bytes, alpha and the\n"
       "largest relative gradient difference from keep. A policy that cannot run (its host pool\n"
       "does not fit, the device runs out of memory, any other failure) gets that status and a\n"
-      "message in its row, and the others still run; only bad options exit 2.");
+      "message in its row, and the others still run; only bad options exit 2. Started as many\n"
+      "ranks (torchrun, srun, RANK/WORLD_SIZE; --sp, --zero as in train), each row is memo\n"
+      "train's step on the mesh, with the bytes each rank moves per step by collective kind;\n"
+      "rank 0 prints and writes.");
   auto o = std::make_shared<train::BenchOptions>();
   o->run = bench_run_defaults();
   // The run's options (the rows of train/option_table.cpp that bench takes), then the bench's own.

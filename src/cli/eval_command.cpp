@@ -35,6 +35,7 @@ struct EvalOptions {
   std::string model, data, data_dtype = "auto", json, device = "auto", dtype = "auto";
   std::string dump_logits, dump_grads;
   int64_t seq_len = 1024, batch = 1, max_batches = 0;
+  int64_t chunk_tokens = 0;  // tokens per layer chunk (docs/chunks.md); 0: whole layers
   bool skip_memory_check = false;
 };
 
@@ -47,6 +48,7 @@ int run_eval(const EvalOptions& o) {
   require_input(o.seq_len > 0, "seq_len must be a positive integer, got ", o.seq_len);
   require_input(o.batch > 0, "batch must be a positive integer, got ", o.batch);
   require_input(o.max_batches >= 0, "max_batches must be >= 0, got ", o.max_batches);
+  require_input(o.chunk_tokens >= 0, "--chunk-tokens must be >= 0 (0: whole layers), got ", o.chunk_tokens);
   (void)checked_mul(o.batch, checked_add(o.seq_len, 1, "seq_len + 1"), "tokens per batch (batch x (seq_len + 1))");
   {
     std::vector<NamedPath> inputs = {{"--model", o.model}};
@@ -71,6 +73,7 @@ int run_eval(const EvalOptions& o) {
     fr.device = ex.device;
     fr.compute_dtype = ex.compute_dtype;
     fr.command = "eval";
+    fr.chunk_tokens = o.chunk_tokens < o.seq_len ? o.chunk_tokens : 0;
     train::check_fit(fr);
   }
   auto corpus = train::open_token_corpus(o.data, o.data_dtype, config.vocab_size);
@@ -87,10 +90,13 @@ int run_eval(const EvalOptions& o) {
   model.refresh_compute();
 
   std::printf("memo eval\n  model      %s: %lld layers, hidden %lld, vocab %lld\n  data       %s\n"
-              "  windows    %lld of %lld tokens, batch %lld, %s %s\n",
+              "  windows    %lld of %lld tokens, batch %lld, %s %s%s\n",
               o.model.c_str(), (long long)config.layers, (long long)config.hidden, (long long)config.vocab_size,
               corpus->describe().c_str(), (long long)windows, (long long)o.seq_len, (long long)o.batch,
-              ex.device.str().c_str(), train::dtype_name_of(ex.compute_dtype));
+              ex.device.str().c_str(), train::dtype_name_of(ex.compute_dtype),
+              o.chunk_tokens > 0 && o.chunk_tokens < o.seq_len
+                  ? strf(", layers in chunks of %lld tokens", (long long)o.chunk_tokens).c_str()
+                  : "");
   std::printf("  threads    %s\n", describe_cpu_threads().c_str());
   std::fflush(stdout);
 
@@ -105,7 +111,7 @@ int run_eval(const EvalOptions& o) {
     auto mb = train::to_device({window.narrow(1, 0, o.seq_len).contiguous(),
                                 window.narrow(1, 1, o.seq_len).contiguous(), B * o.seq_len},
                                ex.device);
-    auto l = train::forward_loss(model, mb);
+    auto l = train::forward_loss(model, mb, 0, o.chunk_tokens);
     if (batches == 0 && !o.dump_logits.empty())
       model::write_tensors(o.dump_logits,
                            {{"logits", logits_of(model, mb.tokens)},
@@ -147,6 +153,10 @@ void add_eval_command(CLI::App& root, Action& action) {
   app->add_option("--data-dtype", o->data_dtype, "auto, text, uint16, uint32 or megatron")->capture_default_str();
   app->add_option("--seq-len", o->seq_len, "Tokens per window")->capture_default_str();
   app->add_option("--batch", o->batch, "Windows per forward pass")->capture_default_str();
+  app->add_option("--chunk-tokens", o->chunk_tokens,
+                  "Run each layer over chunks of this many tokens (forward only, as train's forward; "
+                  "docs/chunks.md): a layer's transients span a chunk, not the window; 0: whole layers")
+      ->capture_default_str();
   app->add_option("--max-batches", o->max_batches, "Stop after this many batches (0: the whole file)")
       ->capture_default_str();
   app->add_option("--device", o->device, "auto, cpu or cuda")->capture_default_str();

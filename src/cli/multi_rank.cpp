@@ -18,12 +18,13 @@ std::string agreement_of(const train::TrainOptions& o) {
   return cat("model=", o.model, " layers=", o.layers, " seq_len=", o.seq_len, " batch=", o.batch,
              " grad_accum=", o.grad_accum, " steps=", o.steps, " sp=", o.sp, " policy=", o.policy,
              " dtype=", o.dtype, " device=", o.device, " seed=", o.seed, " data=", o.data, " lr=", o.lr,
-             " zero=", o.zero, " alpha=", o.alpha, " clip=", o.clip, " warmup=", o.warmup, " resume=", o.resume);
+             " zero=", o.zero, " alpha=", o.alpha, " clip=", o.clip, " warmup=", o.warmup, " resume=", o.resume, " chunk_tokens=", o.chunk_tokens);
 }
 
 }  // namespace
 
-std::unique_ptr<dist::Context> join_ranks(const train::TrainOptions& options, const dist::LaunchInfo& launch) {
+std::unique_ptr<dist::Context> join_ranks(const train::TrainOptions& options, const dist::LaunchInfo& launch,
+                                          const std::string& also_agreed) {
   model::ModelConfig config = model::resolve_model(options.model);
   if (options.layers > 0) config.layers = options.layers;
   config.validate(options.model);
@@ -34,7 +35,7 @@ std::unique_ptr<dist::Context> join_ranks(const train::TrainOptions& options, co
   context_options.timeout =
       std::chrono::milliseconds(static_cast<int64_t>(options.dist_timeout * 1000.0 + 0.5));
   context_options.device = train::resolve_execution(options).device;
-  context_options.agreement = agreement_of(options);
+  context_options.agreement = agreement_of(options) + also_agreed;
   return std::make_unique<dist::Context>(launch, mesh, context_options);
 }
 

@@ -1,4 +1,4 @@
-// `memo train` on many ranks (torchrun, srun, RANK/WORLD_SIZE): the mesh
+// `memo train` and `memo bench` on many ranks (torchrun, srun, RANK/WORLD_SIZE): the mesh
 // checked from the options alone, then the join of the ranks.
 #pragma once
 
@@ -14,6 +14,9 @@ namespace memo::cli {
 // before any store or collective), then brings the store and the
 // world/sp/dp groups up (CommError naming a missing or failed rank: exit 1;
 // a rank given other options than rank 0: InputError on every rank).
-std::unique_ptr<dist::Context> join_ranks(const train::TrainOptions& options, const dist::LaunchInfo& launch);
+// `also_agreed`: more that every rank must have been given alike (bench's
+// policies and steps).
+std::unique_ptr<dist::Context> join_ranks(const train::TrainOptions& options, const dist::LaunchInfo& launch,
+                                          const std::string& also_agreed = "");
 
 }  // namespace memo::cli

@@ -232,7 +232,7 @@ void print_chunk_plan(const plan::ChunkPlan& cp) {
                 lc.limited_by.c_str());
   }
   std::printf("  whole-sequence tensors per token:");
-  for (const auto& part : cp.policies.front().whole_sequence)
+  for (const auto& part : cp.policies.back().whole_sequence)
     if (part.name.rfind("every", 0) != 0) std::printf(" %s %s;", part.name.c_str(), format_bytes(part.bytes_per_token).c_str());
   std::printf(" keep adds every layer's skeletal set, recompute every layer's input\n");
 }

@@ -1,15 +1,29 @@
 // The chunked-execution memory model (see chunk_plan.h and docs/chunks.md).
 // Per token of batch x sequence, per GPU, with c the compute and s the
 // statistics element size (fp32, or fp64 in float64 runs), h hidden, f ffn,
-// a = nh d, q = (nh + 2 nkv) d, kv = 2 nkv d, skel one layer's skeletal set:
+// a = nh d, q = (nh + 2 nkv) d, kv = 2 nkv d, skel one layer's skeletal set
+// (its input x included):
+//   static          weights (the compute copy only when its dtype is not the
+//                   master's: a float32 run computes on the master weights),
+//                   gradients, Adam moments
 //   whole-sequence  2 h c (a layer's input and output, or dy and dx)
-//                   + kv c (K, V) + kv s (dK, dV accumulated over chunks)
-//                   + keep: n skel; recompute: n h c (each layer's input)
-//   chunk buffers   per chunk token, (skel - kv c) x 2 (offload, memo),
-//                   x 1 (recompute: the chunk being rebuilt), 0 (keep)
+//                   + chunked layers: kv c (K, V) + kv s (dK, dV accumulated
+//                     over chunks); whole layers have neither (K and V are in
+//                     the layer's skeletal set, dK and dV in its transients)
+//                   + keep: n skel, and chunked n kv c (every layer's K and V,
+//                     the layer's own among them); recompute: n h c (each
+//                     layer's input)
+//   chunk buffers   per chunk token, skel x 2 (offload, memo: the two
+//                   rounding buffers hold every skeletal tensor of a chunk but
+//                   its input, each chunk's own k and v included, and the
+//                   inputs of the two units in flight are restored beside
+//                   them), 0 (keep, recompute: it has no buffers)
 //   transients      max(C (c max(2f + h, h + a + q, h + 2q, 2h + q) + (a + nh) s)
 //                       + c x the largest weight matrix, the loss chunk)
+//                   + recompute: the chunk's rebuilt set, C (skel - h c)
 //   host            offload n skel; memo (n - 2)(h c + a c + nh s)
+// What a CPU run measures of these (train/memory_split.h) is compared with
+// them in tests/test_peak_split_plan.cpp.
 // The loss phase's whole-sequence part (the final norm's output and its
 // gradient, 2 h c) is no larger than the layers', so adding the larger
 // transient to the layers' whole-sequence part bounds both phases.
@@ -61,7 +75,8 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   cm.chunks = (in.seq_len + cm.chunk_tokens - 1) / cm.chunk_tokens;
 
   const double params = static_cast<double>(m.total_params());
-  cm.weight_bytes = params * (in.compute_bytes + in.master_bytes);
+  // A compute dtype equal to the master's computes on the master weights (no copy).
+  cm.weight_bytes = params * (in.master_bytes + (in.compute_bytes == in.master_bytes ? 0 : in.compute_bytes));
   cm.grad_bytes = params * in.master_bytes;
   cm.optimizer_bytes = 2.0 * in.master_bytes * params / static_cast<double>(in.parallel.dp);
   cm.static_bytes = cm.weight_bytes + cm.grad_bytes + cm.optimizer_bytes;
@@ -81,19 +96,24 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
     cm.whole_sequence_bytes += per_token * tokens;
     cm.whole_sequence_bytes_per_token += per_token;
   };
+  const bool chunked = cm.chunks > 1;  // one chunk is the whole layer, as the runtime runs it
   whole("hidden state (layer input and output; dy and dx)", 2.0 * h * c);
-  whole("K and V of the layer", kv * c);
-  whole("dK and dV accumulators", kv * s);
+  if (chunked && policy != "keep") whole("K and V of the layer", kv * c);
+  if (chunked) whole("dK and dV accumulators", kv * s);
   if (policy == "keep") whole("every layer's skeletal set", n * skel);
+  if (policy == "keep" && chunked) whole("every layer's K and V", n * kv * c);
   if (policy == "recompute") whole("every layer's input", n * h * c);
 
-  const double buffers = policy == "keep" ? 0.0 : policy == "recompute" ? 1.0 : 2.0;
-  cm.chunk_buffer_bytes_per_token = buffers * (skel - kv * c);
+  // A unit's skeletal set without its input x (a view of the layer's input).
+  const double unit_set = skel - h * c;
+  const double buffers = policy == "offload" || policy == "memo" ? 2.0 : 0.0;
+  cm.chunk_buffer_bytes_per_token = buffers * skel;  // the buffers (unit_set each) and the two inputs in flight
   cm.chunk_buffer_bytes = cm.chunk_buffer_bytes_per_token * chunk;
 
   const double working = c * std::max({2.0 * f + h, h + a + q, h + 2.0 * q, 2.0 * h + q}) + (a + nh) * s;
   const double largest_matrix = std::max({2.0 * f * h, q * h, a * h});
-  cm.chunk_transient_bytes = std::max(chunk * working + largest_matrix * c, in.loss_chunk_bytes);
+  const double rebuilt = policy == "recompute" ? chunk * unit_set : 0.0;  // recompute's rebuilt unit
+  cm.chunk_transient_bytes = std::max(chunk * working + largest_matrix * c, in.loss_chunk_bytes) + rebuilt;
   cm.reserve_bytes = hw.reserve_bytes;
   cm.device_bytes = cm.static_bytes + cm.whole_sequence_bytes + cm.chunk_buffer_bytes +
                     cm.chunk_transient_bytes + cm.reserve_bytes;

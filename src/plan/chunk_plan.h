@@ -38,14 +38,17 @@ struct ChunkMemory {
   double weight_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
   double static_bytes = 0;     // their sum
   // Whole-sequence tensors: the hidden state across a layer boundary (input
-  // and output, or dy and dx in backward), K and V of the layer, their
-  // gradient accumulators, and what the policy keeps over every token
-  // (keep: every layer's skeletal set; recompute: every layer's input).
+  // and output, or dy and dx in backward), with chunked layers K and V of the
+  // layer and their gradient accumulators, and what the policy keeps over
+  // every token (keep: every layer's skeletal set, and chunked every layer's
+  // K and V; recompute: every layer's input).
   std::vector<BytesPart> whole_sequence;
   double whole_sequence_bytes = 0;
   double whole_sequence_bytes_per_token = 0;
   // The rounding buffers (offload, memo: two chunks' skeletal sets without
-  // K and V; recompute: the one chunk being rebuilt; keep: none).
+  // their input, each chunk's own k and v included) and the two inputs in
+  // flight restored beside them; keep, recompute: none (recompute's rebuilt
+  // chunk is a transient).
   double chunk_buffer_bytes = 0;
   double chunk_buffer_bytes_per_token = 0;  // per token of the chunk
   // One chunk's backward working set (docs/memory-per-token.md per token of

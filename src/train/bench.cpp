@@ -1,5 +1,6 @@
 // The policy benchmark: one model per policy from the same seed, the same
-// batch, timed forward+backward, gradients compared with keep's.
+// batch, timed forward+backward, gradients compared with keep's; on many
+// ranks, memo train's step on the mesh per row with its bytes moved.
 #include "train/bench.h"
 
 #include <ATen/ATen.h>
@@ -11,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/units.h"
+#include "dist/context.h"
 #include "memory/device_memory.h"
 #include "memory/host_pool.h"
 #include "memory/planned_allocator.h"
@@ -106,6 +108,11 @@ memory::PlannedAllocator* arm_planned_memory(const BenchContext& c, model::Llama
   return planner;
 }
 
+// PREFIX.POLICY[.cC].json: a row's Chrome trace.
+std::string trace_path(const std::string& prefix, const BenchRow& row) {
+  return prefix + "." + row.policy + (row.chunk_tokens > 0 ? ".c" + std::to_string(row.chunk_tokens) : "") + ".json";
+}
+
 // The timed steps (the last one traced with --trace): their median time,
 // device mallocs and plan fallbacks.
 void timed_steps(const BenchContext& c, model::LlamaModel& model, runtime::ActivationPolicy& policy,
@@ -136,8 +143,7 @@ void timed_steps(const BenchContext& c, model::LlamaModel& model, runtime::Activ
   }
   if (!c.options.trace.empty()) {
     trace.flush();
-    trace.write(c.options.trace + "." + row.policy + (row.chunk_tokens > 0 ? ".c" + std::to_string(row.chunk_tokens) : "") +
-                ".json");
+    trace.write(trace_path(c.options.trace, row));
   }
   std::sort(times.begin(), times.end());
   row.step_s = times[times.size() / 2];
@@ -180,10 +186,52 @@ void run_row(const BenchContext& c, BenchRow& row) {
   split.buffer_bytes = policy->buffer_bytes();
   split.policy_peak_bytes = policy->peak_held().device;
   split.tokens = o.batch * o.seq_len;
-  split.chunked = row.chunk_tokens > 0;
+  split.chunked = row.chunk_tokens > 0 && row.chunk_tokens < c.options.run.seq_len;
+  split.policy_holds_layer_kv = row.policy == "keep";
+  split.unit_tokens = o.batch * (split.chunked ? row.chunk_tokens : o.seq_len);
   row.peak_split = split_peak(split, c.cfg, c.ex.compute_dtype);
   if (c.ex.peak_flops > 0) row.mfu = c.flops / (row.step_s * c.ex.peak_flops);
   if (planner) planner->disarm();
+}
+
+// One row on many ranks: memo train's step (forward, backward, the
+// gradients reduced, the optimizer; ZeRO's collectives included) on every
+// rank at once, one untimed step and c.options.steps timed ones; the bytes
+// this rank moved in the last step by collective kind. Only rank 0 traces.
+void run_row_on_ranks(const BenchContext& c, dist::Context& ranks, BenchRow& row) {
+  TrainOptions o = c.options.run;
+  o.policy = row.policy;
+  o.chunk_tokens = std::to_string(row.chunk_tokens);  // resolved for this rank's shard (run_bench)
+  o.steps = 1 + c.options.steps;
+  o.warmup = 0;
+  o.memory_check = false;  // every row was checked before the first (check_bench_fit)
+  o.json.clear();
+  o.out.clear();
+  o.checkpoint_every = 0;
+  o.memory_timeline.clear();
+  o.export_dsa.clear();
+  o.trace = c.options.trace.empty() ? "" : trace_path(c.options.trace, row);
+  c.progress(row.policy + ": building the model, the optimizer and the policy on " + ranks.mesh().describe());
+  Trainer trainer(o, &ranks);
+  row.alpha = trainer.alpha();
+  std::vector<double> times;
+  const auto summary = trainer.run([&](const StepRecord& r) {
+    if (r.step == 1) {
+      row.loss = r.loss;
+      return;
+    }
+    times.push_back(r.seconds);
+    row.comm = r.comm;
+    c.progress(strf("%s: step %lld/%lld %s", row.policy.c_str(), (long long)times.size(), (long long)c.options.steps,
+                    format_seconds(r.seconds).c_str()));
+  });
+  std::sort(times.begin(), times.end());
+  row.step_s = times[times.size() / 2];
+  row.peak_allocated_bytes = summary.peak_device_bytes;
+  row.peak_reserved_bytes = memory::memory_stats(c.ex.device).peak_reserved;
+  row.host_bytes = summary.host_bytes;
+  row.peak_split = summary.peak_split;
+  row.mfu = summary.mfu;
 }
 
 // The first line of a c10 message (the rest is a C++ backtrace).
@@ -259,33 +307,47 @@ void reset_planner(const BenchOptions& options) {
 }  // namespace
 
 std::vector<BenchRow> run_bench(const BenchOptions& options,
-                                const std::function<void(const std::string&)>& progress) {
+                                const std::function<void(const std::string&)>& progress,
+                                dist::Context* ranks) {
   const auto& o = options.run;
   check_bench_options(options);  // from here on a row's failure is that row's result
+  require_input(!ranks || !options.planned_memory, "memo bench --planned-memory is not built for many ranks yet");
   auto cfg = model::resolve_model(o.model);
   if (o.layers > 0) cfg.layers = o.layers;
   cfg.validate(o.model);
   const auto ex = resolve_execution(o);
   const auto budget = options.host_budget ? *options.host_budget : memory::host_budget(o.host_memory_gib);
-  // Before allocating: a policy that cannot fit is that row's result.
+  // This rank's share of each step (many ranks: its dp replica's sequences
+  // and its sp shard of their tokens), as memo train's Trainer takes it.
+  TrainOptions local = o;
+  if (ranks) {
+    local.batch = o.batch / ranks->mesh().dp;
+    local.seq_len = o.seq_len / ranks->mesh().sp;
+  }
+  // Before allocating: a policy that cannot fit is that row's result (on
+  // many ranks the same on every rank: the same options, the same estimate).
   std::vector<PolicyFit> fits;
-  if (o.memory_check) fits = check_bench_fit(o, options.policies, cfg, ex.device, ex.compute_dtype);
+  if (o.memory_check) fits = check_bench_fit(local, options.policies, cfg, ex.device, ex.compute_dtype);
   if (ex.device.is_cpu()) memory::install_cpu_memory_meter();
   // Before anything is allocated on the device (CUDA: the pluggable allocator).
   if (options.planned_memory) memory::PlannedAllocator::install(ex.device);
 
-  auto batch = make_synthetic_source({cfg.vocab_size, 0, o.seed}, o.seq_len)->next(o.batch, o.seq_len);
-  batch.tokens = batch.tokens.to(ex.device);
-  batch.targets = batch.targets.to(ex.device);
+  // One process: the batch every row runs (many ranks: each row's Trainer draws its own).
+  MicroBatch batch;
+  if (!ranks) {
+    batch = make_synthetic_source({cfg.vocab_size, 0, o.seed}, o.seq_len)->next(o.batch, o.seq_len);
+    batch.tokens = batch.tokens.to(ex.device);
+    batch.targets = batch.targets.to(ex.device);
+  }
   std::optional<HostGrads> keep_grads;
   const BenchContext context{options, cfg, ex, batch, model_flops_per_step(cfg, o.batch, o.seq_len),
                              budget.bytes, keep_grads, progress};
 
   // --chunk-tokens: every setting under every policy, a policy's rows side by side.
   const auto settings = parse_chunk_tokens(o.chunk_tokens);
-  ChunkContext chunk_context{cfg, o.batch, o.seq_len, "keep", ex.device, ex.compute_dtype, o.sp};
+  ChunkContext chunk_context{cfg, local.batch, local.seq_len, "keep", ex.device, ex.compute_dtype, o.sp};
   if (std::any_of(settings.begin(), settings.end(), [](const ChunkSetting& s) { return s.automatic; }))
-    chunk_context.device_bytes = measure_memory(fit_request(o, cfg, ex.device, ex.compute_dtype)).device;
+    chunk_context.device_bytes = measure_memory(fit_request(local, cfg, ex.device, ex.compute_dtype)).device;
 
   std::vector<BenchRow> rows;
   std::optional<double> keep_time;
@@ -302,7 +364,10 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
       memory::release_cached_memory(ex.device);
       memory::reset_peak_memory(ex.device);
       const auto fit = std::find_if(fits.begin(), fits.end(), [&](const PolicyFit& f) { return f.policy == name; });
-      run_row_or_status(context, fit != fits.end() ? &*fit : nullptr, row);
+      if (ranks && (fit == fits.end() || fit->problem.empty()))
+        run_row_on_ranks(context, *ranks, row);  // a failure here stops the bench (bench.h)
+      else
+        run_row_or_status(context, fit != fits.end() ? &*fit : nullptr, row);
       if (row.status != "ok")
         record_stopped_row(context, row);
       else if (name == "keep" && !keep_time)

@@ -1,7 +1,9 @@
 // `memo bench`: the same model, shape and batch under several activation
 // policies in one process, side by side: step time, ratio to keep, MFU, peak
 // device memory, host bytes, alpha, and how far each policy's gradients are
-// from keep's on the same batch.
+// from keep's on the same batch. On many ranks (a dist::Context) each row is
+// memo train's step on the mesh, with the bytes each rank moved by collective
+// kind.
 #pragma once
 
 #include <functional>
@@ -12,6 +14,11 @@
 #include "memory/host_pool.h"
 #include "train/memory_split.h"
 #include "train/options.h"
+#include "train/trainer.h"
+
+namespace memo::dist {
+class Context;
+}
 
 namespace memo::train {
 
@@ -52,6 +59,8 @@ struct BenchRow {
   std::optional<int64_t> plan_fallbacks;    // requests the plan did not expect, over the timed steps
   int64_t device_mallocs_per_step = 0;      // calls that reached the device malloc in the last timed step
   MemorySplit peak_split;                   // peak_allocated_bytes by purpose (train/memory_split.h)
+  // Many ranks: the bytes this rank (rank 0) moved in the last timed step, by collective kind.
+  std::optional<CommRecord> comm;
 
   // Reserved but unallocated at the peak, as a share of reserved.
   double fragmentation() const {
@@ -62,7 +71,15 @@ struct BenchRow {
 };
 
 // Runs every policy; `progress` gets one line per stage.
+// `context`: many ranks (the mesh of --sp, ZeRO stage --zero). Every rank
+// runs every row together: a row is a Trainer (train/trainer.h) of one
+// untimed and `steps` timed training steps (forward, backward, gradient
+// reduction, optimizer), because the collectives of a step include ZeRO's
+// around the optimizer; a row has its comm, no gradient comparison, and a
+// row that fails while running stops the bench on every rank (the ranks
+// cannot skip a row half-way through its collectives). Null: one process.
 std::vector<BenchRow> run_bench(const BenchOptions& options,
-                                const std::function<void(const std::string&)>& progress);
+                                const std::function<void(const std::string&)>& progress,
+                                dist::Context* context = nullptr);
 
 }  // namespace memo::train

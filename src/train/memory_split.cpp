@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include <c10/core/ScalarType.h>
+
 #include "core/units.h"
 #include "train/chunking.h"
 
@@ -10,12 +12,22 @@ namespace memo::train {
 
 MemorySplit split_peak(const MemorySplitInputs& in, const model::ModelConfig& c, c10::ScalarType compute) {
   MemorySplit s;
-  s.chunk_buffer_bytes = in.buffer_bytes;
+  // What the policy held beyond its buffers; with buffers (offload, memo) the
+  // inputs of the two units in flight first: chunk-sized, beside the buffers.
+  const int64_t held = std::max<int64_t>(0, in.policy_peak_bytes - in.buffer_bytes);
+  const int64_t in_flight =
+      in.buffer_bytes > 0
+          ? std::min<int64_t>(held, 2 * c.hidden * static_cast<int64_t>(c10::elementSize(compute)) * in.unit_tokens)
+          : 0;
+  s.chunk_buffer_bytes = in.buffer_bytes + in_flight;
   s.static_bytes = std::max<int64_t>(0, in.allocated_before_step - in.buffer_bytes);
   int64_t per_token = 0;
-  for (const auto& t : whole_sequence_tensors(c, compute))
-    if (in.chunked || t.name.rfind("hidden", 0) == 0) per_token += t.bytes_per_token;  // K, V only when chunked
-  s.whole_sequence_bytes = per_token * in.tokens + std::max<int64_t>(0, in.policy_peak_bytes - in.buffer_bytes);
+  for (const auto& t : whole_sequence_tensors(c, compute)) {
+    if (!in.chunked && t.name.rfind("hidden", 0) != 0) continue;  // K, V only when chunked
+    if (in.policy_holds_layer_kv && t.name.rfind("K and V", 0) == 0) continue;  // counted in the policy's
+    per_token += t.bytes_per_token;
+  }
+  s.whole_sequence_bytes = per_token * in.tokens + held - in_flight;
   s.transient_bytes =
       std::max<int64_t>(0, in.peak_bytes - s.static_bytes - s.whole_sequence_bytes - s.chunk_buffer_bytes);
   return s;

@@ -4,13 +4,18 @@
 //   static          the device bytes allocated before the first step (the
 //                   memory meter / the device allocator's statistics) less the
 //                   policy's rounding buffers, which prepare allocated then;
-//   chunk buffers   the policy's rounding buffers (offload, memo; 0 otherwise);
+//   chunk buffers   the policy's rounding buffers (offload, memo; 0 otherwise)
+//                   and, beside them, the inputs of the two units in flight
+//                   that it restored (2 h c per token of a unit: a chunk's
+//                   worth, or a layer's with whole layers);
 //   whole sequence  from the shapes, the hidden state across a layer boundary
 //                   (x and y, dy and dx) and, with chunked layers, K and V of
-//                   a layer and their accumulators (train/chunking.h), plus
+//                   a layer and their accumulators (train/chunking.h; K and V
+//                   not again under keep, which holds every layer's), plus
 //                   what the policy held at its peak beyond its buffers (keep:
-//                   every skeletal set; recompute: the layer inputs; offload,
-//                   memo: inputs in flight and resident tokens);
+//                   every skeletal set, chunked every layer's K and V;
+//                   recompute: the layer inputs; offload, memo: what they
+//                   held beyond the buffers and the inputs in flight);
 //   transients      the rest of the measured peak (one layer's or one chunk's
 //                   working set, the loss chunk, allocator rounding).
 // The first and the peak are measured; the whole-sequence part is computed,
@@ -42,6 +47,10 @@ struct MemorySplitInputs {
   int64_t policy_peak_bytes = 0;      // the most the policy held on the device (buffers included)
   int64_t tokens = 0;                 // batch x seq_len of a micro-batch
   bool chunked = false;               // layers ran over chunks
+  // The policy holds every chunked layer's K and V (keep): the layer's K and
+  // V are among policy_peak_bytes, not beside them.
+  bool policy_holds_layer_kv = false;
+  int64_t unit_tokens = 0;  // batch x tokens of a unit (a chunk; the sequence with whole layers)
 };
 
 MemorySplit split_peak(const MemorySplitInputs& in, const model::ModelConfig& c, c10::ScalarType compute);

@@ -324,17 +324,17 @@ std::vector<OptionSpec> build_table() {
     option("--sp", &O::sp,
            "Sequence-parallel ranks (Ulysses): each sequence is cut into sp token shards; world = dp x sp, and "
            "--batch (global) is split over dp")
-        .check(positive_integer()).example("2"),
+        .bench().check(positive_integer()).example("2"),
     option("--dist-timeout", &O::dist_timeout,
            "Seconds a collective (or the start-up join) waits for a peer; then every rank exits 1 naming the rank "
            "that died or hung")
-        .check(number([](double v) { return v > 0 && v <= 1e7; }, "in (0, 1e7] seconds")).example("60"),
+        .bench().check(number([](double v) { return v > 0 && v <= 1e7; }, "in (0, 1e7] seconds")).example("60"),
     option("--zero", &O::zero,
            "ZeRO stage on many ranks: 0 replicates weights, gradients and AdamW state (gradients all-reduced); "
            "1 shards the fp32 master weights and AdamW state over the world, 2 also the gradients "
            "(reduce-scattered per layer), 3 also the layers' weights (gathered one layer ahead); "
            "(-1, the default: 3 on many ranks); one process ignores it")
-        .check(ValueCheck<int64_t>([](int64_t v, const std::string& key) {
+        .bench().check(ValueCheck<int64_t>([](int64_t v, const std::string& key) {
           require_input(v >= -1 && v <= 3, key, " must be a ZeRO stage 0, 1, 2 or 3 (or -1: 3 on many ranks), got ", v);
         }))
         .example("3"),

@@ -111,20 +111,21 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   return {ce.loss_sum, count};
 }
 
-at::Tensor final_hidden(model::LlamaModel& model, const at::Tensor& tokens) {
+at::Tensor final_hidden(model::LlamaModel& model, const at::Tensor& tokens, int64_t chunk_tokens) {
   const auto& cfg = model.config();
-  SingleDeviceProgram run(model, tokens.size(1), nullptr);
+  SingleDeviceProgram run(model, tokens.size(1), nullptr, chunk_tokens);
   auto x = run.program.forward(embed_tokens(model, tokens), run.positions);  // [B, S, h]
   at::Tensor nf, rstdf;
   model::rmsnorm_forward(x, model.compute().final_norm, cfg.rms_eps, nf, rstdf);
   return nf;
 }
 
-LossSum forward_loss(model::LlamaModel& model, const MicroBatch& batch, int64_t loss_chunk) {
+LossSum forward_loss(model::LlamaModel& model, const MicroBatch& batch, int64_t loss_chunk,
+                     int64_t chunk_tokens) {
   check_batch(model, batch);
   const auto& cfg = model.config();
   const int64_t B = batch.tokens.size(0), S = batch.tokens.size(1);
-  auto nf = final_hidden(model, batch.tokens);  // [B, S, h]
+  auto nf = final_hidden(model, batch.tokens, chunk_tokens);  // [B, S, h]
   auto ce = chunked_cross_entropy(nf.view({B * S, cfg.hidden}), model.compute().head(),
                                   batch.targets.reshape({-1}), loss_chunk, 0.0, nullptr);
   return {ce.loss_sum, supervised_of(batch)};

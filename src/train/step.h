@@ -54,10 +54,14 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
                          const SequenceShard* shard = nullptr);
 
 // Forward only: the final norm's output [B, S, h] (the lm head's input) for
-// tokens [B, S] on the model's device; nothing saved.
-at::Tensor final_hidden(model::LlamaModel& model, const at::Tensor& tokens);
+// tokens [B, S] on the model's device; nothing saved. chunk_tokens: each
+// layer runs over token chunks of this size when it is below the sequence,
+// as training's forward does (docs/chunks.md): a layer's transients span a
+// chunk, not the sequence; 0: whole layers.
+at::Tensor final_hidden(model::LlamaModel& model, const at::Tensor& tokens, int64_t chunk_tokens = 0);
 
-// Forward only (evaluation): the loss, nothing saved.
-LossSum forward_loss(model::LlamaModel& model, const MicroBatch& batch, int64_t loss_chunk = 0);
+// Forward only (evaluation): the loss, nothing saved; chunk_tokens as in final_hidden.
+LossSum forward_loss(model::LlamaModel& model, const MicroBatch& batch, int64_t loss_chunk = 0,
+                     int64_t chunk_tokens = 0);
 
 }  // namespace memo::train

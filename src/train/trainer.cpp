@@ -522,7 +522,9 @@ TrainSummary Trainer::summarize(RunTotals& totals) const {
   split.buffer_bytes = policy_->buffer_bytes();
   split.policy_peak_bytes = summary.peak_activation_bytes;
   split.tokens = local_batch_ * local_seq_;
-  split.chunked = chunk_tokens_ > 0;
+  split.chunked = chunk_tokens_ > 0 && chunk_tokens_ < local_seq_;
+  split.policy_holds_layer_kv = options_.policy == "keep";
+  split.unit_tokens = local_batch_ * (split.chunked ? chunk_tokens_ : local_seq_);
   summary.peak_split = split_peak(split, config_, compute_dtype_);
   const double world = dist_ ? dist_->world_size() : 1;
   if (peak_flops_ > 0 && device_.is_cuda())
@@ -535,10 +537,7 @@ TrainSummary Trainer::summarize(RunTotals& totals) const {
   return summary;
 }
 
-namespace {
-
-// {"all_to_all": {"calls", "bytes_sent", "bytes_received"}, ..., "total": {...}}
-nlohmann::json comm_json(const CommRecord& c) {
+nlohmann::json to_json(const CommRecord& c) {
   auto one = [](const dist::CollectiveBytes& b) {
     return nlohmann::json{{"calls", b.calls}, {"bytes_sent", b.bytes_sent}, {"bytes_received", b.bytes_received}};
   };
@@ -549,11 +548,9 @@ nlohmann::json comm_json(const CommRecord& c) {
   return j;
 }
 
-}  // namespace
-
 nlohmann::json to_json(const StepRecord& r) {
   auto j = to_json_fields(r);
-  if (r.comm) j["comm"] = comm_json(*r.comm);
+  if (r.comm) j["comm"] = to_json(*r.comm);
   return j;
 }
 
@@ -571,7 +568,7 @@ nlohmann::json to_json_fields(const StepRecord& r) {
 nlohmann::json to_json(const TrainSummary& s) {
   auto j = to_json_fields(s);
   if (s.comm) {
-    j["comm_per_step"] = comm_json(*s.comm);
+    j["comm_per_step"] = to_json(*s.comm);
     j["mesh"] = {{"world", s.world}, {"dp", s.dp}, {"sp", s.sp}};
   }
   return j;

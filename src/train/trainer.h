@@ -103,6 +103,10 @@ class Trainer {
   int64_t log_every() const { return log_every_; }
   // Steps already taken when run() starts: 0, or the resumed checkpoint's step.
   int64_t start_step() const { return start_step_; }
+  // The policy's offloaded fraction (memo), after the ranks agreed on it.
+  std::optional<double> alpha() const { return policy_->alpha(); }
+  // Tokens per layer chunk as run (--chunk-tokens resolved; 0: whole layers).
+  int64_t chunk_tokens() const { return chunk_tokens_; }
 
   TrainSummary run(const std::function<void(const StepRecord&)>& on_step);
 
@@ -171,6 +175,8 @@ class Trainer {
 // summary, "comm_per_step" and "mesh".
 nlohmann::json to_json(const StepRecord& r);
 nlohmann::json to_json(const TrainSummary& s);
+// {"all_to_all": {"calls", "bytes_sent", "bytes_received"}, ..., "total": {...}}
+nlohmann::json to_json(const CommRecord& c);
 nlohmann::json to_json_fields(const StepRecord& r);   // without them
 nlohmann::json to_json_fields(const TrainSummary& s);
 

@@ -15,6 +15,12 @@ namespace {
 
 const std::vector<std::string> kPolicies = {"keep", "recompute", "offload", "memo"};
 
+// Keep in chunks holds every layer's K and V beside its chunks' skeletal
+// sets (each chunk's own k and v among them, as the runtime runs it:
+// docs/chunks.md), n kv c per token more than whole layers, which chunks do
+// not win back: the claims that chunks save device memory are for the others.
+bool chunks_save(const std::string& policy) { return policy != "keep"; }
+
 // Llama-3.2-1B's shape (config.json of meta-llama/Llama-3.2-1B), bfloat16,
 // on one H200 with 128 GiB of host memory.
 PlanInputs llama_1b(int64_t seq_len, int64_t batch = 1) {
@@ -76,10 +82,14 @@ TEST(ChunkPlan, BytesGrowWithTheChunkAndTheWholeSequencePartDoesNot) {
     auto prev = chunk_memory(in, policy, 1);
     for (int64_t chunk = 2; chunk <= 2 * in.seq_len; chunk = chunk * 3 / 2 + 1) {
       const auto m = chunk_memory(in, policy, chunk);
-      EXPECT_GE(m.device_bytes, prev.device_bytes) << at(policy, chunk);
+      if (chunks_save(policy) || chunk < in.seq_len) EXPECT_GE(m.device_bytes, prev.device_bytes) << at(policy, chunk);
       EXPECT_GE(m.chunk_buffer_bytes, prev.chunk_buffer_bytes) << at(policy, chunk);
       EXPECT_GE(m.chunk_transient_bytes, prev.chunk_transient_bytes) << at(policy, chunk);
-      EXPECT_EQ(m.whole_sequence_bytes, whole.whole_sequence_bytes) << at(policy, chunk);
+      // (Below the sequence: one chunk is the whole layer, whose K and V are in its skeletal set.)
+      if (chunk < in.seq_len)
+        EXPECT_EQ(m.whole_sequence_bytes, prev.whole_sequence_bytes) << at(policy, chunk);
+      else
+        EXPECT_EQ(m.whole_sequence_bytes, whole.whole_sequence_bytes) << at(policy, chunk);
       EXPECT_EQ(m.host_bytes, whole.host_bytes) << "the host holds the same whatever the chunk";
       prev = m;
     }
@@ -87,7 +97,7 @@ TEST(ChunkPlan, BytesGrowWithTheChunkAndTheWholeSequencePartDoesNot) {
     EXPECT_EQ(chunk_memory(in, policy, 5 * in.seq_len).device_bytes, whole.device_bytes);
     // Chunks save what scales with them: at 4K tokens far less than whole.
     const auto small = chunk_memory(in, policy, 4096);
-    EXPECT_LT(small.device_bytes, whole.device_bytes) << policy;
+    if (chunks_save(policy)) EXPECT_LT(small.device_bytes, whole.device_bytes) << policy;
   }
 }
 
@@ -101,7 +111,7 @@ TEST(ChunkPlan, AtFourTimesTheSequenceOnlyWholeSequenceTensorsGrow) {
     EXPECT_DOUBLE_EQ(b.device_bytes - a.device_bytes, b.whole_sequence_bytes - a.whole_sequence_bytes) << policy;
     EXPECT_DOUBLE_EQ(b.whole_sequence_bytes, 4 * a.whole_sequence_bytes) << policy;
     const auto wa = chunk_memory(short_in, policy, 0), wb = chunk_memory(long_in, policy, 0);
-    EXPECT_GT(wb.device_bytes - wa.device_bytes, b.device_bytes - a.device_bytes) << policy;
+    if (chunks_save(policy)) EXPECT_GT(wb.device_bytes - wa.device_bytes, b.device_bytes - a.device_bytes) << policy;
   }
   // Under offload, a token costs the device its boundary and K, V (with their
   // gradients) only: less than one layer's skeletal set per token.
@@ -166,8 +176,9 @@ TEST(ChunkPlan, LongestContextRespectsTheDeviceAndTheHostBound) {
       // Smaller chunks never shorten the context.
       EXPECT_GE(longest_context(in, policy, 0, true, unit).seq_len,
                 longest_context(in, policy, 8192, false, unit).seq_len) << policy;
-      EXPECT_GE(longest_context(in, policy, 8192, false, unit).seq_len,
-                longest_context(in, policy, 0, false, unit).seq_len) << policy;
+      if (chunks_save(policy))
+        EXPECT_GE(longest_context(in, policy, 8192, false, unit).seq_len,
+                  longest_context(in, policy, 0, false, unit).seq_len) << policy;
     }
     // Keep and recompute hold nothing on the host; offload everything, memo its least.
     const auto lc_keep = longest_context(in, "keep", 0, true, unit);
