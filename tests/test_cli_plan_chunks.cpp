@@ -52,6 +52,33 @@ TEST(PlanChunksCli, AutoChunkWritesTheSplitPerPolicy) {
   EXPECT_LT(c["policies"][3]["chunk_tokens"].get<int64_t>(), 1048576);
 }
 
+// Under --sp 8 the chunked table is of each GPU's shard (it was refused with
+// exit 2 before chunks ran under sequence parallelism), with the step's
+// all-to-alls at each policy's chunk: keep's, offload's and memo's bytes are
+// the unchunked plan's.
+TEST(PlanChunksCli, ChunksOfTheShardUnderSp) {
+  auto dir = testing::scratch_dir("plan-chunks-sp");
+  auto path = (dir / "plan.json").string();
+  auto r = testing::run_memo("plan --model llama3.2-1b --seq-len 1048576 --sp 8 --gpus-per-host 8 "
+                             "--chunk-tokens 4096 --json " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("chunks of each GPU's shard"), std::string::npos) << r.output;
+  std::ifstream f(path);
+  const auto j = nlohmann::json::parse(f);
+  const auto& c = j["chunked"];
+  ASSERT_EQ(c["policies"].size(), 4u) << c.dump(2);
+  for (size_t i = 0; i < 4; ++i) {
+    const auto& p = c["policies"][i];
+    EXPECT_EQ(p["chunk_tokens"].get<int64_t>(), 4096) << p.dump();
+    EXPECT_EQ(p["chunks"].get<int64_t>(), 1048576 / 8 / 4096) << p.dump();
+    // 16 layers x 32 chunks x 11 all-to-alls (recompute 14), whole layers 8 (11).
+    EXPECT_EQ(p["all_to_all_calls"].get<double>(), 16.0 * 32 * (i == 1 ? 14 : 11)) << p.dump();
+    // keep, offload and memo move the unchunked plan's bytes.
+    if (i != 1)
+      EXPECT_EQ(p["all_to_all_bytes"].get<double>(), j["policies"][i]["comm"]["all_to_all_bytes"].get<double>());
+  }
+}
+
 TEST(PlanChunksCli, BadChunkTokensExit2BeforeAnyOutput) {
   auto dir = testing::scratch_dir("plan-chunks-bad");
   auto path = (dir / "plan.json").string();

@@ -65,7 +65,6 @@ std::vector<BadInput> bad_inputs() {
       {"negative_chunk", "train --chunk-tokens -1" + quick, "--chunk-tokens -1: expected a chunk of at least 1"},
       {"chunk_not_a_number", "train --chunk-tokens many" + quick, "--chunk-tokens 'many'"},
       {"chunk_list_for_train", "train --chunk-tokens 4,8" + quick, "a list compares chunk sizes in `memo bench`"},
-      {"chunked_with_sp", "train --chunk-tokens 4 --sp 2" + quick, "under sequence parallelism are not built"},
       {"no_command", "", "subcommand is required"},
   };
 }

@@ -3,7 +3,8 @@
 // weights of every mesh (sp 2, sp 4 with the tiny model's 2 kv heads
 // replicated, dp 2, dp 2 x sp 2) under every policy equal the single-process
 // run's within 1e-10 relative; only rank 0 prints and writes; each step's
-// all-to-all bytes equal the Ulysses count for the shape; ZeRO 1-3 the same,
+// all-to-all bytes equal the Ulysses count for the shape (also with layers in
+// chunks of each rank's shard, sp 2 and 4); ZeRO 1-3 the same,
 // and a ZeRO 3 checkpoint of 4 ranks resumes on 2 and on 1; memo bench's
 // rows on 2 ranks move the planned bytes.
 #include <gtest/gtest.h>
@@ -25,6 +26,7 @@
 #include "dist/ulysses.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "plan/chunk_plan.h"
 #include "plan/cost_model.h"
 #include "plan/hardware.h"
 #include "rank_runner.h"
@@ -47,7 +49,8 @@ using memo::testing::run_processes;
 // keeps the last two), 16 tokens, 4 sequences, 2 steps, float64.
 constexpr int64_t kSeq = 16, kBatch = 4, kSteps = 2;
 
-std::vector<std::string> train_args(const fs::path& dir, const std::string& policy, int64_t sp) {
+std::vector<std::string> train_args(const fs::path& dir, const std::string& policy, int64_t sp,
+                                    int64_t chunk_tokens = 0) {
   std::vector<std::string> a = {MEMO_BINARY, "train", "--dtype", "float64", "--device", "cpu", "--layers", "3",
                                 "--seq-len", std::to_string(kSeq), "--batch", std::to_string(kBatch), "--steps",
                                 std::to_string(kSteps), "--warmup", "0", "--lr", "1e-2", "--policy", policy,
@@ -56,6 +59,7 @@ std::vector<std::string> train_args(const fs::path& dir, const std::string& poli
                                 "--zero", "0"};
   if (policy == "memo") a.insert(a.end(), {"--alpha", "0.5"});  // half of each shard's tokens recomputed
   if (sp > 1) a.insert(a.end(), {"--sp", std::to_string(sp)});
+  if (chunk_tokens > 0) a.insert(a.end(), {"--chunk-tokens", std::to_string(chunk_tokens)});
   return a;
 }
 
@@ -123,11 +127,12 @@ void expect_matches_reference(const RunResult& got, const std::string& what) {
 
 // Runs `world` ranks of memo train under `policy` with --sp `sp`; rank 0's
 // outputs, after checking that every rank succeeded and only rank 0 spoke.
-RunResult run_ranks(int world, int64_t sp, const std::string& policy) {
-  const auto dir = memo::testing::scratch_dir("dist_train_" + std::to_string(world) + "_" + std::to_string(sp) + "_" + policy);
+RunResult run_ranks(int world, int64_t sp, const std::string& policy, int64_t chunk_tokens = 0) {
+  const auto dir = memo::testing::scratch_dir("dist_train_" + std::to_string(world) + "_" + std::to_string(sp) + "_" +
+                                              policy + "_c" + std::to_string(chunk_tokens));
   fs::remove_all(dir);
   fs::create_directories(dir);
-  const auto rs = run_processes(env_ranks(world, train_args(dir, policy, sp), free_port()), 300);
+  const auto rs = run_processes(env_ranks(world, train_args(dir, policy, sp, chunk_tokens), free_port()), 300);
   for (size_t r = 0; r < rs.size(); ++r) {
     EXPECT_EQ(rs[r].code, 0) << describe(rs);
     if (r > 0) EXPECT_EQ(rs[r].output, "") << "rank " << r << " spoke on success\n" << describe(rs);
@@ -157,21 +162,27 @@ plan::PlanInputs plan_inputs(int world, int64_t sp) {
 }
 
 // The planner's count for the same shape (float64, ZeRO stage 0).
-plan::CommPlan planned(int world, int64_t sp, const std::string& policy) {
-  return plan::comm_plan(plan_inputs(world, sp), policy, policy == "memo" ? 0.5 : 0.0, 1.0);
+plan::CommPlan planned(int world, int64_t sp, const std::string& policy, int64_t chunk_tokens = 0) {
+  return plan::chunked_comm_plan(plan_inputs(world, sp), policy, chunk_tokens, policy == "memo" ? 0.5 : 0.0, 1.0);
 }
 
-void check_mesh_under_every_policy(int world, int64_t sp) {
+// chunk_tokens > 0: every layer in chunks of that many of the rank's tokens.
+void check_mesh_under_every_policy(int world, int64_t sp, int64_t chunk_tokens = 0) {
   REQUIRE_DIST();
   for (const std::string policy : {"keep", "recompute", "offload", "memo"}) {
-    const auto got = run_ranks(world, sp, policy);
-    const std::string what = "world " + std::to_string(world) + ", sp " + std::to_string(sp) + ", " + policy;
+    const auto got = run_ranks(world, sp, policy, chunk_tokens);
+    const std::string what = "world " + std::to_string(world) + ", sp " + std::to_string(sp) + ", " + policy +
+                             (chunk_tokens > 0 ? ", chunks of " + std::to_string(chunk_tokens) : "");
     expect_matches_reference(got, what);
     // The mesh and the bytes moved are reported, per step and in the summary.
     EXPECT_EQ(got.report["summary"]["mesh"]["sp"].get<int64_t>(), sp) << what;
     EXPECT_EQ(got.report["summary"]["mesh"]["dp"].get<int64_t>(), world / sp) << what;
     // Each step's bytes, counted at the process group, are the planner's.
-    const auto plan = planned(world, sp, policy);
+    const auto plan = planned(world, sp, policy, chunk_tokens);
+    if (chunk_tokens > 0) {  // the run did chunk: more all-to-alls than whole layers make
+      EXPECT_EQ(got.report["config"]["chunk_tokens"].get<int64_t>(), chunk_tokens) << what;
+      EXPECT_GT(plan.all_to_all_calls, planned(world, sp, policy).all_to_all_calls) << what;
+    }
     for (const auto& step : got.report["steps"]) {
       ASSERT_TRUE(step.contains("comm")) << what;
       const auto& c = step["comm"];
@@ -189,6 +200,13 @@ TEST(DistTrain, Sp2MatchesOneProcessUnderEveryPolicy) { check_mesh_under_every_p
 TEST(DistTrain, Sp4ReplicatedKvHeadsMatchesOneProcessUnderEveryPolicy) { check_mesh_under_every_policy(4, 4); }
 TEST(DistTrain, Dp2MatchesOneProcessUnderEveryPolicy) { check_mesh_under_every_policy(2, 1); }
 TEST(DistTrain, Dp2Sp2MatchesOneProcessUnderEveryPolicy) { check_mesh_under_every_policy(4, 2); }
+// Chunks of a rank's shard (docs/chunks.md): 3 tokens over shards of 8 (sp 2:
+// chunks 3, 3, 2) and of 4 (sp 4, kv heads replicated: chunks 3, 1), against
+// the single-process unchunked run; the all-to-alls as the planner counts.
+TEST(DistTrain, ChunkedSp2MatchesOneProcessUnderEveryPolicy) { check_mesh_under_every_policy(2, 2, 3); }
+TEST(DistTrain, ChunkedSp4ReplicatedKvHeadsMatchesOneProcessUnderEveryPolicy) {
+  check_mesh_under_every_policy(4, 4, 3);
+}
 
 // memo with its alpha measured on each rank: the ranks agree on one (the
 // smallest) and train as the single process does.

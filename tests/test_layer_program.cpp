@@ -72,7 +72,7 @@ train::LossSum hand_written_step(model::LlamaModel& model, runtime::ActivationPo
   auto dx = model::rmsnorm_backward(ce.dh.view({B, S, cfg.hidden}), x, rstdf, w.final_norm, g.final_norm);
   for (int64_t i = cfg.layers - 1; i >= 0; --i) {
     const auto& lw = w.layers[static_cast<size_t>(i)];
-    auto acts = policy.restore(i, runtime::LayerContext{layer, lw, rope, {}, 0, 0});
+    auto acts = policy.restore(i, runtime::LayerContext{layer, lw, rope, {}, 0, 0, nullptr, {}});
     dx = layer.backward(lw, g.layers[static_cast<size_t>(i)], rope, acts, dx);
   }
   policy.end_step();
@@ -151,6 +151,8 @@ class CopyingExchange final : public runtime::StageExchange {
   at::Tensor o_to_tokens(const at::Tensor& t) override { return ++o_tokens, t.clone(); }
   at::Tensor o_to_heads(const at::Tensor& t) override { return ++o_heads, t.clone(); }
   at::Tensor qkv_to_tokens(const at::Tensor& t) override { return ++qkv_tokens, t.clone(); }
+  at::Tensor kv_to_heads(const at::Tensor& t) override { return t.clone(); }
+  at::Tensor kv_to_tokens(const at::Tensor& t) override { return t.clone(); }
   at::Tensor lse_to_tokens(const at::Tensor& t) override { return ++lse_tokens, t.clone(); }
   at::Tensor lse_to_heads(const at::Tensor& t) override { return ++lse_heads, t.clone(); }
   model::HeadCounts local_heads() const override { return {}; }

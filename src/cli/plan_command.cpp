@@ -183,6 +183,12 @@ plan::ChunkPlanInputs to_chunk_inputs(const PlanFlags& f, const plan::PlanInputs
   return ci;
 }
 
+// The Ulysses all-to-alls of one step at a policy's chunk (docs/chunks.md;
+// none without sp).
+plan::CommPlan chunked_comm(const plan::ChunkPlan& cp, const plan::ChunkMemory& m) {
+  return plan::chunked_comm_plan(cp.in.plan, m.policy, m.chunk_tokens, 0.0, 0.0);
+}
+
 nlohmann::json to_json(const plan::ChunkPlan& cp) {
   nlohmann::json j;
   j["chunk_tokens"] = cp.in.auto_chunk ? nlohmann::json("auto") : nlohmann::json(cp.in.chunk_tokens);
@@ -210,13 +216,19 @@ nlohmann::json to_json(const plan::ChunkPlan& cp) {
                              {"longest_seq", lc.seq_len},
                              {"longest_chunk_tokens", lc.chunk_tokens},
                              {"longest_limited_by", lc.limited_by}});
+    if (cp.in.plan.parallel.sp > 1) {
+      const auto comm = chunked_comm(cp, m);
+      j["policies"].back()["all_to_all_bytes"] = comm.all_to_all_bytes;
+      j["policies"].back()["all_to_all_calls"] = comm.all_to_all_calls;
+    }
   }
   return j;
 }
 
 void print_chunk_plan(const plan::ChunkPlan& cp) {
-  std::printf("\nchunked execution (--chunk-tokens %s; issue 14's model: the runtime does not chunk yet)\n",
-              cp.in.auto_chunk ? "auto" : std::to_string(cp.in.chunk_tokens).c_str());
+  std::printf("\nchunked execution (--chunk-tokens %s%s; docs/chunks.md's model)\n",
+              cp.in.auto_chunk ? "auto" : std::to_string(cp.in.chunk_tokens).c_str(),
+              cp.in.plan.parallel.sp > 1 ? ", chunks of each GPU's shard" : "");
   std::printf("%-10s %9s %7s %11s %11s %10s %11s %11s %11s %11s %5s %11s %14s\n", "policy", "chunk", "chunks",
               "static", "whole-seq", "per token", "buffers", "transients", "device", "host", "fits", "longest",
               "limited by");
@@ -235,6 +247,15 @@ void print_chunk_plan(const plan::ChunkPlan& cp) {
   for (const auto& part : cp.policies.back().whole_sequence)
     if (part.name.rfind("every", 0) != 0) std::printf(" %s %s;", part.name.c_str(), format_bytes(part.bytes_per_token).c_str());
   std::printf(" keep adds every layer's skeletal set, recompute every layer's input\n");
+  if (cp.in.plan.parallel.sp > 1) {
+    std::printf("  all-to-alls per step at each policy's chunk:");
+    for (const auto& m : cp.policies) {
+      const auto comm = chunked_comm(cp, m);
+      std::printf(" %s %s in %lld calls;", m.policy.c_str(), format_bytes(comm.all_to_all_bytes).c_str(),
+                  (long long)comm.all_to_all_calls);
+    }
+    std::printf("\n");
+  }
 }
 
 // Bytes one rank sends per step by kind, and their time.

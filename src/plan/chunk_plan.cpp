@@ -1,5 +1,5 @@
 // The chunked-execution memory model (see chunk_plan.h and docs/chunks.md).
-// Per token of batch x sequence, per GPU, with c the compute and s the
+// Per token of batch x the GPU's sequence (its shard under sp), with c the compute and s the
 // statistics element size (fp32, or fp64 in float64 runs), h hidden, f ffn,
 // a = nh d, q = (nh + 2 nkv) d, kv = 2 nkv d, skel one layer's skeletal set
 // (its input x included):
@@ -23,7 +23,10 @@
 //                   + recompute: the chunk's rebuilt set, C (skel - h c)
 //   host            offload n skel; memo (n - 2)(h c + a c + nh s)
 // What a CPU run measures of these (train/memory_split.h) is compared with
-// them in tests/test_peak_split_plan.cpp.
+// them in tests/test_peak_split_plan.cpp (one device).
+// Under sp (Ulysses), whole-sequence adds K, V and dK, dV in head layout
+// (2 max(nkv, sp) d (c + s), replacing the token-layout dK, dV) and each
+// chunk's waiting dq and input ((a + h) c); transients 4 a c per chunk token.
 // The loss phase's whole-sequence part (the final norm's output and its
 // gradient, 2 h c) is no larger than the layers', so adding the larger
 // transient to the layers' whole-sequence part bounds both phases.
@@ -46,11 +49,15 @@ bool known_policy(const std::string& p) {
   return false;
 }
 
-// Bytes per token of one layer's skeletal set, as plan/cost_model.h lists it.
+// A GPU's tokens of one sequence: the whole sequence, or its shard under sp.
+int64_t shard_tokens(const PlanInputs& in) { return in.seq_len / in.parallel.sp; }
+
+// Bytes per token of the GPU's shard of one layer's skeletal set, as
+// plan/cost_model.h lists it (per GPU).
 double skeletal_per_token(const PlanInputs& in) {
   double total = 0;
   for (const auto& t : skeletal_bytes(in)) total += t.bytes;
-  return total / (static_cast<double>(in.batch) * static_cast<double>(in.seq_len));
+  return total / (static_cast<double>(in.batch) * static_cast<double>(shard_tokens(in)));
 }
 
 void validate_chunk(const PlanInputs& in, int64_t chunk_tokens) {
@@ -58,9 +65,9 @@ void validate_chunk(const PlanInputs& in, int64_t chunk_tokens) {
   require_input(in.model.arch == ModelArch::Llama, "chunked execution is modelled for Llama-family ",
                 "models, not ", in.model.name);
   const auto& p = in.parallel;
-  require_input(p.tp == 1 && p.sp == 1 && p.cp == 1,
-                "chunked execution is modelled on one GPU per replica (--tp, --sp, --cp 1; --dp any), "
-                "got --tp ", p.tp, " --sp ", p.sp, " --cp ", p.cp);
+  require_input(p.tp == 1 && p.cp == 1,
+                "chunked execution is modelled on one GPU per replica or Ulysses (--tp, --cp 1; --sp, --dp any), "
+                "got --tp ", p.tp, " --cp ", p.cp);
   require_input(chunk_tokens >= 0, "--chunk-tokens ", chunk_tokens,
                 ": expected a chunk of at least 1 token, 0 for the whole sequence, or auto");
 }
@@ -71,14 +78,17 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   const auto& hw = in.hardware;
   ChunkMemory cm;
   cm.policy = policy;
-  cm.chunk_tokens = chunk_tokens == 0 ? in.seq_len : std::min(chunk_tokens, in.seq_len);
-  cm.chunks = (in.seq_len + cm.chunk_tokens - 1) / cm.chunk_tokens;
+  const int64_t shard = shard_tokens(in);
+  const bool sp = in.parallel.sp > 1;
+  cm.chunk_tokens = chunk_tokens == 0 ? shard : std::min(chunk_tokens, shard);
+  cm.chunks = (shard + cm.chunk_tokens - 1) / cm.chunk_tokens;
 
   const double params = static_cast<double>(m.total_params());
   // A compute dtype equal to the master's computes on the master weights (no copy).
   cm.weight_bytes = params * (in.master_bytes + (in.compute_bytes == in.master_bytes ? 0 : in.compute_bytes));
   cm.grad_bytes = params * in.master_bytes;
-  cm.optimizer_bytes = 2.0 * in.master_bytes * params / static_cast<double>(in.parallel.dp);
+  // Adam's moments sharded over the ranks holding the same weights (dp x sp).
+  cm.optimizer_bytes = 2.0 * in.master_bytes * params / static_cast<double>(zero_group(in));
   cm.static_bytes = cm.weight_bytes + cm.grad_bytes + cm.optimizer_bytes;
 
   const double c = in.compute_bytes, s = std::max(4, in.compute_bytes);
@@ -88,7 +98,7 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   const double kv = 2.0 * static_cast<double>(m.kv_heads * m.head_dim);
   const double q = a + kv;
   const double skel = skeletal_per_token(in);
-  const double tokens = static_cast<double>(in.batch) * static_cast<double>(in.seq_len);
+  const double tokens = static_cast<double>(in.batch) * static_cast<double>(shard);
   const double chunk = static_cast<double>(in.batch) * static_cast<double>(cm.chunk_tokens);
 
   auto whole = [&](const char* name, double per_token) {
@@ -99,7 +109,16 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   const bool chunked = cm.chunks > 1;  // one chunk is the whole layer, as the runtime runs it
   whole("hidden state (layer input and output; dy and dx)", 2.0 * h * c);
   if (chunked && policy != "keep") whole("K and V of the layer", kv * c);
-  if (chunked) whole("dK and dV accumulators", kv * s);
+  if (chunked && !sp) {
+    whole("dK and dV accumulators", kv * s);
+  } else if (chunked) {
+    // Head layout [B, S, 2 nkv_local d]: per token of the shard, 2 nkv d, or
+    // 2 sp d when sp replicates the kv heads (docs/chunks.md).
+    const double kv_heads = 2.0 * static_cast<double>(std::max(m.kv_heads, in.parallel.sp) * m.head_dim);
+    whole("K and V in head layout", kv_heads * c);
+    whole("dK and dV accumulators (head layout)", kv_heads * s);
+    whole("dq and input of each chunk, waiting for dK and dV", (a + h) * c);
+  }
   if (policy == "keep") whole("every layer's skeletal set", n * skel);
   if (policy == "keep" && chunked) whole("every layer's K and V", n * kv * c);
   if (policy == "recompute") whole("every layer's input", n * h * c);
@@ -110,7 +129,10 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   cm.chunk_buffer_bytes_per_token = buffers * skel;  // the buffers (unit_set each) and the two inputs in flight
   cm.chunk_buffer_bytes = cm.chunk_buffer_bytes_per_token * chunk;
 
-  const double working = c * std::max({2.0 * f + h, h + a + q, h + 2.0 * q, 2.0 * h + q}) + (a + nh) * s;
+  // Under sp, a chunk's attention backward holds d_o, q, o and dq in head
+  // layout too (4 a c per chunk token).
+  const double working = c * std::max({2.0 * f + h, h + a + q, h + 2.0 * q, 2.0 * h + q}) + (a + nh) * s +
+                         (sp ? 4.0 * a * c : 0.0);
   const double largest_matrix = std::max({2.0 * f * h, q * h, a * h});
   const double rebuilt = policy == "recompute" ? chunk * unit_set : 0.0;  // recompute's rebuilt unit
   cm.chunk_transient_bytes = std::max(chunk * working + largest_matrix * c, in.loss_chunk_bytes) + rebuilt;
@@ -133,10 +155,11 @@ PlanInputs at_length(const PlanInputs& in, int64_t seq_len) {
 }
 
 int64_t auto_chunk_unchecked(const PlanInputs& in, const std::string& policy, int64_t unit) {
-  if (evaluate(in, policy, in.seq_len).fits_device) return in.seq_len;
-  // Below seq_len only: longer chunks are one chunk, which did not fit.
+  const int64_t shard = shard_tokens(in);
+  if (evaluate(in, policy, shard).fits_device) return shard;
+  // Below the shard only: longer chunks are one chunk, which did not fit.
   return longest_fitting(unit, [&](int64_t chunk) {
-    return chunk < in.seq_len && evaluate(in, policy, chunk).fits_device;
+    return chunk < shard && evaluate(in, policy, chunk).fits_device;
   });
 }
 
@@ -188,6 +211,37 @@ LongestContext longest_context(const PlanInputs& in, const std::string& policy, 
                                                              : "host";
   }
   return lc;
+}
+
+UlyssesPolicyLayer ulysses_chunked_policy_layer(const PlanInputs& in, const std::string& policy,
+                                                int64_t chunk_tokens) {
+  UlyssesPolicyLayer p = ulysses_policy_layer(in, policy);
+  const int64_t shard = in.seq_len / in.parallel.cp / std::max<int64_t>(1, ulysses_group(in));  // a rank's tokens
+  if (p.calls == 0 || chunk_tokens <= 0 || chunk_tokens >= shard) return p;
+  const UlyssesLayer u = ulysses_layer(in);
+  const bool recompute = policy == "recompute";
+  const int64_t chunks = (shard + chunk_tokens - 1) / chunk_tokens;
+  const int64_t forward = u.q + 2 * u.kv + u.q + u.lse;                    // k v in; q in; o, lse out
+  const int64_t backward = 2 * u.kv + 3 * u.q + u.lse + u.q + 2 * u.kv;  // k v; d_o, q, o, lse in; dq, dk dv out
+  p.forward = forward;
+  p.backward = backward + (recompute ? 2 * u.q + u.lse : 0);
+  p.calls = chunks * (4 + 7 + (recompute ? 3 : 0));
+  return p;
+}
+
+CommPlan chunked_comm_plan(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens,
+                           double recomputed, double compute_s) {
+  CommPlan c = comm_plan(in, policy, recomputed, compute_s);
+  const UlyssesPolicyLayer u = ulysses_chunked_policy_layer(in, policy, chunk_tokens);
+  if (u.calls == 0) return c;
+  const auto& hw = in.hardware;
+  const double link = ulysses_group(in) <= hw.gpus_per_host ? hw.intra_host_bytes_per_s : hw.inter_host_bytes_per_s;
+  c.exposed_s -= c.all_to_all_s;
+  c.all_to_all_bytes = static_cast<double>(in.model.layers) * static_cast<double>(u.forward + u.backward);
+  c.all_to_all_calls = in.model.layers * u.calls;
+  c.all_to_all_s = c.all_to_all_bytes / link + static_cast<double>(c.all_to_all_calls) * hw.collective_latency_s;
+  c.exposed_s += c.all_to_all_s;
+  return c;
 }
 
 ChunkPlan make_chunk_plan(const ChunkPlanInputs& in) {

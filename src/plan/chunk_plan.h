@@ -9,8 +9,11 @@
 // Pure C++ (no torch). It models the chunked executor issue 14 describes,
 // which has not landed: nothing here is measured yet.
 //
-// Scope: Llama-family models, one GPU per replica (tp = sp = cp = 1; data
-// parallel degrees shard the optimizer state as in plan/cost_model.h).
+// Scope: Llama-family models, one GPU per replica or Ulysses sequence
+// parallelism (tp = cp = 1; under sp > 1 chunks are chunks of a GPU's shard
+// of seq_len / sp tokens, with the head-layout K, V and what backward keeps
+// waiting, docs/chunks.md); data x sp parallel degrees shard the optimizer
+// state.
 #pragma once
 
 #include <cstdint>
@@ -32,8 +35,8 @@ struct BytesPart {
 // One policy at one chunk size, per GPU.
 struct ChunkMemory {
   std::string policy;          // keep | recompute | offload | memo
-  int64_t chunk_tokens = 0;    // the chunk as run: min(C, seq_len); seq_len when unchunked
-  int64_t chunks = 0;          // ceil(seq_len / chunk_tokens)
+  int64_t chunk_tokens = 0;    // the chunk as run: min(C, shard); the shard (seq_len / sp) when unchunked
+  int64_t chunks = 0;          // ceil(shard / chunk_tokens)
   // Weights (compute copy + master), gradients, Adam moments.
   double weight_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
   double static_bytes = 0;     // their sum
@@ -92,8 +95,8 @@ void validate_chunk_inputs(const ChunkPlanInputs& in);
 // One policy at chunk_tokens (>= 1; 0 for the whole sequence); validates.
 ChunkMemory chunk_memory(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens);
 
-// The largest chunk for `policy` that fits the device: seq_len itself (one
-// chunk) when that fits, else the largest multiple of unit below seq_len
+// The largest chunk for `policy` that fits the device: the GPU's shard
+// (seq_len / sp; one chunk) when that fits, else the largest multiple of unit below it
 // that does; 0 when not even unit tokens fit. Device bytes grow with the
 // chunk, so this is the fit's edge: unit more tokens do not fit.
 int64_t auto_chunk_tokens(const PlanInputs& in, const std::string& policy, int64_t unit);
@@ -103,6 +106,20 @@ int64_t auto_chunk_tokens(const PlanInputs& in, const std::string& policy, int64
 // auto_chunk, at the smallest chunk (unit tokens: what fits longest).
 LongestContext longest_context(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens,
                                bool auto_chunk, int64_t unit);
+
+// The Ulysses all-to-alls per layer with layers in chunks of chunk_tokens of
+// a rank's shard (seq_len / cp / sp; docs/chunks.md), per chunk: forward k, v
+// to head layout, then q to heads and o, lse back (4); backward k, v to
+// heads, d_o, q, o, lse to heads, dq back, and dk, dv back once complete (7);
+// recompute adds q to heads and o, lse back (3). Each all-to-all is exact, so
+// the bytes are the whole layer's (ulysses_policy_layer), except recompute's,
+// which resends q, o, lse but not k, v. A chunk of at least the shard (or 0):
+// ulysses_policy_layer itself.
+UlyssesPolicyLayer ulysses_chunked_policy_layer(const PlanInputs& in, const std::string& policy,
+                                                int64_t chunk_tokens);
+// comm_plan with its all-to-alls at that chunk.
+CommPlan chunked_comm_plan(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens,
+                           double recomputed, double compute_s);
 
 // Every policy at in.chunk_tokens (or its own auto chunk) and its longest context.
 ChunkPlan make_chunk_plan(const ChunkPlanInputs& in);

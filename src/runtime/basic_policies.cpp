@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/units.h"
 #include "model/chunk_stages.h"
+#include "runtime/chunk_exchange.h"
 #include "runtime/policy.h"
 #include "runtime/stage_exchange.h"
 
@@ -91,7 +92,13 @@ class RecomputePolicy final : public ActivationPolicy {
     if (it == inputs_.end()) throw Error(cat("recompute: unit ", to_string(u), " was not saved"));
     model::LayerActivations acts;
     acts.x = it->second;
-    if (ctx.kv.defined()) {
+    if (ctx.kv_heads.defined() && ctx.exchange) {
+      // A chunk of the shard under sequence parallelism: its queries against
+      // every rank's K and V in head layout (its all-to-alls again).
+      ctx.layer.forward_pre_attention(ctx.weights, ctx.rope, acts.x, acts, 0, 0, ctx.t0);  // n1, rstd1, qkv
+      ctx.layer.keep_attention(attend_chunk_exchanged(ctx.layer, *ctx.exchange, acts.qkv, ctx.kv_heads, ctx.t0), acts);
+      ctx.layer.forward_post_attention(ctx.weights, acts.x, acts);
+    } else if (ctx.kv.defined()) {
       model::recompute_chunk(ctx.layer, ctx.weights, ctx.rope, acts, ctx.kv, ctx.t0);
     } else if (ctx.exchange) {
       // Attention runs on the whole sequence again (Ulysses: its all-to-alls too).

@@ -53,6 +53,10 @@ struct LayerContext {
   // Attention's way to the whole sequence and back (Ulysses under sp > 1),
   // for a policy that recomputes attention; null: the layer's own, local.
   StageExchange* exchange = nullptr;
+  // Chunked layers under sequence parallelism: K and V of every rank in head
+  // layout [B, sp S, 2 nkv_local d] (runtime/chunk_exchange.h), for a policy
+  // that recomputes a chunk's attention; undefined otherwise.
+  at::Tensor kv_heads;
 };
 
 // Shape of the step about to run.

@@ -32,6 +32,11 @@ class StageExchange {
   // After attention's backward: dq, dk, dv packed in head layout -> token
   // layout [B, S_local, (nh + 2 nkv) d].
   virtual at::Tensor qkv_to_tokens(const at::Tensor& dqkv) = 0;
+  // Chunked layers (docs/chunks.md): k and v alone, [B, S_local, 2 nkv d]
+  // -> head layout [B, S, 2 nkv_local d], and their gradients back (the
+  // replicas of a replicated kv head summed).
+  virtual at::Tensor kv_to_heads(const at::Tensor& kv) = 0;
+  virtual at::Tensor kv_to_tokens(const at::Tensor& dkv) = 0;
   // Attention's log-sum-exp: head layout [B, nh_local, S] -> token layout
   // [B, nh, S_local] after attention, and back before its backward.
   virtual at::Tensor lse_to_tokens(const at::Tensor& lse) = 0;
@@ -47,6 +52,8 @@ class NoExchange final : public StageExchange {
   at::Tensor o_to_tokens(const at::Tensor& o) override { return o; }
   at::Tensor o_to_heads(const at::Tensor& o) override { return o; }
   at::Tensor qkv_to_tokens(const at::Tensor& dqkv) override { return dqkv; }
+  at::Tensor kv_to_heads(const at::Tensor& kv) override { return kv; }
+  at::Tensor kv_to_tokens(const at::Tensor& dkv) override { return dkv; }
   at::Tensor lse_to_tokens(const at::Tensor& lse) override { return lse; }
   at::Tensor lse_to_heads(const at::Tensor& lse) override { return lse; }
   model::HeadCounts local_heads() const override { return {}; }

@@ -26,6 +26,8 @@ class UlyssesExchange final : public StageExchange {
   at::Tensor o_to_tokens(const at::Tensor& o) override;       // [B, S, nh/sp d] -> [B, S/sp, nh d]
   at::Tensor o_to_heads(const at::Tensor& o) override;        // [B, S/sp, nh d] -> [B, S, nh/sp d]
   at::Tensor qkv_to_tokens(const at::Tensor& dqkv) override;  // head layout -> [B, S/sp, (nh+2nkv) d], replicas summed
+  at::Tensor kv_to_heads(const at::Tensor& kv) override;     // [B, St, 2nkv d] -> [B, sp St, 2kv_local d]
+  at::Tensor kv_to_tokens(const at::Tensor& dkv) override;   // head layout -> [B, St, 2nkv d], replicas summed
   at::Tensor lse_to_tokens(const at::Tensor& lse) override;   // [B, nh/sp, S] -> [B, nh, S/sp]
   at::Tensor lse_to_heads(const at::Tensor& lse) override;    // [B, nh, S/sp] -> [B, nh/sp, S]
   model::HeadCounts local_heads() const override { return local_; }
@@ -33,6 +35,10 @@ class UlyssesExchange final : public StageExchange {
  private:
   // recv <- the all-to-all of send along dim 0 (one part per rank), waited.
   at::Tensor all_to_all(const at::Tensor& send);
+  // [B, St, (q_heads + 2 nkv) d] (q_heads: nh, or 0 for k and v alone) to
+  // head layout, and back (replicated kv heads summed).
+  at::Tensor to_heads(const at::Tensor& x, int64_t q_heads);
+  at::Tensor to_tokens(const at::Tensor& y, int64_t q_heads);
 
   dist::Group& sp_;
   int64_t n_;                 // sp ranks

@@ -72,9 +72,6 @@ ChunkSetting parse_one_chunk_setting(const std::string& text) {
 
 int64_t resolve_chunk_tokens(const ChunkSetting& setting, const ChunkContext& ctx) {
   if (!setting.automatic && (setting.tokens == 0 || setting.tokens >= ctx.seq_len)) return 0;
-  require_input(ctx.sp == 1, "--chunk-tokens ", setting.text(),
-                " with --sp ", ctx.sp, ": chunked layers under sequence parallelism are not built yet "
-                "(--chunk-tokens 0, or --sp 1)");
   if (!setting.automatic) return setting.tokens;
   // auto: the largest chunk the memory model says fits; a unit of 1024
   // tokens, or an eighth of a short sequence.

@@ -39,7 +39,7 @@ struct ChunkContext {
   std::string policy = "keep";
   c10::Device device = c10::Device(c10::DeviceType::CPU);
   c10::ScalarType compute_dtype = c10::ScalarType::Float;
-  int64_t sp = 1;              // chunked layers with --sp > 1 are refused
+  int64_t sp = 1;              // sequence parallel degree (seq_len is the rank's shard)
   double device_bytes = 0;     // what the device has (CUDA: total; CPU: host RAM available)
 };
 
@@ -47,8 +47,8 @@ struct ChunkContext {
 // chunk of at least the sequence, or `auto` choosing the whole sequence);
 // else C, or for `auto` the largest multiple of 1024 tokens (or of the
 // sequence's 1/8, for short ones) that plan/chunk_plan.h says fits
-// `device_bytes`. Throws InputError when chunked layers cannot run: with
-// --sp > 1 (not built yet), or when `auto` finds no chunk that fits.
+// `device_bytes`. Throws InputError when `auto` finds no chunk that fits.
+// Under --sp > 1 the chunks are chunks of the rank's shard (seq_len local).
 int64_t resolve_chunk_tokens(const ChunkSetting& setting, const ChunkContext& ctx);
 
 // The whole-sequence tensors of a chunked layer on the device, bytes per

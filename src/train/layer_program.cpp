@@ -66,7 +66,7 @@ at::Tensor LayerProgram::backward(at::Tensor dy, const TokenPositions& pos,
       if (parts_.on_layer_gradients) parts_.on_layer_gradients(i, g);
       continue;
     }
-    auto acts = policy.restore(i, runtime::LayerContext{parts_.layer, w, local_rope, {}, 0, 0, &parts_.exchange});
+    auto acts = policy.restore(i, runtime::LayerContext{parts_.layer, w, local_rope, {}, 0, 0, &parts_.exchange, {}});
     {
       runtime::TraceSpan span(parts_.trace, runtime::Lane::Compute, "bwd ", i);
       memory::RegionScope region("layer_bwd");

@@ -92,6 +92,16 @@ class LayerProgram {
                                    runtime::ActivationPolicy& policy);
 
  private:
+  // The chunked layer under sequence parallelism (docs/chunks.md): two
+  // passes forward (K, V of every chunk to head layout, then the queries),
+  // three backward (K, V; attention backward; pre-attention backward once
+  // dK, dV are complete).
+  at::Tensor forward_layer_chunks_exchanged(int64_t index, const model::LayerWeights& w, const TokenPositions& pos,
+                                            const at::Tensor& x, runtime::ActivationPolicy* policy);
+  at::Tensor backward_layer_chunks_exchanged(int64_t index, const model::LayerWeights& w,
+                                             model::LayerWeights& grads, const TokenPositions& pos,
+                                             const at::Tensor& dy, runtime::ActivationPolicy& policy);
+
   LayerProgramParts parts_;
 };
 

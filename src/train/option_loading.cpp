@@ -23,11 +23,6 @@ void TrainOptions::validate() const {
   for (const auto& spec : option_table())
     if (spec.check) spec.check(*this);
   require_input(checkpoint_every == 0 || !out.empty(), "checkpoint_every needs --out (checkpoints go to OUT/checkpoints)");
-  // Chunked layers under sequence parallelism are not built (docs/chunks.md).
-  for (const auto& c : parse_chunk_tokens(chunk_tokens))
-    require_input(sp == 1 || (!c.automatic && (c.tokens == 0 || c.tokens >= seq_len)), "--chunk-tokens ", c.text(),
-                  " with --sp ", sp, ": chunked layers under sequence parallelism are not built yet (--chunk-tokens 0, "
-                  "or --sp 1)");
   // Sizes from flags in checked int64: 2^63 tokens or 2^32 x 2^32 sequences
   // are an InputError here, never a wrapped size reaching an allocator.
   (void)checked_add(seq_len, 1, "seq_len + 1");

@@ -143,6 +143,63 @@ TEST(ChunkPlan, AutoChunkFitsAndOneUnitMoreDoesNot) {
   }
 }
 
+// Under Ulysses (sp 8 on one host of 8 H200) chunks are chunks of a GPU's
+// shard: the chunk and the whole-sequence parts count the shard's tokens,
+// the head-layout K, V and the waiting dq and input are parts of their own,
+// and each GPU holds less than one GPU with the whole sequence.
+TEST(ChunkPlan, UnderSpChunksAreChunksOfTheShard) {
+  const int64_t S = 1 << 20, shard = S / 8;
+  auto one = llama_1b(S);
+  auto sp = one;
+  sp.parallel.sp = 8;
+  sp.hardware.gpus_per_host = 8;
+  for (const auto& policy : kPolicies) {
+    const auto whole = chunk_memory(sp, policy, 0);
+    EXPECT_EQ(whole.chunk_tokens, shard) << policy;
+    EXPECT_EQ(whole.chunks, 1) << policy;
+    const auto m = chunk_memory(sp, policy, 5000);
+    EXPECT_EQ(m.chunk_tokens, 5000) << policy;
+    EXPECT_EQ(m.chunks, (shard + 4999) / 5000) << policy;
+    bool head_layout = false, waiting = false;
+    for (const auto& part : m.whole_sequence) {
+      EXPECT_DOUBLE_EQ(part.bytes, part.bytes_per_token * shard) << policy << ": " << part.name;
+      head_layout |= part.name.find("head layout") != std::string::npos;
+      waiting |= part.name.find("waiting") != std::string::npos;
+    }
+    EXPECT_TRUE(head_layout && waiting) << policy;
+    EXPECT_LT(m.device_bytes, chunk_memory(one, policy, 5000).device_bytes) << policy;
+    EXPECT_LE(auto_chunk_tokens(sp, policy, 1024), shard) << policy;
+    // A GPU holds an eighth of the tokens: the longest context grows where
+    // the device bounds it (keep, recompute); offload's and memo's host share
+    // is an eighth too (8 GPUs on the host), so theirs does not shrink.
+    const int64_t longest_sp = longest_context(sp, policy, 0, true, 1024).seq_len;
+    const int64_t longest_one = longest_context(one, policy, 0, true, 1024).seq_len;
+    if (policy == "keep" || policy == "recompute")
+      EXPECT_GT(longest_sp, longest_one) << policy;
+    else
+      EXPECT_GE(longest_sp, longest_one) << policy;
+  }
+}
+
+// The all-to-alls of chunked layers (docs/chunks.md): keep, offload and memo
+// move a whole layer's bytes in 11 calls per chunk instead of 8 per layer;
+// recompute resends q, o and lse per chunk but not k and v.
+TEST(ChunkPlan, ChunkedUlyssesAllToAllsMoveTheWholeLayersBytes) {
+  auto in = llama_1b(1 << 20);
+  in.parallel.sp = 8;
+  in.hardware.gpus_per_host = 8;
+  const int64_t chunks = ((1 << 17) + 4999) / 5000;
+  for (const auto& policy : kPolicies) {
+    const auto whole = comm_plan(in, policy, 0.0, 1.0);
+    const auto chunked = chunked_comm_plan(in, policy, 5000, 0.0, 1.0);
+    const double kv_resend = policy == "recompute" ? 2.0 * static_cast<double>(ulysses_layer(in).kv) * 16 : 0.0;
+    EXPECT_DOUBLE_EQ(chunked.all_to_all_bytes, whole.all_to_all_bytes - kv_resend) << policy;
+    EXPECT_EQ(chunked.all_to_all_calls, 16 * chunks * (policy == "recompute" ? 14 : 11)) << policy;
+    // A chunk of the whole shard is a whole layer.
+    EXPECT_EQ(chunked_comm_plan(in, policy, 1 << 17, 0.0, 1.0).all_to_all_calls, whole.all_to_all_calls) << policy;
+  }
+}
+
 TEST(ChunkPlan, LongestContextRespectsTheDeviceAndTheHostBound) {
   const int64_t unit = 1024;
   for (double host_gib : {16.0, 128.0, 4096.0}) {
