@@ -252,11 +252,17 @@ ModelStateBytes model_state_step_bytes(const ModelShape& m, int stage, int64_t w
   ModelStateBytes b;
   if (world <= 1 || stage == 0) return b;
   const int64_t layer = zero_layer_numel(m), rest = zero_rest_numel(m);
-  const int64_t widest = std::max(layer, rest);
   if (stage == 3) b.weights = 2 * world * shard_numel(layer, world) * compute_bytes;
-  // Two reduce-scatters in flight, each a padded copy and an incoming shard.
-  const int64_t staging = 2 * (world + 1) * shard_numel(widest, world);
-  b.grads = ((stage >= 2 ? layer + rest : 0) + staging) * master_bytes;
+  // A reduce-scatter in flight holds a padded copy and an incoming shard of
+  // its unit; at most two are in flight: two layers, or the last layer and
+  // the rest (reduced after the backward).
+  const int64_t unit = world + 1;  // shards per staged unit
+  const int64_t two_layers = 2 * unit * shard_numel(layer, world);
+  const int64_t layer_and_rest = unit * (shard_numel(layer, world) + shard_numel(rest, world));
+  if (stage >= 2)  // the rest's whole gradients live through the backward; one layer's at a time
+    b.grads = (rest + std::max(layer + two_layers, layer_and_rest)) * master_bytes;
+  else  // stage 1: the whole gradients are held already; reduce_all stages them
+    b.grads = std::max(two_layers, layer_and_rest) * master_bytes;
   return b;
 }
 
