@@ -4,7 +4,8 @@
 // replicated, dp 2, dp 2 x sp 2) under every policy equal the single-process
 // run's within 1e-10 relative; only rank 0 prints and writes; each step's
 // all-to-all bytes equal the Ulysses count for the shape (also with layers in
-// chunks of each rank's shard, sp 2 and 4); ZeRO 1-3 the same,
+// chunks of each rank's shard, sp 2 and 4); ZeRO 1-3 the same (also with
+// --grad-accum 2), each stage holding the model state the planner counts,
 // and a ZeRO 3 checkpoint of 4 ranks resumes on 2 and on 1; memo bench's
 // rows on 2 ranks move the planned bytes.
 #include <gtest/gtest.h>
@@ -372,6 +373,107 @@ TEST(DistTrainZero, Zero3CheckpointResumesOnTwoRanksAndOne) {
     fs::remove_all(on1);
   }
   fs::remove_all(dir);
+}
+
+// The model state a report says rank 0 held after its last step
+// (summary.model_state_bytes).
+plan::ModelStateBytes held_state(const RunResult& r) {
+  const auto& j = r.report["summary"]["model_state_bytes"];
+  plan::ModelStateBytes b;
+  b.weights = j.at("weights").get<int64_t>();
+  b.master = j.at("master").get<int64_t>();
+  b.grads = j.at("grads").get<int64_t>();
+  b.moments = j.at("moments").get<int64_t>();
+  EXPECT_EQ(j.at("total").get<int64_t>(), b.total());
+  return b;
+}
+
+// The planner's count of it for the tiny model with 3 layers in float64.
+plan::ModelStateBytes planned_state(int stage, int64_t world) {
+  auto config = memo::model::resolve_model("tiny");
+  config.layers = 3;
+  return plan::model_state_bytes(memo::model::to_plan_shape(config), stage, world, 8, 8);
+}
+
+void expect_state(const plan::ModelStateBytes& got, const plan::ModelStateBytes& want, const std::string& what) {
+  EXPECT_EQ(got.weights, want.weights) << what;
+  EXPECT_EQ(got.master, want.master) << what;
+  EXPECT_EQ(got.grads, want.grads) << what;
+  EXPECT_EQ(got.moments, want.moments) << what;
+}
+
+// ZeRO's memory saving on 4 ranks (dp 2 x sp 2): at stages 0-3 each rank
+// holds the model state the planner predicts (plan::model_state_bytes:
+// counted from the tensors the trainer owns; every rank's shards are padded
+// to one size, so rank 0's report stands for each), each stage strictly
+// less than the one before, and the allocator's meter agrees: the bytes
+// allocated before the first step (peak_split.static_bytes) differ between
+// stages by the model state's difference, up to AdamW's step counters (one
+// float32 per parameter, or per shard piece: at most 4 bytes for each of
+// the model's 20 tensors, which model_state_bytes leaves out). Losses and
+// final weights still equal the single process's. The single process holds
+// the whole model.
+TEST(DistTrainZero, EachStageHoldsThePlannedModelState) {
+  REQUIRE_DIST();
+  expect_state(held_state(reference()), planned_state(0, 1), "one process");
+  plan::ModelStateBytes last;
+  int64_t static0 = 0;
+  for (int zero = 0; zero <= 3; ++zero) {
+    const std::string what = "4 ranks, zero " + std::to_string(zero);
+    const auto dir = memo::testing::scratch_dir("dist_train_zero_state_" + std::to_string(zero));
+    const auto got = run_zero(dir, 4, zero_args(dir, "keep", 2, zero));
+    expect_matches_reference(got, what);
+    const auto held = held_state(got);
+    expect_state(held, planned_state(zero, 4), what);
+    const int64_t stat = got.report["summary"]["peak_split"]["static_bytes"].get<int64_t>();
+    if (zero == 0) {
+      static0 = stat - held.total();
+    } else {
+      EXPECT_LT(held.total(), last.total()) << what;
+    }
+    // What the meter counts besides the model state: the same at every stage
+    // but for the step counters (20 tensors: 3 layers of 6, embed, final norm).
+    EXPECT_GE(stat - held.total(), 0) << what;
+    EXPECT_LE(std::abs((stat - held.total()) - static0), 20 * 4) << what;
+    last = held;
+    fs::remove_all(dir);
+  }
+}
+
+// --grad-accum 2 at stages 2 and 3 (2 ranks): each micro-batch's layer
+// gradients are reduce-scattered into the shards as they complete (every
+// unit twice a step) and released, so between steps a rank holds only the
+// gradient shards (the planner's count); losses and final weights equal one
+// process's with --grad-accum 2 within 1e-10.
+TEST(DistTrainZero, GradAccumAtStages2And3ReducesEachMicroBatch) {
+  REQUIRE_DIST();
+  auto with_accum = [](std::vector<std::string> a) {
+    a.insert(a.end(), {"--grad-accum", "2"});
+    return a;
+  };
+  const auto one = memo::testing::scratch_dir("dist_train_zero_accum_ref");
+  fs::remove_all(one);
+  fs::create_directories(one);
+  const auto rs = run_processes({{with_accum(train_args(one, "keep", 1)), {{"OMP_NUM_THREADS", "1"}}}}, 300);
+  ASSERT_EQ(rs[0].code, 0) << describe(rs);
+  const auto ref = read_run(one);
+  fs::remove_all(one);
+  for (const auto& [zero, sp] : std::vector<std::pair<int, int64_t>>{{2, 2}, {3, 1}}) {
+    const std::string what = "2 ranks, sp " + std::to_string(sp) + ", zero " + std::to_string(zero) + ", grad-accum 2";
+    const auto dir = memo::testing::scratch_dir("dist_train_zero_accum_" + std::to_string(zero));
+    const auto got = run_zero(dir, 2, with_accum(zero_args(dir, "keep", sp, zero)));
+    ASSERT_EQ(got.losses.size(), ref.losses.size()) << what;
+    for (size_t i = 0; i < ref.losses.size(); ++i)
+      EXPECT_NEAR(got.losses[i], ref.losses[i], 1e-10 * std::abs(ref.losses[i])) << what << ": step " << i + 1;
+    for (const auto& [name, w] : ref.weights) {
+      ASSERT_TRUE(got.weights.count(name)) << what << ": " << name;
+      EXPECT_LE(relative_difference(got.weights.at(name), w), 1e-10) << what << ": " << name;
+    }
+    for (const auto& step : got.report["steps"])
+      EXPECT_EQ(step["comm"]["reduce_scatter"]["calls"].get<int64_t>(), 2 * 4) << what;  // 4 units, 2 micro-batches
+    expect_state(held_state(got), planned_state(zero, 2), what);
+    fs::remove_all(dir);
+  }
 }
 
 // A rank killed (SIGKILL) mid-run, after the first checkpoint is complete:

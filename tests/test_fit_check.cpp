@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "memory/host_memory.h"
 #include "model/config.h"
+#include "plan/cost_model.h"
 #include "train/fit_check.h"
 #include "train/trainer.h"
 
@@ -200,6 +201,53 @@ TEST(FitCheck, ForMemoWithAnAlphaTheLargestAlphaThatFitsIsSuggested) {
   EXPECT_TRUE(train::estimate_fit(r, have).fits) << msg;
   r.alpha = *r.alpha + 0.001;
   EXPECT_FALSE(train::estimate_fit(r, have).fits) << msg;
+}
+
+// On many ranks the check counts this rank's model state as memo train
+// holds it at ZeRO 1-3 (plan::model_state_bytes and what a step adds), less
+// at each stage: a run of Llama-3-8B that does not fit one H200-sized device
+// at stage 0 on 8 ranks fits at stage 3. One rank (or stage 0) counts the
+// whole model as before.
+TEST(FitCheck, ZeroOnManyRanksCountsThisRanksShards) {
+  using train::estimate_fit;
+  using train::FitEstimate;
+  using train::fit_problem;
+  train::FitRequest r;
+  r.config = model::resolve_model("llama3-8b");
+  r.seq_len = 4096;
+  r.policy = "keep";
+  r.device = c10::Device(c10::DeviceType::CUDA, 0);
+  r.compute_dtype = c10::ScalarType::BFloat16;
+  r.zero_world = 8;
+  train::MemoryAvailable have;
+  have.device = have.host = 1e15;
+  std::vector<FitEstimate> by_stage;
+  for (int zero = 0; zero <= 3; ++zero) {
+    r.zero = zero;
+    by_stage.push_back(estimate_fit(r, have));
+  }
+  const auto shape = model::to_plan_shape(r.config);
+  const double P = static_cast<double>(r.config.total_params());
+  EXPECT_DOUBLE_EQ(by_stage[0].weights + by_stage[0].grads + by_stage[0].optimizer, P * (2 + 4 + 4 + 8));
+  for (int zero = 1; zero <= 3; ++zero) {
+    const auto& e = by_stage[static_cast<size_t>(zero)];
+    const auto held = plan::model_state_bytes(shape, zero, 8, 2, 4);
+    const auto step = plan::model_state_step_bytes(shape, zero, 8, 2, 4);
+    EXPECT_DOUBLE_EQ(e.weights, static_cast<double>(held.weights + held.master + step.weights)) << zero;
+    EXPECT_DOUBLE_EQ(e.grads, static_cast<double>(held.grads + step.grads)) << zero;
+    EXPECT_DOUBLE_EQ(e.optimizer, static_cast<double>(held.moments)) << zero;
+    EXPECT_LT(e.device_need, by_stage[static_cast<size_t>(zero - 1)].device_need) << zero;
+  }
+  // Between stage 3's need and stage 0's: refused at 0, accepted at 3.
+  have.device = (by_stage[0].device_need + by_stage[3].device_need) / 2;
+  r.zero = 0;
+  EXPECT_FALSE(estimate_fit(r, have).fits);
+  EXPECT_NE(fit_problem(r, have), "");
+  r.zero = 3;
+  EXPECT_TRUE(estimate_fit(r, have).fits);
+  // One rank has nothing to shard.
+  r.zero_world = 1;
+  EXPECT_DOUBLE_EQ(estimate_fit(r, have).device_need, by_stage[0].device_need);
 }
 
 TEST(FitCheck, SizesBeyondInt64AreInputErrorsNamingTheQuantity) {

@@ -99,6 +99,11 @@ void print_summary(const train::TrainSummary& s) {
               format_bytes(static_cast<double>(s.peak_activation_bytes)).c_str(),
               format_bytes(static_cast<double>(s.host_bytes)).c_str());
   std::printf("  peak split       %s\n", train::describe(s.peak_split).c_str());
+  auto b = [](int64_t v) { return format_bytes(static_cast<double>(v)); };
+  std::printf("  model state      %s held between steps%s: weights %s, master %s, gradients %s, AdamW moments %s\n",
+              b(s.model_state.total()).c_str(), s.world > 1 ? " by rank 0 (sharded by --zero)" : "",
+              b(s.model_state.weights).c_str(), b(s.model_state.master).c_str(), b(s.model_state.grads).c_str(),
+              b(s.model_state.moments).c_str());
 }
 
 // Refuses, before anything runs, outputs that would destroy something:

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -67,6 +68,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, const ModelOptions& options)
 }
 
 void LlamaModel::refresh_compute() {
+  if (master_released_) throw Error("LlamaModel::refresh_compute: the master weights were released (ZeRO)");
   if (options_.compute_dtype == options_.master_dtype) {
     compute_ = master_;  // shares storage
     return;
@@ -82,7 +84,66 @@ void LlamaModel::refresh_compute() {
 }
 
 void LlamaModel::zero_grads() {
-  for (auto& [name, t] : grads_.named()) t->zero_();
+  for (auto& [name, t] : grads_.named())
+    if (t->defined()) t->zero_();
+}
+
+namespace {
+
+// Every tensor of a layer released (undefined).
+void release(LayerWeights& w) {
+  for (auto& [name, t] : w.named()) t->reset();
+}
+
+}  // namespace
+
+void LlamaModel::release_master() {
+  for (auto& [name, t] : master_.named()) t->reset();
+  master_released_ = true;
+}
+
+void LlamaModel::release_compute_layers(int64_t first) {
+  for (size_t i = static_cast<size_t>(std::max<int64_t>(first, 0)); i < compute_.layers.size(); ++i) {
+    release(compute_.layers[i]);
+    release(master_.layers[i]);  // the same tensors when the dtypes agree (else already released or stale)
+  }
+}
+
+// A layer's gradient tensors as zeros in the master dtype, shaped like its weights.
+LayerWeights& LlamaModel::layer_grads(int64_t layer) {
+  auto& g = grads_.layers.at(static_cast<size_t>(layer));
+  if (!g.wqkv.defined()) {
+    const auto opts = at::TensorOptions().dtype(options_.master_dtype).device(options_.device);
+    const auto& c = config_;
+    g.norm1 = at::zeros({c.hidden}, opts);                // [h]
+    g.wqkv = at::zeros({c.qkv_dim(), c.hidden}, opts);    // [qkv, h]
+    g.wo = at::zeros({c.hidden, c.attn_dim()}, opts);     // [h, nh d]
+    g.norm2 = at::zeros({c.hidden}, opts);                // [h]
+    g.wgu = at::zeros({2 * c.ffn, c.hidden}, opts);       // [2f, h]
+    g.wdown = at::zeros({c.hidden, c.ffn}, opts);         // [h, f]
+  }
+  return g;
+}
+
+void LlamaModel::release_layer_grads(int64_t layer) { release(grads_.layers.at(static_cast<size_t>(layer))); }
+
+void LlamaModel::ensure_rest_grads() {
+  if (grads_.embed.defined()) return;
+  const auto opts = at::TensorOptions().dtype(options_.master_dtype).device(options_.device);
+  grads_.embed = at::zeros({config_.vocab_size, config_.hidden}, opts);                       // [V, h]
+  grads_.final_norm = at::zeros({config_.hidden}, opts);                                      // [h]
+  if (!config_.tie_embeddings) grads_.lm_head = at::zeros({config_.vocab_size, config_.hidden}, opts);  // [V, h]
+}
+
+void LlamaModel::release_rest_grads() {
+  grads_.embed.reset();
+  grads_.final_norm.reset();
+  grads_.lm_head.reset();
+}
+
+void LlamaModel::release_grads() {
+  for (size_t i = 0; i < grads_.layers.size(); ++i) release_layer_grads(static_cast<int64_t>(i));
+  release_rest_grads();
 }
 
 RopeTable LlamaModel::rope(int64_t end) {

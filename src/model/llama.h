@@ -45,12 +45,35 @@ class LlamaModel {
   const DecoderLayer& layer() const { return layer_; }
 
   ModelWeights& master() { return master_; }
+  const ModelWeights& master() const { return master_; }
   ModelWeights& grads() { return grads_; }
+  const ModelWeights& grads() const { return grads_; }
   // Compute-dtype weights; the same tensors as master() when the dtypes agree.
   const ModelWeights& compute() const { return compute_; }
   // Re-casts master weights into the compute copies (after an optimizer step).
+  // An Error once the master weights are released.
   void refresh_compute();
+  // Zeroes the gradients that exist (released ones stay released).
   void zero_grads();
+
+  // Releasing what a sharded optimizer holds instead (ZeRO on many ranks,
+  // docs/dist.md "ZeRO"). A released tensor is undefined; its memory goes
+  // when nothing else holds it.
+  // The whole master weights: when the compute dtype is the master's, the
+  // compute copies are the same tensors and keep them (forward reads them).
+  void release_master();
+  bool master_released() const { return master_released_; }
+  // The compute copies of layers [first, n) (and the master's, when shared):
+  // their weights then come from elsewhere (a runtime::WeightSource).
+  void release_compute_layers(int64_t first = 0);
+  // Gradients on demand: released gradients are allocated as zeros when a
+  // backward is about to add into them (layer_grads, rest_grads) and may be
+  // released again once they have been handed on (a reduce-scatter).
+  model::LayerWeights& layer_grads(int64_t layer);  // allocates layer `layer`'s when released
+  void release_layer_grads(int64_t layer);
+  void ensure_rest_grads();   // embed, final norm and head: allocated when released
+  void release_rest_grads();
+  void release_grads();       // every gradient
 
   // RoPE rows for global positions [0, end) (a shard or chunk at position p
   // of S tokens needs end = p + S); the table is cached across calls.
@@ -63,6 +86,7 @@ class LlamaModel {
   ModelWeights master_, grads_, compute_;
   RopeTable rope_;
   int64_t rope_len_ = 0;
+  bool master_released_ = false;
 };
 
 }  // namespace memo::model

@@ -221,6 +221,51 @@ int64_t zero_layer_numel(const ModelShape& m) { return m.layer_matmul_params() +
 
 int64_t zero_rest_numel(const ModelShape& m) { return m.total_params() - m.layers * zero_layer_numel(m); }
 
+namespace {
+
+int64_t shard_numel(int64_t numel, int64_t world) { return (numel + world - 1) / world; }
+
+}  // namespace
+
+ModelStateBytes model_state_bytes(const ModelShape& m, int stage, int64_t world, int64_t compute_bytes,
+                                  int64_t master_bytes) {
+  const int64_t P = m.total_params(), layer = zero_layer_numel(m), rest = zero_rest_numel(m);
+  const bool shared = compute_bytes == master_bytes;  // the compute copy is the master
+  ModelStateBytes b;
+  if (world <= 1 || stage == 0) {
+    b.weights = P * compute_bytes;
+    b.master = shared ? 0 : P * master_bytes;
+    b.grads = P * master_bytes;
+    b.moments = 2 * P * master_bytes;
+    return b;
+  }
+  const int64_t shards = m.layers * shard_numel(layer, world) + shard_numel(rest, world);  // every unit's
+  b.weights = stage == 3 ? (m.layers * shard_numel(layer, world) + rest) * compute_bytes : P * compute_bytes;
+  b.master = shards * master_bytes;
+  b.grads = (stage == 1 ? P + shards : shards) * master_bytes;
+  b.moments = 2 * shards * master_bytes;
+  return b;
+}
+
+ModelStateBytes model_state_step_bytes(const ModelShape& m, int stage, int64_t world, int64_t compute_bytes,
+                                       int64_t master_bytes) {
+  ModelStateBytes b;
+  if (world <= 1 || stage == 0) return b;
+  const int64_t layer = zero_layer_numel(m), rest = zero_rest_numel(m);
+  if (stage == 3) b.weights = 2 * world * shard_numel(layer, world) * compute_bytes;
+  // A reduce-scatter in flight holds a padded copy and an incoming shard of
+  // its unit; at most two are in flight: two layers, or the last layer and
+  // the rest (reduced after the backward).
+  const int64_t unit = world + 1;  // shards per staged unit
+  const int64_t two_layers = 2 * unit * shard_numel(layer, world);
+  const int64_t layer_and_rest = unit * (shard_numel(layer, world) + shard_numel(rest, world));
+  if (stage >= 2)  // the rest's whole gradients live through the backward; one layer's at a time
+    b.grads = (rest + std::max(layer + two_layers, layer_and_rest)) * master_bytes;
+  else  // stage 1: the whole gradients are held already; reduce_all stages them
+    b.grads = std::max(two_layers, layer_and_rest) * master_bytes;
+  return b;
+}
+
 CommPlan comm_plan(const PlanInputs& in, const std::string& policy, double recomputed, double compute_s) {
   const auto& hw = in.hardware;
   const double n = static_cast<double>(in.model.layers);
@@ -286,25 +331,18 @@ namespace {
 
 // Weights (compute copy + master), gradients and Adam moments per GPU.
 void add_static_bytes(const PlanInputs& in, Plan& pl) {
-  const auto& p = in.parallel;
-  const double tp = static_cast<double>(p.tp);
-  const double P = static_cast<double>(in.model.total_params());
-  pl.weight_bytes = P / tp * (in.compute_bytes + in.master_bytes);
-  pl.grad_bytes = P / tp * in.master_bytes;
-  pl.optimizer_bytes = 2.0 * in.master_bytes * P / (tp * static_cast<double>(p.dp * p.cp));
-  // ZeRO over the zero group z (docs/dist.md): stage >= 1 shards the Adam
-  // moments and the fp32 master, >= 2 the fp32 gradients, 3 the bf16 weights
-  // (plus two layers gathered: the one computing and the next in flight).
-  // Stage 0 keeps the model above (Adam sharded over dp x cp).
-  const int stage = zero_stage(in);
-  const double z = static_cast<double>(zero_group(in));
-  if (stage >= 1 && z > 1) {
-    const double layer = static_cast<double>(zero_layer_numel(in.model)) / tp;
-    const double compute = stage == 3 ? P / tp / z + 2.0 * layer : P / tp;
-    pl.weight_bytes = compute * in.compute_bytes + P / tp / z * in.master_bytes;
-    pl.optimizer_bytes = 2.0 * in.master_bytes * P / (tp * z);
-    if (stage >= 2) pl.grad_bytes = P / tp / z * in.master_bytes + layer * in.master_bytes;  // + one layer's whole
-  }
+  // What memo train holds (model_state_bytes), at its peak within a step,
+  // divided by tp (memo train has no tp; the planner's tp divides the weights).
+  // Stage 0 keeps the whole AdamW state on every rank, as memo train does
+  // (it was counted sharded over dp x cp, which no runtime here does).
+  const double tp = static_cast<double>(in.parallel.tp);
+  const int64_t z = zero_group(in);
+  const int stage = z > 1 ? zero_stage(in) : 0;
+  const auto held = model_state_bytes(in.model, stage, z, in.compute_bytes, in.master_bytes);
+  const auto step = model_state_step_bytes(in.model, stage, z, in.compute_bytes, in.master_bytes);
+  pl.weight_bytes = static_cast<double>(held.weights + held.master + step.weights) / tp;
+  pl.grad_bytes = static_cast<double>(held.grads + step.grads) / tp;
+  pl.optimizer_bytes = static_cast<double>(held.moments) / tp;
 }
 
 // One layer's skeletal set (always-offloaded and the rest) and the transient working set.

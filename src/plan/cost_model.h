@@ -29,8 +29,9 @@
 // host, else InfiniBand) plus a latency per call. The all-to-alls sit on the
 // critical path between a layer's stages (exposed); ZeRO's overlap compute,
 // only what exceeds the step's compute is exposed. Memory follows the stage
-// too (add_static_bytes: >= 1 shards Adam and the fp32 master over the zero
-// group, >= 2 the gradients, 3 the bf16 weights).
+// too, as memo train holds it (model_state_bytes: >= 1 shards Adam and the
+// fp32 master over the zero group, >= 2 the gradients, 3 the layers' bf16
+// weights; the embedding and head stay whole).
 #pragma once
 
 #include <cstdint>
@@ -226,6 +227,34 @@ AllReducePlan stage0_all_reduce(const ModelShape& m, int64_t world, int64_t elem
 // the rest (embeddings, final norm, lm head).
 int64_t zero_layer_numel(const ModelShape& m);
 int64_t zero_rest_numel(const ModelShape& m);
+
+// The model state one rank of `memo train` holds (docs/dist.md, "ZeRO"), in
+// bytes, for ZeRO `stage` over `world` ranks (world 1 or stage 0: the whole
+// model). Each unit (a layer, then the rest) is sharded as dist::flat_layout
+// pads it: ceil(numel / world) elements per rank. The compute copy is the
+// master itself when their sizes agree (float32 or float64 runs: then
+// `master` counts only the shards a sharded optimizer holds besides).
+//   weights  compute-dtype weights forward reads: whole at stages 0-2; stage
+//            3: each layer's shard plus the rest (embedding, final norm,
+//            head) whole, which every rank keeps
+//   master   master weights besides the compute copy: whole at stage 0;
+//            stages 1-3: the shards
+//   grads    stages 0-1: whole (stage 1 also the shards they are reduced
+//            into); stages 2-3: the shards (a step's whole gradients are
+//            step_bytes)
+//   moments  AdamW's two: whole at stage 0; stages 1-3: the shards
+// Between steps this is all; during a step, step_bytes are held on top at
+// most: stage 3's two gathered layers (padded), stages 2-3's whole
+// gradients of the rest and of one layer, and the reduce-scatters' staging
+// copies (two units in flight: padded buffer and incoming shard each).
+struct ModelStateBytes {
+  int64_t weights = 0, master = 0, grads = 0, moments = 0;
+  int64_t total() const { return weights + master + grads + moments; }
+};
+ModelStateBytes model_state_bytes(const ModelShape& m, int stage, int64_t world, int64_t compute_bytes,
+                                  int64_t master_bytes);
+ModelStateBytes model_state_step_bytes(const ModelShape& m, int stage, int64_t world, int64_t compute_bytes,
+                                       int64_t master_bytes);
 
 // One policy's communication per rank per step; `recomputed` is memo's
 // fraction of each swapped layer's tokens recomputed in backward (1 - alpha -

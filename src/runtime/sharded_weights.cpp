@@ -45,6 +45,12 @@ int64_t ShardedLayerWeights::layer_bytes() const {
   return layout_.shard.padded * static_cast<int64_t>(shards_.front().element_size());
 }
 
+int64_t ShardedLayerWeights::shard_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& s : shards_) bytes += static_cast<int64_t>(s.nbytes());
+  return bytes;
+}
+
 ShardedLayerWeights::Gathered& ShardedLayerWeights::start(int64_t layer) {
   if (layer < 0 || layer >= layers()) throw Error(cat("ShardedLayerWeights: no layer ", layer));
   if (auto it = live_.find(layer); it != live_.end()) return it->second;

@@ -46,6 +46,8 @@ class ShardedLayerWeights final : public WeightSource {
   void reset_peak() { peak_gathered_bytes_ = gathered_bytes_; }
   // Bytes of one gathered layer: its padded flat buffer.
   int64_t layer_bytes() const;
+  // Bytes of the shards this rank keeps (every layer's).
+  int64_t shard_bytes() const;
 
  private:
   struct Gathered {

@@ -115,6 +115,17 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
   e.weights = P * 4.0 + (r.compute_dtype == c10::ScalarType::Float ? 0.0 : P * static_cast<double>(cb));
   e.grads = P * 4.0;
   e.optimizer = r.optimizer ? P * 8.0 : 0.0;
+  if (r.zero >= 1 && r.zero_world > 1 && r.optimizer) {
+    // ZeRO on many ranks: this rank's shards and what a step adds on top
+    // (gathered layers, a layer's and the embedding's whole gradients, the
+    // reduce-scatters' staging), in the trainer's master dtype.
+    const int64_t mb = r.compute_dtype == c10::ScalarType::Double ? 8 : 4;
+    const auto held = plan::model_state_bytes(in.model, r.zero, r.zero_world, cb, mb);
+    const auto step = plan::model_state_step_bytes(in.model, r.zero, r.zero_world, cb, mb);
+    e.weights = static_cast<double>(held.weights + held.master + step.weights);
+    e.grads = static_cast<double>(held.grads + step.grads);
+    e.optimizer = static_cast<double>(held.moments);
+  }
   if (r.policy == "keep") e.activations = n * (skel + kv);
   else if (r.policy == "recompute") e.activations = n * x + unit_skel + kv;
   else if (is_swap(r.policy)) e.activations = 2.0 * unit_skel + kv;  // the two rounding buffers (and K, V in flight)

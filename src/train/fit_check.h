@@ -36,6 +36,11 @@ struct FitRequest {
   bool optimizer = true;        // AdamW moments (train; bench and eval have none)
   std::string command = "train";  // for messages: "train", "bench", "eval"
   int64_t chunk_tokens = 0;     // tokens per layer chunk as run (train/chunking.h); 0: whole layers
+  // Many ranks: the ZeRO stage and the ranks it shards over (the world);
+  // stage >= 1 on more than one rank counts this rank's model state as
+  // memo train holds it (plan::model_state_bytes, at its peak in a step).
+  int zero = 0;
+  int64_t zero_world = 1;
 };
 
 // What the machine has, in bytes.

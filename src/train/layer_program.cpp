@@ -55,6 +55,7 @@ at::Tensor LayerProgram::backward(at::Tensor dy, const TokenPositions& pos,
   for (int64_t i = parts_.layers - 1; i >= 0; --i) {
     const auto& w = weights.acquire(i);
     if (i > 0) weights.prefetch(i - 1);
+    if (parts_.before_layer_gradients) parts_.before_layer_gradients(i);
     auto& g = grads.layers[static_cast<size_t>(i)];
     if (chunked(S)) {
       {

@@ -50,6 +50,10 @@ struct LayerProgramParts {
   // runs over chunks of this many local tokens when it is below the
   // sequence; 0 (or >= the sequence): whole layers, as before.
   int64_t chunk_tokens = 0;
+  // Called before layer `layer`'s backward adds into grads.layers[layer]
+  // (LlamaModel::layer_grads: allocates gradients released after the last
+  // reduce-scatter, ZeRO 2-3); may be empty.
+  std::function<void(int64_t layer)> before_layer_gradients;
 };
 
 class LayerProgram {

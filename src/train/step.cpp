@@ -56,7 +56,8 @@ struct SingleDeviceProgram {
         program({model.layer(), model.config().layers,
                  shard && shard->weights ? *shard->weights : static_cast<runtime::WeightSource&>(weights),
                  shard && shard->exchange ? *shard->exchange : static_cast<runtime::StageExchange&>(none), trace,
-                 shard ? shard->on_layer_gradients : LayerGradientsHook{}, chunk_tokens}),
+                 shard ? shard->on_layer_gradients : LayerGradientsHook{}, chunk_tokens,
+                 [&model](int64_t layer) { model.layer_grads(layer); }}),
         positions{model.rope((shard ? shard->first : 0) + seq_len), shard ? shard->first : 0} {}
 };
 
@@ -68,6 +69,7 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   check_batch(model, batch);
   const auto& cfg = model.config();
   const auto& w = model.compute();
+  model.ensure_rest_grads();  // released after the last step's reduce-scatter (ZeRO 2-3)
   auto& g = model.grads();
   const int64_t B = batch.tokens.size(0), S = batch.tokens.size(1);
   SingleDeviceProgram run(model, S, trace, chunk_tokens, shard);

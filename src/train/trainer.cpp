@@ -21,6 +21,7 @@
 #include "memory/planned_allocator.h"
 #include "train/flops.h"
 #include "train/loss.h"
+#include "train/model_state.h"
 #include "train/step.h"
 #include "train/zero_checkpoint.h"
 #include "train/zero_optimizer.h"
@@ -103,6 +104,7 @@ void Trainer::resolve_model_and_device() {
     first_token_ = coords.sp_index * local_seq_;
     require_input(!options_.planned_memory, "--planned-memory is not built for many ranks yet");
   }
+  zero_stage_ = dist_ ? static_cast<int>(options_.zero < 0 ? 3 : options_.zero) : 0;  // the default: 3
 }
 
 // Everything that can fail on user input is checked before the model is
@@ -140,6 +142,8 @@ void Trainer::make_policy_and_check_fit() {
   if (options_.memory_check) {
     auto request = fit_request(local, config_, device_, compute_dtype_);
     request.chunk_tokens = chunk_tokens_;
+    request.zero = zero_stage_;  // this rank's shards of the model state
+    request.zero_world = dist_ ? dist_->world_size() : 1;
     check_fit(request);
   }
 }
@@ -199,17 +203,27 @@ void Trainer::build_model() {
 void Trainer::build_optimizer_and_prepare_policy() {
   for (auto& [name, t] : model_->grads().named()) grads_.push_back(t);
   const AdamWOptions adamw{options_.beta1, options_.beta2, 1e-8, options_.weight_decay};
-  zero_stage_ = dist_ ? static_cast<int>(options_.zero < 0 ? 3 : options_.zero) : 0;  // the default: 3
   if (zero_stage_ > 0) {
     zero_ = std::make_unique<ZeroOptimizer>(dist_->world(), model_->master(), zero_stage_, adamw);
     if (zero_stage_ == 3)
       sharded_layers_ = std::make_unique<runtime::ShardedLayerWeights>(dist_->world(), model_->compute().layers);
+    // What the shards replace goes before memo measures the free memory
+    // (docs/dist.md, "ZeRO"): the whole master weights (the compute copies
+    // stay: forward reads them; when the dtypes agree they are the same
+    // tensors and stay whole at stages 1-2); stages 2-3 the whole gradients
+    // (each backward allocates a layer's, reduce-scatters and releases them);
+    // stage 3 every compute layer but the first, which the start-up
+    // measurement runs (released after prepare).
+    model_->release_master();
+    if (zero_stage_ >= 2) model_->release_grads();
+    if (zero_stage_ == 3) model_->release_compute_layers(1);
   } else {
     std::vector<at::Tensor*> params;
     for (auto& [name, t] : model_->master().named()) params.push_back(t);
     optimizer_ = std::make_unique<AdamW>(params, grads_, adamw);
   }
   policy_->prepare(*model_, local_batch_, local_seq_);
+  if (zero_stage_ == 3) model_->release_compute_layers(0);  // ShardedLayerWeights serves every layer
   if (dist_ && dist_->mesh().sp > 1) exchange_ = std::make_unique<runtime::UlyssesExchange>(dist_->sp(), config_);
 }
 
@@ -224,16 +238,22 @@ void Trainer::load_starting_weights() {
     require_input(start_step_ < options_.steps, "--resume ", resumed_from_, ": the checkpoint is at step ",
                   start_step_, ", not before --steps ", options_.steps, "; nothing to do");
   } else if (model::has_hf_weights(options_.model)) {
-    model::load_hf_weights(options_.model, config_, model_->master());
-    model_->refresh_compute();
-    if (zero_) {  // the loaded weights into this rank's shards, moments at zero
+    if (zero_) {
+      // The model's whole master is released: the weights are read into
+      // whole temporaries, this rank keeps its shards (moments at zero) and
+      // publishes them where forward reads them.
+      auto whole = zero_->empty_whole(device_);
+      model::load_hf_weights(options_.model, config_, whole);
       std::vector<at::Tensor> m, v;
-      for (auto& [name, t] : model_->master().named()) {
+      for (auto& [name, t] : whole.named()) {
         m.push_back(at::zeros_like(*t));
         v.push_back(at::zeros_like(*t));
       }
-      zero_->load_whole(model_->master(), m, v, 0);
+      zero_->load_whole(whole, m, v, 0);
       zero_->publish(model_->compute(), sharded_layers_.get());
+    } else {
+      model::load_hf_weights(options_.model, config_, model_->master());
+      model_->refresh_compute();
     }
     weights_from_ = options_.model;
   }
@@ -377,7 +397,12 @@ MicroBatch Trainer::shard_of(MicroBatch global, int64_t& global_count) const {
 // 1: every unit reduce-scattered once, after the backward.
 void Trainer::start_gradient_reduction(int64_t layer, model::LayerWeights& layer_grads) {
   if (zero_) {
-    if (zero_stage_ >= 2) zero_->reduce_layer(layer, layer_grads);
+    // Stages 2-3, every micro-batch: the shards add up what each is given,
+    // and the layer's whole gradients go (reduce_layer took its staging copy).
+    if (zero_stage_ >= 2) {
+      zero_->reduce_layer(layer, layer_grads);
+      model_->release_layer_grads(layer);
+    }
     return;
   }
   for (auto& [name, t] : layer_grads.named()) reductions_.push_back(dist_->world().all_reduce(*t));
@@ -385,10 +410,7 @@ void Trainer::start_gradient_reduction(int64_t layer, model::LayerWeights& layer
 
 void Trainer::finish_gradient_reduction() {
   if (zero_) {
-    if (zero_stage_ == 1)
-      zero_->reduce_all(model_->grads());
-    else
-      zero_->reduce_rest(model_->grads());
+    if (zero_stage_ == 1) zero_->reduce_all(model_->grads());  // stages 2-3 reduced every micro-batch's
     zero_->finish_gradients();
     return;
   }
@@ -414,11 +436,17 @@ LossSum Trainer::accumulate_gradients(bool tracing, TrainSummary& summary) {
     shard.first = first_token_;
     shard.count = global_count;
     shard.weights = sharded_layers_.get();
-    if (dist_ && m + 1 == o.grad_accum)  // the last micro-batch completes each layer's gradients
+    // The last micro-batch completes each layer's gradients; ZeRO 2-3
+    // reduce-scatter every micro-batch's (its whole gradients are not kept).
+    if (dist_ && (m + 1 == o.grad_accum || zero_stage_ >= 2))
       shard.on_layer_gradients = [this](int64_t l, model::LayerWeights& g) { start_gradient_reduction(l, g); };
     total.add(forward_backward(*model_, *policy_, batch, 1.0 / static_cast<double>(o.grad_accum),
                                loss_chunk_, tracing ? trace_.get() : nullptr, chunk_tokens_,
                                dist_ ? &shard : nullptr));
+    if (zero_stage_ >= 2) {  // the embedding's, final norm's and head's, likewise
+      zero_->reduce_rest(model_->grads());
+      model_->release_rest_grads();
+    }
     summary.peak_activation_bytes =
         std::max(summary.peak_activation_bytes, policy_->peak_held().device);
     summary.host_bytes = std::max(summary.host_bytes, policy_->peak_held().host);
@@ -526,6 +554,7 @@ TrainSummary Trainer::summarize(RunTotals& totals) const {
   split.policy_holds_layer_kv = options_.policy == "keep";
   split.unit_tokens = local_batch_ * (split.chunked ? chunk_tokens_ : local_seq_);
   summary.peak_split = split_peak(split, config_, compute_dtype_);
+  summary.model_state = held_model_state(*model_, optimizer_.get(), zero_.get(), sharded_layers_.get());
   const double world = dist_ ? dist_->world_size() : 1;
   if (peak_flops_ > 0 && device_.is_cuda())
     summary.mfu = flops_per_step() * static_cast<double>(totals.timed_steps) / (totals.timed_seconds * peak_flops_ * world);
@@ -586,6 +615,11 @@ nlohmann::json to_json_fields(const TrainSummary& s) {
           {"peak_activation_bytes", s.peak_activation_bytes},
           {"host_bytes", s.host_bytes},
           {"peak_split", to_json(s.peak_split)},
+          {"model_state_bytes", {{"weights", s.model_state.weights},
+                                 {"master", s.model_state.master},
+                                 {"grads", s.model_state.grads},
+                                 {"moments", s.model_state.moments},
+                                 {"total", s.model_state.total()}}},
           {"no_context_loss", json_or_null(s.no_context_loss)},
           {"memory_plan", to_json(s.memory_plan)}};
 }

@@ -21,6 +21,7 @@
 #include "train/data.h"
 #include "train/memory_planning.h"
 #include "train/memory_split.h"
+#include "plan/cost_model.h"
 #include "train/optimizer.h"
 #include "train/option_table.h"
 #include "train/options.h"
@@ -68,6 +69,9 @@ struct TrainSummary {
   int64_t peak_activation_bytes = 0;  // held by the policy between forward and backward
   int64_t host_bytes = 0;             // pinned host memory the policy holds
   MemorySplit peak_split;             // peak_device_bytes by purpose (train/memory_split.h)
+  // The model state this rank holds after the last step (train/model_state.h;
+  // sharded by --zero on many ranks), counted from its tensors.
+  plan::ModelStateBytes model_state;
   std::optional<double> no_context_loss;
   MemoryPlanReport memory_plan;  // with --planned-memory
   std::optional<CommRecord> comm;  // many ranks: rank 0's bytes moved per step (the last step's)

@@ -186,6 +186,12 @@ void ZeroOptimizer::publish(const model::ModelWeights& compute, runtime::Sharded
   }
 }
 
+int64_t ZeroOptimizer::bytes_of(const std::vector<at::Tensor>& shards) {
+  int64_t bytes = 0;
+  for (const auto& t : shards) bytes += static_cast<int64_t>(t.nbytes());
+  return bytes;
+}
+
 at::Tensor& ZeroOptimizer::state_shard(int64_t unit, State which) {
   auto& list = which == State::Master ? master_ : which == State::FirstMoment ? m_ : v_;
   return list.at(static_cast<size_t>(unit));

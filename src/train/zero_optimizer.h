@@ -93,6 +93,11 @@ class ZeroOptimizer {
   // moments holds a NaN or an infinity (an all_reduce).
   bool any_non_finite();
 
+  // Bytes of the shards this rank holds (every unit's; the moments: both).
+  int64_t master_bytes() const { return bytes_of(master_); }
+  int64_t grad_bytes() const { return bytes_of(grads_); }
+  int64_t moment_bytes() const { return bytes_of(m_) + bytes_of(v_); }
+
   // Exposed for tests: this rank's shard buffers of a unit, [shard].
   const at::Tensor& master_shard(int64_t unit) const { return master_.at(static_cast<size_t>(unit)); }
   const at::Tensor& grad_shard(int64_t unit) const { return grads_.at(static_cast<size_t>(unit)); }
@@ -102,6 +107,7 @@ class ZeroOptimizer {
   void start_reduce(int64_t unit, const std::vector<const at::Tensor*>& grads);
   void retire_oldest();
   at::Tensor& state_shard(int64_t unit, State which);
+  static int64_t bytes_of(const std::vector<at::Tensor>& shards);
 
   dist::Group& group_;
   int stage_;
