@@ -130,7 +130,9 @@ TEST(GradClipping, MeasuresAndScalesWithoutCopyingTheGradients) {
                                 b.to(at::kDouble).square().sum().item<double>());
   double norm = 0.0;
   EXPECT_LT(peak_during([&] { norm = train::clip_grad_norm({&a, &b}, 1.0); }), a.numel() * 4 / 16);
-  EXPECT_NEAR(norm, want, 1e-6 * want);
+  // float32 accumulation over 131K squares: a few eps x log2(n), ~1e-6, was
+  // seen just past 1e-6; leaving out b (0.2% of the terms) moves it ~1e-3.
+  EXPECT_NEAR(norm, want, 1e-5 * want);
   const double after = std::sqrt(a.to(at::kDouble).square().sum().item<double>() +
                                  b.to(at::kDouble).square().sum().item<double>());
   EXPECT_NEAR(after, 1.0, 1e-5);
