@@ -83,12 +83,13 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   cm.chunk_tokens = chunk_tokens == 0 ? shard : std::min(chunk_tokens, shard);
   cm.chunks = (shard + cm.chunk_tokens - 1) / cm.chunk_tokens;
 
-  const double params = static_cast<double>(m.total_params());
-  // A compute dtype equal to the master's computes on the master weights (no copy).
-  cm.weight_bytes = params * (in.master_bytes + (in.compute_bytes == in.master_bytes ? 0 : in.compute_bytes));
-  cm.grad_bytes = params * in.master_bytes;
-  // Adam's moments sharded over the ranks holding the same weights (dp x sp).
-  cm.optimizer_bytes = 2.0 * in.master_bytes * params / static_cast<double>(zero_group(in));
+  // The model state a rank holds, as the whole-step plan counts it (ZeRO's
+  // shards on many ranks; one device: a compute dtype equal to the master's
+  // computes on the master weights, no copy).
+  const auto held = static_bytes_per_gpu(in);
+  cm.weight_bytes = held.weights;
+  cm.grad_bytes = held.grads;
+  cm.optimizer_bytes = held.optimizer;
   cm.static_bytes = cm.weight_bytes + cm.grad_bytes + cm.optimizer_bytes;
 
   const double c = in.compute_bytes, s = std::max(4, in.compute_bytes);

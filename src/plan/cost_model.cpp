@@ -327,10 +327,7 @@ CommPlan comm_plan(const PlanInputs& in, const std::string& policy, double recom
   return c;
 }
 
-namespace {
-
-// Weights (compute copy + master), gradients and Adam moments per GPU.
-void add_static_bytes(const PlanInputs& in, Plan& pl) {
+StaticBytes static_bytes_per_gpu(const PlanInputs& in) {
   // What memo train holds (model_state_bytes), at its peak within a step,
   // divided by tp (memo train has no tp; the planner's tp divides the weights).
   // Stage 0 keeps the whole AdamW state on every rank, as memo train does
@@ -340,9 +337,21 @@ void add_static_bytes(const PlanInputs& in, Plan& pl) {
   const int stage = z > 1 ? zero_stage(in) : 0;
   const auto held = model_state_bytes(in.model, stage, z, in.compute_bytes, in.master_bytes);
   const auto step = model_state_step_bytes(in.model, stage, z, in.compute_bytes, in.master_bytes);
-  pl.weight_bytes = static_cast<double>(held.weights + held.master + step.weights) / tp;
-  pl.grad_bytes = static_cast<double>(held.grads + step.grads) / tp;
-  pl.optimizer_bytes = static_cast<double>(held.moments) / tp;
+  StaticBytes b;
+  b.weights = static_cast<double>(held.weights + held.master + step.weights) / tp;
+  b.grads = static_cast<double>(held.grads + step.grads) / tp;
+  b.optimizer = static_cast<double>(held.moments) / tp;
+  return b;
+}
+
+namespace {
+
+// Weights (compute copy + master), gradients and Adam moments per GPU.
+void add_static_bytes(const PlanInputs& in, Plan& pl) {
+  const auto b = static_bytes_per_gpu(in);
+  pl.weight_bytes = b.weights;
+  pl.grad_bytes = b.grads;
+  pl.optimizer_bytes = b.optimizer;
 }
 
 // One layer's skeletal set (always-offloaded and the rest) and the transient working set.

@@ -256,6 +256,14 @@ ModelStateBytes model_state_bytes(const ModelShape& m, int stage, int64_t world,
 ModelStateBytes model_state_step_bytes(const ModelShape& m, int stage, int64_t world, int64_t compute_bytes,
                                        int64_t master_bytes);
 
+// Per GPU at its peak within a step, as the plan's static bytes: weights
+// (compute copy, master and stage 3's gathered layers), gradients and Adam's
+// moments, for in's zero stage and group, divided by tp.
+struct StaticBytes {
+  double weights = 0, grads = 0, optimizer = 0;
+};
+StaticBytes static_bytes_per_gpu(const PlanInputs& in);
+
 // One policy's communication per rank per step; `recomputed` is memo's
 // fraction of each swapped layer's tokens recomputed in backward (1 - alpha -
 // resident), `compute_s` the step's compute that ZeRO's collectives overlap.
