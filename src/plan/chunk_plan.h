@@ -6,8 +6,9 @@
 // sized by C) and chunk transients (one chunk's backward working set); the
 // host bytes; the `auto` chunk (the largest that fits the device); and the
 // longest context per policy under both the device and the host bound.
-// Pure C++ (no torch). It models the chunked executor issue 14 describes,
-// which has not landed: nothing here is measured yet.
+// Pure C++ (no torch). It models train/chunk_program's executor; on one
+// device its static, whole-sequence and buffer parts equal the run's measured
+// split (tests/test_peak_split_plan.cpp), its transients are within 2x.
 //
 // Scope: Llama-family models, one GPU per replica or Ulysses sequence
 // parallelism (tp = cp = 1; under sp > 1 chunks are chunks of a GPU's shard
