@@ -44,7 +44,7 @@ TEST(ChunkingUnderSp, PlanInputsAreTheWholeSequenceOverSpGpus) {
 TEST(ChunkingUnderSp, AutoFitsTheSpModelAndIsSmallerThanTheSingleDeviceOnes) {
   const int64_t unit = 512;  // 4096 / 8
   // A device that the single-device model of the shard fills at 2048 tokens.
-  const auto single_in = train::chunk_plan_inputs(context(1, 0));
+  const auto single_in = train::chunk_plan_inputs(context(1, 1e12));
   const double device = plan::chunk_memory(single_in, "recompute", 2048).device_bytes;
   const int64_t single = train::resolve_chunk_tokens({true, 0}, context(1, device));
   EXPECT_EQ(single, 2048);
