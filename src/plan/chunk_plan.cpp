@@ -102,24 +102,15 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   const double tokens = static_cast<double>(in.batch) * static_cast<double>(shard);
   const double chunk = static_cast<double>(in.batch) * static_cast<double>(cm.chunk_tokens);
 
-  auto whole = [&](const char* name, double per_token) {
+  auto whole = [&](const std::string& name, double per_token) {
     cm.whole_sequence.push_back({name, per_token * tokens, per_token});
     cm.whole_sequence_bytes += per_token * tokens;
     cm.whole_sequence_bytes_per_token += per_token;
   };
   const bool chunked = cm.chunks > 1;  // one chunk is the whole layer, as the runtime runs it
-  whole("hidden state (layer input and output; dy and dx)", 2.0 * h * c);
-  if (chunked && policy != "keep") whole("K and V of the layer", kv * c);
-  if (chunked && !sp) {
-    whole("dK and dV accumulators", kv * s);
-  } else if (chunked) {
-    // Head layout [B, S, 2 nkv_local d]: per token of the shard, 2 nkv d, or
-    // 2 sp d when sp replicates the kv heads (docs/chunks.md).
-    const double kv_heads = 2.0 * static_cast<double>(std::max(m.kv_heads, in.parallel.sp) * m.head_dim);
-    whole("K and V in head layout", kv_heads * c);
-    whole("dK and dV accumulators (head layout)", kv_heads * s);
-    whole("dq and input of each chunk, waiting for dK and dV", (a + h) * c);
-  }
+  for (const auto& part : layer_whole_sequence(m, in.compute_bytes, in.parallel.sp, chunked))
+    if (policy != "keep" || part.name != whole_part::kLayerKv)  // keep: among every layer's K and V
+      whole(part.name, part.bytes_per_token);
   if (policy == "keep") whole("every layer's skeletal set", n * skel);
   if (policy == "keep" && chunked) whole("every layer's K and V", n * kv * c);
   if (policy == "recompute") whole("every layer's input", n * h * c);
@@ -165,6 +156,26 @@ int64_t auto_chunk_unchecked(const PlanInputs& in, const std::string& policy, in
 }
 
 }  // namespace
+
+std::vector<BytesPart> layer_whole_sequence(const ModelShape& m, int compute_bytes, int64_t sp, bool chunked) {
+  const double c = compute_bytes, s = std::max(4, compute_bytes);
+  const double h = static_cast<double>(m.hidden), a = static_cast<double>(m.heads * m.head_dim);
+  const double kv = 2.0 * static_cast<double>(m.kv_heads * m.head_dim);
+  std::vector<BytesPart> parts{{whole_part::kHidden, 0, 2.0 * h * c}};
+  if (!chunked) return parts;
+  parts.push_back({whole_part::kLayerKv, 0, kv * c});
+  if (sp <= 1) {
+    parts.push_back({whole_part::kKvAccumulators, 0, kv * s});
+    return parts;
+  }
+  // Head layout [B, sp S_local, 2 nkv_local d]: per token of the shard,
+  // 2 nkv d, or 2 sp d when sp replicates the kv heads (docs/chunks.md).
+  const double kv_heads = 2.0 * static_cast<double>(std::max(m.kv_heads, sp) * m.head_dim);
+  parts.push_back({whole_part::kHeadKv, 0, kv_heads * c});
+  parts.push_back({whole_part::kHeadKvAccumulators, 0, kv_heads * s});
+  parts.push_back({whole_part::kWaiting, 0, (a + h) * c});
+  return parts;
+}
 
 void validate_chunk_inputs(const ChunkPlanInputs& in) {
   validate_chunk(in.plan, in.auto_chunk ? 0 : in.chunk_tokens);

@@ -7,8 +7,9 @@
 // host bytes; the `auto` chunk (the largest that fits the device); and the
 // longest context per policy under both the device and the host bound.
 // Pure C++ (no torch). It models train/chunk_program's executor; on one
-// device its static, whole-sequence and buffer parts equal the run's measured
-// split (tests/test_peak_split_plan.cpp), its transients are within 2x.
+// device and on 2 ranks of --sp 2 its static, whole-sequence and buffer parts
+// equal the run's measured split (tests/test_peak_split_plan.cpp), its
+// transients are within 2x.
 //
 // Scope: Llama-family models, one GPU per replica or Ulysses sequence
 // parallelism (tp = cp = 1; under sp > 1 chunks are chunks of a GPU's shard
@@ -32,6 +33,20 @@ struct BytesPart {
   double bytes = 0;
   double bytes_per_token = 0;  // per token of the batch x sequence
 };
+
+// The names of the whole-sequence parts of a chunked layer: one source for
+// this model, the run's `chunks` header line and its measured peak split
+// (train/chunking.h, train/memory_split.h), so they cannot drift.
+namespace whole_part {
+inline constexpr const char* kHidden = "hidden state (layer input and output; dy and dx)";
+inline constexpr const char* kLayerKv = "K and V of the layer";
+inline constexpr const char* kKvAccumulators = "dK and dV accumulators";
+// Under sp (Ulysses): K, V and their accumulators in head layout, and what
+// backward keeps of each chunk until dK, dV are complete.
+inline constexpr const char* kHeadKv = "K and V in head layout";
+inline constexpr const char* kHeadKvAccumulators = "dK and dV accumulators (head layout)";
+inline constexpr const char* kWaiting = "dq and input of each chunk, waiting for dK and dV";
+}  // namespace whole_part
 
 // One policy at one chunk size, per GPU.
 struct ChunkMemory {
@@ -95,6 +110,14 @@ void validate_chunk_inputs(const ChunkPlanInputs& in);
 
 // One policy at chunk_tokens (>= 1; 0 for the whole sequence); validates.
 ChunkMemory chunk_memory(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens);
+
+// The whole-sequence tensors of one layer as the executor holds them on a
+// GPU, without what the policy keeps (bytes_per_token per token of the GPU's
+// shard; bytes 0): the hidden state, and with chunked layers (chunked: more
+// than one chunk) K and V of the layer and their accumulators, under sp > 1
+// (tp = cp = 1) the accumulators in head layout, K and V in head layout too,
+// and each chunk's waiting dq and input. c: compute element size.
+std::vector<BytesPart> layer_whole_sequence(const ModelShape& m, int compute_bytes, int64_t sp, bool chunked);
 
 // The largest chunk for `policy` that fits the device: the GPU's shard
 // (seq_len / sp; one chunk) when that fits, else the largest multiple of unit below it

@@ -346,6 +346,10 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
   // --chunk-tokens: every setting under every policy, a policy's rows side by side.
   const auto settings = parse_chunk_tokens(o.chunk_tokens);
   ChunkContext chunk_context{cfg, local.batch, local.seq_len, "keep", ex.device, ex.compute_dtype, o.sp};
+  if (ranks) {  // each row's Trainer: the mesh's dp, ZeRO stage 3 by default
+    chunk_context.dp = ranks->mesh().dp;
+    chunk_context.zero = static_cast<int>(o.zero < 0 ? 3 : o.zero);
+  }
   if (std::any_of(settings.begin(), settings.end(), [](const ChunkSetting& s) { return s.automatic; }))
     chunk_context.device_bytes = measure_memory(fit_request(local, cfg, ex.device, ex.compute_dtype)).device;
 

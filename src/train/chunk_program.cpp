@@ -21,6 +21,7 @@
 
 #include "model/chunk_stages.h"
 #include "model/ops.h"
+#include "plan/chunk_plan.h"
 #include "runtime/chunk_exchange.h"
 #include "train/layer_program.h"
 
@@ -40,6 +41,26 @@ model::LayerActivations chunk_storage(const model::LayerActivations* storage, in
   if (!storage) return {};
   if (storage->n1.defined() && storage->n1.size(1) == n) return *storage;
   return model::token_slice(*storage, 0, n);
+}
+
+// Under sp, what backward keeps of a chunk until dK, dV are complete.
+struct WaitingChunk {
+  at::Tensor x;   // [B, n, h] the chunk's input
+  at::Tensor dq;  // [B, n, nh d] token layout
+};
+
+int64_t storage_bytes(const at::Tensor& t) { return t.defined() ? static_cast<int64_t>(t.storage().nbytes()) : 0; }
+
+// The bytes of the sp parts at their most (every chunk's attention backward
+// done), from the storage the runtime allocated: K, V and dK, dV in head
+// layout, and every chunk's waiting dq and input.
+void note_waiting_parts(MeasuredParts& measured, const at::Tensor& kv_heads, const at::Tensor& dkv_heads,
+                        const std::vector<WaitingChunk>& waiting) {
+  int64_t waiting_bytes = 0;
+  for (const auto& w : waiting) waiting_bytes += storage_bytes(w.x) + storage_bytes(w.dq);
+  measured.note(plan::whole_part::kHeadKv, storage_bytes(kv_heads));
+  measured.note(plan::whole_part::kHeadKvAccumulators, storage_bytes(dkv_heads));
+  measured.note(plan::whole_part::kWaiting, waiting_bytes);
 }
 
 }  // namespace
@@ -160,11 +181,7 @@ at::Tensor LayerProgram::backward_layer_chunks_exchanged(int64_t index, const mo
   auto dkv_heads = at::zeros_like(ctx.kv_heads, ctx.kv_heads.options().dtype(model::stat_dtype(dy.scalar_type())));
   auto dx = at::empty({B, S, c.hidden}, dy.options());  // [B, S, h]: dx2 first, then the whole dx
   const int64_t chunks = (S + C - 1) / C;
-  struct Waiting {
-    at::Tensor x;   // [B, n, h] the chunk's input
-    at::Tensor dq;  // [B, n, nh d] token layout
-  };
-  std::vector<Waiting> waiting(static_cast<size_t>(chunks));
+  std::vector<WaitingChunk> waiting(static_cast<size_t>(chunks));
   for (int64_t chunk = chunks - 1; chunk >= 0; --chunk) {
     const int64_t t0 = chunk * C, n = std::min(C, S - t0);
     ctx.t0 = t0;
@@ -179,6 +196,7 @@ at::Tensor LayerProgram::backward_layer_chunks_exchanged(int64_t index, const mo
     // A copy: the policy's rounding buffer holding it is reused by the next unit.
     wait.x = acts.x.clone();
   }
+  if (parts_.measured) note_waiting_parts(*parts_.measured, ctx.kv_heads, dkv_heads, waiting);
   ctx.kv.reset();
   ctx.kv_heads.reset();
   for (int64_t chunk = chunks - 1; chunk >= 0; --chunk) {

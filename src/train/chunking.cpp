@@ -29,18 +29,22 @@ ChunkSetting parse_value(const std::string& value) {
   return {false, tokens};
 }
 
-// The plan inputs of the run (one device per replica), its device's memory.
-plan::PlanInputs plan_inputs(const ChunkContext& ctx) {
+}  // namespace
+
+plan::PlanInputs chunk_plan_inputs(const ChunkContext& ctx) {
   plan::PlanInputs in;
   in.model = model::to_plan_shape(ctx.config);
-  in.seq_len = ctx.seq_len;
+  in.seq_len = ctx.seq_len * ctx.sp;  // the plan's sequence is the whole one; a GPU's shard is seq_len / sp
   in.batch = ctx.batch;
+  in.parallel.sp = ctx.sp;
+  in.parallel.dp = ctx.dp;
+  in.zero = ctx.zero;
   in.compute_bytes = static_cast<int>(c10::elementSize(ctx.compute_dtype));
   in.master_bytes = 4;
   in.hardware = plan::hardware_preset("h200-141gb");
   in.hardware.name = ctx.device.str();
   in.hardware.device_bytes = ctx.device_bytes;
-  in.hardware.gpus_per_host = 1;
+  in.hardware.gpus_per_host = ctx.sp * ctx.dp;
   if (ctx.device.is_cpu()) in.hardware.reserve_bytes = 64.0 * 1024 * 1024;  // no CUDA context
   const int64_t loss_chunk =
       default_loss_chunk(ctx.config.vocab_size, ctx.compute_dtype, default_loss_budget(ctx.device));
@@ -48,8 +52,6 @@ plan::PlanInputs plan_inputs(const ChunkContext& ctx) {
                         static_cast<double>(loss_bytes_per_token(ctx.config.vocab_size, ctx.compute_dtype));
   return in;
 }
-
-}  // namespace
 
 std::vector<ChunkSetting> parse_chunk_tokens(const std::string& text) {
   std::vector<ChunkSetting> out;
@@ -75,33 +77,34 @@ int64_t resolve_chunk_tokens(const ChunkSetting& setting, const ChunkContext& ct
   if (!setting.automatic) return setting.tokens;
   // auto: the largest chunk the memory model says fits; a unit of 1024
   // tokens, or an eighth of a short sequence.
-  const auto in = plan_inputs(ctx);
+  const auto in = chunk_plan_inputs(ctx);
   const int64_t unit = std::clamp<int64_t>(ctx.seq_len / 8, 1, 1024);
   const int64_t chunk = plan::auto_chunk_tokens(in, ctx.policy, unit);
   require_input(chunk > 0, "--chunk-tokens auto: not even a chunk of ", unit, " tokens fits ",
                 format_bytes(ctx.device_bytes), " of ", ctx.device.str(), " at batch ", ctx.batch, " x seq_len ",
-                ctx.seq_len, " under ", ctx.policy, " (the memory model of docs/chunks.md)");
+                ctx.seq_len, (ctx.sp > 1 ? " per rank of --sp " + std::to_string(ctx.sp) : std::string()), " under ", ctx.policy,
+                " (the memory model of docs/chunks.md)");
   return chunk >= ctx.seq_len ? 0 : chunk;
 }
 
-std::vector<WholeSequenceTensor> whole_sequence_tensors(const model::ModelConfig& c, c10::ScalarType compute) {
-  const int64_t cb = static_cast<int64_t>(c10::elementSize(compute));
-  const int64_t sb = std::max<int64_t>(4, cb);  // the statistics dtype
-  const int64_t kv = 2 * c.kv_heads * c.head_dim;
-  // The same list as plan/chunk_plan.cpp's evaluate (without the policy's own part).
-  return {{"hidden state (layer input and output; dy and dx)", 2 * c.hidden * cb},
-          {"K and V of the layer", kv * cb},
-          {"dK and dV accumulators", kv * sb}};
+std::vector<WholeSequenceTensor> whole_sequence_tensors(const model::ModelConfig& c, c10::ScalarType compute,
+                                                        int64_t sp, bool chunked) {
+  std::vector<WholeSequenceTensor> out;
+  for (const auto& part : plan::layer_whole_sequence(model::to_plan_shape(c),
+                                                     static_cast<int>(c10::elementSize(compute)), sp, chunked))
+    out.push_back({part.name, static_cast<int64_t>(part.bytes_per_token)});
+  return out;
 }
 
-std::string describe_whole_sequence(const model::ModelConfig& c, c10::ScalarType compute) {
+std::string describe_whole_sequence(const model::ModelConfig& c, c10::ScalarType compute, int64_t sp) {
   std::string out;
   int64_t total = 0;
-  for (const auto& t : whole_sequence_tensors(c, compute)) {
+  for (const auto& t : whole_sequence_tensors(c, compute, sp)) {
     out += (out.empty() ? "" : ", ") + t.name + " " + format_bytes(static_cast<double>(t.bytes_per_token));
     total += t.bytes_per_token;
   }
-  return out + " = " + format_bytes(static_cast<double>(total)) + " per token";
+  return out + " = " + format_bytes(static_cast<double>(total)) +
+         (sp > 1 ? " per token of a rank's shard" : " per token");
 }
 
 }  // namespace memo::train

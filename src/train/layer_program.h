@@ -15,8 +15,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <string>
 
 #include "model/llama.h"
 #include "runtime/policy.h"
@@ -38,6 +41,19 @@ struct TokenPositions {
 // complete in `grads` (where a reduce-scatter of them will start).
 using LayerGradientsHook = std::function<void(int64_t layer, model::LayerWeights& grads)>;
 
+// The whole-sequence tensors the chunked program allocates beyond those the
+// run's peak split counts from the shapes (under sp: K, V and dK, dV in head
+// layout, each chunk's waiting dq and input), by plan/chunk_plan.h's part
+// name: the most bytes each held at once, over every layer and step
+// (train/memory_split.h).
+struct MeasuredParts {
+  std::map<std::string, int64_t> bytes;
+  void note(const std::string& name, int64_t held) {
+    auto& most = bytes[name];
+    most = std::max(most, held);
+  }
+};
+
 // What the program runs on; the references must outlive it.
 struct LayerProgramParts {
   const model::DecoderLayer& layer;
@@ -54,6 +70,7 @@ struct LayerProgramParts {
   // (LlamaModel::layer_grads: allocates gradients released after the last
   // reduce-scatter, ZeRO 2-3); may be empty.
   std::function<void(int64_t layer)> before_layer_gradients;
+  MeasuredParts* measured = nullptr;  // where the chunked program notes its parts; may be null
 };
 
 class LayerProgram {

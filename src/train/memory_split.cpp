@@ -6,6 +6,7 @@
 #include <c10/core/ScalarType.h>
 
 #include "core/units.h"
+#include "plan/chunk_plan.h"
 #include "train/chunking.h"
 
 namespace memo::train {
@@ -21,13 +22,18 @@ MemorySplit split_peak(const MemorySplitInputs& in, const model::ModelConfig& c,
           : 0;
   s.chunk_buffer_bytes = in.buffer_bytes + in_flight;
   s.static_bytes = std::max<int64_t>(0, in.allocated_before_step - in.buffer_bytes);
-  int64_t per_token = 0;
-  for (const auto& t : whole_sequence_tensors(c, compute)) {
-    if (!in.chunked && t.name.rfind("hidden", 0) != 0) continue;  // K, V only when chunked
-    if (in.policy_holds_layer_kv && t.name.rfind("K and V", 0) == 0) continue;  // counted in the policy's
-    per_token += t.bytes_per_token;
+  int64_t whole = 0;
+  for (const auto& t : whole_sequence_tensors(c, compute, in.sp, in.chunked)) {
+    if (in.policy_holds_layer_kv && t.name == plan::whole_part::kLayerKv) continue;  // counted in the policy's
+    const auto measured = in.measured_parts.find(t.name);
+    if (measured == in.measured_parts.end()) {
+      whole += t.bytes_per_token * in.tokens;
+    } else {
+      whole += measured->second;
+      s.measured_parts.insert(*measured);
+    }
   }
-  s.whole_sequence_bytes = per_token * in.tokens + held - in_flight;
+  s.whole_sequence_bytes = whole + held - in_flight;
   s.transient_bytes =
       std::max<int64_t>(0, in.peak_bytes - s.static_bytes - s.whole_sequence_bytes - s.chunk_buffer_bytes);
   return s;
@@ -37,7 +43,8 @@ nlohmann::json to_json(const MemorySplit& s) {
   return {{"static_bytes", s.static_bytes},
           {"whole_sequence_bytes", s.whole_sequence_bytes},
           {"chunk_buffer_bytes", s.chunk_buffer_bytes},
-          {"transient_bytes", s.transient_bytes}};
+          {"transient_bytes", s.transient_bytes},
+          {"measured_whole_sequence", s.measured_parts}};
 }
 
 std::string describe(const MemorySplit& s) {

@@ -15,11 +15,16 @@
 //                   what the policy held at its peak beyond its buffers (keep:
 //                   every skeletal set, chunked every layer's K and V;
 //                   recompute: the layer inputs; offload, memo: what they
-//                   held beyond the buffers and the inputs in flight);
+//                   held beyond the buffers and the inputs in flight); under
+//                   --sp > 1 with chunked layers the head-layout K, V and
+//                   dK, dV and the waiting dq and inputs, measured where the
+//                   chunk program allocates them (train/layer_program.h's
+//                   MeasuredParts; the names are plan/chunk_plan.h's);
 //   transients      the rest of the measured peak (one layer's or one chunk's
 //                   working set, the loss chunk, allocator rounding).
-// The first and the peak are measured; the whole-sequence part is computed,
-// so the transients are what the measurement leaves (clamped at 0).
+// The first and the peak are measured; the whole-sequence part is computed
+// (but for the parts measured), so the transients are what the measurement
+// leaves (clamped at 0).
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -27,6 +32,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "model/config.h"
@@ -36,6 +42,9 @@ namespace memo::train {
 struct MemorySplit {
   int64_t static_bytes = 0;
   int64_t whole_sequence_bytes = 0;
+  // The whole-sequence parts the runtime measured (by plan/chunk_plan.h's
+  // name), as counted in whole_sequence_bytes; empty when none was.
+  std::map<std::string, int64_t> measured_parts;
   int64_t chunk_buffer_bytes = 0;
   int64_t transient_bytes = 0;
 };
@@ -51,6 +60,10 @@ struct MemorySplitInputs {
   // V are among policy_peak_bytes, not beside them.
   bool policy_holds_layer_kv = false;
   int64_t unit_tokens = 0;  // batch x tokens of a unit (a chunk; the sequence with whole layers)
+  int64_t sp = 1;           // sequence parallel degree (tokens: the rank's shard)
+  // Whole-sequence parts the runtime measured, by name (the most held at
+  // once): they replace the parts of that name computed from the shapes.
+  std::map<std::string, int64_t> measured_parts;
 };
 
 MemorySplit split_peak(const MemorySplitInputs& in, const model::ModelConfig& c, c10::ScalarType compute);

@@ -373,7 +373,8 @@ const std::vector<HeaderLine>& fixed_header_lines() {
        }},
       {"chunks", [](const TrainOptions& o, const ResolvedRun& r) -> Text {
          if (r.chunk_tokens <= 0) return strf("whole layers (--chunk-tokens %s)", o.chunk_tokens.c_str());
-         const int64_t chunks = (o.seq_len + r.chunk_tokens - 1) / r.chunk_tokens;
+         const int64_t shard = o.seq_len / std::max<int64_t>(1, o.sp);  // chunks of a rank's tokens
+         const int64_t chunks = (shard + r.chunk_tokens - 1) / r.chunk_tokens;
          return strf("%lld tokens per chunk, %lld chunks per layer (--chunk-tokens %s); whole-sequence tensors "
                      "on the device: %s",
                      (long long)r.chunk_tokens, (long long)chunks, o.chunk_tokens.c_str(), r.whole_sequence.c_str());

@@ -57,7 +57,7 @@ struct SingleDeviceProgram {
                  shard && shard->weights ? *shard->weights : static_cast<runtime::WeightSource&>(weights),
                  shard && shard->exchange ? *shard->exchange : static_cast<runtime::StageExchange&>(none), trace,
                  shard ? shard->on_layer_gradients : LayerGradientsHook{}, chunk_tokens,
-                 [&model](int64_t layer) { model.layer_grads(layer); }}),
+                 [&model](int64_t layer) { model.layer_grads(layer); }, shard ? shard->measured : nullptr}),
         positions{model.rope((shard ? shard->first : 0) + seq_len), shard ? shard->first : 0} {}
 };
 

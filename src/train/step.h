@@ -38,6 +38,7 @@ struct SequenceShard {
   int64_t count = -1;                          // < 0: this batch's supervised tokens
   LayerGradientsHook on_layer_gradients;       // may be empty
   runtime::WeightSource* weights = nullptr;    // the layers' weights (ZeRO 3); null: the model's compute copies
+  MeasuredParts* measured = nullptr;           // the chunked program's measured parts; may be null
 };
 
 // Forward and backward; gradients (scaled by grad_weight / count) are added

@@ -123,6 +123,8 @@ void Trainer::make_policy_and_check_fit() {
   // --chunk-tokens: auto from the memory model for this device's memory (train/chunking.h).
   const auto chunking = parse_one_chunk_setting(options_.chunk_tokens);
   ChunkContext cc{config_, local_batch_, local_seq_, options_.policy, device_, compute_dtype_, options_.sp};
+  cc.dp = dist_ ? dist_->mesh().dp : 1;
+  cc.zero = zero_stage_;
   if (chunking.automatic) cc.device_bytes = measure_memory(fit_request(local, config_, device_, compute_dtype_)).device;
   chunk_tokens_ = resolve_chunk_tokens(chunking, cc);
   po.chunk_tokens = chunk_tokens_;
@@ -270,7 +272,7 @@ ResolvedRun Trainer::resolved_run() const {
   r.policy = policy_->name();
   r.alpha = policy_->alpha();
   r.chunk_tokens = chunk_tokens_;
-  r.whole_sequence = describe_whole_sequence(config_, compute_dtype_);
+  r.whole_sequence = describe_whole_sequence(config_, compute_dtype_, dist_ ? dist_->mesh().sp : 1);
   r.host_budget_bytes = host_budget_.bytes;
   r.host_budget_source = host_budget_.source;
   r.attention_kernel = model::attention_kernel_name(model_->layer().kernel());
@@ -436,6 +438,7 @@ LossSum Trainer::accumulate_gradients(bool tracing, TrainSummary& summary) {
     shard.first = first_token_;
     shard.count = global_count;
     shard.weights = sharded_layers_.get();
+    shard.measured = &measured_parts_;
     // The last micro-batch completes each layer's gradients; ZeRO 2-3
     // reduce-scatter every micro-batch's (its whole gradients are not kept).
     if (dist_ && (m + 1 == o.grad_accum || zero_stage_ >= 2))
@@ -553,6 +556,8 @@ TrainSummary Trainer::summarize(RunTotals& totals) const {
   split.chunked = chunk_tokens_ > 0 && chunk_tokens_ < local_seq_;
   split.policy_holds_layer_kv = options_.policy == "keep";
   split.unit_tokens = local_batch_ * (split.chunked ? chunk_tokens_ : local_seq_);
+  split.sp = dist_ ? dist_->mesh().sp : 1;
+  split.measured_parts = measured_parts_.bytes;
   summary.peak_split = split_peak(split, config_, compute_dtype_);
   summary.model_state = held_model_state(*model_, optimizer_.get(), zero_.get(), sharded_layers_.get());
   const double world = dist_ ? dist_->world_size() : 1;

@@ -151,6 +151,7 @@ class Trainer {
   int64_t loss_chunk_ = 1;  // tokens per cross-entropy chunk (--loss-chunk, or from the device's budget)
   int64_t chunk_tokens_ = 0;  // tokens per layer chunk (--chunk-tokens resolved; 0: whole layers)
   int64_t allocated_before_steps_ = 0;  // device bytes allocated when the constructor ends
+  MeasuredParts measured_parts_;        // the chunked program's sp parts (the peak split's)
   std::unique_ptr<model::LlamaModel> model_;
   std::unique_ptr<runtime::ActivationPolicy> policy_;
   std::unique_ptr<DataSource> data_;
