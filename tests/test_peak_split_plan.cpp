@@ -7,7 +7,7 @@
 // 64 KiB: what the plan does not list, e.g. the RoPE table); the transients,
 // which the run gives as the rest of its peak and the plan as the largest
 // working set from per-token formulas, within 2x either way. The plan's host
-// bytes against the run's host pool, below.
+// bytes (and the fit check's pool) against the run's host pool, below.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -20,6 +20,7 @@
 #include "model/config.h"
 #include "plan/chunk_plan.h"
 #include "plan/hardware.h"
+#include "train/fit_check.h"
 #include "train/trainer.h"
 
 namespace memo {
@@ -153,6 +154,14 @@ TEST_P(HostBytesAgainstPlan, HostPoolIsThePlans) {
   EXPECT_GE(static_cast<double>(summary.host_bytes), planned - slack);
   EXPECT_LE(static_cast<double>(summary.host_bytes), planned + slack);
   if (std::string(p.policy) == "keep" || std::string(p.policy) == "recompute") EXPECT_EQ(summary.host_bytes, 0);
+
+  // The fit check's pool, checked before a run, is the same.
+  auto config = model::resolve_model(o.model);
+  config.layers = o.layers;
+  auto r = train::fit_request(o, config, c10::Device(c10::kCPU), c10::ScalarType::Float);
+  r.chunk_tokens = p.chunk;
+  const auto fit = train::estimate_fit(r, train::MemoryAvailable{});
+  EXPECT_NEAR(fit.pool, static_cast<double>(summary.host_bytes), slack);
 }
 
 INSTANTIATE_TEST_SUITE_P(
