@@ -165,12 +165,17 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
     const int64_t last = shard - (cm.chunks - 1) * cm.chunk_tokens;  // the last chunk's tokens
     const int64_t units = m.layers * cm.chunks;
     const int64_t offloaded = static_cast<int64_t>(std::floor(memo_alpha * static_cast<double>(cm.chunk_tokens)));
-    double swapped = 0, rest = 0;  // tokens of the swapped units, and of their offloaded share
-    for (int64_t u = 0; u + 2 < units; ++u) {
-      const int64_t tokens_u = u % cm.chunks == cm.chunks - 1 ? last : cm.chunk_tokens;
-      swapped += static_cast<double>(tokens_u);
-      rest += static_cast<double>(std::min(offloaded, tokens_u));
-    }
+    // Counted, not walked (the longest-context search reaches billions of
+    // units): of the two units held back, one is a last chunk when a layer
+    // has two chunks or more, both when it has one.
+    const int64_t held = std::min<int64_t>(2, units);
+    const int64_t swapped_last = m.layers - (cm.chunks >= 2 ? std::min<int64_t>(1, held) : held);  // shorter chunks
+    const double swapped_full = static_cast<double>(units - held - swapped_last);
+    const double last_units = static_cast<double>(swapped_last);
+    // Tokens of the swapped units, and of their offloaded share.
+    const double swapped = swapped_full * static_cast<double>(cm.chunk_tokens) + last_units * static_cast<double>(last);
+    const double rest = swapped_full * static_cast<double>(std::min(offloaded, cm.chunk_tokens)) +
+                        last_units * static_cast<double>(std::min(offloaded, last));
     const double batch = static_cast<double>(in.batch);
     host("x, o and lse of the swapped units", fixed * swapped * batch);
     if (rest > 0) host("the offloaded share of their other tensors", (skel - fixed) * rest * batch);
