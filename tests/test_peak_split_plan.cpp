@@ -12,7 +12,8 @@
 // waiting dq and inputs are measured from the storage the chunk program
 // allocates and each must equal the plan's part of the same name (the
 // transients within 2x above and 4x below: the plan bounds them); the run's
-// `chunks` header line names them.
+// `chunks` header line names them. The plan's host bytes (and the fit
+// check's pool) against the run's host pool, below.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -30,6 +31,7 @@
 #include "plan/chunk_plan.h"
 #include "plan/hardware.h"
 #include "rank_runner.h"
+#include "train/fit_check.h"
 #include "train/trainer.h"
 
 namespace memo {
@@ -57,28 +59,8 @@ std::string model_file() {
   return path;
 }
 
-// The plan's split of the same run per GPU (float32, ZeRO 0, no loss chunk:
-// vocab 256 keeps it below a chunk's working set) over sp GPUs.
-plan::ChunkMemory planned(const SplitCase& p, int64_t sp) {
-  auto config = model::resolve_model(model_file());
-  config.layers = 3;
-  plan::PlanInputs in;
-  in.model = model::to_plan_shape(config);
-  in.seq_len = 512;
-  in.batch = 1;
-  in.compute_bytes = 4;
-  in.master_bytes = 4;
-  in.zero = 0;
-  in.parallel.sp = sp;
-  in.hardware = plan::hardware_preset("h200-141gb");
-  in.loss_chunk_bytes = 0;
-  return plan::chunk_memory(in, p.policy, p.chunk);
-}
-
-class PeakSplitAgainstPlan : public ::testing::TestWithParam<SplitCase> {};
-
-TEST_P(PeakSplitAgainstPlan, MeasuredPartsAreThePlans) {
-  const auto& p = GetParam();
+// memo train's options for a short CPU run of the model above.
+train::TrainOptions small_run(const char* policy, int64_t chunk) {
   train::TrainOptions o;
   o.model = model_file();
   o.layers = 3;
@@ -88,9 +70,41 @@ TEST_P(PeakSplitAgainstPlan, MeasuredPartsAreThePlans) {
   o.warmup = 0;
   o.device = "cpu";
   o.dtype = "float32";
-  o.policy = p.policy;
-  o.chunk_tokens = std::to_string(p.chunk);
+  o.policy = policy;
+  o.chunk_tokens = std::to_string(chunk);
   o.memory_check = false;
+  return o;
+}
+
+// The plan's inputs for the same shape (float32, one H200's preset).
+plan::PlanInputs plan_inputs(const train::TrainOptions& o) {
+  auto config = model::resolve_model(o.model);
+  config.layers = o.layers;
+  plan::PlanInputs in;
+  in.model = model::to_plan_shape(config);
+  in.seq_len = o.seq_len;
+  in.batch = o.batch;
+  in.compute_bytes = 4;
+  in.master_bytes = 4;
+  in.zero = 0;
+  in.hardware = plan::hardware_preset("h200-141gb");
+  in.loss_chunk_bytes = 0;
+  return in;
+}
+
+// The plan's split of the same run per GPU over sp GPUs (no loss chunk:
+// vocab 256 keeps it below a chunk's working set).
+plan::ChunkMemory planned(const SplitCase& p, int64_t sp) {
+  auto in = plan_inputs(small_run(p.policy, p.chunk));
+  in.parallel.sp = sp;
+  return plan::chunk_memory(in, p.policy, p.chunk);
+}
+
+class PeakSplitAgainstPlan : public ::testing::TestWithParam<SplitCase> {};
+
+TEST_P(PeakSplitAgainstPlan, MeasuredPartsAreThePlans) {
+  const auto& p = GetParam();
+  auto o = small_run(p.policy, p.chunk);
   if (std::string(p.policy) == "memo") o.alpha = 0.5;
   train::Trainer trainer(o);
   const auto summary = trainer.run([](const train::StepRecord&) {});
@@ -114,6 +128,67 @@ INSTANTIATE_TEST_SUITE_P(Policies, PeakSplitAgainstPlan,
                                            SplitCase{"recompute", 64}, SplitCase{"offload", 0},
                                            SplitCase{"offload", 64}, SplitCase{"memo", 0}, SplitCase{"memo", 64}),
                          [](const auto& info) { return case_name(info.param); });
+
+// The plan's host bytes (host_bytes at memo's alpha) against the activation
+// store's host pool as the run reports it (`host_bytes` in the summary),
+// under keep, recompute, offload and memo at alpha 0, 0.37 and 1, whole
+// layers and chunks of 64 (dividing) and 96 (not dividing) of 512 tokens:
+// equal to the pool's 16-byte slot alignment.
+struct HostCase {
+  const char* policy;
+  int64_t chunk;       // 0: whole layers
+  double alpha = -1;   // memo's offloaded fraction
+};
+
+std::string case_name(const HostCase& c) {
+  std::string name = std::string(c.policy) + "_c" + std::to_string(c.chunk);
+  if (c.alpha >= 0) name += "_a" + std::to_string(static_cast<int>(c.alpha * 100));
+  return name;
+}
+
+class HostBytesAgainstPlan : public ::testing::TestWithParam<HostCase> {};
+
+TEST_P(HostBytesAgainstPlan, HostPoolIsThePlans) {
+  const auto& p = GetParam();
+  auto o = small_run(p.policy, p.chunk);
+  o.steps = 1;
+  if (p.alpha >= 0) o.alpha = p.alpha;
+  train::Trainer trainer(o);
+  const auto summary = trainer.run([](const train::StepRecord&) {});
+
+  const auto in = plan_inputs(o);
+  const auto want = plan::chunk_memory(in, p.policy, p.chunk, p.alpha >= 0 ? p.alpha : 0.0);
+  const double planned = want.host_bytes;
+
+  // Slack: 16 bytes of alignment per slot (11 skeletal tensors per unit, and
+  // a K, V slot per layer).
+  const double units = static_cast<double>(o.layers * want.chunks);
+  const double slack = 16.0 * (11.0 * units + static_cast<double>(o.layers));
+  std::string parts;
+  for (const auto& part : want.host) parts += " " + part.name + " " + std::to_string(static_cast<long long>(part.bytes)) + ";";
+  std::printf("%s: host pool %lld, plan %.0f (%s), slack %.0f\n", case_name(p).c_str(),
+              (long long)summary.host_bytes, planned, parts.c_str(), slack);
+  EXPECT_GE(static_cast<double>(summary.host_bytes), planned - slack);
+  EXPECT_LE(static_cast<double>(summary.host_bytes), planned + slack);
+  if (std::string(p.policy) == "keep" || std::string(p.policy) == "recompute") EXPECT_EQ(summary.host_bytes, 0);
+
+  // The fit check's pool, checked before a run, is the same.
+  auto config = model::resolve_model(o.model);
+  config.layers = o.layers;
+  auto r = train::fit_request(o, config, c10::Device(c10::kCPU), c10::ScalarType::Float);
+  r.chunk_tokens = p.chunk;
+  const auto fit = train::estimate_fit(r, train::MemoryAvailable{});
+  EXPECT_NEAR(fit.pool, static_cast<double>(summary.host_bytes), slack);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Policies, HostBytesAgainstPlan,
+    ::testing::Values(HostCase{"keep", 0}, HostCase{"keep", 96}, HostCase{"recompute", 0}, HostCase{"recompute", 96},
+                      HostCase{"offload", 0}, HostCase{"offload", 64}, HostCase{"offload", 96},
+                      HostCase{"memo", 0, 0.0}, HostCase{"memo", 64, 0.0}, HostCase{"memo", 96, 0.0},
+                      HostCase{"memo", 0, 0.37}, HostCase{"memo", 64, 0.37}, HostCase{"memo", 96, 0.37},
+                      HostCase{"memo", 0, 1.0}, HostCase{"memo", 64, 1.0}, HostCase{"memo", 96, 1.0}),
+    [](const auto& info) { return case_name(info.param); });
 
 }  // namespace
 }  // namespace memo

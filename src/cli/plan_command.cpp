@@ -199,6 +199,8 @@ nlohmann::json to_json(const plan::ChunkPlan& cp) {
     const auto& lc = cp.longest[i];
     nlohmann::json whole = nlohmann::json::object();
     for (const auto& part : m.whole_sequence) whole[part.name] = part.bytes;
+    nlohmann::json host = nlohmann::json::object();
+    for (const auto& part : m.host) host[part.name] = part.bytes;
     j["policies"].push_back({{"policy", m.policy},
                              {"chunk_tokens", m.chunk_tokens},
                              {"chunks", m.chunks},
@@ -211,6 +213,7 @@ nlohmann::json to_json(const plan::ChunkPlan& cp) {
                              {"reserve_bytes", m.reserve_bytes},
                              {"device_bytes", m.device_bytes},
                              {"host_bytes", m.host_bytes},
+                             {"host", host},
                              {"fits_device", m.fits_device},
                              {"fits_host", m.fits_host},
                              {"longest_seq", lc.seq_len},
@@ -247,6 +250,12 @@ void print_chunk_plan(const plan::ChunkPlan& cp) {
   for (const auto& part : cp.policies.back().whole_sequence)
     if (part.name.rfind("every", 0) != 0) std::printf(" %s %s;", part.name.c_str(), format_bytes(part.bytes_per_token).c_str());
   std::printf(" keep adds every layer's skeletal set, recompute every layer's input\n");
+  for (const auto& m : cp.policies) {
+    if (m.host.empty()) continue;
+    std::printf("  host per token, %s%s:", m.policy.c_str(), m.policy == "memo" ? " (its least, alpha 0)" : "");
+    for (const auto& part : m.host) std::printf(" %s %s;", part.name.c_str(), format_bytes(part.bytes_per_token).c_str());
+    std::printf("\n");
+  }
   if (cp.in.plan.parallel.sp > 1) {
     std::printf("  all-to-alls per step at each policy's chunk:");
     for (const auto& m : cp.policies) {

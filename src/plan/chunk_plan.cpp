@@ -21,7 +21,13 @@
 //   transients      max(C (c max(2f + h, h + a + q, h + 2q, 2h + q) + (a + nh) s)
 //                       + c x the largest weight matrix, the loss chunk)
 //                   + recompute: the chunk's rebuilt set, C (skel - h c)
-//   host            offload n skel; memo (n - 2)(h c + a c + nh s)
+//   host            offload n skel; memo (h c + a c + nh s) on every token of
+//                   every unit but the last two (whole layers: n - 2 layers;
+//                   chunked: n S less the last layer's last two chunks), its
+//                   least at alpha 0; alpha adds skel - h c - a c - nh s on
+//                   floor(alpha C) tokens of each swapped unit (all of a
+//                   shorter last chunk's up to that); chunked, both add n kv c (every
+//                   layer's K and V, a copy of the k, v in each chunk's qkv)
 // What a CPU run measures of these (train/memory_split.h) is compared with
 // them in tests/test_peak_split_plan.cpp (one device).
 // Under sp (Ulysses), whole-sequence adds K, V and dK, dV in head layout
@@ -73,7 +79,7 @@ void validate_chunk(const PlanInputs& in, int64_t chunk_tokens) {
 }
 
 // chunk_memory after validation.
-ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens) {
+ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens, double memo_alpha = 0) {
   const auto& m = in.model;
   const auto& hw = in.hardware;
   ChunkMemory cm;
@@ -132,9 +138,40 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   cm.device_bytes = cm.static_bytes + cm.whole_sequence_bytes + cm.chunk_buffer_bytes +
                     cm.chunk_transient_bytes + cm.reserve_bytes;
 
-  if (policy == "offload") cm.host_bytes = n * skel * tokens;
-  if (policy == "memo")
-    cm.host_bytes = std::max(0.0, n - 2.0) * (h * c + a * c + nh * s) * tokens;
+  // The host pool (runtime/activation_store.h): per swapped unit its
+  // skeletal slots; chunked, besides them, every layer's K and V, so a
+  // chunk's k and v are on the host twice (in its qkv slot and in its
+  // layer's K, V slot; backward reads them from the latter).
+  auto host = [&](const char* name, double bytes) {
+    cm.host.push_back({name, bytes, bytes / tokens});
+    cm.host_bytes += bytes;
+  };
+  const double fixed = h * c + a * c + nh * s;  // x, o, lse: every token of a swapped unit
+  if (policy == "offload") host("every unit's skeletal set", n * skel * tokens);
+  if (policy == "memo") {
+    // Every unit is swapped but the last two: the last two layers, or
+    // chunked the last layer's last two chunks (the last one the shorter).
+    // A swapped unit of n tokens keeps min(floor(alpha C), n) tokens of its
+    // other tensors, as runtime/swap_policy.cpp places them.
+    const int64_t last = shard - (cm.chunks - 1) * cm.chunk_tokens;  // the last chunk's tokens
+    const int64_t units = m.layers * cm.chunks;
+    const int64_t offloaded = static_cast<int64_t>(std::floor(memo_alpha * static_cast<double>(cm.chunk_tokens)));
+    // Counted, not walked (the longest-context search reaches billions of
+    // units): of the two units held back, one is a last chunk when a layer
+    // has two chunks or more, both when it has one.
+    const int64_t held = std::min<int64_t>(2, units);
+    const int64_t swapped_last = m.layers - (cm.chunks >= 2 ? std::min<int64_t>(1, held) : held);  // shorter chunks
+    const double swapped_full = static_cast<double>(units - held - swapped_last);
+    const double last_units = static_cast<double>(swapped_last);
+    // Tokens of the swapped units, and of their offloaded share.
+    const double swapped = swapped_full * static_cast<double>(cm.chunk_tokens) + last_units * static_cast<double>(last);
+    const double rest = swapped_full * static_cast<double>(std::min(offloaded, cm.chunk_tokens)) +
+                        last_units * static_cast<double>(std::min(offloaded, last));
+    const double batch = static_cast<double>(in.batch);
+    host("x, o and lse of the swapped units", fixed * swapped * batch);
+    if (rest > 0) host("the offloaded share of their other tensors", (skel - fixed) * rest * batch);
+  }
+  if (chunked && (policy == "offload" || policy == "memo")) host("every layer's K and V", n * kv * c * tokens);
   cm.fits_device = cm.device_bytes <= hw.device_bytes;
   cm.fits_host = cm.host_bytes <= hw.host_share();
   return cm;
@@ -182,10 +219,11 @@ void validate_chunk_inputs(const ChunkPlanInputs& in) {
   require_input(in.chunk_unit >= 1, "chunk unit ", in.chunk_unit, ": expected at least 1 token");
 }
 
-ChunkMemory chunk_memory(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens) {
+ChunkMemory chunk_memory(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens, double memo_alpha) {
   validate_chunk(in, chunk_tokens);
   require_input(known_policy(policy), "unknown policy \"", policy, "\": keep, recompute, offload or memo");
-  return evaluate(in, policy, chunk_tokens);
+  require_input(memo_alpha >= 0 && memo_alpha <= 1, "--alpha ", memo_alpha, ": expected a fraction in [0, 1]");
+  return evaluate(in, policy, chunk_tokens, memo_alpha);
 }
 
 int64_t auto_chunk_tokens(const PlanInputs& in, const std::string& policy, int64_t unit) {

@@ -76,8 +76,13 @@ struct ChunkMemory {
   double chunk_transient_bytes = 0;
   double reserve_bytes = 0;    // Hardware::reserve_bytes
   double device_bytes = 0;     // static + whole-sequence + buffers + transients + reserve
-  // Pinned host bytes (offload: every layer's skeletal set; memo: its least,
-  // x, o and lse of the swapped layers with the rest recomputed token-wise).
+  // Pinned host bytes, the activation store's host pool to its 16-byte slot
+  // alignment (offload: every unit's skeletal set; memo: x, o and lse of
+  // every unit but the last two and, at alpha > 0, floor(alpha C) tokens of
+  // each swapped unit's other tensors, the rest recomputed token-wise;
+  // chunked, both also every layer's K and V, which duplicate the k, v
+  // inside each chunk's qkv slot), and its parts.
+  std::vector<BytesPart> host;
   double host_bytes = 0;
   bool fits_device = false, fits_host = false;
   bool fits() const { return fits_device && fits_host; }
@@ -109,7 +114,10 @@ struct ChunkPlan {
 void validate_chunk_inputs(const ChunkPlanInputs& in);
 
 // One policy at chunk_tokens (>= 1; 0 for the whole sequence); validates.
-ChunkMemory chunk_memory(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens);
+// memo_alpha: memo's offloaded fraction for its host bytes (0: its least,
+// what the longest context and the fit are judged by).
+ChunkMemory chunk_memory(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens,
+                         double memo_alpha = 0);
 
 // The whole-sequence tensors of one layer as the executor holds them on a
 // GPU, without what the policy keeps (bytes_per_token per token of the GPU's

@@ -12,7 +12,9 @@
 #include "memory/device_memory.h"
 #include "memory/host_memory.h"
 #include "memory/host_pool.h"
+#include "plan/chunk_plan.h"
 #include "plan/cost_model.h"
+#include "plan/hardware.h"
 #include "train/loss.h"
 
 namespace memo::train {
@@ -130,9 +132,18 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
   else if (r.policy == "recompute") e.activations = n * x + unit_skel + kv;
   else if (is_swap(r.policy)) e.activations = 2.0 * unit_skel + kv;  // the two rounding buffers (and K, V in flight)
   else e.activations = unit_skel + kv;                                // eval: one unit's forward at a time
-  if (r.policy == "offload") e.pool = n * (skel + kv);
-  if (r.policy == "memo")
+  if (is_swap(r.policy) && in.model.arch == plan::ModelArch::Llama) {
+    // The chunk plan's host bytes: the pool to its slot alignment (a shorter
+    // last chunk, alpha C floored per unit; tests/test_chunk_host_bytes.cpp).
+    // They depend on shapes only: any hardware passes the plan's validation.
+    plan::PlanInputs shapes = in;
+    shapes.hardware = plan::hardware_preset("h200-141gb");
+    e.pool = plan::chunk_memory(shapes, r.policy, chunked ? r.chunk_tokens : 0, r.alpha.value_or(0.0)).host_bytes;
+  } else if (r.policy == "offload") {
+    e.pool = n * (skel + kv);
+  } else if (r.policy == "memo") {
     e.pool = std::max(0.0, units - 2.0) * (unit_fixed + r.alpha.value_or(0.0) * unit_rest) + n * kv;
+  }
   // The largest of the phases' temporaries: a layer's (a chunk's) backward
   // with the loss chunk, plus four hidden-width tensors (a layer's input and
   // output and, under offload and memo, the inputs held while their copies
