@@ -18,7 +18,9 @@
 #include <vector>
 
 #include "memory/device_memory.h"
+#include "model/config.h"
 #include "model/llama.h"
+#include "plan/hardware.h"
 #include "plan/kv_on_host_plan.h"
 #include "reference.h"
 #include "runtime/kv_stream.h"
@@ -148,13 +150,7 @@ INSTANTIATE_TEST_SUITE_P(Policies, KvOnHostSteps, ::testing::ValuesIn(kv_cases()
 // The plan's inputs for the test's model shape and step.
 plan::PlanInputs plan_of(const model::ModelConfig& cfg, int64_t B, int64_t S) {
   plan::PlanInputs in;
-  in.model.layers = cfg.layers;
-  in.model.hidden = cfg.hidden;
-  in.model.heads = cfg.heads;
-  in.model.kv_heads = cfg.kv_heads;
-  in.model.head_dim = cfg.head_dim;
-  in.model.ffn = cfg.ffn;
-  in.model.vocab = cfg.vocab_size;
+  in.model = model::to_plan_shape(cfg);
   in.seq_len = S;
   in.batch = B;
   in.compute_bytes = 8;  // float64 (statistics float64 too)
@@ -220,6 +216,28 @@ TEST(KvOnHost, DevicePeakDropsByTheWholeSequenceKvLessStaging) {
     std::printf("%s: step peak resident %lld, K and V on the host %lld bytes; bound on the drop %.0f bytes\n", name,
                 (long long)resident, (long long)host, whole - staging);
     EXPECT_GE(static_cast<double>(resident - host), whole - staging);
+  }
+}
+
+// Against the chunk plan's split: the parts --kv-on-host moves off the device
+// are, per token, keep's every layer's K, V and the dK, dV accumulators
+// (n kv c + kv s), the other policies' layer K, V and accumulators
+// (kv c + kv s); the device bytes lose them and gain the staging.
+TEST(KvOnHost, PlanMovesTheWholeSequenceKvPartsOffTheDevice) {
+  const auto cfg = testing::small_config(4, 2, 4, 20, 3, 31);
+  const int64_t B = 2, S = 4096, C = 256;
+  auto in = plan_of(cfg, B, S);
+  in.compute_bytes = 2;
+  in.hardware = plan::hardware_preset("h200-141gb");
+  const double c = 2, s = 4, kv = 2.0 * cfg.kv_heads * cfg.head_dim, tokens = B * S;
+  for (const char* name : {"keep", "recompute", "offload", "memo"}) {
+    SCOPED_TRACE(name);
+    const auto m = plan::chunk_memory(in, name, C);
+    const auto cost = plan::kv_on_host_cost(in, m);
+    const double layers_kv = std::string(name) == "keep" ? static_cast<double>(cfg.layers) : 1.0;
+    EXPECT_DOUBLE_EQ(cost.removed_bytes, tokens * kv * (layers_kv * c + s));
+    EXPECT_DOUBLE_EQ(cost.device_bytes, m.device_bytes - cost.removed_bytes + cost.staging_bytes);
+    EXPECT_LT(cost.device_bytes, m.device_bytes);
   }
 }
 

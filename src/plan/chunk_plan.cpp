@@ -31,6 +31,7 @@
 // gradient, 2 h c) is no larger than the layers', so adding the larger
 // transient to the layers' whole-sequence part bounds both phases.
 #include "plan/chunk_plan.h"
+#include "plan/kv_on_host_plan.h"
 
 #include <algorithm>
 #include <cmath>
@@ -109,9 +110,9 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   };
   const bool chunked = cm.chunks > 1;  // one chunk is the whole layer, as the runtime runs it
   whole("hidden state (layer input and output; dy and dx)", 2.0 * h * c);
-  if (chunked && policy != "keep") whole("K and V of the layer", kv * c);
+  if (chunked && policy != "keep") whole(kLayerKvPart, kv * c);
   if (chunked && !sp) {
-    whole("dK and dV accumulators", kv * s);
+    whole(kKvAccumulatorPart, kv * s);
   } else if (chunked) {
     // Head layout [B, S, 2 nkv_local d]: per token of the shard, 2 nkv d, or
     // 2 sp d when sp replicates the kv heads (docs/chunks.md).
@@ -121,7 +122,7 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
     whole("dq and input of each chunk, waiting for dK and dV", (a + h) * c);
   }
   if (policy == "keep") whole("every layer's skeletal set", n * skel);
-  if (policy == "keep" && chunked) whole("every layer's K and V", n * kv * c);
+  if (policy == "keep" && chunked) whole(kEveryLayerKvPart, n * kv * c);
   if (policy == "recompute") whole("every layer's input", n * h * c);
 
   // A unit's skeletal set without its input x (a view of the layer's input).

@@ -35,4 +35,15 @@ KvOnHostCost kv_on_host_cost(const PlanInputs& in, const std::string& policy, in
   return out;
 }
 
+KvOnHostCost kv_on_host_cost(const PlanInputs& in, const ChunkMemory& m) {
+  auto out = kv_on_host_cost(in, m.policy, m.chunk_tokens);
+  for (const auto& part : m.whole_sequence)
+    if (part.name == kLayerKvPart || part.name == kKvAccumulatorPart || part.name == kEveryLayerKvPart)
+      out.removed_bytes += part.bytes;
+  out.device_bytes = m.device_bytes - out.removed_bytes + out.staging_bytes;
+  out.fits = out.device_bytes <= in.hardware.device_bytes &&
+             m.host_bytes + out.host_bytes <= in.hardware.host_share();
+  return out;
+}
+
 }  // namespace memo::plan

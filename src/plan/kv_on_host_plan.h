@@ -20,12 +20,16 @@
 #include <cstdint>
 #include <string>
 
+#include "plan/chunk_plan.h"
 #include "plan/cost_model.h"
 
 namespace memo::plan {
 
-// Part names shared with the measured split (train/memory_split).
-inline constexpr const char* kKvStagingPart = "K and V staging blocks (--kv-on-host)";
+// The whole-sequence parts (plan/chunk_plan.cpp) that --kv-on-host moves to
+// the host, by name.
+inline constexpr const char* kLayerKvPart = "K and V of the layer";
+inline constexpr const char* kKvAccumulatorPart = "dK and dV accumulators";
+inline constexpr const char* kEveryLayerKvPart = "every layer's K and V";
 
 struct KvOnHostCost {
   double staging_bytes = 0;         // device: B C kv max(2c, c + 2s)
@@ -33,9 +37,15 @@ struct KvOnHostCost {
   double link_to_host_bytes = 0;    // per step, every layer
   double link_to_device_bytes = 0;  // per step, every layer
   double link_s = 0;                // those over the host link (h2d, d2h)
+  double removed_bytes = 0;         // the whole-sequence parts it moves off the device
+  double device_bytes = 0;          // the chunk plan's device bytes with them moved, staging added
+  bool fits = false;                // device_bytes and host (the policy's and these) within the hardware's
 };
 
 // For `policy` at chunk_tokens >= 1 (below seq_len); in.parallel.sp must be 1.
 KvOnHostCost kv_on_host_cost(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens);
+// The same against the chunk plan's split of that policy (its chunk): the
+// parts moved off the device, and whether the run fits with them moved.
+KvOnHostCost kv_on_host_cost(const PlanInputs& in, const ChunkMemory& m);
 
 }  // namespace memo::plan
