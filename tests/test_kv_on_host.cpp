@@ -22,6 +22,7 @@
 #include "model/llama.h"
 #include "plan/hardware.h"
 #include "plan/kv_on_host_plan.h"
+#include "float64_steps.h"
 #include "reference.h"
 #include "runtime/kv_stream.h"
 #include "runtime/policy.h"
@@ -31,21 +32,10 @@
 namespace memo {
 namespace {
 
-model::LlamaModel float64_model(const model::ModelConfig& cfg) {
-  model::ModelOptions mo;
-  mo.master_dtype = at::kDouble;
-  mo.compute_dtype = at::kDouble;
-  mo.seed = 17;
-  return model::LlamaModel(cfg, mo);
-}
-
-train::MicroBatch batch_of(int64_t vocab, int64_t B, int64_t S, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  auto tokens = at::randint(vocab, {B, S}, gen, at::kLong);
-  auto targets = at::randint(vocab, {B, S}, gen, at::kLong);
-  targets.index_put_({0, 1}, train::kIgnoreTarget);
-  return {tokens, targets};
-}
+using testing::batch_of;
+using testing::float64_model;
+using testing::sgd_step;
+using testing::step_peak;
 
 std::unique_ptr<runtime::ActivationPolicy> prepared(const std::string& name, double alpha, int64_t chunk,
                                                     bool kv_on_host, model::LlamaModel& model, int64_t B,
@@ -73,14 +63,6 @@ double gradient_gap(model::LlamaModel& a, model::LlamaModel& b) {
     gap = std::max(gap, (*ga[i].second - *gb[i].second).abs().max().item<double>() / std::max(1.0, scale));
   }
   return gap;
-}
-
-void sgd_step(model::LlamaModel& model) {
-  auto master = model.master().named();
-  auto grads = model.grads().named();
-  for (size_t i = 0; i < master.size(); ++i) master[i].second->sub_(*grads[i].second, 0.05);
-  model.refresh_compute();
-  model.zero_grads();
 }
 
 struct KvCase {
@@ -176,17 +158,6 @@ TEST(KvOnHost, LinkAndHostBytesEqualThePlan) {
       EXPECT_EQ(static_cast<double>(stream->peak_host_bytes()), want.host_bytes);
     }
   }
-}
-
-// Peak device bytes of one step above `base` (the CPU memory meter).
-int64_t step_peak(model::LlamaModel& model, runtime::ActivationPolicy& policy, const train::MicroBatch& batch,
-                  int64_t chunk, int64_t base) {
-  const at::Device cpu(at::kCPU);
-  memory::reset_peak_memory(cpu);
-  (void)train::forward_backward(model, policy, batch, 1.0, 64, nullptr, chunk);
-  const auto peak = memory::memory_stats(cpu).peak_allocated - base;
-  model.zero_grads();
-  return peak;
 }
 
 // With K, V on the host a step's device peak is lower than with them
