@@ -20,6 +20,7 @@
 
 #include "memory/device_memory.h"
 #include "model/llama.h"
+#include "float64_steps.h"
 #include "reference.h"
 #include "runtime/policy.h"
 #include "train/loss.h"
@@ -28,21 +29,10 @@
 namespace memo {
 namespace {
 
-model::LlamaModel float64_model(const model::ModelConfig& cfg) {
-  model::ModelOptions mo;
-  mo.master_dtype = at::kDouble;
-  mo.compute_dtype = at::kDouble;
-  mo.seed = 17;
-  return model::LlamaModel(cfg, mo);
-}
-
-train::MicroBatch batch_of(int64_t vocab, int64_t B, int64_t S, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  auto tokens = at::randint(vocab, {B, S}, gen, at::kLong);
-  auto targets = at::randint(vocab, {B, S}, gen, at::kLong);
-  targets.index_put_({0, 1}, train::kIgnoreTarget);
-  return {tokens, targets};
-}
+using testing::batch_of;
+using testing::float64_model;
+using testing::sgd_step;
+using testing::step_peak;
 
 std::unique_ptr<runtime::ActivationPolicy> prepared(const std::string& name, double alpha, int64_t chunk,
                                                     model::LlamaModel& model, int64_t B, int64_t S) {
@@ -53,16 +43,6 @@ std::unique_ptr<runtime::ActivationPolicy> prepared(const std::string& name, dou
   auto policy = runtime::make_policy(name, opts);
   policy->prepare(model, B, S);
   return policy;
-}
-
-// A plain SGD step on the master weights, so that the next step runs on new
-// weights (the same update in both runs).
-void sgd_step(model::LlamaModel& model) {
-  auto master = model.master().named();
-  auto grads = model.grads().named();
-  for (size_t i = 0; i < master.size(); ++i) master[i].second->sub_(*grads[i].second, 0.05);
-  model.refresh_compute();
-  model.zero_grads();
 }
 
 // A policy that passes everything to another and records the units it was
@@ -193,17 +173,6 @@ TEST(ChunkedProgram, AChunkOfTheWholeSequenceIsTheUnchunkedStepBitForBit) {
     auto gb = b.grads().named();
     for (size_t i = 0; i < ga.size(); ++i) EXPECT_TRUE(at::equal(*ga[i].second, *gb[i].second)) << ga[i].first;
   }
-}
-
-// Peak device bytes of one step (the CPU memory meter) above `base`.
-int64_t step_peak(model::LlamaModel& model, runtime::ActivationPolicy& policy, const train::MicroBatch& batch,
-                  int64_t chunk, int64_t base) {
-  const at::Device cpu(at::kCPU);
-  memory::reset_peak_memory(cpu);
-  (void)train::forward_backward(model, policy, batch, 1.0, 64, nullptr, chunk);
-  const auto peak = memory::memory_stats(cpu).peak_allocated - base;
-  model.zero_grads();
-  return peak;
 }
 
 class ChunkedPeak : public ::testing::TestWithParam<const char*> {};

@@ -65,6 +65,8 @@ std::vector<BadInput> bad_inputs() {
       {"negative_chunk", "train --chunk-tokens -1" + quick, "--chunk-tokens -1: expected a chunk of at least 1"},
       {"chunk_not_a_number", "train --chunk-tokens many" + quick, "--chunk-tokens 'many'"},
       {"chunk_list_for_train", "train --chunk-tokens 4,8" + quick, "a list compares chunk sizes in `memo bench`"},
+      {"kv_on_host_unchunked", "train --kv-on-host" + quick, "--kv-on-host streams K and V of chunked layers: it needs --chunk-tokens"},
+      {"kv_on_host_sp", "train --kv-on-host --chunk-tokens 4 --sp 2" + quick, "--kv-on-host is not built for sequence parallelism: it needs --sp 1, got --sp 2"},
       {"no_command", "", "subcommand is required"},
   };
 }

@@ -27,6 +27,7 @@
 #include "model/attention.h"
 #include "model/config.h"
 #include "plan/chunk_plan.h"
+#include "plan/kv_on_host_plan.h"
 #include "plan/cost_model.h"
 
 namespace memo::cli {
@@ -49,6 +50,7 @@ struct PlanFlags {
   bool profile = false;
   std::string json;
   std::optional<std::string> chunk_tokens;  // "auto" or a token count (0: the whole sequence)
+  bool kv_on_host = false;                  // with chunks: K, V on the host (plan/kv_on_host_plan.h)
 };
 
 // Mean seconds of fn() over a few runs after one warm-up, device synchronised.
@@ -189,7 +191,7 @@ plan::CommPlan chunked_comm(const plan::ChunkPlan& cp, const plan::ChunkMemory& 
   return plan::chunked_comm_plan(cp.in.plan, m.policy, m.chunk_tokens, 0.0, 0.0);
 }
 
-nlohmann::json to_json(const plan::ChunkPlan& cp) {
+nlohmann::json to_json(const plan::ChunkPlan& cp, bool kv_on_host) {
   nlohmann::json j;
   j["chunk_tokens"] = cp.in.auto_chunk ? nlohmann::json("auto") : nlohmann::json(cp.in.chunk_tokens);
   j["chunk_unit"] = cp.in.chunk_unit;
@@ -219,6 +221,17 @@ nlohmann::json to_json(const plan::ChunkPlan& cp) {
                              {"longest_seq", lc.seq_len},
                              {"longest_chunk_tokens", lc.chunk_tokens},
                              {"longest_limited_by", lc.limited_by}});
+    if (kv_on_host && m.chunks > 1) {
+      const auto kv = plan::kv_on_host_cost(cp.in.plan, m);
+      auto& row = j["policies"].back();
+      row["kv_on_host"] = true;
+      row["kv_staging_bytes"] = kv.staging_bytes;
+      row["kv_host_bytes"] = kv.host_bytes;
+      row["kv_link_to_host_bytes"] = kv.link_to_host_bytes;
+      row["kv_link_to_device_bytes"] = kv.link_to_device_bytes;
+      row["kv_link_s"] = kv.link_s;
+      row["fits_with_kv_on_host"] = kv.fits;
+    }
     if (cp.in.plan.parallel.sp > 1) {
       const auto comm = chunked_comm(cp, m);
       j["policies"].back()["all_to_all_bytes"] = comm.all_to_all_bytes;
@@ -228,7 +241,7 @@ nlohmann::json to_json(const plan::ChunkPlan& cp) {
   return j;
 }
 
-void print_chunk_plan(const plan::ChunkPlan& cp) {
+void print_chunk_plan(const plan::ChunkPlan& cp, bool kv_on_host) {
   std::printf("\nchunked execution (--chunk-tokens %s%s; docs/chunks.md's model)\n",
               cp.in.auto_chunk ? "auto" : std::to_string(cp.in.chunk_tokens).c_str(),
               cp.in.plan.parallel.sp > 1 ? ", chunks of each GPU's shard" : "");
@@ -251,10 +264,18 @@ void print_chunk_plan(const plan::ChunkPlan& cp) {
     if (part.name.rfind("every", 0) != 0) std::printf(" %s %s;", part.name.c_str(), format_bytes(part.bytes_per_token).c_str());
   std::printf(" keep adds every layer's skeletal set, recompute every layer's input\n");
   for (const auto& m : cp.policies) {
-    if (m.host.empty()) continue;
-    std::printf("  host per token, %s%s:", m.policy.c_str(), m.policy == "memo" ? " (its least, alpha 0)" : "");
-    for (const auto& part : m.host) std::printf(" %s %s;", part.name.c_str(), format_bytes(part.bytes_per_token).c_str());
-    std::printf("\n");
+    if (!m.host.empty()) {
+      std::printf("  host per token, %s%s:", m.policy.c_str(), m.policy == "memo" ? " (its least, alpha 0)" : "");
+      for (const auto& part : m.host) std::printf(" %s %s;", part.name.c_str(), format_bytes(part.bytes_per_token).c_str());
+      std::printf("\n");
+    }
+    if (!kv_on_host || m.chunks < 2) continue;
+    const auto kv = plan::kv_on_host_cost(cp.in.plan, m);
+    std::printf("  --kv-on-host %s: device %s (staging %s), host +%s, link %s to host, %s to device (%.3g s), "
+                "fits %s\n",
+                m.policy.c_str(), format_bytes(kv.device_bytes).c_str(), format_bytes(kv.staging_bytes).c_str(),
+                format_bytes(kv.host_bytes).c_str(), format_bytes(kv.link_to_host_bytes).c_str(),
+                format_bytes(kv.link_to_device_bytes).c_str(), kv.link_s, kv.fits ? "yes" : "no");
   }
   if (cp.in.plan.parallel.sp > 1) {
     std::printf("  all-to-alls per step at each policy's chunk:");
@@ -444,6 +465,9 @@ void add_plan_command(CLI::App& root, Action& action) {
                   "C|auto: also model token-chunked execution (issue 14) with chunks of C tokens (0: the\n"
                   "whole sequence; auto: the largest that fits): the device split, the chunk and the longest\n"
                   "context per policy");
+  app->add_flag("--kv-on-host", f->kv_on_host,
+                "With --chunk-tokens: also the device, host and link bytes of K and V on the host\n"
+                "(docs/chunks.md, \"K and V on the host\")");
   app->add_flag("--profile", f->profile,
                 "Measure matmul and attention rates (and on CUDA the host link and device memory) here\n"
                 "and plan with them instead of the preset's figures");
@@ -456,13 +480,16 @@ void add_plan_command(CLI::App& root, Action& action) {
       const auto in = to_inputs(*f);
       std::optional<plan::ChunkPlanInputs> chunked;
       if (f->chunk_tokens) chunked = to_chunk_inputs(*f, in);  // bad values before any output
+      require_input(!f->kv_on_host || chunked, "--kv-on-host models K and V of chunked layers: it needs --chunk-tokens");
+      require_input(!f->kv_on_host || f->sp == 1, "--kv-on-host is not built for sequence parallelism: it needs --sp 1, "
+                    "got --sp ", f->sp);
       auto plan = plan::make_plan(in);
       print_plan(plan);
       auto j = to_json(plan);
       if (chunked) {
         const auto cp = plan::make_chunk_plan(*chunked);
-        print_chunk_plan(cp);
-        j["chunked"] = to_json(cp);
+        print_chunk_plan(cp, f->kv_on_host);
+        j["chunked"] = to_json(cp, f->kv_on_host);
       }
       if (!f->json.empty()) write_file_atomic(f->json, j.dump(2) + "\n");
       return 0;

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "model/chunked_attention.h"
 #include "model/layer.h"
 
 namespace memo::model {
@@ -49,6 +50,24 @@ AttentionResult attend_chunk(const DecoderLayer& layer, const at::Tensor& qkv_ch
 at::Tensor backward_attention_chunk(const DecoderLayer& layer, at::Tensor d_o,
                                     const LayerActivations& acts, const at::Tensor& kv,
                                     const at::Tensor& dkv_acc, int64_t t0);
+
+// K and V from the host (`--kv-on-host`, runtime/kv_stream.h): the same
+// stages with the keys before the chunk from `earlier` (key blocks of
+// kv_block tokens, the chunk size) and the chunk's own keys from its qkv.
+// attend_chunk's result.
+AttentionResult attend_chunk_blocks(const DecoderLayer& layer, const at::Tensor& qkv_chunk, int64_t t0,
+                                    int64_t kv_block, const KeyBlocks& earlier);
+// backward_attention_chunk's result; own_dkv [B, n, 2 nkv d] (statistics
+// dtype) holds the chunk's dK, dV from the later chunks and gets the chunk's
+// own share added; the earlier blocks' dk, dv go to earlier_grads.
+at::Tensor backward_attention_chunk_blocks(const DecoderLayer& layer, at::Tensor d_o, const LayerActivations& acts,
+                                           int64_t t0, int64_t kv_block, const KeyBlocks& earlier,
+                                           const KeyGrads& earlier_grads, const at::Tensor& own_dkv);
+// recompute_chunk with the earlier keys from `earlier`.
+void recompute_chunk_blocks(const DecoderLayer& layer, const LayerWeights& w, const RopeTable& rope,
+                            LayerActivations& acts, int64_t t0, int64_t kv_block, const KeyBlocks& earlier);
+// The chunk's own k and v [B, n, 2 nkv d] (a copy) from its qkv.
+at::Tensor chunk_kv(const ModelConfig& c, const at::Tensor& qkv_chunk);
 
 // Every skeletal tensor of one chunk (tokens [t0, t0 + n) of the layer,
 // acts.x [B, n, h] their input) against the layer's kv, which holds the keys

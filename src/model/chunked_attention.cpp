@@ -89,16 +89,15 @@ void merge_attention_partial_(at::Tensor& o_acc, at::Tensor& lse_acc, const at::
   o_acc.mul_(w_acc.unsqueeze(-1)).addcmul_(o_part, w_part.unsqueeze(-1));
 }
 
-AttentionOutput attention_chunk_forward(AttentionKernel kernel, const at::Tensor& q,
-                                        const at::Tensor& k, const at::Tensor& v,
-                                        int64_t kv_block) {
+AttentionOutput attention_chunk_forward_blocks(AttentionKernel kernel, const at::Tensor& q,
+                                               const at::Tensor& k_diag, const at::Tensor& v_diag,
+                                               int64_t t0, int64_t kv_block, const KeyBlocks& earlier) {
   check_kv_block(kv_block);
-  check_chunk(q, k, v);
-  const int64_t n = q.size(2), t0 = k.size(2) - n;
+  check_chunk(q, k_diag, v_diag);
   // The diagonal block first: every row has its own key there, so the running
-  // lse is finite from the start, and (streaming K and V later) the earlier
-  // blocks can be in flight while it runs.
-  auto diag = attention_forward(kernel, q, k.narrow(2, t0, n), v.narrow(2, t0, n), /*causal=*/true);
+  // lse is finite from the start, and (streaming K and V) the earlier blocks
+  // can be in flight while it runs.
+  auto diag = attention_forward(kernel, q, k_diag, v_diag, /*causal=*/true);
   if (t0 == 0) return diag;
 
   // The accumulator in the statistics dtype: the kernel's own o when it is in
@@ -110,35 +109,42 @@ AttentionOutput attention_chunk_forward(AttentionKernel kernel, const at::Tensor
   diag = {};
   for (int64_t s0 = 0; s0 < t0;) {
     const int64_t len = std::min(kv_block, t0 - s0);
-    auto part = attention_forward(kernel, q, k.narrow(2, s0, len), v.narrow(2, s0, len),
-                                  /*causal=*/false);
+    auto [k, v] = earlier(s0, len);  // [B, nkv, len, d]
+    auto part = attention_forward(kernel, q, k, v, /*causal=*/false);
     merge_attention_partial_(o_acc, lse_acc, part.o, part.lse);
     s0 += len;
   }
   return {o_acc.scalar_type() == q.scalar_type() ? o_acc : o_acc.to(q.scalar_type()), lse_acc};
 }
 
-at::Tensor attention_chunk_backward(AttentionKernel kernel, const at::Tensor& d_o,
-                                    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                    const at::Tensor& o, const at::Tensor& lse, at::Tensor& dk_acc,
-                                    at::Tensor& dv_acc, int64_t kv_block) {
-  check_kv_block(kv_block);
+AttentionOutput attention_chunk_forward(AttentionKernel kernel, const at::Tensor& q,
+                                        const at::Tensor& k, const at::Tensor& v,
+                                        int64_t kv_block) {
   check_chunk(q, k, v);
+  const int64_t n = q.size(2), t0 = k.size(2) - n;
+  return attention_chunk_forward_blocks(
+      kernel, q, k.narrow(2, t0, n), v.narrow(2, t0, n), t0, kv_block,
+      [&](int64_t s0, int64_t len) { return std::make_pair(k.narrow(2, s0, len), v.narrow(2, s0, len)); });
+}
+
+at::Tensor attention_chunk_backward_blocks(AttentionKernel kernel, const at::Tensor& d_o,
+                                           const at::Tensor& q, const at::Tensor& k_diag,
+                                           const at::Tensor& v_diag, const at::Tensor& o,
+                                           const at::Tensor& lse, int64_t t0, int64_t kv_block,
+                                           const KeyBlocks& earlier, const KeyGrads& grads) {
+  check_kv_block(kv_block);
+  check_chunk(q, k_diag, v_diag);
   check_same("d_o", d_o, q.sizes(), q);
   check_same("o", o, q.sizes(), q);
   check_same("lse", lse, {q.size(0), q.size(1), q.size(2)}, q);
-  check_same("dk accumulator", dk_acc, k.sizes(), k);
-  check_same("dv accumulator", dv_acc, v.sizes(), v);
-  const int64_t n = q.size(2), t0 = k.size(2) - n;
+  const int64_t n = q.size(2);
   // A chunk's lse is usually a token range of the layer's [B, nh, S] one;
   // the CUDA kernels want it dense.
   const auto lse_c = lse.contiguous();         // [B, nh, n]
   const auto d_o_c = token_major_dense(d_o);  // [B, nh, n, d]
 
-  auto g = attention_backward(kernel, d_o_c, q, k.narrow(2, t0, n), v.narrow(2, t0, n), o, lse_c,
-                              /*causal=*/true);
-  dk_acc.narrow(2, t0, n).add_(g.dk);
-  dv_acc.narrow(2, t0, n).add_(g.dv);
+  auto g = attention_backward(kernel, d_o_c, q, k_diag, v_diag, o, lse_c, /*causal=*/true);
+  grads(t0, n, g.dk, g.dv);
   if (t0 == 0) return g.dq;
 
   const auto st = lse.scalar_type();
@@ -146,14 +152,30 @@ at::Tensor attention_chunk_backward(AttentionKernel kernel, const at::Tensor& d_
   g = {};
   for (int64_t s0 = 0; s0 < t0;) {
     const int64_t len = std::min(kv_block, t0 - s0);
-    auto gb = attention_backward(kernel, d_o_c, q, k.narrow(2, s0, len), v.narrow(2, s0, len), o,
-                                 lse_c, /*causal=*/false);
+    auto [k, v] = earlier(s0, len);  // [B, nkv, len, d]
+    auto gb = attention_backward(kernel, d_o_c, q, k, v, o, lse_c, /*causal=*/false);
     dq.add_(gb.dq);
-    dk_acc.narrow(2, s0, len).add_(gb.dk);
-    dv_acc.narrow(2, s0, len).add_(gb.dv);
+    grads(s0, len, gb.dk, gb.dv);
     s0 += len;
   }
   return dq.scalar_type() == q.scalar_type() ? dq : dq.to(q.scalar_type());
+}
+
+at::Tensor attention_chunk_backward(AttentionKernel kernel, const at::Tensor& d_o,
+                                    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& o, const at::Tensor& lse, at::Tensor& dk_acc,
+                                    at::Tensor& dv_acc, int64_t kv_block) {
+  check_chunk(q, k, v);
+  check_same("dk accumulator", dk_acc, k.sizes(), k);
+  check_same("dv accumulator", dv_acc, v.sizes(), v);
+  const int64_t n = q.size(2), t0 = k.size(2) - n;
+  return attention_chunk_backward_blocks(
+      kernel, d_o, q, k.narrow(2, t0, n), v.narrow(2, t0, n), o, lse, t0, kv_block,
+      [&](int64_t s0, int64_t len) { return std::make_pair(k.narrow(2, s0, len), v.narrow(2, s0, len)); },
+      [&](int64_t s0, int64_t len, const at::Tensor& dk, const at::Tensor& dv) {
+        dk_acc.narrow(2, s0, len).add_(dk);
+        dv_acc.narrow(2, s0, len).add_(dv);
+      });
 }
 
 AttentionOutput chunked_attention_forward(AttentionKernel kernel, const at::Tensor& q,

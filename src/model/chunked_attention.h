@@ -18,7 +18,9 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <limits>
+#include <utility>
 
 #include "model/attention.h"
 
@@ -38,6 +40,32 @@ inline constexpr int64_t kWholePrefix = std::numeric_limits<int64_t>::max();
 // Allocates only per-row statistics: 4 x [B, nh, n].
 void merge_attention_partial_(at::Tensor& o_acc, at::Tensor& lse_acc, const at::Tensor& o_part,
                               const at::Tensor& lse_part);
+
+// The keys before a query chunk, block by block (K and V resident on the
+// device, or streamed from the host: runtime/kv_stream.h): given a token range
+// [s0, s0 + len) of them, its k and v [B, nkv, len, d] on q's device.
+using KeyBlocks = std::function<std::pair<at::Tensor, at::Tensor>(int64_t s0, int64_t len)>;
+// Receives the gradients dk, dv [B, nkv, len, d] of the keys [s0, s0 + len)
+// from one query chunk (the statistics dtype when the kernel's differ), to add
+// into wherever the caller accumulates them.
+using KeyGrads = std::function<void(int64_t s0, int64_t len, const at::Tensor& dk, const at::Tensor& dv)>;
+
+// attention_chunk_forward with the keys before the chunk from `earlier`:
+// q [B, nh, n, d] the queries at [t0, t0 + n), k_diag, v_diag [B, nkv, n, d]
+// their own keys and values, and `earlier` asked for blocks of at most
+// kv_block tokens covering [0, t0) in order.
+AttentionOutput attention_chunk_forward_blocks(AttentionKernel kernel, const at::Tensor& q,
+                                               const at::Tensor& k_diag, const at::Tensor& v_diag,
+                                               int64_t t0, int64_t kv_block, const KeyBlocks& earlier);
+
+// attention_chunk_backward over the same blocks: `grads` receives the
+// diagonal block's dk, dv (s0 = t0) first, then each earlier block's after
+// its kernel call. Returns dq [B, nh, n, d] (compute dtype).
+at::Tensor attention_chunk_backward_blocks(AttentionKernel kernel, const at::Tensor& d_o,
+                                           const at::Tensor& q, const at::Tensor& k_diag,
+                                           const at::Tensor& v_diag, const at::Tensor& o,
+                                           const at::Tensor& lse, int64_t t0, int64_t kv_block,
+                                           const KeyBlocks& earlier, const KeyGrads& grads);
 
 // One query chunk: q [B, nh, n, d] holds the queries at positions
 // [t0, t0 + n) with t0 = P - n, k and v [B, nkv, P, d] the keys and values at

@@ -118,7 +118,7 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
     if (policy != "keep" || part.name != whole_part::kLayerKv)  // keep: among every layer's K and V
       whole(part.name, part.bytes_per_token);
   if (policy == "keep") whole("every layer's skeletal set", n * skel);
-  if (policy == "keep" && chunked) whole("every layer's K and V", n * kv * c);
+  if (policy == "keep" && chunked) whole(whole_part::kEveryLayerKv, n * kv * c);
   if (policy == "recompute") whole("every layer's input", n * h * c);
 
   // A unit's skeletal set without its input x (a view of the layer's input).
@@ -171,7 +171,7 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
     host("x, o and lse of the swapped units", fixed * swapped * batch);
     if (rest > 0) host("the offloaded share of their other tensors", (skel - fixed) * rest * batch);
   }
-  if (chunked && (policy == "offload" || policy == "memo")) host("every layer's K and V", n * kv * c * tokens);
+  if (chunked && (policy == "offload" || policy == "memo")) host(whole_part::kEveryLayerKv, n * kv * c * tokens);
   cm.fits_device = cm.device_bytes <= hw.device_bytes;
   cm.fits_host = cm.host_bytes <= hw.host_share();
   return cm;

@@ -46,6 +46,7 @@ inline constexpr const char* kKvAccumulators = "dK and dV accumulators";
 inline constexpr const char* kHeadKv = "K and V in head layout";
 inline constexpr const char* kHeadKvAccumulators = "dK and dV accumulators (head layout)";
 inline constexpr const char* kWaiting = "dq and input of each chunk, waiting for dK and dV";
+inline constexpr const char* kEveryLayerKv = "every layer's K and V";  // keep's, chunked
 }  // namespace whole_part
 
 // One policy at one chunk size, per GPU.

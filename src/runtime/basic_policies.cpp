@@ -13,6 +13,7 @@
 #include "core/units.h"
 #include "model/chunk_stages.h"
 #include "runtime/chunk_exchange.h"
+#include "runtime/kv_stream.h"
 #include "runtime/policy.h"
 #include "runtime/stage_exchange.h"
 
@@ -76,6 +77,21 @@ class RecomputePolicy final : public ActivationPolicy {
   // K and V are dropped in forward (save_kv's default would throw) and
   // rebuilt here from the chunks' inputs.
   void save_kv(int64_t, at::Tensor) override {}
+  // `--kv-on-host`: the same, into the stream's host blocks, chunk by chunk.
+  void kv_forward_done(int64_t layer) override { kv_stream()->release(layer); }
+  void restore_kv_on_host(int64_t layer, const LayerContext& ctx) override {
+    require_chunks(ctx);
+    for (auto it = inputs_.lower_bound(Unit{layer, 0}); it != inputs_.end() && it->first.layer == layer; ++it) {
+      const auto& x = it->second;  // [B, n, h]
+      if (!kv_stream()->has_layer(layer))
+        kv_stream()->begin_layer(ctx.layer.config(), layer, x.size(0), seq_len_, ctx.chunk_tokens, x.options());
+      const int64_t t0 = it->first.chunk * ctx.chunk_tokens;
+      model::LayerActivations pre;  // n1, rstd1, qkv of the chunk only
+      ctx.layer.forward_pre_attention(ctx.weights, ctx.rope, x, pre, 0, 0, t0);
+      kv_stream()->write(layer, it->first.chunk, model::chunk_kv(ctx.layer.config(), pre.qkv));
+    }
+    if (!kv_stream()->has_layer(layer)) throw Error(cat("recompute: layer ", layer, " was not saved"));
+  }
   at::Tensor restore_kv(int64_t layer, const LayerContext& ctx) override {
     require_chunks(ctx);
     at::Tensor kv;  // [B, S, 2 nkv d]
@@ -98,6 +114,9 @@ class RecomputePolicy final : public ActivationPolicy {
       ctx.layer.forward_pre_attention(ctx.weights, ctx.rope, acts.x, acts, 0, 0, ctx.t0);  // n1, rstd1, qkv
       ctx.layer.keep_attention(attend_chunk_exchanged(ctx.layer, *ctx.exchange, acts.qkv, ctx.kv_heads, ctx.t0), acts);
       ctx.layer.forward_post_attention(ctx.weights, acts.x, acts);
+    } else if (ctx.kv_stream) {
+      model::recompute_chunk_blocks(ctx.layer, ctx.weights, ctx.rope, acts, ctx.t0, ctx.chunk_tokens,
+                                    ctx.kv_stream->blocks(u.layer));
     } else if (ctx.kv.defined()) {
       model::recompute_chunk(ctx.layer, ctx.weights, ctx.rope, acts, ctx.kv, ctx.t0);
     } else if (ctx.exchange) {
@@ -136,14 +155,31 @@ at::Tensor ActivationPolicy::restore_kv(int64_t layer, const LayerContext&) {
   throw Error(cat(name(), ": does not run layers in chunks (restore_kv of layer ", layer, ")"));
 }
 
+void ActivationPolicy::enable_kv_on_host() { kv_stream_ = std::make_shared<KvStream>(); }
+
+void ActivationPolicy::restore_kv_on_host(int64_t layer, const LayerContext&) {
+  if (!kv_stream_ || !kv_stream_->has_layer(layer))
+    throw Error(cat(name(), ": K and V of layer ", layer, " are not in the host blocks"));
+}
+
 std::vector<std::string> policy_names() { return {"keep", "recompute", "offload", "memo"}; }
 
-std::unique_ptr<ActivationPolicy> make_policy(const std::string& name, const PolicyOptions& options) {
+namespace {
+
+std::unique_ptr<ActivationPolicy> policy_by_name(const std::string& name, const PolicyOptions& options) {
   if (name == "keep") return std::make_unique<KeepPolicy>();
   if (name == "recompute") return std::make_unique<RecomputePolicy>();
   if (name == "offload") return make_offload_policy(options);
   if (name == "memo") return make_memo_policy(options);
   throw InputError(cat("unknown policy \"", name, "\" (expected one of: ", joined(policy_names()), ")"));
+}
+
+}  // namespace
+
+std::unique_ptr<ActivationPolicy> make_policy(const std::string& name, const PolicyOptions& options) {
+  auto policy = policy_by_name(name, options);
+  if (options.kv_on_host) policy->enable_kv_on_host();
+  return policy;
 }
 
 }  // namespace memo::runtime

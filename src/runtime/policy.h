@@ -22,6 +22,7 @@ namespace memo::runtime {
 
 class TraceRecorder;
 class StageExchange;
+class KvStream;
 
 // Options of the swapping policies; ignored by keep and recompute.
 struct PolicyOptions {
@@ -37,6 +38,10 @@ struct PolicyOptions {
   // minimum over the ranks), so every rank swaps and recomputes alike.
   // Empty: this rank's own choice.
   std::function<double(double)> agree_alpha;
+  // Chunked layers: K and V (and dK, dV) in host blocks streamed to the
+  // device block by block (runtime/kv_stream.h, `--kv-on-host`), not as
+  // whole-sequence tensors on the device.
+  bool kv_on_host = false;
 };
 
 // What a policy needs to rebuild a layer's skeletal set in backward.
@@ -57,6 +62,9 @@ struct LayerContext {
   // layout [B, sp S, 2 nkv_local d] (runtime/chunk_exchange.h), for a policy
   // that recomputes a chunk's attention; undefined otherwise.
   at::Tensor kv_heads;
+  // `--kv-on-host`: the layer's K and V in host blocks (ActivationPolicy::
+  // kv_stream()); kv is undefined then.
+  KvStream* kv_stream = nullptr;
 };
 
 // Shape of the step about to run.
@@ -120,6 +128,16 @@ class ActivationPolicy {
   // same K and V back. A policy that does not run chunked layers throws.
   virtual void save_kv(int64_t layer, at::Tensor kv);
   virtual at::Tensor restore_kv(int64_t layer, const LayerContext& ctx);
+  // `--kv-on-host` (PolicyOptions::kv_on_host): the policy's KvStream, which
+  // the chunk program writes each chunk's K, V into in forward and streams
+  // from in backward; null otherwise (K and V go through save_kv,
+  // restore_kv). After a layer's forward, kv_forward_done: the stream keeps
+  // the layer's blocks (keep, offload, memo) or drops them (recompute); before
+  // its backward, restore_kv_on_host makes sure the blocks hold them again.
+  KvStream* kv_stream() const { return kv_stream_.get(); }
+  void enable_kv_on_host();
+  virtual void kv_forward_done(int64_t layer) {}
+  virtual void restore_kv_on_host(int64_t layer, const LayerContext& ctx);
   // After the last layer's backward.
   virtual void end_step() {}
 
@@ -134,6 +152,7 @@ class ActivationPolicy {
     peak_.host = std::max(peak_.host, h.host);
   }
   HeldBytes peak_;
+  std::shared_ptr<KvStream> kv_stream_;  // shared_ptr: KvStream is incomplete here
 };
 
 // Names accepted by make_policy, in display order.

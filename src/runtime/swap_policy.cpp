@@ -110,7 +110,7 @@ class SwapPolicy final : public ActivationPolicy {
         placement[Unit{i, c}] = {l.swapped, host, std::min(l.resident_tokens, n - host), n};
       }
     KvPlacement kv;
-    if (chunked) kv = {cfg.layers, seq_len};
+    if (chunked && !options_.kv_on_host) kv = {cfg.layers, seq_len};  // else K, V live in the KvStream
     store_ = std::make_unique<ActivationStore>(cfg, batch, unit_tokens_, compute, device_, std::move(placement),
                                                in.host_bytes, options_.trace, chunks_, kv);
   }
@@ -203,7 +203,8 @@ class SwapPolicy final : public ActivationPolicy {
       break;
     }
     // Chunked: the layer below's K and V come back while this layer's first chunk runs.
-    if (chunks_ > 1 && unit.chunk == 0 && unit.layer > 0 && !store.kv_prefetched(unit.layer - 1))
+    if (chunks_ > 1 && !options_.kv_on_host && unit.chunk == 0 && unit.layer > 0 &&
+        !store.kv_prefetched(unit.layer - 1))
       store.prefetch_kv(unit.layer - 1);
     return acts;
   }

@@ -166,6 +166,7 @@ void run_row(const BenchContext& c, BenchRow& row) {
   po.host_memory_bytes = c.host_budget_bytes;
   po.trace = &trace;
   po.chunk_tokens = row.chunk_tokens;
+  po.kv_on_host = o.kv_on_host;
   auto policy = runtime::make_policy(row.policy, po);
   policy->prepare(model, o.batch, o.seq_len);
   const int64_t allocated_before_steps = memory::memory_stats(c.ex.device).allocated;

@@ -23,6 +23,7 @@
 #include "model/ops.h"
 #include "plan/chunk_plan.h"
 #include "runtime/chunk_exchange.h"
+#include "runtime/kv_stream.h"
 #include "train/layer_program.h"
 
 namespace memo::train {
@@ -72,21 +73,44 @@ at::Tensor LayerProgram::forward_layer_chunks(int64_t index, const model::LayerW
   const auto& layer = parts_.layer;
   const auto& c = layer.config();
   const int64_t B = x.size(0), S = x.size(1), C = parts_.chunk_tokens;
+  if (auto* stream = policy ? policy->kv_stream() : nullptr) {
+    // K and V on the host: each chunk's k, v to its host block, the earlier
+    // blocks streamed back for its queries (runtime/kv_stream.h).
+    stream->begin_layer(c, index, B, S, C, x.options());
+    const auto earlier = stream->blocks(index);
+    auto y = forward_chunk_loop(index, w, pos, x, policy, [&](const at::Tensor& qkv, int64_t chunk, int64_t t0) {
+      stream->write(index, chunk, model::chunk_kv(c, qkv));
+      return model::attend_chunk_blocks(layer, qkv, t0, C, earlier);
+    });
+    policy->kv_forward_done(index);
+    return y;
+  }
   auto kv = model::allocate_layer_kv(c, B, S, x.options());  // [B, S, 2 nkv d]
-  auto y = at::empty({B, S, c.hidden}, x.options());         // [B, S, h]
+  auto y = forward_chunk_loop(index, w, pos, x, policy, [&](const at::Tensor& qkv, int64_t, int64_t t0) {
+    model::store_chunk_kv(c, qkv, kv, t0);
+    return model::attend_chunk(layer, qkv, kv, t0);
+  });
+  if (policy) policy->save_kv(index, std::move(kv));
+  return y;
+}
+
+at::Tensor LayerProgram::forward_chunk_loop(int64_t index, const model::LayerWeights& w, const TokenPositions& pos,
+                                            const at::Tensor& x, runtime::ActivationPolicy* policy,
+                                            const ChunkAttention& attend) {
+  const auto& layer = parts_.layer;
+  const int64_t B = x.size(0), S = x.size(1), C = parts_.chunk_tokens;
+  auto y = at::empty({B, S, layer.config().hidden}, x.options());  // [B, S, h]
   for (int64_t chunk = 0, t0 = 0; t0 < S; ++chunk, t0 += C) {
     const int64_t n = std::min(C, S - t0);
     const runtime::Unit unit{index, chunk};
     auto acts = chunk_storage(policy ? policy->forward_storage(unit) : nullptr, n);
-    acts.x = x.narrow(1, t0, n);                                                 // [B, n, h]
+    acts.x = x.narrow(1, t0, n);                                                   // [B, n, h]
     layer.forward_pre_attention(w, pos.rope, acts.x, acts, 0, 0, pos.first + t0);  // n1, rstd1, qkv
-    model::store_chunk_kv(c, acts.qkv, kv, t0);
-    layer.keep_attention(model::attend_chunk(layer, acts.qkv, kv, t0), acts);     // o, lse
+    layer.keep_attention(attend(acts.qkv, chunk, t0), acts);                      // o, lse
     layer.forward_post_attention(w, acts.x, acts);                                // x2, n2, rstd2, gu, a
     y.narrow(1, t0, n).copy_(layer.forward_output(w, acts));                      // x2 + a Wdown^T
     if (policy) policy->save(unit, std::move(acts));
   }
-  if (policy) policy->save_kv(index, std::move(kv));
   return y;
 }
 
@@ -97,13 +121,32 @@ at::Tensor LayerProgram::backward_layer_chunks(int64_t index, const model::Layer
   const auto& layer = parts_.layer;
   const auto& c = layer.config();
   const int64_t B = dy.size(0), S = dy.size(1), C = parts_.chunk_tokens;
+  const auto stat = model::stat_dtype(dy.scalar_type());
   // The policy recomputes on the local tokens only: its table starts at them.
   const auto local_rope = pos.rope.slice(pos.first, S);
   runtime::LayerContext ctx{layer, w, local_rope, {}, 0, 0, nullptr, {}};
   ctx.chunk_tokens = C;
-  ctx.kv = policy.restore_kv(index, ctx);  // [B, S, 2 nkv d]
-  // dK, dV add up over the chunks: in the statistics dtype, rounded once.
-  auto dkv = model::zeros_layer_kv(c, B, S, dy.options().dtype(model::stat_dtype(dy.scalar_type())));
+  ChunkAttentionBackward attention_backward;
+  at::Tensor dkv;  // resident: dK, dV accumulators [B, S, 2 nkv d], statistics dtype
+  auto* stream = policy.kv_stream();
+  if (stream) {
+    // K and V on the host: key blocks streamed, dK, dV in host accumulators.
+    ctx.kv_stream = stream;
+    policy.restore_kv_on_host(index, ctx);
+    stream->begin_grads(index, stat);
+    attention_backward = [&, earlier = stream->blocks(index), add = stream->add_grads(index)](
+                             at::Tensor d_o, const model::LayerActivations& acts, int64_t chunk, int64_t t0) {
+      return model::backward_attention_chunk_blocks(layer, std::move(d_o), acts, t0, C, earlier, add,
+                                                    stream->take_grads(index, chunk));
+    };
+  } else {
+    ctx.kv = policy.restore_kv(index, ctx);  // [B, S, 2 nkv d]
+    // dK, dV add up over the chunks: in the statistics dtype, rounded once.
+    dkv = model::zeros_layer_kv(c, B, S, dy.options().dtype(stat));
+    attention_backward = [&](at::Tensor d_o, const model::LayerActivations& acts, int64_t, int64_t t0) {
+      return model::backward_attention_chunk(layer, std::move(d_o), acts, ctx.kv, dkv, t0);
+    };
+  }
   auto dx = at::empty({B, S, c.hidden}, dy.options());  // [B, S, h]
   const int64_t chunks = (S + C - 1) / C;
   for (int64_t chunk = chunks - 1; chunk >= 0; --chunk) {
@@ -114,10 +157,11 @@ at::Tensor LayerProgram::backward_layer_chunks(int64_t index, const model::Layer
     // chunk-sized copy, so the stages see dense [B, n, h] operands.
     const auto dy_chunk = dy.narrow(1, t0, n).contiguous();                     // [B, n, h]
     auto post = layer.backward_post_attention(w, grads, acts, dy_chunk);        // dx2, d_o
-    auto dqkv = model::backward_attention_chunk(layer, std::move(post.d_o), acts, ctx.kv, dkv, t0);
+    auto dqkv = attention_backward(std::move(post.d_o), acts, chunk, t0);
     dx.narrow(1, t0, n).copy_(layer.backward_pre_attention(w, grads, pos.rope, acts, std::move(dqkv),
                                                            post.dx2, pos.first + t0));
   }
+  if (stream) stream->release(index);
   return dx;
 }
 
@@ -143,18 +187,9 @@ at::Tensor LayerProgram::forward_layer_chunks_exchanged(int64_t index, const mod
     }
     runtime::chunk_kv_to_heads(exchange, kv, t0, n, kv_heads);
   }
-  auto y = at::empty({B, S, c.hidden}, x.options());  // [B, S, h]
-  for (int64_t chunk = 0, t0 = 0; t0 < S; ++chunk, t0 += C) {
-    const int64_t n = std::min(C, S - t0);
-    const runtime::Unit unit{index, chunk};
-    auto acts = chunk_storage(policy ? policy->forward_storage(unit) : nullptr, n);
-    acts.x = x.narrow(1, t0, n);                                                     // [B, n, h]
-    layer.forward_pre_attention(w, pos.rope, acts.x, acts, 0, 0, pos.first + t0);    // n1, rstd1, qkv
-    layer.keep_attention(runtime::attend_chunk_exchanged(layer, exchange, acts.qkv, kv_heads, t0), acts);
-    layer.forward_post_attention(w, acts.x, acts);                                   // x2, n2, rstd2, gu, a
-    y.narrow(1, t0, n).copy_(layer.forward_output(w, acts));                         // x2 + a Wdown^T
-    if (policy) policy->save(unit, std::move(acts));
-  }
+  auto y = forward_chunk_loop(index, w, pos, x, policy, [&](const at::Tensor& qkv, int64_t, int64_t t0) {
+    return runtime::attend_chunk_exchanged(layer, exchange, qkv, kv_heads, t0);
+  });
   if (policy) policy->save_kv(index, std::move(kv));
   return y;
 }

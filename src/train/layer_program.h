@@ -122,6 +122,18 @@ class LayerProgram {
   at::Tensor backward_layer_chunks_exchanged(int64_t index, const model::LayerWeights& w,
                                              model::LayerWeights& grads, const TokenPositions& pos,
                                              const at::Tensor& dy, runtime::ActivationPolicy& policy);
+  // A chunk's attention in forward: its qkv [B, n, (nh+2nkv) d] (tokens
+  // [t0, t0 + n), chunk index `chunk`) -> o, lse (resident K and V, streamed
+  // from the host, or exchanged under sequence parallelism).
+  using ChunkAttention = std::function<model::AttentionResult(const at::Tensor& qkv, int64_t chunk, int64_t t0)>;
+  // A chunk's attention backward: d_o [B, n, nh d] and its skeletal set ->
+  // dqkv [B, n, (nh+2nkv) d], dK, dV of earlier keys kept wherever they add up.
+  using ChunkAttentionBackward =
+      std::function<at::Tensor(at::Tensor d_o, const model::LayerActivations& acts, int64_t chunk, int64_t t0)>;
+  // The forward chunk loop every chunked layer runs: pre-attention, `attend`,
+  // post-attention and output per chunk, each chunk's set to the policy.
+  at::Tensor forward_chunk_loop(int64_t index, const model::LayerWeights& w, const TokenPositions& pos,
+                                const at::Tensor& x, runtime::ActivationPolicy* policy, const ChunkAttention& attend);
 
   LayerProgramParts parts_;
 };

@@ -22,6 +22,11 @@ void TrainOptions::validate() const {
   // Each option's own check (the table's order), then what spans options.
   for (const auto& spec : option_table())
     if (spec.check) spec.check(*this);
+  require_input(!kv_on_host || chunk_tokens != "0",
+                "--kv-on-host streams K and V of chunked layers: it needs --chunk-tokens (C or auto), got "
+                "--chunk-tokens 0 (whole layers)");
+  require_input(!kv_on_host || sp == 1, "--kv-on-host is not built for sequence parallelism: it needs --sp 1, got --sp ",
+                sp);
   require_input(checkpoint_every == 0 || !out.empty(), "checkpoint_every needs --out (checkpoints go to OUT/checkpoints)");
   // Sizes from flags in checked int64: 2^63 tokens or 2^32 x 2^32 sequences
   // are an InputError here, never a wrapped size reaching an allocator.

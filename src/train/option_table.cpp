@@ -218,6 +218,16 @@ std::vector<OptionSpec> build_table() {
         .cache_key([](nlohmann::json& out, const O& o, const ResolvedRun&) {
           if (o.chunk_tokens != "0") out["chunk_tokens"] = o.chunk_tokens;
         }),
+    switch_option("--kv-on-host", "kv_on_host", &O::kv_on_host, true,
+                  "Chunked layers: K and V (and their gradients) in host blocks, streamed to the device one chunk "
+                  "at a time (docs/chunks.md, \"K and V on the host\"); needs --chunk-tokens, and --sp 1")
+        .bench("Chunked layers: K and V (and their gradients) in host blocks, streamed one chunk at a time")
+        .header("chunks")
+        .json([](nlohmann::json& out, const O& o, const ResolvedRun&) { out["kv_on_host"] = o.kv_on_host; })
+        // Only when on, so that the keys of the plans cached before the option stay as they were.
+        .cache_key([](nlohmann::json& out, const O& o, const ResolvedRun&) {
+          if (o.kv_on_host) out["kv_on_host"] = true;
+        }),
     option("--lr", &O::lr, "Peak learning rate")
         .check(number([](double v) { return v > 0; }, "> 0")).example("0.001").json().header("optimizer").resume(),
     option("--min-lr-ratio", &O::min_lr_ratio, "Final learning rate as a fraction of --lr")
@@ -375,9 +385,10 @@ const std::vector<HeaderLine>& fixed_header_lines() {
          if (r.chunk_tokens <= 0) return strf("whole layers (--chunk-tokens %s)", o.chunk_tokens.c_str());
          const int64_t shard = o.seq_len / std::max<int64_t>(1, o.sp);  // chunks of a rank's tokens
          const int64_t chunks = (shard + r.chunk_tokens - 1) / r.chunk_tokens;
-         return strf("%lld tokens per chunk, %lld chunks per layer (--chunk-tokens %s); whole-sequence tensors "
+         return strf("%lld tokens per chunk, %lld chunks per layer (--chunk-tokens %s)%s; whole-sequence tensors "
                      "on the device: %s",
-                     (long long)r.chunk_tokens, (long long)chunks, o.chunk_tokens.c_str(), r.whole_sequence.c_str());
+                     (long long)r.chunk_tokens, (long long)chunks, o.chunk_tokens.c_str(),
+                     o.kv_on_host ? ", K and V on the host (--kv-on-host)" : "", r.whole_sequence.c_str());
        }},
       {"device", [](const TrainOptions&, const ResolvedRun& r) -> Text {
          return strf("%s, compute %s, master float32, attention %s", r.device.c_str(), r.compute_dtype.c_str(),

@@ -26,6 +26,7 @@ struct TrainOptions {
   double host_memory_gib = 0.0;   // host pool budget for offload/memo; 0 = memory::host_budget's default
   std::string chunk_tokens = "0"; // tokens per layer chunk (docs/chunks.md): "0" whole layers, "C", "auto";
                                   // bench: a comma-separated list (train/chunking.h)
+  bool kv_on_host = false;        // chunked layers: K, V and dK, dV in host blocks (runtime/kv_stream.h)
   // optimisation
   double lr = 3e-3;
   double min_lr_ratio = 0.1;

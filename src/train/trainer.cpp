@@ -128,6 +128,7 @@ void Trainer::make_policy_and_check_fit() {
   if (chunking.automatic) cc.device_bytes = measure_memory(fit_request(local, config_, device_, compute_dtype_)).device;
   chunk_tokens_ = resolve_chunk_tokens(chunking, cc);
   po.chunk_tokens = chunk_tokens_;
+  po.kv_on_host = options_.kv_on_host;
   if (dist_) {
     // memo's alpha: the smallest any rank chose, so every rank swaps and
     // recomputes the same tokens and none waits for a slower one.

@@ -1,0 +1,51 @@
+// The cost of K and V on the host (`--kv-on-host`, runtime/kv_stream.h,
+// docs/chunks.md "K and V on the host") for a layer run in chunks of C
+// tokens: the device staging the stream allocates, the host blocks, and the
+// bytes over the host link per step. Pure C++ (no torch); the runtime's
+// KvStream counts the same link bytes (tests/test_kv_on_host.cpp).
+//
+// Per layer, with B sequences of S tokens in k = ceil(S / C) chunks, kv =
+// 2 nkv d, c compute and s statistics bytes, and T = C k (k - 1) / 2 the
+// earlier keys summed over the chunks (the streamed prefix):
+//   to host:   B kv (S c + T s)        each chunk's K, V once; dK, dV of
+//                                      each earlier block back after its add
+//   to device: B kv (2 T c + T s + S s)  the prefix in forward and again in
+//                                      backward; dK, dV of each earlier block
+//                                      fetched to add; each chunk's own dK,
+//                                      dV once
+//   recompute adds B kv (S c) to host and B kv (T c) to device (K, V
+//   rebuilt into the blocks, and each chunk's attention recomputed).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "plan/chunk_plan.h"
+#include "plan/cost_model.h"
+
+namespace memo::plan {
+
+// The whole-sequence parts (plan/chunk_plan.cpp) that --kv-on-host moves to
+// the host, by name.
+inline constexpr const char* kLayerKvPart = whole_part::kLayerKv;
+inline constexpr const char* kKvAccumulatorPart = whole_part::kKvAccumulators;
+inline constexpr const char* kEveryLayerKvPart = whole_part::kEveryLayerKv;
+
+struct KvOnHostCost {
+  double staging_bytes = 0;         // device: B C kv max(2c, c + 2s)
+  double host_bytes = 0;            // host blocks at the step's peak
+  double link_to_host_bytes = 0;    // per step, every layer
+  double link_to_device_bytes = 0;  // per step, every layer
+  double link_s = 0;                // those over the host link (h2d, d2h)
+  double removed_bytes = 0;         // the whole-sequence parts it moves off the device
+  double device_bytes = 0;          // the chunk plan's device bytes with them moved, staging added
+  bool fits = false;                // device_bytes and host (the policy's and these) within the hardware's
+};
+
+// For `policy` at chunk_tokens >= 1 (below seq_len); in.parallel.sp must be 1.
+KvOnHostCost kv_on_host_cost(const PlanInputs& in, const std::string& policy, int64_t chunk_tokens);
+// The same against the chunk plan's split of that policy (its chunk): the
+// parts moved off the device, and whether the run fits with them moved.
+KvOnHostCost kv_on_host_cost(const PlanInputs& in, const ChunkMemory& m);
+
+}  // namespace memo::plan
