@@ -28,6 +28,8 @@
 #include "runtime/policy.h"
 #include "train/loss.h"
 #include "train/step.h"
+#include "train/chunking.h"
+#include "train/trainer.h"
 
 namespace memo {
 namespace {
@@ -214,6 +216,39 @@ TEST(KvOnHost, PlanMovesTheWholeSequenceKvPartsOffTheDevice) {
     EXPECT_DOUBLE_EQ(cost.device_bytes, m.device_bytes - cost.removed_bytes + cost.staging_bytes);
     EXPECT_LT(cost.device_bytes, m.device_bytes);
   }
+}
+
+
+// The run's reports under --kv-on-host: the header's whole-sequence list and
+// the measured peak split leave out K, V and dK, dV (in host blocks), so a
+// recompute run's whole-sequence part is the resident run's less exactly
+// B S kv (c + s), what the policy held (every layer's input) unchanged.
+TEST(KvOnHost, ReportsLeaveTheHostBlocksOutOfTheWholeSequenceTensors) {
+  const auto cfg = model::resolve_model("tiny");
+  const auto listed = train::describe_whole_sequence(cfg, at::kFloat, 1, true);
+  EXPECT_EQ(listed.find("K and V of the layer"), std::string::npos) << listed;
+  EXPECT_EQ(listed.find("dK and dV"), std::string::npos) << listed;
+  EXPECT_NE(train::describe_whole_sequence(cfg, at::kFloat).find("K and V of the layer"), std::string::npos);
+
+  auto whole_sequence = [&](bool on_host) {
+    train::TrainOptions o;
+    o.model = "tiny";
+    o.layers = 2;
+    o.seq_len = 256;
+    o.batch = 1;
+    o.steps = 1;
+    o.warmup = 0;
+    o.device = "cpu";
+    o.dtype = "float32";
+    o.policy = "recompute";
+    o.chunk_tokens = "64";
+    o.kv_on_host = on_host;
+    o.memory_check = false;
+    train::Trainer trainer(o);
+    return trainer.run([](const train::StepRecord&) {}).peak_split.whole_sequence_bytes;
+  };
+  const int64_t kv = 2 * cfg.kv_heads * cfg.head_dim;
+  EXPECT_EQ(whole_sequence(false) - whole_sequence(true), 256 * kv * (4 + 4));
 }
 
 }  // namespace

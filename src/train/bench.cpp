@@ -190,6 +190,7 @@ void run_row(const BenchContext& c, BenchRow& row) {
   split.chunked = row.chunk_tokens > 0 && row.chunk_tokens < c.options.run.seq_len;
   split.policy_holds_layer_kv = row.policy == "keep";
   split.unit_tokens = o.batch * (split.chunked ? row.chunk_tokens : o.seq_len);
+  split.kv_on_host = o.kv_on_host && split.chunked;
   row.peak_split = split_peak(split, c.cfg, c.ex.compute_dtype);
   if (c.ex.peak_flops > 0) row.mfu = c.flops / (row.step_s * c.ex.peak_flops);
   if (planner) planner->disarm();

@@ -88,18 +88,23 @@ int64_t resolve_chunk_tokens(const ChunkSetting& setting, const ChunkContext& ct
 }
 
 std::vector<WholeSequenceTensor> whole_sequence_tensors(const model::ModelConfig& c, c10::ScalarType compute,
-                                                        int64_t sp, bool chunked) {
+                                                        int64_t sp, bool chunked, bool kv_on_host) {
   std::vector<WholeSequenceTensor> out;
   for (const auto& part : plan::layer_whole_sequence(model::to_plan_shape(c),
-                                                     static_cast<int>(c10::elementSize(compute)), sp, chunked))
+                                                     static_cast<int>(c10::elementSize(compute)), sp, chunked)) {
+    // --kv-on-host: K, V and dK, dV live in host blocks (runtime/kv_stream.h).
+    if (kv_on_host && (part.name == plan::whole_part::kLayerKv || part.name == plan::whole_part::kKvAccumulators))
+      continue;
     out.push_back({part.name, static_cast<int64_t>(part.bytes_per_token)});
+  }
   return out;
 }
 
-std::string describe_whole_sequence(const model::ModelConfig& c, c10::ScalarType compute, int64_t sp) {
+std::string describe_whole_sequence(const model::ModelConfig& c, c10::ScalarType compute, int64_t sp,
+                                    bool kv_on_host) {
   std::string out;
   int64_t total = 0;
-  for (const auto& t : whole_sequence_tensors(c, compute, sp)) {
+  for (const auto& t : whole_sequence_tensors(c, compute, sp, true, kv_on_host)) {
     out += (out.empty() ? "" : ", ") + t.name + " " + format_bytes(static_cast<double>(t.bytes_per_token));
     total += t.bytes_per_token;
   }

@@ -73,8 +73,9 @@ struct WholeSequenceTensor {
   int64_t bytes_per_token = 0;
 };
 std::vector<WholeSequenceTensor> whole_sequence_tensors(const model::ModelConfig& c, c10::ScalarType compute,
-                                                        int64_t sp = 1, bool chunked = true);
+                                                        int64_t sp = 1, bool chunked = true, bool kv_on_host = false);
 // "hidden state 2x4 KiB, K,V 1 KiB, dK,dV 2 KiB = 11 KiB per token".
-std::string describe_whole_sequence(const model::ModelConfig& c, c10::ScalarType compute, int64_t sp = 1);
+std::string describe_whole_sequence(const model::ModelConfig& c, c10::ScalarType compute, int64_t sp = 1,
+                                    bool kv_on_host = false);  // --kv-on-host: without K, V and dK, dV
 
 }  // namespace memo::train

@@ -23,7 +23,7 @@ MemorySplit split_peak(const MemorySplitInputs& in, const model::ModelConfig& c,
   s.chunk_buffer_bytes = in.buffer_bytes + in_flight;
   s.static_bytes = std::max<int64_t>(0, in.allocated_before_step - in.buffer_bytes);
   int64_t whole = 0;
-  for (const auto& t : whole_sequence_tensors(c, compute, in.sp, in.chunked)) {
+  for (const auto& t : whole_sequence_tensors(c, compute, in.sp, in.chunked, in.kv_on_host)) {
     if (in.policy_holds_layer_kv && t.name == plan::whole_part::kLayerKv) continue;  // counted in the policy's
     const auto measured = in.measured_parts.find(t.name);
     if (measured == in.measured_parts.end()) {

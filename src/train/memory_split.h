@@ -61,6 +61,7 @@ struct MemorySplitInputs {
   bool policy_holds_layer_kv = false;
   int64_t unit_tokens = 0;  // batch x tokens of a unit (a chunk; the sequence with whole layers)
   int64_t sp = 1;           // sequence parallel degree (tokens: the rank's shard)
+  bool kv_on_host = false;  // --kv-on-host: K, V and dK, dV in host blocks, not whole on the device
   // Whole-sequence parts the runtime measured, by name (the most held at
   // once): they replace the parts of that name computed from the shapes.
   std::map<std::string, int64_t> measured_parts;

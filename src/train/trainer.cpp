@@ -273,7 +273,8 @@ ResolvedRun Trainer::resolved_run() const {
   r.policy = policy_->name();
   r.alpha = policy_->alpha();
   r.chunk_tokens = chunk_tokens_;
-  r.whole_sequence = describe_whole_sequence(config_, compute_dtype_, dist_ ? dist_->mesh().sp : 1);
+  r.whole_sequence = describe_whole_sequence(config_, compute_dtype_, dist_ ? dist_->mesh().sp : 1,
+                                             options_.kv_on_host);
   r.host_budget_bytes = host_budget_.bytes;
   r.host_budget_source = host_budget_.source;
   r.attention_kernel = model::attention_kernel_name(model_->layer().kernel());
@@ -558,6 +559,7 @@ TrainSummary Trainer::summarize(RunTotals& totals) const {
   split.policy_holds_layer_kv = options_.policy == "keep";
   split.unit_tokens = local_batch_ * (split.chunked ? chunk_tokens_ : local_seq_);
   split.sp = dist_ ? dist_->mesh().sp : 1;
+  split.kv_on_host = options_.kv_on_host && split.chunked;
   split.measured_parts = measured_parts_.bytes;
   summary.peak_split = split_peak(split, config_, compute_dtype_);
   summary.model_state = held_model_state(*model_, optimizer_.get(), zero_.get(), sharded_layers_.get());
