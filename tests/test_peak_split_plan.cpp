@@ -6,7 +6,8 @@
 // Static, whole-sequence and chunk buffers agree to the byte (static within
 // 64 KiB: what the plan does not list, e.g. the RoPE table); the transients,
 // which the run gives as the rest of its peak and the plan as the largest
-// working set from per-token formulas, within 2x either way. The same on 2
+// working set from per-token formulas (the loss phase's included), within
+// 1.25x above and 2x below. The same on 2
 // Gloo ranks under --sp 2 (the model's one kv head replicated, chunks of 64
 // of each rank's 256 tokens), where the head-layout K, V and dK, dV and the
 // waiting dq and inputs are measured from the storage the chunk program
@@ -18,6 +19,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <ATen/ATen.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -32,6 +36,7 @@
 #include "plan/hardware.h"
 #include "rank_runner.h"
 #include "train/fit_check.h"
+#include "train/loss.h"
 #include "train/trainer.h"
 
 namespace memo {
@@ -88,15 +93,22 @@ plan::PlanInputs plan_inputs(const train::TrainOptions& o) {
   in.master_bytes = 4;
   in.zero = 0;
   in.hardware = plan::hardware_preset("h200-141gb");
-  in.loss_chunk_bytes = 0;
   return in;
 }
 
-// The plan's split of the same run per GPU over sp GPUs (no loss chunk:
-// vocab 256 keeps it below a chunk's working set).
+// The plan's split of the same run per GPU over sp GPUs, with the run's
+// loss chunk (vocab 256: the whole shard in one chunk, 1 KiB per token).
 plan::ChunkMemory planned(const SplitCase& p, int64_t sp) {
   auto in = plan_inputs(small_run(p.policy, p.chunk));
   in.parallel.sp = sp;
+  // The run's loss chunk (CPU budget) over the rank's tokens.
+  const auto config = model::resolve_model(model_file());
+  const int64_t tokens = in.batch * in.seq_len / sp;
+  in.loss_chunk_bytes =
+      static_cast<double>(std::min(train::default_loss_chunk(config.vocab_size, at::kFloat,
+                                                             train::default_loss_budget(at::Device(at::kCPU))),
+                                   tokens)) *
+      static_cast<double>(train::loss_bytes_per_token(config.vocab_size, at::kFloat));
   return plan::chunk_memory(in, p.policy, p.chunk);
 }
 
@@ -119,7 +131,10 @@ TEST_P(PeakSplitAgainstPlan, MeasuredPartsAreThePlans) {
   EXPECT_NEAR(static_cast<double>(got.static_bytes), want.static_bytes, 64.0 * 1024);
   EXPECT_EQ(static_cast<double>(got.whole_sequence_bytes), want.whole_sequence_bytes);
   EXPECT_EQ(static_cast<double>(got.chunk_buffer_bytes), want.chunk_buffer_bytes);
-  EXPECT_LE(static_cast<double>(got.transient_bytes), 2.0 * want.chunk_transient_bytes);
+  // Measured/plan at one OpenMP thread (ctest): chunks of 64: keep 1.16,
+  // recompute 0.83, offload 1.02, memo 1.00; whole layers 0.65-0.86 (their
+  // working set is the whole layer's, counted generously).
+  EXPECT_LE(static_cast<double>(got.transient_bytes), 1.25 * want.chunk_transient_bytes);
   EXPECT_GE(static_cast<double>(got.transient_bytes), 0.5 * want.chunk_transient_bytes);
 }
 

@@ -19,7 +19,10 @@
 //                   inputs of the two units in flight are restored beside
 //                   them), 0 (keep, recompute: it has no buffers)
 //   transients      max(C (c max(2f + h, h + a + q, h + 2q, 2h + q) + (a + nh) s)
-//                       + c x the largest weight matrix, the loss chunk)
+//                       + c x the largest weight matrix, the loss phase: one
+//                       loss chunk + what 3 h c per token (the last layer's
+//                       output, the final norm's output and its gradient)
+//                       exceeds the layers' whole-sequence part)
 //                   + recompute: the chunk's rebuilt set, C (skel - h c)
 //   host            offload n skel; memo (h c + a c + nh s) on every token of
 //                   every unit but the last two (whole layers: n - 2 layers;
@@ -33,9 +36,13 @@
 // Under sp (Ulysses), whole-sequence adds K, V and dK, dV in head layout
 // (2 max(nkv, sp) d (c + s), replacing the token-layout dK, dV) and each
 // chunk's waiting dq and input ((a + h) c); transients 4 a c per chunk token.
-// The loss phase's whole-sequence part (the final norm's output and its
-// gradient, 2 h c) is no larger than the layers', so adding the larger
-// transient to the layers' whole-sequence part bounds both phases.
+// The loss phase's whole-sequence tensors (3 h c) can exceed the layers'
+// (2 h c, chunked K, V and dK, dV: keep's and small float32 models'), so its
+// transient is one loss chunk plus the excess; the larger transient added to
+// the layers' whole-sequence part bounds both phases. (The runtime keeps the
+// loss phase to that: the final norm and the embedding gradient run in
+// chunk-sized blocks, and swapping policies let go of the last layer's input
+// and K, V before the loss: train/step.cpp, ActivationStore::forward_done.)
 #include "plan/chunk_plan.h"
 
 #include <algorithm>
@@ -117,6 +124,8 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   for (const auto& part : layer_whole_sequence(m, in.compute_bytes, in.parallel.sp, chunked))
     if (policy != "keep" || part.name != whole_part::kLayerKv)  // keep: among every layer's K and V
       whole(part.name, part.bytes_per_token);
+  // What of it the loss phase frees for its own (the policies' extras below stay).
+  const double layers_part_per_token = cm.whole_sequence_bytes_per_token;
   if (policy == "keep") whole("every layer's skeletal set", n * skel);
   if (policy == "keep" && chunked) whole(whole_part::kEveryLayerKv, n * kv * c);
   if (policy == "recompute") whole("every layer's input", n * h * c);
@@ -133,7 +142,10 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
                          (sp ? 4.0 * a * c : 0.0);
   const double largest_matrix = std::max({2.0 * f * h, q * h, a * h});
   const double rebuilt = policy == "recompute" ? chunk * unit_set : 0.0;  // recompute's rebuilt unit
-  cm.chunk_transient_bytes = std::max(chunk * working + largest_matrix * c, in.loss_chunk_bytes) + rebuilt;
+  // The loss phase: the last layer's output, the final norm's output and its
+  // gradient (3 h c per token) in place of the layers' part, and one loss chunk.
+  const double loss_phase = in.loss_chunk_bytes + tokens * std::max(0.0, 3.0 * h * c - layers_part_per_token);
+  cm.chunk_transient_bytes = std::max(chunk * working + largest_matrix * c, loss_phase) + rebuilt;
   cm.reserve_bytes = hw.reserve_bytes;
   cm.device_bytes = cm.static_bytes + cm.whole_sequence_bytes + cm.chunk_buffer_bytes +
                     cm.chunk_transient_bytes + cm.reserve_bytes;

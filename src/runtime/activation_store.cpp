@@ -16,6 +16,7 @@ ActivationStore::ActivationStore(const model::ModelConfig& c, int64_t batch, int
       placement_(std::move(placement)),
       buffers_(c, batch, tokens, compute, device, chunks_per_layer),
       tokens_(tokens),
+      chunks_per_layer_(chunks_per_layer),
       kv_(kv) {
   // Per swapped unit, per tensor: every token of x, o, lse; the host share of the others.
   std::map<Unit, std::vector<int64_t>> host_tokens;
@@ -99,6 +100,13 @@ const model::LayerActivations* ActivationStore::forward_storage(Unit u) {
   // The previous layer's K and V have had a chunk of compute to reach the host.
   if (kv_.layers > 0 && u.chunk == 1 && u.layer > 0) engine_->wait_copy_out(kv_unit(u.layer - 1));
   return &buffers_.of(u).slots;
+}
+
+void ActivationStore::forward_done() {
+  // Whole layers: a unit's input is its layer's, nothing to gain.
+  if (chunks_per_layer_ > 1)
+    for (auto& [u, x] : inputs_held_) x = x.clone();  // [B, n, h], the view's storage let go
+  if (kv_.layers > 0) engine_->wait_copy_out(kv_unit(kv_.layers - 1));
 }
 
 void ActivationStore::save(Unit u, const model::LayerActivations& acts) {

@@ -109,6 +109,12 @@ class ActivationStore {
   // K and V of `layer` after their copy-in (prefetched now if they were not).
   at::Tensor take_kv(int64_t layer);
 
+  // After the last layer's forward: the inputs still held (the last units',
+  // views of their layer's whole-sequence input) become chunk-sized copies,
+  // and the last layer's K, V copy to the host is waited on, so that
+  // neither whole-sequence tensor lives on through the loss.
+  void forward_done();
+
   // After the last backward: the compute stream waits for every copy; the
   // tensors held for them are let go.
   void end_step();
@@ -144,6 +150,7 @@ class ActivationStore {
   std::map<Unit, std::vector<at::Tensor>> resident_;  // per unit, per spec (undefined: none)
   std::set<Unit> prefetched_;
   int64_t tokens_ = 0;
+  int64_t chunks_per_layer_ = 1;
   KvPlacement kv_;
   std::vector<model::SkeletalSpec> kv_specs_;  // one spec: K and V [B, S, 2 nkv d]
   HostSlots kv_host_;                          // per layer (unit {layer, 0}) K and V

@@ -138,6 +138,9 @@ class ActivationPolicy {
   void enable_kv_on_host();
   virtual void kv_forward_done(int64_t layer) {}
   virtual void restore_kv_on_host(int64_t layer, const LayerContext& ctx);
+  // After the last layer's forward, before the loss: what the policy still
+  // holds of forward's whole-sequence tensors beyond what it needs can go.
+  virtual void forward_done() {}
   // After the last layer's backward.
   virtual void end_step() {}
 

@@ -220,6 +220,7 @@ class SwapPolicy final : public ActivationPolicy {
     return store().take_kv(layer);
   }
 
+  void forward_done() override { store().forward_done(); }
   void end_step() override { store().end_step(); }
 
   HeldBytes held() const override {

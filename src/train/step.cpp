@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "memory/planned_allocator.h"
 #include "runtime/stage_exchange.h"
@@ -19,6 +21,26 @@ at::Tensor embed_tokens(const model::LlamaModel& model, const at::Tensor& tokens
   const auto& w = model.compute();
   return w.embed.index_select(0, tokens.reshape({-1}))
       .view({tokens.size(0), tokens.size(1), model.config().hidden});  // [B, S, h]
+}
+
+// The final norm's and the embedding gradient's token blocks: with chunked
+// layers, chunk-sized (their few [block, h] temporaries are then within a
+// chunk's working set, which the plan counts: docs/chunks.md); otherwise
+// the ops' default. Without this a long sequence's final norm backward held
+// several [S, h] statistics-dtype temporaries at the step's peak.
+int64_t token_block_elements(int64_t batch, int64_t hidden, int64_t chunk_tokens) {
+  return chunk_tokens > 0 ? std::min(model::kBlockElements, batch * chunk_tokens * hidden) : model::kBlockElements;
+}
+
+// grad [V, h] += the rows of dx [T, h] at their tokens [T], a block of rows
+// at a time (the conversion to the gradient's dtype is block-sized).
+void add_embedding_grad(at::Tensor& grad, const at::Tensor& tokens, const at::Tensor& dx, int64_t block_elements) {
+  const int64_t T = dx.size(0), h = dx.size(1);
+  const int64_t rows = std::max<int64_t>(1, block_elements / std::max<int64_t>(1, h));
+  for (int64_t r0 = 0; r0 < T; r0 += rows) {
+    const int64_t n = std::min(rows, T - r0);
+    grad.index_add_(0, tokens.narrow(0, r0, n), dx.narrow(0, r0, n).to(grad.scalar_type()));  // [n, h]
+  }
 }
 
 void check_batch(const model::LlamaModel& model, const MicroBatch& b) {
@@ -72,6 +94,7 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   model.ensure_rest_grads();  // released after the last step's reduce-scatter (ZeRO 2-3)
   auto& g = model.grads();
   const int64_t B = batch.tokens.size(0), S = batch.tokens.size(1);
+  const int64_t block = token_block_elements(B, cfg.hidden, chunk_tokens);
   SingleDeviceProgram run(model, S, trace, chunk_tokens, shard);
 
   // Forward. Regions mark the profiler's level-1 units (memory/planned_allocator.h).
@@ -82,6 +105,7 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   }
   policy.begin_step({cfg.layers, B, S});
   x = run.program.forward(std::move(x), run.positions, &policy);
+  policy.forward_done();
   // Final norm, loss, and their backward. The gradient is of the mean over
   // this batch (on many ranks: of the whole micro-batch), with the count
   // taken on the host.
@@ -93,13 +117,13 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   {
     memory::RegionScope region("loss");
     at::Tensor nf, rstdf;
-    model::rmsnorm_forward(x, w.final_norm, cfg.rms_eps, nf, rstdf);
+    model::rmsnorm_forward(x, w.final_norm, cfg.rms_eps, nf, rstdf, block);
     const double scale = mean_over > 0 ? grad_weight / static_cast<double>(mean_over) : 0.0;
     ce = chunked_cross_entropy(nf.view({B * S, cfg.hidden}), w.head(), targets, loss_chunk, scale,
                                &g.head());
     nf.reset();
     dx = ce.dh.defined() ? model::rmsnorm_backward(ce.dh.view({B, S, cfg.hidden}), x, rstdf,
-                                                   w.final_norm, g.final_norm)
+                                                   w.final_norm, g.final_norm, {}, block)
                          : at::zeros_like(x);
     ce.dh.reset();
   }
@@ -108,8 +132,7 @@ LossSum forward_backward(model::LlamaModel& model, runtime::ActivationPolicy& po
   // Backward.
   dx = run.program.backward(std::move(dx), run.positions, policy, g);
   policy.end_step();
-  g.embed.index_add_(0, batch.tokens.reshape({-1}),
-                     dx.reshape({B * S, cfg.hidden}).to(g.embed.scalar_type()));
+  add_embedding_grad(g.embed, batch.tokens.reshape({-1}), dx.reshape({B * S, cfg.hidden}), block);
   return {ce.loss_sum, count};
 }
 
