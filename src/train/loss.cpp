@@ -67,6 +67,27 @@ void accumulate_head_grad(at::Tensor& grad, const at::Tensor& dl, const at::Tens
   }
 }
 
+// dh [n, h] = dl [n, V] @ head [V, h]. A 16-bit CPU GEMM packs its second
+// operand on each call (oneDNN reorders a bf16 head into its blocked layout
+// where the CPU has AMX or AVX512-BF16: a [V, h] copy, larger than a small
+// chunk's logits), so there the product runs over blocks of block_rows
+// vocabulary rows, accumulated in float32. float32 and float64 CPU GEMMs and
+// CUDA's read the head in place: one GEMM writes dh.
+void head_input_grad(at::Tensor& dh, const at::Tensor& dl, const at::Tensor& head, int64_t block_rows) {
+  const int64_t V = head.size(0);
+  const bool reduced = model::stat_dtype(dh.scalar_type()) != dh.scalar_type();
+  if (dh.is_cuda() || !reduced || block_rows >= V) {
+    at::mm_out(dh, dl, head);
+    return;
+  }
+  auto acc = at::zeros(dh.sizes(), dh.options().dtype(at::kFloat));  // [n, h]
+  for (int64_t v0 = 0; v0 < V; v0 += block_rows) {
+    const int64_t vb = std::min(block_rows, V - v0);
+    acc.add_(at::mm(dl.narrow(1, v0, vb), head.narrow(0, v0, vb)));  // [n, h] bf16 partial
+  }
+  dh.copy_(acc);
+}
+
 }  // namespace
 
 bool mixed_gemm_refused() { return !g_mixed_gemm.load(); }
@@ -132,7 +153,10 @@ CrossEntropyResult chunked_cross_entropy(const at::Tensor& h, const at::Tensor& 
     }
     logits.reset();  // (reduced: frees the float32 buffer before the GEMMs)
     auto dh = r.dh.narrow(0, begin, n);                          // [n, h]
-    at::mm_out(dh, dl, head);
+    // The CPU's packed copy of a head block takes at most the logits' bytes.
+    const int64_t head_rows = std::max<int64_t>(
+        1, n * V * static_cast<int64_t>(c10::elementSize(st)) / (h.size(1) * static_cast<int64_t>(c10::elementSize(ct))));
+    head_input_grad(dh, dl, head, head_rows);
     // The fallback's blocks (a compute-dtype product and, on the CPU, its
     // cast to the gradient's dtype) take at most the bytes the logits held.
     const int64_t block_rows = std::max<int64_t>(
