@@ -67,6 +67,8 @@ std::vector<BadInput> bad_inputs() {
       {"chunk_list_for_train", "train --chunk-tokens 4,8" + quick, "a list compares chunk sizes in `memo bench`"},
       {"kv_on_host_unchunked", "train --kv-on-host" + quick, "--kv-on-host streams K and V of chunked layers: it needs --chunk-tokens"},
       {"kv_on_host_sp", "train --kv-on-host --chunk-tokens 4 --sp 2" + quick, "--kv-on-host is not built for sequence parallelism: it needs --sp 1, got --sp 2"},
+      {"kv_blocks_over_host_budget", "train --policy recompute --chunk-tokens 64 --kv-on-host --host-memory-gib 0.001 --steps 1",
+       "2.00 MiB of it the K, V host blocks of --kv-on-host) and --host-memory-gib 0.001 allows"},
       {"no_command", "", "subcommand is required"},
   };
 }

@@ -15,6 +15,7 @@
 #include "plan/chunk_plan.h"
 #include "plan/cost_model.h"
 #include "plan/hardware.h"
+#include "plan/kv_on_host_plan.h"
 #include "train/loss.h"
 
 namespace memo::train {
@@ -110,8 +111,14 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
     (t.always_offloaded ? unit_fixed : unit_rest) += t.bytes;
   }
   const double units = chunked ? n * static_cast<double>((r.seq_len + r.chunk_tokens - 1) / r.chunk_tokens) : n;
-  const double kv = chunked ? static_cast<double>(tokens * 2 * c.kv_heads * c.head_dim * cb) : 0.0;  // one layer's K, V
-  const double kv_grads = chunked ? kv / static_cast<double>(cb) * std::max<double>(4.0, static_cast<double>(cb)) : 0.0;
+  // --kv-on-host (chunked, one rank's whole sequence): K, V and their
+  // accumulators live in host blocks; the device holds the stream's staging.
+  const bool kv_on_host = chunked && r.kv_on_host;
+  plan::KvOnHostCost kv_cost;
+  if (kv_on_host) kv_cost = plan::kv_on_host_cost(in, r.policy == "eval" ? "recompute" : r.policy, r.chunk_tokens);
+  // One layer's K, V and their accumulators on the device (none with --kv-on-host).
+  const double kv = chunked && !kv_on_host ? static_cast<double>(tokens * 2 * c.kv_heads * c.head_dim * cb) : 0.0;
+  const double kv_grads = kv / static_cast<double>(cb) * std::max<double>(4.0, static_cast<double>(cb));
 
   FitEstimate e;
   e.weights = P * 4.0 + (r.compute_dtype == c10::ScalarType::Float ? 0.0 : P * static_cast<double>(cb));
@@ -138,12 +145,19 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
     // They depend on shapes only: any hardware passes the plan's validation.
     plan::PlanInputs shapes = in;
     shapes.hardware = plan::hardware_preset("h200-141gb");
-    e.pool = plan::chunk_memory(shapes, r.policy, chunked ? r.chunk_tokens : 0, r.alpha.value_or(0.0)).host_bytes;
+    const auto m = plan::chunk_memory(shapes, r.policy, chunked ? r.chunk_tokens : 0, r.alpha.value_or(0.0));
+    e.pool = m.host_bytes;
+    // With --kv-on-host the stream's blocks replace the policy's per-layer K, V slots.
+    if (kv_on_host)
+      for (const auto& part : m.host)
+        if (part.name == plan::kEveryLayerKvPart) e.pool -= part.bytes;
   } else if (r.policy == "offload") {
     e.pool = n * (skel + kv);
   } else if (r.policy == "memo") {
     e.pool = std::max(0.0, units - 2.0) * (unit_fixed + r.alpha.value_or(0.0) * unit_rest) + n * kv;
   }
+  e.kv_host = kv_cost.host_bytes;
+  e.pool += e.kv_host;
   // The largest of the phases' temporaries: a layer's (a chunk's) backward
   // with the loss chunk, plus four hidden-width tensors (a layer's input and
   // output and, under offload and memo, the inputs held while their copies
@@ -152,7 +166,7 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
   // initialisation (float64 draws); plus the
   // batch (int64 tokens, targets and their window), the loss's per-token
   // targets, masks and statistics, and the RoPE table.
-  const double backward = plan::transient_bytes(unit_in, unit_skeletal) + 4.0 * x + kv + kv_grads;
+  const double backward = plan::transient_bytes(unit_in, unit_skeletal) + 4.0 * x + kv + kv_grads + kv_cost.staging_bytes;
   // Fused AdamW and the multi-tensor norm allocate nothing parameter-sized;
   // a bf16 run refreshes its compute copy per tensor.
   const double optimizer_tmp = r.command == "train" ? largest * 4.0 : 0.0;  // bench and eval take no step
@@ -194,8 +208,9 @@ std::string fit_problem(const FitRequest& r, const MemoryAvailable& have) {
       !cuda && e.pool > 0 ? ", pinned host pool " + bytes(e.pool) : "", ", reserve ", bytes(e.reserve),
       "); there is ", bytes(have.device), " (", have.device_what, ").");
   if (e.pool > have.pool_budget)
-    msg += cat(" The pinned host pool of ", r.policy, " needs ", bytes(e.pool), " and ", have.pool_what, " allows ",
-               bytes(have.pool_budget), ".");
+    msg += cat(" The pinned host pool of ", r.policy, " needs ", bytes(e.pool),
+               e.kv_host > 0 ? cat(" (", bytes(e.kv_host), " of it the K, V host blocks of --kv-on-host)") : "", " and ",
+               have.pool_what, " allows ", bytes(have.pool_budget), ".");
   if (cuda && e.host_need > have.host)
     msg += cat(" It also needs ", bytes(e.host_need), " of host RAM (the weights are drawn there; the pinned pool) "
                "and there is ", bytes(have.host), " (", have.host_what, ").");
@@ -293,6 +308,7 @@ FitRequest fit_request(const TrainOptions& o, const model::ModelConfig& config, 
   if (o.alpha >= 0) r.alpha = o.alpha;
   r.host_pool_budget = o.host_memory_gib * kGiB;
   r.loss_chunk = o.loss_chunk;
+  r.kv_on_host = o.kv_on_host;
   r.device = device;
   r.compute_dtype = compute_dtype;
   return r;

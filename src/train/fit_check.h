@@ -36,6 +36,7 @@ struct FitRequest {
   bool optimizer = true;        // AdamW moments (train; bench and eval have none)
   std::string command = "train";  // for messages: "train", "bench", "eval"
   int64_t chunk_tokens = 0;     // tokens per layer chunk as run (train/chunking.h); 0: whole layers
+  bool kv_on_host = false;      // chunked layers: K, V and dK, dV in host blocks (plan/kv_on_host_plan.h)
   // Many ranks: the ZeRO stage and the ranks it shards over (the world);
   // stage >= 1 on more than one rank counts this rank's model state as
   // memo train holds it (plan::model_state_bytes, at its peak in a step).
@@ -60,7 +61,8 @@ struct FitEstimate {
   double activations = 0;   // what the policy keeps on the device between forward and backward
   double working = 0;       // the largest of: one layer's backward working set and the loss chunk,
                             // the optimizer's and clipping's temporaries, initialisation; plus the batch
-  double pool = 0;          // the pinned host pool (offload, memo)
+  double pool = 0;          // the pinned host pool (offload, memo; with --kv-on-host its K, V blocks too)
+  double kv_host = 0;       // --kv-on-host: the K, V and dK, dV host blocks, within `pool`
   double reserve = 0;       // CUDA context and library workspaces
   double device_need = 0;   // must fit in MemoryAvailable::device (CPU: everything, the pool included)
   double host_need = 0;     // CUDA: must fit in MemoryAvailable::host

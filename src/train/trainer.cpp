@@ -11,6 +11,7 @@
 #include "core/json.h"
 #include "core/units.h"
 #include "dist/context.h"
+#include "runtime/kv_stream.h"
 #include "runtime/stage_exchange.h"
 #include "runtime/ulysses_exchange.h"
 #include "memory/device_memory.h"
@@ -455,6 +456,7 @@ LossSum Trainer::accumulate_gradients(bool tracing, TrainSummary& summary) {
     summary.peak_activation_bytes =
         std::max(summary.peak_activation_bytes, policy_->peak_held().device);
     summary.host_bytes = std::max(summary.host_bytes, policy_->peak_held().host);
+    if (const auto* stream = policy_->kv_stream()) summary.kv_host_bytes = stream->peak_host_bytes();
   }
   if (dist_) {
     finish_gradient_reduction();
@@ -622,6 +624,7 @@ nlohmann::json to_json_fields(const TrainSummary& s) {
           {"peak_device_bytes", s.peak_device_bytes},
           {"peak_activation_bytes", s.peak_activation_bytes},
           {"host_bytes", s.host_bytes},
+          {"kv_host_bytes", s.kv_host_bytes},
           {"peak_split", to_json(s.peak_split)},
           {"model_state_bytes", {{"weights", s.model_state.weights},
                                  {"master", s.model_state.master},

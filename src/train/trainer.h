@@ -68,6 +68,7 @@ struct TrainSummary {
   int64_t peak_device_bytes = 0;
   int64_t peak_activation_bytes = 0;  // held by the policy between forward and backward
   int64_t host_bytes = 0;             // pinned host memory the policy holds
+  int64_t kv_host_bytes = 0;          // --kv-on-host: the most the K, V host blocks held (not in host_bytes)
   MemorySplit peak_split;             // peak_device_bytes by purpose (train/memory_split.h)
   // The model state this rank holds after the last step (train/model_state.h;
   // sharded by --zero on many ranks), counted from its tensors.
