@@ -101,6 +101,26 @@ TEST(BenchCli, ARowWhoseHostPoolDoesNotFitDoesNotStopTheOthers) {
   }
 }
 
+TEST(BenchCli, EachChunkSizeIsCheckedOnItsOwn) {
+  // Under an address-space limit (about 240 MiB left once memo has loaded)
+  // recompute on whole layers needs about 315 MiB and does not fit; in chunks
+  // of 512 it needs about 172 MiB and runs. The check is per row: the whole
+  // layers' estimate must not stop the chunked row (nor the bench).
+  auto json_path = (testing::scratch_dir("bench_chunk_fit") / "bench.json").string();
+  auto r = testing::run_memo("bench --policies recompute --chunk-tokens 0,512 --seq-len 8192 --batch 2 --steps 1 "
+                             "--layers 2 --json " + json_path,
+                             "ulimit -v 650000; ");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream in(json_path);
+  const auto j = nlohmann::json::parse(in);
+  ASSERT_EQ(j["rows"].size(), 2u);
+  EXPECT_EQ(j["rows"][0]["chunk_tokens"], 0);
+  EXPECT_EQ(j["rows"][0]["status"], "oom") << j["rows"][0]["message"];
+  EXPECT_EQ(j["rows"][1]["chunk_tokens"], 512);
+  EXPECT_EQ(j["rows"][1]["status"], "ok") << j["rows"][1]["message"];
+  EXPECT_GT(j["rows"][1]["step_s"].get<double>(), 0.0);
+}
+
 TEST(BenchCli, BadOptionsStillExit2BeforeAnyRow) {
   auto r = testing::run_memo("bench --seq-len 0 --steps 1");
   EXPECT_EQ(r.code, 2) << r.output;

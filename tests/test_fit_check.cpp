@@ -173,6 +173,32 @@ TEST(FitCheck, TheLongestSeqLenItSuggestsFitsAndOneMoreTokenDoesNot) {
   EXPECT_TRUE(train::estimate_fit(r, have).fits) << msg;
 }
 
+// A run on whole layers that does not fit, where chunks would: the check
+// suggests the largest power-of-two chunk that fits, and twice that does not.
+TEST(FitCheck, TheChunkSizeItSuggestsFitsAndTwiceItDoesNot) {
+  train::TrainOptions o;
+  o.seq_len = 1 << 16;
+  o.batch = 1;
+  o.policy = "recompute";
+  auto cfg = model::resolve_model("tiny");
+  auto r = train::fit_request(o, cfg, c10::Device(c10::DeviceType::CPU), c10::ScalarType::Float);
+  auto chunked = r;
+  chunked.chunk_tokens = 1024;
+  const double whole = train::estimate_fit(r, train::MemoryAvailable{}).device_need;
+  const double small = train::estimate_fit(chunked, train::MemoryAvailable{}).device_need;
+  ASSERT_LT(small, whole);
+  const double room = (whole + small) / 2;
+  train::MemoryAvailable have{room, "test RAM", room, "test RAM", 1 * kGiB, "test pool"};
+  const auto msg = train::fit_problem(r, have);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(msg, m, std::regex("What fits: --chunk-tokens (\\d+) fits"))) << msg;
+  r.chunk_tokens = std::stoll(m[1]);
+  EXPECT_GE(r.chunk_tokens, 1024) << msg;
+  EXPECT_TRUE(train::estimate_fit(r, have).fits) << msg;
+  r.chunk_tokens *= 2;
+  if (r.chunk_tokens < r.seq_len) EXPECT_FALSE(train::estimate_fit(r, have).fits) << msg;
+}
+
 TEST(FitCheck, APoolBeyondItsBudgetIsNamed) {
   train::TrainOptions o;
   o.policy = "offload";

@@ -110,5 +110,22 @@ TEST(KvOnHostFit, AHostBudgetBelowTheBlocksIsNamed) {
   EXPECT_NE(msg.find("--host-memory-gib 0.0001"), std::string::npos) << msg;
 }
 
+// A chunked keep run that does not fit with every layer's K, V on the device
+// but does with them on the host: the check suggests --kv-on-host.
+TEST(KvOnHostFit, TheCheckSuggestsItWhereItFits) {
+  const auto off = request_of(chunked_options("keep", false));
+  auto on = off;
+  on.kv_on_host = true;
+  const double resident = train::estimate_fit(off, kLots).device_need;
+  const double streamed = train::estimate_fit(on, kLots).device_need;
+  ASSERT_LT(streamed, resident);
+  const double room = (resident + streamed) / 2;
+  train::MemoryAvailable have{room, "test RAM", room, "test RAM", 1 * kGiB, "test pool"};
+  const auto msg = train::fit_problem(off, have);
+  EXPECT_NE(msg.find("--kv-on-host fits"), std::string::npos) << msg;
+  EXPECT_TRUE(train::estimate_fit(on, have).fits);
+  EXPECT_TRUE(train::fit_problem(on, have).empty());
+}
+
 }  // namespace
 }  // namespace memo

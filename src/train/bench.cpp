@@ -326,10 +326,29 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
     local.batch = o.batch / ranks->mesh().dp;
     local.seq_len = o.seq_len / ranks->mesh().sp;
   }
-  // Before allocating: a policy that cannot fit is that row's result (on
-  // many ranks the same on every rank: the same options, the same estimate).
+  // --chunk-tokens: every setting under every policy, a policy's rows side by
+  // side; each row's chunk resolved (auto: from the plan) before any check.
+  const auto settings = parse_chunk_tokens(o.chunk_tokens);
+  ChunkContext chunk_context{cfg, local.batch, local.seq_len, "keep", ex.device, ex.compute_dtype, o.sp};
+  if (ranks) {  // each row's Trainer: the mesh's dp, ZeRO stage 3 by default
+    chunk_context.dp = ranks->mesh().dp;
+    chunk_context.zero = static_cast<int>(o.zero < 0 ? 3 : o.zero);
+  }
+  if (std::any_of(settings.begin(), settings.end(), [](const ChunkSetting& s) { return s.automatic; }))
+    chunk_context.device_bytes = measure_memory(fit_request(local, cfg, ex.device, ex.compute_dtype)).device;
+  std::vector<BenchRowSpec> specs;
+  std::vector<std::string> setting_texts;
+  for (const auto& name : options.policies)
+    for (const auto& setting : settings) {
+      chunk_context.policy = name;
+      specs.push_back({name, resolve_chunk_tokens(setting, chunk_context)});
+      setting_texts.push_back(setting.text());
+    }
+
+  // Before allocating: a row that cannot fit is that row's result (on many
+  // ranks the same on every rank: the same options, the same estimate).
   std::vector<PolicyFit> fits;
-  if (o.memory_check) fits = check_bench_fit(local, options.policies, cfg, ex.device, ex.compute_dtype);
+  if (o.memory_check) fits = check_bench_fit(local, specs, cfg, ex.device, ex.compute_dtype);
   if (ex.device.is_cpu()) memory::install_cpu_memory_meter();
   // Before anything is allocated on the device (CUDA: the pluggable allocator).
   if (options.planned_memory) memory::PlannedAllocator::install(ex.device);
@@ -345,42 +364,29 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
   const BenchContext context{options, cfg, ex, batch, model_flops_per_step(cfg, o.batch, o.seq_len),
                              budget.bytes, keep_grads, progress};
 
-  // --chunk-tokens: every setting under every policy, a policy's rows side by side.
-  const auto settings = parse_chunk_tokens(o.chunk_tokens);
-  ChunkContext chunk_context{cfg, local.batch, local.seq_len, "keep", ex.device, ex.compute_dtype, o.sp};
-  if (ranks) {  // each row's Trainer: the mesh's dp, ZeRO stage 3 by default
-    chunk_context.dp = ranks->mesh().dp;
-    chunk_context.zero = static_cast<int>(o.zero < 0 ? 3 : o.zero);
-  }
-  if (std::any_of(settings.begin(), settings.end(), [](const ChunkSetting& s) { return s.automatic; }))
-    chunk_context.device_bytes = measure_memory(fit_request(local, cfg, ex.device, ex.compute_dtype)).device;
-
   std::vector<BenchRow> rows;
   std::optional<double> keep_time;
-  for (const auto& name : options.policies) {
-    for (const auto& setting : settings) {
-      BenchRow row;
-      row.policy = name;
-      row.chunk_setting = setting.text();
-      chunk_context.policy = name;
-      row.chunk_tokens = resolve_chunk_tokens(setting, chunk_context);
-      // Rows do not see each other: the last row's model and policy are gone
-      // (they lived in run_row), its cached blocks go back to the device and
-      // the peaks restart from what is live now (the batch, nothing else).
-      memory::release_cached_memory(ex.device);
-      memory::reset_peak_memory(ex.device);
-      const auto fit = std::find_if(fits.begin(), fits.end(), [&](const PolicyFit& f) { return f.policy == name; });
-      if (ranks && (fit == fits.end() || fit->problem.empty()))
-        run_row_on_ranks(context, *ranks, row);  // a failure here stops the bench (bench.h)
-      else
-        run_row_or_status(context, fit != fits.end() ? &*fit : nullptr, row);
-      if (row.status != "ok")
-        record_stopped_row(context, row);
-      else if (name == "keep" && !keep_time)
-        keep_time = row.step_s;
-      reset_planner(options);
-      rows.push_back(row);
-    }
+  for (size_t i = 0; i < specs.size(); ++i) {
+    BenchRow row;
+    row.policy = specs[i].policy;
+    row.chunk_setting = setting_texts[i];
+    row.chunk_tokens = specs[i].chunk_tokens;
+    // Rows do not see each other: the last row's model and policy are gone
+    // (they lived in run_row), its cached blocks go back to the device and
+    // the peaks restart from what is live now (the batch, nothing else).
+    memory::release_cached_memory(ex.device);
+    memory::reset_peak_memory(ex.device);
+    const PolicyFit* fit = fits.empty() ? nullptr : &fits[i];
+    if (ranks && (!fit || fit->problem.empty()))
+      run_row_on_ranks(context, *ranks, row);  // a failure here stops the bench (bench.h)
+    else
+      run_row_or_status(context, fit, row);
+    if (row.status != "ok")
+      record_stopped_row(context, row);
+    else if (row.policy == "keep" && !keep_time)
+      keep_time = row.step_s;
+    reset_planner(options);
+    rows.push_back(row);
   }
   for (auto& r : rows)
     if (keep_time && r.status == "ok") r.ratio_to_keep = r.step_s / *keep_time;

@@ -254,6 +254,34 @@ std::string fit_problem(const FitRequest& r, const MemoryAvailable& have) {
       q.policy = policies[i];
       if (fits(q, have)) fixes.push_back(cat("--policy ", policies[i], " fits (about ", bytes(estimate_fit(q, have).device_need), ")"));
     }
+    const bool chunked = r.chunk_tokens > 0 && r.chunk_tokens < r.seq_len;
+    if (r.command != "eval" && !chunked) {
+      // Chunked layers (docs/chunks.md): the largest power-of-two chunk that
+      // fits, under this policy or else the first other one it makes fit.
+      for (const auto& p : policies) {
+        FitRequest q = r;
+        q.policy = p;
+        int64_t best = 0;
+        for (int64_t size = 1; size < r.seq_len; size *= 2) {
+          q.chunk_tokens = size;
+          if (fits(q, have)) best = size;
+        }
+        if (best == 0) continue;
+        q.chunk_tokens = best;
+        fixes.push_back(cat(p == r.policy ? "" : "--policy " + p + " ", "--chunk-tokens ", best, " fits (about ",
+                            bytes(estimate_fit(q, have).device_need), ")"));
+        break;
+      }
+    }
+    if (chunked && !r.kv_on_host) {
+      FitRequest q = r;
+      q.kv_on_host = true;
+      if (fits(q, have)) {
+        const auto e_kv = estimate_fit(q, have);
+        fixes.push_back(cat("--kv-on-host fits (about ", bytes(e_kv.device_need), ", and ", bytes(e_kv.kv_host),
+                            " of K, V host blocks; it needs --sp 1)"));
+      }
+    }
     std::vector<std::string> longest;
     for (const auto& p : policies) {
       FitRequest q = r;
@@ -319,7 +347,7 @@ void check_fit(const FitRequest& r) {
   if (!problem.empty()) throw InputError(problem);
 }
 
-std::vector<PolicyFit> check_bench_fit(const TrainOptions& options, const std::vector<std::string>& policies,
+std::vector<PolicyFit> check_bench_fit(const TrainOptions& options, const std::vector<BenchRowSpec>& rows,
                                        const model::ModelConfig& config, c10::Device device,
                                        c10::ScalarType compute_dtype) {
   FitRequest r = fit_request(options, config, device, compute_dtype);
@@ -328,9 +356,10 @@ std::vector<PolicyFit> check_bench_fit(const TrainOptions& options, const std::v
   const auto have = measure_memory(r);
   std::vector<PolicyFit> out;
   std::string first_problem;
-  for (const auto& p : policies) {
-    r.policy = p;
-    PolicyFit f{p, "ok", fit_problem(r, have)};
+  for (const auto& row : rows) {
+    r.policy = row.policy;
+    r.chunk_tokens = row.chunk_tokens;
+    PolicyFit f{row.policy, row.chunk_tokens, "ok", fit_problem(r, have)};
     if (!f.problem.empty()) {
       const auto e = estimate_fit(r, have);
       const bool host_short = e.pool > have.pool_budget || (device.is_cuda() && e.host_need > have.host);
@@ -342,7 +371,7 @@ std::vector<PolicyFit> check_bench_fit(const TrainOptions& options, const std::v
     out.push_back(std::move(f));
   }
   if (std::none_of(out.begin(), out.end(), [](const PolicyFit& f) { return f.problem.empty(); }))
-    throw InputError(first_problem + " None of --policies fits.");
+    throw InputError(first_problem + " None of the rows (--policies x --chunk-tokens) fits.");
   return out;
 }
 

@@ -81,18 +81,24 @@ std::string fit_problem(const FitRequest& r, const MemoryAvailable& have);
 // does not fit. Call before the model is built.
 void check_fit(const FitRequest& r);
 
-// `memo bench`: whether each policy of `policies` fits (one model at a time,
-// no optimizer, the gradients copied for the comparison). A policy that does
-// not fit becomes that row's result ("host-memory" when its pinned pool or the
-// host is short, "oom" when the device is), not a failure of the bench; throws
-// InputError only when none fits, before anything is allocated.
+// `memo bench`: whether each row (a policy at a resolved chunk size; 0:
+// whole layers) fits (one model at a time, no optimizer, the gradients copied
+// for the comparison). A row that does not fit becomes that row's result
+// ("host-memory" when its pinned pool or the host is short, "oom" when the
+// device is), not a failure of the bench; throws InputError only when none
+// fits, before anything is allocated.
+struct BenchRowSpec {
+  std::string policy;
+  int64_t chunk_tokens = 0;
+};
 struct PolicyFit {
   std::string policy;
+  int64_t chunk_tokens = 0;
   std::string status;   // "ok", "host-memory" or "oom"
   std::string problem;  // fit_problem's message; empty when it fits
   double pool_bytes = 0, pool_budget = 0;
 };
-std::vector<PolicyFit> check_bench_fit(const TrainOptions& options, const std::vector<std::string>& policies,
+std::vector<PolicyFit> check_bench_fit(const TrainOptions& options, const std::vector<BenchRowSpec>& rows,
                                        const model::ModelConfig& config, c10::Device device,
                                        c10::ScalarType compute_dtype);
 
