@@ -120,6 +120,11 @@ TEST(TrainCli, ChunkedRunReportsItsChunksAndThePeakSplit) {
     EXPECT_GT(split["static_bytes"].get<int64_t>(), 0);
     EXPECT_NE(r.output.find("peak split       weights and optimizer state"), std::string::npos) << r.output;
   }
+  // auto with --kv-on-host where the whole layer fits: whole layers, and the
+  // header says the option went unused rather than dropping it silently.
+  auto r = run_memo(base + (dir / "report-kv.json").string() + " --chunk-tokens auto --kv-on-host");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("whole layers (--chunk-tokens auto); --kv-on-host unused"), std::string::npos) << r.output;
 }
 
 TEST(TrainCli, FlagsOverrideConfigAndJsonHasTheDocumentedShape) {

@@ -219,6 +219,38 @@ TEST(KvOnHost, PlanMovesTheWholeSequenceKvPartsOffTheDevice) {
 }
 
 
+// `--chunk-tokens auto` with --kv-on-host: the chunk it picks fits the device
+// once K, V and the accumulators are in host blocks and the staging added,
+// the next unit up does not (or is the whole shard), and it is never below
+// the chunk picked with K, V on the device; for keep, whose every layer's
+// K, V leave, it is strictly above it on a device the resident plan fills.
+TEST(KvOnHost, AutoChunkCountsTheHostBlocks) {
+  const auto cfg = model::resolve_model("llama3.2-1b");
+  const int64_t B = 1, S = 262144, unit = 1024;
+  auto in = plan_of(cfg, B, S);
+  in.compute_bytes = 2;
+  in.hardware = plan::hardware_preset("h200-141gb");
+  for (const char* name : {"keep", "recompute", "offload", "memo"}) {
+    SCOPED_TRACE(name);
+    // A device between the plans at 8K and 16K tokens: unchunked does not fit.
+    in.hardware.device_bytes = std::min(0.5 * (plan::chunk_memory(in, name, 8192).device_bytes +
+                                               plan::chunk_memory(in, name, 16384).device_bytes),
+                                        0.99 * plan::chunk_memory(in, name, 0).device_bytes);
+    ASSERT_FALSE(plan::chunk_memory(in, name, 0).fits_device);
+    const int64_t with_kv = plan::auto_chunk_tokens(in, name, unit);
+    const int64_t chunk = plan::auto_chunk_tokens_kv_on_host(in, name, unit);
+    ASSERT_GT(chunk, 0);
+    EXPECT_EQ(chunk % unit, 0);
+    auto device = [&](int64_t c) { return plan::kv_on_host_cost(in, plan::chunk_memory(in, name, c)).device_bytes; };
+    EXPECT_LE(device(chunk), in.hardware.device_bytes);
+    if (chunk + unit < S) EXPECT_GT(device(chunk + unit), in.hardware.device_bytes);
+    EXPECT_GE(chunk, with_kv);
+    if (std::string(name) == "keep") EXPECT_GT(chunk, with_kv);
+  }
+  in.hardware.device_bytes = 1e15;  // fits unchunked: the whole shard, K, V with the layer
+  EXPECT_EQ(plan::auto_chunk_tokens_kv_on_host(in, "memo", unit), S);
+}
+
 // The run's reports under --kv-on-host: the header's whole-sequence list and
 // the measured peak split leave out K, V and dK, dV (in host blocks), so a
 // recompute run's whole-sequence part is the resident run's less exactly

@@ -51,4 +51,14 @@ KvOnHostCost kv_on_host_cost(const PlanInputs& in, const ChunkMemory& m) {
   return out;
 }
 
+int64_t auto_chunk_tokens_kv_on_host(const PlanInputs& in, const std::string& policy, int64_t unit) {
+  require_input(in.parallel.sp == 1, "--kv-on-host needs --sp 1, got --sp ", in.parallel.sp);
+  require_input(unit >= 1, "chunk unit ", unit, ": expected at least 1 token");
+  if (chunk_memory(in, policy, 0).fits_device) return in.seq_len;  // validates in and policy
+  // Below the sequence only: a chunk of the whole sequence is unchunked, which did not fit.
+  return longest_fitting(unit, [&](int64_t chunk) {
+    return chunk < in.seq_len && kv_on_host_cost(in, chunk_memory(in, policy, chunk)).device_bytes <= in.hardware.device_bytes;
+  });
+}
+
 }  // namespace memo::plan

@@ -48,4 +48,12 @@ KvOnHostCost kv_on_host_cost(const PlanInputs& in, const std::string& policy, in
 // parts moved off the device, and whether the run fits with them moved.
 KvOnHostCost kv_on_host_cost(const PlanInputs& in, const ChunkMemory& m);
 
+// `--chunk-tokens auto` with --kv-on-host: the largest multiple of `unit`
+// whose chunk plan, K, V and accumulators moved to host blocks and the
+// staging added, fits the device (the whole shard when it fits unchunked,
+// where K, V stay with the layer); 0 when not even one unit does. The
+// device side only, as auto_chunk_tokens (the host's bound is the run's fit
+// check). in.parallel.sp must be 1.
+int64_t auto_chunk_tokens_kv_on_host(const PlanInputs& in, const std::string& policy, int64_t unit);
+
 }  // namespace memo::plan

@@ -9,6 +9,7 @@
 #include "core/units.h"
 #include "plan/chunk_plan.h"
 #include "plan/hardware.h"
+#include "plan/kv_on_host_plan.h"
 #include "train/loss.h"
 
 namespace memo::train {
@@ -79,10 +80,13 @@ int64_t resolve_chunk_tokens(const ChunkSetting& setting, const ChunkContext& ct
   // tokens, or an eighth of a short sequence.
   const auto in = chunk_plan_inputs(ctx);
   const int64_t unit = std::clamp<int64_t>(ctx.seq_len / 8, 1, 1024);
-  const int64_t chunk = plan::auto_chunk_tokens(in, ctx.policy, unit);
+  const bool kv_on_host = ctx.kv_on_host && ctx.sp == 1;
+  const int64_t chunk = kv_on_host ? plan::auto_chunk_tokens_kv_on_host(in, ctx.policy, unit)
+                                   : plan::auto_chunk_tokens(in, ctx.policy, unit);
   require_input(chunk > 0, "--chunk-tokens auto: not even a chunk of ", unit, " tokens fits ",
                 format_bytes(ctx.device_bytes), " of ", ctx.device.str(), " at batch ", ctx.batch, " x seq_len ",
                 ctx.seq_len, (ctx.sp > 1 ? " per rank of --sp " + std::to_string(ctx.sp) : std::string()), " under ", ctx.policy,
+                kv_on_host ? " with K, V on the host" : "",
                 " (the memory model of docs/chunks.md)");
   return chunk >= ctx.seq_len ? 0 : chunk;
 }

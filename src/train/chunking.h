@@ -44,6 +44,7 @@ struct ChunkContext {
   int64_t dp = 1;              // data parallel degree (with sp: the ZeRO group of the model state)
   int zero = 0;                // the run's ZeRO stage (its shards of the model state)
   double device_bytes = 0;     // what the device has (CUDA: total; CPU: host RAM available)
+  bool kv_on_host = false;     // --kv-on-host: auto counts K, V in host blocks (plan/kv_on_host_plan.h)
 };
 
 // The chunk memory model's inputs for the run (plan/chunk_plan.h): the

@@ -382,7 +382,9 @@ const std::vector<HeaderLine>& fixed_header_lines() {
                      r.host_budget_source.c_str());
        }},
       {"chunks", [](const TrainOptions& o, const ResolvedRun& r) -> Text {
-         if (r.chunk_tokens <= 0) return strf("whole layers (--chunk-tokens %s)", o.chunk_tokens.c_str());
+         if (r.chunk_tokens <= 0)  // only auto gets here with --kv-on-host: the layer fit whole
+           return strf("whole layers (--chunk-tokens %s)%s", o.chunk_tokens.c_str(),
+                       o.kv_on_host ? "; --kv-on-host unused: K and V stay with the whole layer" : "");
          const int64_t shard = o.seq_len / std::max<int64_t>(1, o.sp);  // chunks of a rank's tokens
          const int64_t chunks = (shard + r.chunk_tokens - 1) / r.chunk_tokens;
          return strf("%lld tokens per chunk, %lld chunks per layer (--chunk-tokens %s)%s; whole-sequence tensors "

@@ -126,6 +126,7 @@ void Trainer::make_policy_and_check_fit() {
   ChunkContext cc{config_, local_batch_, local_seq_, options_.policy, device_, compute_dtype_, options_.sp};
   cc.dp = dist_ ? dist_->mesh().dp : 1;
   cc.zero = zero_stage_;
+  cc.kv_on_host = options_.kv_on_host;
   if (chunking.automatic) cc.device_bytes = measure_memory(fit_request(local, config_, device_, compute_dtype_)).device;
   chunk_tokens_ = resolve_chunk_tokens(chunking, cc);
   po.chunk_tokens = chunk_tokens_;
