@@ -14,12 +14,16 @@
 #include <cstdio>
 #include <ostream>
 #include <cmath>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "memory/device_memory.h"
+#include "model/config.h"
 #include "model/llama.h"
+#include "plan/chunk_plan.h"
+#include "plan/hardware.h"
 #include "float64_steps.h"
 #include "reference.h"
 #include "runtime/policy.h"
@@ -46,12 +50,15 @@ std::unique_ptr<runtime::ActivationPolicy> prepared(const std::string& name, dou
 }
 
 // A policy that passes everything to another and records the units it was
-// given, so that a test knows the layers really ran in chunks.
+// given, so that a test knows the layers really ran in chunks, and whether
+// the K and V each layer got back for its backward are bitwise the ones its
+// forward gave (recompute and memo rebuild them, runtime/kv_rebuild.h).
 class UnitRecorder final : public runtime::ActivationPolicy {
  public:
   explicit UnitRecorder(std::unique_ptr<runtime::ActivationPolicy> inner) : inner_(std::move(inner)) {}
   std::set<runtime::Unit> saved, restored;
   std::set<int64_t> kv_saved, kv_restored;
+  std::set<int64_t> kv_differs;  // layers whose restored K, V are not bitwise the forward's
 
   std::string name() const override { return inner_->name(); }
   void begin_step(const runtime::StepShape& shape) override { inner_->begin_step(shape); }
@@ -66,17 +73,23 @@ class UnitRecorder final : public runtime::ActivationPolicy {
   }
   void save_kv(int64_t layer, at::Tensor kv) override {
     kv_saved.insert(layer);
+    forward_kv_[layer] = kv.clone();
     inner_->save_kv(layer, std::move(kv));
   }
   at::Tensor restore_kv(int64_t layer, const runtime::LayerContext& ctx) override {
     kv_restored.insert(layer);
-    return inner_->restore_kv(layer, ctx);
+    auto kv = inner_->restore_kv(layer, ctx);
+    if (!at::equal(kv, forward_kv_.at(layer))) kv_differs.insert(layer);
+    forward_kv_.erase(layer);
+    return kv;
   }
+  int64_t rebuild_h2d_bytes() const override { return inner_->rebuild_h2d_bytes(); }
   void end_step() override { inner_->end_step(); }
   runtime::HeldBytes held() const override { return inner_->held(); }
 
  private:
   std::unique_ptr<runtime::ActivationPolicy> inner_;
+  std::map<int64_t, at::Tensor> forward_kv_;  // per layer, a copy of what its forward saved
 };
 
 struct ChunkCase {
@@ -139,6 +152,8 @@ TEST_P(ChunkedSteps, EqualTheUnchunkedStepsWithin1e10InFloat64) {
   EXPECT_EQ(chunked_policy.restored, units);
   EXPECT_EQ(chunked_policy.kv_saved, layers);
   EXPECT_EQ(chunked_policy.kv_restored, layers);
+  // Kept, copied back or rebuilt (recompute, memo), bit for bit the forward's.
+  EXPECT_TRUE(chunked_policy.kv_differs.empty()) << *chunked_policy.kv_differs.begin();
 }
 
 std::vector<ChunkCase> chunk_cases() {
@@ -155,6 +170,43 @@ std::vector<ChunkCase> chunk_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Policies, ChunkedSteps, ::testing::ValuesIn(chunk_cases()),
                          [](const auto& info) { return case_name(info.param); });
+
+// Chunked memo in bfloat16 (the GPU's compute dtype, float32 master
+// weights), where a rebuild that rounded differently from the forward would
+// show: every layer's K and V rebuilt in backward are bitwise the forward's,
+// at alpha 0, 0.37 and 1, chunks of 5 over 12 tokens (5, 5, 2), batch 2, 3
+// layers; and the rebuild copied back exactly the plan's rebuild_h2d_bytes
+// per step (every swapped chunk's input, h c per token; the last two units'
+// inputs are still on the device).
+TEST(ChunkedProgram, MemoRebuildsKvBitwiseInBfloat16WithThePlansCopies) {
+  const int64_t S = 12, B = 2, chunk = 5, steps = 2;
+  const auto cfg = testing::small_config(4, 2, 4, 20, 3, 31);
+  for (double alpha : {0.0, 0.37, 1.0}) {
+    SCOPED_TRACE("alpha " + std::to_string(alpha));
+    model::ModelOptions mo;
+    mo.master_dtype = at::kFloat;
+    mo.compute_dtype = at::kBFloat16;
+    mo.seed = 17;
+    model::LlamaModel model(cfg, mo);
+    UnitRecorder policy(prepared("memo", alpha, chunk, model, B, S));
+    for (int step = 0; step < steps; ++step) {
+      (void)train::forward_backward(model, policy, batch_of(cfg.vocab_size, B, S, 5 + step), 1.0, 7, nullptr, chunk);
+      model.zero_grads();
+    }
+    EXPECT_EQ(policy.kv_restored, (std::set<int64_t>{0, 1, 2}));
+    EXPECT_TRUE(policy.kv_differs.empty()) << "layer " << *policy.kv_differs.begin();
+    plan::PlanInputs in;
+    in.model = model::to_plan_shape(cfg);
+    in.seq_len = S;
+    in.batch = B;
+    in.compute_bytes = 2;
+    in.hardware = plan::hardware_preset("h200-141gb");  // validated; the bytes do not depend on it
+    const double planned = plan::chunk_memory(in, "memo", chunk, alpha).rebuild_h2d_bytes;
+    // 3 layers x 3 chunks, the last two units held: 7 inputs of 5, 5, 2 tokens.
+    EXPECT_EQ(planned, static_cast<double>(B * (5 + 5 + 2 + 5 + 5 + 2 + 5) * cfg.hidden * 2));
+    EXPECT_EQ(static_cast<double>(policy.rebuild_h2d_bytes()), steps * planned);
+  }
+}
 
 // A chunk of at least the sequence is one chunk: the unchunked program, the
 // same doubles.

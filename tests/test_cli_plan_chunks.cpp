@@ -50,6 +50,21 @@ TEST(PlanChunksCli, AutoChunkWritesTheSplitPerPolicy) {
   EXPECT_EQ(c["policies"][3]["policy"], "memo");
   EXPECT_TRUE(c["policies"][3]["fits_device"].get<bool>());
   EXPECT_LT(c["policies"][3]["chunk_tokens"].get<int64_t>(), 1048576);
+  // Chunked memo rebuilds each layer's K and V in backward rather than
+  // keeping every layer's on the host (32 KiB per token): its host fits the
+  // 128 GiB too (121.9 GiB, was 153.9 GiB), its longest context is ~1.03M
+  // (was 828K), and the rebuild's cost is reported, for memo alone.
+  const auto& memo = c["policies"][3];
+  EXPECT_TRUE(memo["fits_host"].get<bool>()) << memo.dump(2);
+  EXPECT_EQ(memo["longest_seq"].get<int64_t>(), 1032192);
+  EXPECT_FALSE(memo["host"].contains("every layer's K and V")) << memo.dump(2);
+  EXPECT_TRUE(c["policies"][2]["host"].contains("every layer's K and V"));  // offload keeps them
+  // Every swapped unit's input once more (4 KiB per token), 16 layers' QKV projection.
+  EXPECT_GT(memo["rebuild_h2d_bytes"].get<double>(), 0.0);
+  EXPECT_LE(memo["rebuild_h2d_bytes"].get<double>(), 16.0 * 1048576 * 4096);
+  EXPECT_DOUBLE_EQ(memo["rebuild_flops"].get<double>(), 16.0 * 1048576 * 2 * 2048 * 3072);
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(c["policies"][i].contains("rebuild_flops")) << i;
+  EXPECT_NE(r.output.find("K, V rebuild, memo:"), std::string::npos) << r.output;
 }
 
 // Under --sp 8 the chunked table is of each GPU's shard (it was refused with

@@ -76,7 +76,7 @@ TEST_P(KvOnHostFit, EstimateBoundsTheMeasuredPeakAndCountsTheHostBlocks) {
 
 // The same request without --kv-on-host: the device side is larger (by at
 // least the layer's K, V and accumulators less the staging), and the pool
-// smaller by the host blocks less the policy's per-layer K, V slots they
+// smaller by the host blocks less offload's per-layer K, V slots they
 // replace.
 TEST_P(KvOnHostFit, MovesKvFromTheDeviceSideToTheHostSide) {
   const auto on = train::estimate_fit(request_of(chunked_options(GetParam(), true)), kLots);
@@ -86,10 +86,13 @@ TEST_P(KvOnHostFit, MovesKvFromTheDeviceSideToTheHostSide) {
   const double layers_kv = GetParam() == "keep" ? static_cast<double>(r.config.layers) : 1.0;
   const double staging = B * 64 * kv * std::max(2 * c, c + 2 * s);
   EXPECT_EQ(off.kv_host, 0.0);
-  EXPECT_DOUBLE_EQ(on.kv_host, B * S * kv * ((GetParam() == "recompute" ? 1.0 : r.config.layers) * c + s));
+  // recompute and memo let a layer's blocks go after its forward and rebuild
+  // them: one layer's blocks; keep and offload every layer's.
+  const bool rebuilds = GetParam() == "recompute" || GetParam() == "memo";
+  EXPECT_DOUBLE_EQ(on.kv_host, B * S * kv * ((rebuilds ? 1.0 : r.config.layers) * c + s));
   EXPECT_GE((off.device_need - off.pool) - (on.device_need - on.pool), B * S * kv * layers_kv * c - staging);
-  const bool swap = GetParam() == "offload" || GetParam() == "memo";
-  const double slots = swap ? B * S * kv * c * static_cast<double>(r.config.layers) : 0.0;  // every layer's K, V
+  // Offload's per-layer K, V slots, which the blocks replace (memo has none).
+  const double slots = GetParam() == "offload" ? B * S * kv * c * static_cast<double>(r.config.layers) : 0.0;
   EXPECT_NEAR(on.pool - off.pool, on.kv_host - slots, 1.0);
 }
 

@@ -138,6 +138,7 @@ plan::PlanInputs plan_of(const model::ModelConfig& cfg, int64_t B, int64_t S) {
   in.seq_len = S;
   in.batch = B;
   in.compute_bytes = 8;  // float64 (statistics float64 too)
+  in.hardware = plan::hardware_preset("h200-141gb");  // chunk_memory validates it; the bytes do not depend on it
   return in;
 }
 
@@ -145,7 +146,7 @@ plan::PlanInputs plan_of(const model::ModelConfig& cfg, int64_t B, int64_t S) {
 // exactly (keep and recompute, chunks dividing the sequence and not); the
 // most host bytes the stream held equal the plan's host bytes.
 TEST(KvOnHost, LinkAndHostBytesEqualThePlan) {
-  for (const char* name : {"keep", "recompute", "offload"}) {
+  for (const char* name : {"keep", "recompute", "offload", "memo"}) {
     for (int64_t chunk : {4, 5}) {
       SCOPED_TRACE(std::string(name) + " chunk " + std::to_string(chunk));
       const int64_t B = 2, S = 12;
@@ -158,6 +159,10 @@ TEST(KvOnHost, LinkAndHostBytesEqualThePlan) {
       EXPECT_EQ(static_cast<double>(stream->to_host_bytes()), want.link_to_host_bytes);
       EXPECT_EQ(static_cast<double>(stream->to_device_bytes()), want.link_to_device_bytes);
       EXPECT_EQ(static_cast<double>(stream->peak_host_bytes()), want.host_bytes);
+      // memo rebuilt K, V into the blocks from its chunks' inputs, copied back as the plan says.
+      EXPECT_EQ(static_cast<double>(policy->rebuild_h2d_bytes()),
+                plan::chunk_memory(plan_of(cfg, B, S), name, chunk).rebuild_h2d_bytes);
+      if (std::string(name) == "memo") EXPECT_GT(policy->rebuild_h2d_bytes(), 0);
     }
   }
 }

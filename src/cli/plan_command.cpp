@@ -221,6 +221,10 @@ nlohmann::json to_json(const plan::ChunkPlan& cp, bool kv_on_host) {
                              {"longest_seq", lc.seq_len},
                              {"longest_chunk_tokens", lc.chunk_tokens},
                              {"longest_limited_by", lc.limited_by}});
+    if (m.rebuild_flops > 0) {  // chunked memo: K and V rebuilt in backward
+      j["policies"].back()["rebuild_h2d_bytes"] = m.rebuild_h2d_bytes;
+      j["policies"].back()["rebuild_flops"] = m.rebuild_flops;
+    }
     if (kv_on_host && m.chunks > 1) {
       const auto kv = plan::kv_on_host_cost(cp.in.plan, m);
       auto& row = j["policies"].back();
@@ -268,6 +272,16 @@ void print_chunk_plan(const plan::ChunkPlan& cp, bool kv_on_host) {
       std::printf("  host per token, %s%s:", m.policy.c_str(), m.policy == "memo" ? " (its least, alpha 0)" : "");
       for (const auto& part : m.host) std::printf(" %s %s;", part.name.c_str(), format_bytes(part.bytes_per_token).c_str());
       std::printf("\n");
+    }
+    if (m.rebuild_flops > 0) {
+      const auto& hw = cp.in.plan.hardware;
+      const double link_s = hw.h2d_bytes_per_s > 0 ? m.rebuild_h2d_bytes / hw.h2d_bytes_per_s : 0.0;
+      const double rate = hw.peak_flops * hw.matmul_efficiency;
+      std::printf("  K, V rebuild, %s: each layer's K and V rebuilt in its backward from its chunks' inputs, not kept "
+                  "on the host; per step %s of inputs to the device again (%.3g s), %.3g TFLOP of QKV "
+                  "projection (%.3g s)\n",
+                  m.policy.c_str(), format_bytes(m.rebuild_h2d_bytes).c_str(), link_s, m.rebuild_flops / 1e12,
+                  rate > 0 ? m.rebuild_flops / rate : 0.0);
     }
     if (!kv_on_host || m.chunks < 2) continue;
     const auto kv = plan::kv_on_host_cost(cp.in.plan, m);

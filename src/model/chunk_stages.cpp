@@ -149,11 +149,4 @@ void recompute_chunk(const DecoderLayer& layer, const LayerWeights& w, const Rop
   layer.forward_post_attention(w, acts.x, acts);                      // x2, n2, rstd2, gu, a
 }
 
-void recompute_chunk_kv(const DecoderLayer& layer, const LayerWeights& w, const RopeTable& rope,
-                        const at::Tensor& x_chunk, const at::Tensor& kv, int64_t t0) {
-  LayerActivations acts;  // n1, rstd1, qkv of the chunk only
-  layer.forward_pre_attention(w, rope, x_chunk, acts, 0, 0, t0);
-  store_chunk_kv(layer.config(), acts.qkv, kv, t0);
-}
-
 }  // namespace memo::model

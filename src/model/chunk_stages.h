@@ -77,11 +77,4 @@ at::Tensor chunk_kv(const ModelConfig& c, const at::Tensor& qkv_chunk);
 void recompute_chunk(const DecoderLayer& layer, const LayerWeights& w, const RopeTable& rope,
                      LayerActivations& acts, const at::Tensor& kv, int64_t t0);
 
-// The keys and values of one chunk (x_chunk [B, n, h], the layer's input at
-// tokens [t0, t0 + n)) into kv [B, S, 2 nkv d]: RMSNorm, QKV projection and
-// RoPE of the chunk, its k and v kept (transients: the chunk's n1, rstd1 and
-// qkv). The recompute policy rebuilds a layer's kv this way, chunk by chunk.
-void recompute_chunk_kv(const DecoderLayer& layer, const LayerWeights& w, const RopeTable& rope,
-                        const at::Tensor& x_chunk, const at::Tensor& kv, int64_t t0);
-
 }  // namespace memo::model

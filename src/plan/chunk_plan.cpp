@@ -29,8 +29,11 @@
 //                   chunked: n S less the last layer's last two chunks), its
 //                   least at alpha 0; alpha adds skel - h c - a c - nh s on
 //                   floor(alpha C) tokens of each swapped unit (all of a
-//                   shorter last chunk's up to that); chunked, both add n kv c (every
-//                   layer's K and V, a copy of the k, v in each chunk's qkv)
+//                   shorter last chunk's up to that); chunked offload adds
+//                   n kv c (every layer's K and V, a copy of the k, v in each
+//                   chunk's qkv); chunked memo rebuilds K, V in backward from
+//                   the units' inputs instead (not a host part: rebuild_h2d_bytes,
+//                   the swapped units' h c again, and rebuild_flops, n 2 h q)
 // What a CPU run measures of these (train/memory_split.h) is compared with
 // them in tests/test_peak_split_plan.cpp (one device).
 // Under sp (Ulysses), whole-sequence adds K, V and dK, dV in head layout
@@ -182,8 +185,20 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
     const double batch = static_cast<double>(in.batch);
     host("x, o and lse of the swapped units", fixed * swapped * batch);
     if (rest > 0) host("the offloaded share of their other tensors", (skel - fixed) * rest * batch);
+    if (chunked) {
+      // K and V rebuilt in each layer's backward (runtime/kv_rebuild.h):
+      // every swapped unit's input back from the host once more, and every
+      // layer's QKV projection again. The rebuild's device bytes (its two
+      // staging inputs, a chunk's n1 and qkv: C (3 h + q) c) run before the
+      // layer's dx and dK, dV accumulators exist and with no chunk's
+      // working set live, which the whole-sequence and transient parts
+      // already count, so they add nothing to the device bytes.
+      cm.rebuild_h2d_bytes = h * c * swapped * batch;
+      cm.rebuild_flops = n * 2.0 * h * q * tokens;
+    }
   }
-  if (chunked && (policy == "offload" || policy == "memo")) host(whole_part::kEveryLayerKv, n * kv * c * tokens);
+  // Chunked offload keeps every layer's K and V on the host until its backward.
+  if (chunked && policy == "offload") host(whole_part::kEveryLayerKv, n * kv * c * tokens);
   cm.fits_device = cm.device_bytes <= hw.device_bytes;
   cm.fits_host = cm.host_bytes <= hw.host_share();
   return cm;

@@ -81,10 +81,18 @@ struct ChunkMemory {
   // alignment (offload: every unit's skeletal set; memo: x, o and lse of
   // every unit but the last two and, at alpha > 0, floor(alpha C) tokens of
   // each swapped unit's other tensors, the rest recomputed token-wise;
-  // chunked, both also every layer's K and V, which duplicate the k, v
+  // chunked offload also every layer's K and V, which duplicate the k, v
   // inside each chunk's qkv slot), and its parts.
   std::vector<BytesPart> host;
   double host_bytes = 0;
+  // Chunked memo rebuilds each layer's K and V in its backward from the
+  // chunks' inputs instead of keeping them on the host: per step, the
+  // inputs of the swapped units copied to the device once more (h c per
+  // token) and the FLOPs of the QKV projection that rebuilds them (2 h q
+  // per token of every layer; the norm and RoPE, O(h) per token, left out
+  // as the cost model leaves elementwise work out). 0 otherwise.
+  double rebuild_h2d_bytes = 0;
+  double rebuild_flops = 0;
   bool fits_device = false, fits_host = false;
   bool fits() const { return fits_device && fits_host; }
 };

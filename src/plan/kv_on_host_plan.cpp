@@ -20,14 +20,15 @@ KvOnHostCost kv_on_host_cost(const PlanInputs& in, const std::string& policy, in
   const double kv = 2.0 * static_cast<double>(m.kv_heads * m.head_dim);
   const double n = static_cast<double>(m.layers);
   const bool recompute = policy == "recompute";
+  const bool rebuilds = recompute || policy == "memo";  // K, V rebuilt into the blocks in backward
 
   KvOnHostCost out;
   out.staging_bytes = B * static_cast<double>(C) * kv * std::max(2 * c, c + 2 * s);
-  // Keep, offload, memo hold every layer's K, V on the host until its
-  // backward (the last layer's backward: all of them and its dK, dV);
-  // recompute one layer's K, V and dK, dV.
-  out.host_bytes = B * S * kv * ((recompute ? 1.0 : n) * c + s);
-  out.link_to_host_bytes = n * B * kv * (S * c + T * s + (recompute ? S * c : 0.0));
+  // Keep and offload hold every layer's K, V on the host until its backward
+  // (the last layer's backward: all of them and its dK, dV); recompute and
+  // memo one layer's K, V and dK, dV, rewritten in its backward.
+  out.host_bytes = B * S * kv * ((rebuilds ? 1.0 : n) * c + s);
+  out.link_to_host_bytes = n * B * kv * (S * c + T * s + (rebuilds ? S * c : 0.0));
   out.link_to_device_bytes = n * B * kv * (2 * T * c + T * s + S * s + (recompute ? T * c : 0.0));
   const auto& hw = in.hardware;
   if (hw.h2d_bytes_per_s > 0 && hw.d2h_bytes_per_s > 0)
@@ -41,8 +42,9 @@ KvOnHostCost kv_on_host_cost(const PlanInputs& in, const ChunkMemory& m) {
     if (part.name == kLayerKvPart || part.name == kKvAccumulatorPart || part.name == kEveryLayerKvPart)
       out.removed_bytes += part.bytes;
   out.device_bytes = m.device_bytes - out.removed_bytes + out.staging_bytes;
-  // Offload's and memo's own per-layer K, V host slots are not allocated
-  // with --kv-on-host: the stream's blocks (host_bytes) replace them.
+  // Offload's own per-layer K, V host slots are not allocated with
+  // --kv-on-host: the stream's blocks (host_bytes) replace them (memo has
+  // none: it rebuilds K, V).
   double replaced_host = 0;
   for (const auto& part : m.host)
     if (part.name == kEveryLayerKvPart) replaced_host += part.bytes;

@@ -14,7 +14,12 @@
 //                                      fetched to add; each chunk's own dK,
 //                                      dV once
 //   recompute adds B kv (S c) to host and B kv (T c) to device (K, V
-//   rebuilt into the blocks, and each chunk's attention recomputed).
+//   rebuilt into the blocks, and each chunk's attention recomputed); memo
+//   adds B kv (S c) to host (K, V rebuilt into the blocks from the chunks'
+//   inputs, runtime/kv_rebuild.h; attention is not recomputed).
+// Host blocks at the step's peak: keep and offload every layer's K, V and
+// one layer's dK, dV, B S kv (n c + s); recompute and memo, which let a
+// layer's blocks go after its forward, one layer's, B S kv (c + s).
 #pragma once
 
 #include <cstdint>

@@ -25,7 +25,12 @@ SplitChoice choose_split(const SplitInputs& in) {
     // Copy-out of a layer hides behind the next layer's forward; prefetch
     // behind the backward of the layer above.
     double by_out = in.d2h_bytes_per_s > 0 ? (in.d2h_bytes_per_s * in.forward_s - in.fixed_bytes) / rest : 1.0;
-    double by_in = in.h2d_bytes_per_s > 0 ? (in.h2d_bytes_per_s * in.backward_s - in.fixed_bytes) / rest : 1.0;
+    // Chunked memo's K, V rebuild shares the host link (its inputs) and
+    // the backward's compute (its norm and projection).
+    double by_in = in.h2d_bytes_per_s > 0 ? (in.h2d_bytes_per_s * (in.backward_s + in.rebuild_s) - in.fixed_bytes -
+                                             in.rebuild_h2d_bytes) /
+                                                rest
+                                          : 1.0;
     alpha = std::clamp(std::min(by_out, by_in), 0.0, 1.0);
     c.limited_by = alpha < 1.0 ? "bandwidth" : "everything hides";
   }
@@ -73,11 +78,11 @@ SplitChoice choose_split(const SplitInputs& in) {
   const double moved = in.fixed_bytes + c.alpha * rest;
   c.host_bytes = static_cast<double>(swapped_layers) * moved;
   c.copy_out_s = in.d2h_bytes_per_s > 0 ? moved / in.d2h_bytes_per_s : 0.0;
-  c.copy_in_s = in.h2d_bytes_per_s > 0 ? moved / in.h2d_bytes_per_s : 0.0;
+  c.copy_in_s = in.h2d_bytes_per_s > 0 ? (moved + in.rebuild_h2d_bytes) / in.h2d_bytes_per_s : 0.0;
   c.recompute_s = in.recompute_s * (1.0 - c.alpha - c.resident);
   c.exposed_copy_s = static_cast<double>(swapped_layers) *
                      (std::max(0.0, c.copy_out_s - in.forward_s) +
-                      std::max(0.0, c.copy_in_s - (in.backward_s + c.recompute_s)));
+                      std::max(0.0, c.copy_in_s - (in.backward_s + in.rebuild_s + c.recompute_s)));
   return c;
 }
 

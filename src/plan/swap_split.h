@@ -30,6 +30,11 @@ struct SplitInputs {
   double forward_s = 0;       // one layer's forward
   double backward_s = 0;      // one layer's backward (without recompute)
   double recompute_s = 0;     // recomputing `rest` of one layer for all tokens
+  // Chunked memo (layers = units): K and V rebuilt in backward from the
+  // units' inputs: per unit the input copied back once more, and the time
+  // of its norm and QKV projection (compute the prefetch can hide behind).
+  double rebuild_h2d_bytes = 0;
+  double rebuild_s = 0;
   double d2h_bytes_per_s = 0;
   double h2d_bytes_per_s = 0;
   double host_bytes = 0;      // host memory memo may use

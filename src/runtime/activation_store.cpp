@@ -3,6 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <deque>
+
 #include "core/error.h"
 
 namespace memo::runtime {
@@ -70,6 +73,58 @@ at::Tensor ActivationStore::take_kv(int64_t layer) {
   auto kv = std::move(kv_in_[layer]);
   kv_in_.erase(layer);
   return kv;
+}
+
+void ActivationStore::for_each_input(int64_t layer,
+                                     const std::function<void(int64_t chunk, const at::Tensor& x)>& fn) {
+  size_t x_spec = specs_.size();
+  for (size_t k = 0; k < specs_.size(); ++k)
+    if (specs_[k].layer_input) x_spec = k;
+  if (x_spec == specs_.size()) throw Error("activation store: the skeletal set has no layer input");
+  // The chunks whose input is on the host only, in order; the first two are
+  // copied in ahead, each later one into the staging tensor its
+  // predecessor-but-one has finished with (the copy is queued after fn's
+  // compute, so it cannot overwrite what fn still reads).
+  std::deque<int64_t> from_host;
+  for (int64_t c = 0; c < chunks_per_layer_; ++c) {
+    const Unit u{layer, c};
+    if (inputs_held_.count(u)) continue;
+    if (!host_.has(u)) throw Error(cat("activation store: the input of unit ", to_string(u), " is neither held nor on the host"));
+    from_host.push_back(c);
+  }
+  std::array<at::Tensor, 2> staging;  // [B, C, h] each, allocated on first use
+  std::map<int64_t, int64_t> slot_of;  // chunk -> staging slot its copy went to
+  int64_t next_slot = 0;
+  auto issue = [&] {
+    if (from_host.empty()) return;
+    const int64_t c = from_host.front();
+    from_host.pop_front();
+    const int64_t slot = next_slot;
+    next_slot = 1 - next_slot;
+    const auto& host_x = host_.views(Unit{layer, c})[x_spec];  // [B, n, h]
+    auto& buf = staging[static_cast<size_t>(slot)];
+    if (!buf.defined()) {
+      auto shape = specs_[x_spec].shape;  // a full unit's, [B, C, h]
+      buf = at::empty(shape, at::TensorOptions().dtype(specs_[x_spec].dtype).device(device_));
+    }
+    auto dst = buf.narrow(specs_[x_spec].token_dim, 0, host_x.size(specs_[x_spec].token_dim));
+    engine_->copy_in(staging_unit(layer, slot), {{dst, host_x}});
+    rebuild_h2d_bytes_ += static_cast<int64_t>(host_x.nbytes());
+    slot_of[c] = slot;
+  };
+  issue();
+  issue();
+  for (int64_t c = 0; c < chunks_per_layer_; ++c) {
+    if (auto held = inputs_held_.find(Unit{layer, c}); held != inputs_held_.end()) {
+      fn(c, held->second);
+      continue;
+    }
+    const int64_t slot = slot_of.at(c);
+    engine_->wait_copy_in(staging_unit(layer, slot));
+    const int64_t n = unit_tokens(Unit{layer, c});
+    fn(c, staging[static_cast<size_t>(slot)].narrow(specs_[x_spec].token_dim, 0, n));
+    issue();  // into the slot fn just used
+  }
 }
 
 const UnitPlacement& ActivationStore::placement(Unit u) const {

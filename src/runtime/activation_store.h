@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -109,6 +110,18 @@ class ActivationStore {
   // K and V of `layer` after their copy-in (prefetched now if they were not).
   at::Tensor take_kv(int64_t layer);
 
+  // Chunked layers: fn(chunk, x) for every chunk of `layer` in order, x its
+  // input [B, n, h] on the device, for a backward that rebuilds the layer's
+  // K and V (memo). An input still held on the device (the last units') is
+  // used as it is; every other comes back from its host slot through two
+  // chunk-sized staging tensors, chunk i + 1's copy running while fn works
+  // on chunk i, so beyond what is held only two chunks' inputs are on the
+  // device at once. Copies bytes counted by rebuild_h2d_bytes. x is valid
+  // only during fn.
+  void for_each_input(int64_t layer, const std::function<void(int64_t chunk, const at::Tensor& x)>& fn);
+  // Bytes copied to the device by for_each_input since construction.
+  int64_t rebuild_h2d_bytes() const { return rebuild_h2d_bytes_; }
+
   // After the last layer's forward: the inputs still held (the last units',
   // views of their layer's whole-sequence input) become chunk-sized copies,
   // and the last layer's K, V copy to the host is waited on, so that
@@ -138,6 +151,8 @@ class ActivationStore {
   model::LayerActivations unit_slots(Unit u) const;
   // The engine's key of layer `layer`'s K and V copies (apart from every chunk's).
   static Unit kv_unit(int64_t layer) { return Unit{layer, -1}; }
+  // The engine's key of for_each_input's copies into staging tensor `slot` (0, 1).
+  static Unit staging_unit(int64_t layer, int64_t slot) { return Unit{layer, -2 - slot}; }
 
   std::vector<model::SkeletalSpec> specs_;
   at::Device device_ = at::Device(at::kCPU);
@@ -155,6 +170,7 @@ class ActivationStore {
   std::vector<model::SkeletalSpec> kv_specs_;  // one spec: K and V [B, S, 2 nkv d]
   HostSlots kv_host_;                          // per layer (unit {layer, 0}) K and V
   std::map<int64_t, at::Tensor> kv_in_;        // K and V prefetched for backward, by layer
+  int64_t rebuild_h2d_bytes_ = 0;              // for_each_input's copies, counted
 };
 
 }  // namespace memo::runtime

@@ -13,6 +13,7 @@
 #include "core/units.h"
 #include "model/chunk_stages.h"
 #include "runtime/chunk_exchange.h"
+#include "runtime/kv_rebuild.h"
 #include "runtime/kv_stream.h"
 #include "runtime/policy.h"
 #include "runtime/stage_exchange.h"
@@ -80,28 +81,10 @@ class RecomputePolicy final : public ActivationPolicy {
   // `--kv-on-host`: the same, into the stream's host blocks, chunk by chunk.
   void kv_forward_done(int64_t layer) override { kv_stream()->release(layer); }
   void restore_kv_on_host(int64_t layer, const LayerContext& ctx) override {
-    require_chunks(ctx);
-    for (auto it = inputs_.lower_bound(Unit{layer, 0}); it != inputs_.end() && it->first.layer == layer; ++it) {
-      const auto& x = it->second;  // [B, n, h]
-      if (!kv_stream()->has_layer(layer))
-        kv_stream()->begin_layer(ctx.layer.config(), layer, x.size(0), seq_len_, ctx.chunk_tokens, x.options());
-      const int64_t t0 = it->first.chunk * ctx.chunk_tokens;
-      model::LayerActivations pre;  // n1, rstd1, qkv of the chunk only
-      ctx.layer.forward_pre_attention(ctx.weights, ctx.rope, x, pre, 0, 0, t0);
-      kv_stream()->write(layer, it->first.chunk, model::chunk_kv(ctx.layer.config(), pre.qkv));
-    }
-    if (!kv_stream()->has_layer(layer)) throw Error(cat("recompute: layer ", layer, " was not saved"));
+    rebuild_layer_kv_blocks(*kv_stream(), ctx, seq_len_, 0, layer_inputs(layer), name(), layer);  // no buffers
   }
   at::Tensor restore_kv(int64_t layer, const LayerContext& ctx) override {
-    require_chunks(ctx);
-    at::Tensor kv;  // [B, S, 2 nkv d]
-    for (auto it = inputs_.lower_bound(Unit{layer, 0}); it != inputs_.end() && it->first.layer == layer; ++it) {
-      const auto& x = it->second;  // [B, n, h]
-      if (!kv.defined()) kv = model::allocate_layer_kv(ctx.layer.config(), x.size(0), seq_len_, x.options());
-      model::recompute_chunk_kv(ctx.layer, ctx.weights, ctx.rope, x, kv, it->first.chunk * ctx.chunk_tokens);
-    }
-    if (!kv.defined()) throw Error(cat("recompute: layer ", layer, " was not saved"));
-    return kv;
+    return rebuild_layer_kv(ctx, seq_len_, 0, layer_inputs(layer), name(), layer);  // no buffers
   }
   model::LayerActivations restore(Unit u, const LayerContext& ctx) override {
     auto it = inputs_.find(u);
@@ -137,8 +120,12 @@ class RecomputePolicy final : public ActivationPolicy {
   }
 
  private:
-  static void require_chunks(const LayerContext& ctx) {
-    if (ctx.chunk_tokens < 1) throw Error("recompute: restore_kv of a layer that did not run in chunks");
+  // The layer's chunk inputs, kept on the device, in chunk order.
+  ChunkInputs layer_inputs(int64_t layer) const {
+    return [this, layer](const ChunkInputFn& fn) {
+      for (auto it = inputs_.lower_bound(Unit{layer, 0}); it != inputs_.end() && it->first.layer == layer; ++it)
+        fn(it->first.chunk, it->second);
+    };
   }
 
   int64_t seq_len_ = 0;

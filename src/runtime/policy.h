@@ -65,6 +65,12 @@ struct LayerContext {
   // `--kv-on-host`: the layer's K and V in host blocks (ActivationPolicy::
   // kv_stream()); kv is undefined then.
   KvStream* kv_stream = nullptr;
+  // Chunked layers: whether the forward ran each chunk's pre-attention (the
+  // norm, QKV projection and RoPE whose k, v K and V hold) in the storage
+  // forward_storage gave (one device), not in fresh tensors (under sp, its
+  // first pass). A policy that rebuilds K, V lays its tensors out alike, so
+  // that the kernels, and the bits, are the forward's.
+  bool pre_attention_in_storage = false;
 };
 
 // Shape of the step about to run.
@@ -132,12 +138,16 @@ class ActivationPolicy {
   // the chunk program writes each chunk's K, V into in forward and streams
   // from in backward; null otherwise (K and V go through save_kv,
   // restore_kv). After a layer's forward, kv_forward_done: the stream keeps
-  // the layer's blocks (keep, offload, memo) or drops them (recompute); before
-  // its backward, restore_kv_on_host makes sure the blocks hold them again.
+  // the layer's blocks (keep, offload) or drops them (recompute, memo); before
+  // its backward, restore_kv_on_host makes sure the blocks hold them again
+  // (recompute and memo rebuild them, runtime/kv_rebuild.h).
   KvStream* kv_stream() const { return kv_stream_.get(); }
   void enable_kv_on_host();
   virtual void kv_forward_done(int64_t layer) {}
   virtual void restore_kv_on_host(int64_t layer, const LayerContext& ctx);
+  // Chunked memo: bytes its K, V rebuilds have copied to the device since
+  // prepare (each swapped chunk's input once more per step); 0 otherwise.
+  virtual int64_t rebuild_h2d_bytes() const { return 0; }
   // After the last layer's forward, before the loss: what the policy still
   // holds of forward's whole-sequence tensors beyond what it needs can go.
   virtual void forward_done() {}

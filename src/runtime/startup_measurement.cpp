@@ -47,6 +47,10 @@ StartupTimes measure_startup_times(model::LlamaModel& model, int64_t batch, int6
   out.forward_s = seconds([&] { acts = {}; y = model.layer().forward(w, rope, x, acts); });
   out.backward_s = seconds([&] { model.layer().backward(w, scratch, rope, acts, y); });
   out.recompute_s = seconds([&] { model.layer().recompute_tokens(w, rope, acts, 0); });
+  out.pre_attention_s = seconds([&] {
+    model::LayerActivations pre;
+    model.layer().forward_pre_attention(w, rope, x, pre);
+  });
   return out;
 }
 

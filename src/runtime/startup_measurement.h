@@ -18,6 +18,7 @@ struct StartupTimes {
   double forward_s = 0;    // one layer's forward
   double backward_s = 0;   // one layer's backward (without recompute)
   double recompute_s = 0;  // one layer's token-wise recompute of every token
+  double pre_attention_s = 0;  // one layer's input norm, QKV projection and RoPE (chunked memo's K, V rebuild)
 };
 
 // Times copies of min(256 MiB, `skeletal_set_bytes`) through host memory like

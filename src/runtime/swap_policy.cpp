@@ -8,6 +8,10 @@
 //   offload: every layer, every tensor, all tokens to host.
 //   memo:    x, o, lse whole; the first alpha*s tokens of the others; the
 //            rest recomputed; the last two layers never leave their buffer.
+// With chunked layers offload also sends each layer's K and V to the host;
+// memo drops them after the layer's forward and rebuilds them in its
+// backward from the chunks' inputs (which it has on the host anyway):
+// runtime/kv_rebuild.h, ActivationStore::for_each_input.
 // The start-up measurement that feeds memo's split is startup_measurement.h.
 #include <ATen/ATen.h>
 
@@ -21,6 +25,8 @@
 #include "model/llama.h"
 #include "plan/swap_split.h"
 #include "runtime/activation_store.h"
+#include "runtime/kv_rebuild.h"
+#include "runtime/kv_stream.h"
 #include "runtime/policy.h"
 #include "runtime/startup_measurement.h"
 #include "runtime/trace.h"
@@ -54,6 +60,7 @@ class SwapPolicy final : public ActivationPolicy {
     // Units: whole layers, or chunks of chunk_tokens (docs/chunks.md); the LP
     // splits each unit as it split each layer, with a unit's bytes and times.
     const bool chunked = options_.chunk_tokens > 0 && options_.chunk_tokens < seq_len;
+    rebuilds_kv_ = memo_ && chunked;
     unit_tokens_ = chunked ? options_.chunk_tokens : seq_len;
     chunks_ = (seq_len + unit_tokens_ - 1) / unit_tokens_;
     plan::SplitInputs in;
@@ -61,14 +68,19 @@ class SwapPolicy final : public ActivationPolicy {
     in.seq_len = unit_tokens_;
     for (const auto& s : model::skeletal_specs(cfg, batch, unit_tokens_, compute))
       (s.always_offloaded ? in.fixed_bytes : in.rest_bytes) += static_cast<double>(s.bytes());
-    // Chunked: each layer's K and V go to the host too, a chunk's share per unit.
+    // Chunked offload: each layer's K and V go to the host too, a chunk's
+    // share per unit. Chunked memo rebuilds them instead: per unit, its input
+    // comes back once more (h c per token) for a norm and QKV projection.
     const double kv_per_token =
         static_cast<double>(2 * cfg.kv_heads * cfg.head_dim * static_cast<int64_t>(c10::elementSize(compute)));
-    if (chunked) in.fixed_bytes += kv_per_token * static_cast<double>(batch * unit_tokens_);
+    if (chunked && !rebuilds_kv_) in.fixed_bytes += kv_per_token * static_cast<double>(batch * unit_tokens_);
+    if (rebuilds_kv_)
+      in.rebuild_h2d_bytes =
+          static_cast<double>(batch * unit_tokens_ * cfg.hidden * static_cast<int64_t>(c10::elementSize(compute)));
     in.swap_last_two = !memo_;
     in.alpha = memo_ ? options_.alpha : std::optional<double>(1.0);
     in.host_bytes = options_.host_memory_bytes > 0 ? options_.host_memory_bytes : memory::host_budget(0).bytes;
-    if (chunked) {
+    if (chunked && !rebuilds_kv_) {
       // Every layer's K and V are on the host, the last units' included: what
       // the LP's per-unit share leaves out comes off the budget.
       const int64_t swapped_units = memo_ ? std::max<int64_t>(0, in.layers - 2) : in.layers;
@@ -82,6 +94,7 @@ class SwapPolicy final : public ActivationPolicy {
       in.forward_s = t.forward_s;
       in.backward_s = t.backward_s;
       in.recompute_s = t.recompute_s;
+      if (rebuilds_kv_) in.rebuild_s = t.pre_attention_s;
     }
     in.device_spare_bytes = options_.device_spare_bytes >= 0
                                 ? options_.device_spare_bytes
@@ -110,7 +123,8 @@ class SwapPolicy final : public ActivationPolicy {
         placement[Unit{i, c}] = {l.swapped, host, std::min(l.resident_tokens, n - host), n};
       }
     KvPlacement kv;
-    if (chunked && !options_.kv_on_host) kv = {cfg.layers, seq_len};  // else K, V live in the KvStream
+    // Offload's K and V; memo rebuilds its, and with --kv-on-host they live in the KvStream.
+    if (chunked && !options_.kv_on_host && !rebuilds_kv_) kv = {cfg.layers, seq_len};
     store_ = std::make_unique<ActivationStore>(cfg, batch, unit_tokens_, compute, device_, std::move(placement),
                                                in.host_bytes, options_.trace, chunks_, kv);
   }
@@ -130,10 +144,12 @@ class SwapPolicy final : public ActivationPolicy {
                        pct(1.0 - split_.alpha - split_.resident).c_str(), split_.alpha,
                        split_.limited_by.c_str())},
         {"layers", chunks_ > 1
-                       ? strf("%lld of %lld units swapped (%lld chunks of %lld tokens per layer; K and V of every "
-                              "layer to the host)%s",
+                       ? strf("%lld of %lld units swapped (%lld chunks of %lld tokens per layer; %s)%s",
                               (long long)swapped, (long long)split_.layers.size(), (long long)chunks_,
-                              (long long)unit_tokens_, memo_ ? "; the last two units stay in their rounding buffers" : "")
+                              (long long)unit_tokens_,
+                              rebuilds_kv_ ? "K and V of each layer rebuilt in its backward from its chunks' inputs"
+                                           : "K and V of every layer to the host",
+                              memo_ ? "; the last two units stay in their rounding buffers" : "")
                        : strf("%lld of %lld swapped%s", (long long)swapped, (long long)split_.layers.size(),
                               memo_ ? " (the last two stay in their rounding buffers)" : "")},
         {"memory", strf("2 rounding buffers of %s on the device; host pool %s of a %s budget (%s)",
@@ -203,7 +219,7 @@ class SwapPolicy final : public ActivationPolicy {
       break;
     }
     // Chunked: the layer below's K and V come back while this layer's first chunk runs.
-    if (chunks_ > 1 && !options_.kv_on_host && unit.chunk == 0 && unit.layer > 0 &&
+    if (chunks_ > 1 && !options_.kv_on_host && !rebuilds_kv_ && unit.chunk == 0 && unit.layer > 0 &&
         !store.kv_prefetched(unit.layer - 1))
       store.prefetch_kv(unit.layer - 1);
     return acts;
@@ -211,14 +227,29 @@ class SwapPolicy final : public ActivationPolicy {
 
   void save_kv(int64_t layer, at::Tensor kv) override {
     if (chunks_ < 2) ActivationPolicy::save_kv(layer, std::move(kv));  // throws: not chunked
+    if (rebuilds_kv_) return;  // memo: dropped here, rebuilt in restore_kv
     store().save_kv(layer, kv);
     note_held();
   }
 
   at::Tensor restore_kv(int64_t layer, const LayerContext& ctx) override {
     if (chunks_ < 2) return ActivationPolicy::restore_kv(layer, ctx);  // throws: not chunked
+    if (rebuilds_kv_) return rebuild_layer_kv(ctx, seq_len_, forward_storage_tokens(ctx), layer_inputs(layer), name(), layer);
     return store().take_kv(layer);
   }
+
+  // `--kv-on-host`: memo lets the layer's blocks go after its forward and
+  // rewrites them before its backward; offload keeps them.
+  void kv_forward_done(int64_t layer) override {
+    if (rebuilds_kv_) kv_stream()->release(layer);
+  }
+  void restore_kv_on_host(int64_t layer, const LayerContext& ctx) override {
+    if (!rebuilds_kv_) return ActivationPolicy::restore_kv_on_host(layer, ctx);  // checks the blocks are there
+    rebuild_layer_kv_blocks(*kv_stream(), ctx, seq_len_, forward_storage_tokens(ctx), layer_inputs(layer), name(), layer);
+  }
+
+  // Bytes the K, V rebuild copied back to the device (every swapped unit's input once more).
+  int64_t rebuild_h2d_bytes() const override { return store_ ? store_->rebuild_h2d_bytes() : 0; }
 
   void forward_done() override { store().forward_done(); }
   void end_step() override { store().end_step(); }
@@ -232,6 +263,18 @@ class SwapPolicy final : public ActivationPolicy {
   ActivationStore& store() {
     if (!store_) throw Error(cat(name(), ": used before prepare"));
     return *store_;
+  }
+
+  // The tokens of the storage the forward's pre-attention wrote into: the
+  // rounding buffers' (a unit's), or fresh tensors (0).
+  int64_t forward_storage_tokens(const LayerContext& ctx) const { return ctx.pre_attention_in_storage ? unit_tokens_ : 0; }
+
+  // The layer's chunk inputs, held or back from the host (ActivationStore::for_each_input).
+  ChunkInputs layer_inputs(int64_t layer) {
+    return [this, layer](const ChunkInputFn& fn) {
+      TraceSpan span(options_.trace, Lane::Compute, "rebuild kv ", Unit{layer, 0}, 0, store().engine().compute_stream());
+      store().for_each_input(layer, fn);
+    };
   }
 
   // The unit before u in forward order (layer -1 after the first).
@@ -264,6 +307,7 @@ class SwapPolicy final : public ActivationPolicy {
   }
 
   bool memo_;
+  bool rebuilds_kv_ = false;  // chunked memo: K and V dropped after forward, rebuilt in backward
   PolicyOptions options_;
   c10::Device device_ = c10::Device(c10::DeviceType::CPU);
   int64_t batch_ = 0, seq_len_ = 0;

@@ -126,6 +126,7 @@ at::Tensor LayerProgram::backward_layer_chunks(int64_t index, const model::Layer
   const auto local_rope = pos.rope.slice(pos.first, S);
   runtime::LayerContext ctx{layer, w, local_rope, {}, 0, 0, nullptr, {}};
   ctx.chunk_tokens = C;
+  ctx.pre_attention_in_storage = true;  // forward_chunk_loop: into policy->forward_storage
   ChunkAttentionBackward attention_backward;
   at::Tensor dkv;  // resident: dK, dV accumulators [B, S, 2 nkv d], statistics dtype
   auto* stream = policy.kv_stream();

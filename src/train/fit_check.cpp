@@ -147,14 +147,15 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
     shapes.hardware = plan::hardware_preset("h200-141gb");
     const auto m = plan::chunk_memory(shapes, r.policy, chunked ? r.chunk_tokens : 0, r.alpha.value_or(0.0));
     e.pool = m.host_bytes;
-    // With --kv-on-host the stream's blocks replace the policy's per-layer K, V slots.
+    // With --kv-on-host the stream's blocks replace offload's per-layer K, V
+    // slots (chunked memo has none: it rebuilds K, V in backward).
     if (kv_on_host)
       for (const auto& part : m.host)
         if (part.name == plan::kEveryLayerKvPart) e.pool -= part.bytes;
   } else if (r.policy == "offload") {
     e.pool = n * (skel + kv);
   } else if (r.policy == "memo") {
-    e.pool = std::max(0.0, units - 2.0) * (unit_fixed + r.alpha.value_or(0.0) * unit_rest) + n * kv;
+    e.pool = std::max(0.0, units - 2.0) * (unit_fixed + r.alpha.value_or(0.0) * unit_rest);  // K, V rebuilt
   }
   e.kv_host = kv_cost.host_bytes;
   e.pool += e.kv_host;

@@ -90,9 +90,9 @@ TEST(ChunkPlan, BytesGrowWithTheChunkAndTheWholeSequencePartDoesNot) {
         EXPECT_EQ(m.whole_sequence_bytes, prev.whole_sequence_bytes) << at(policy, chunk);
       else
         EXPECT_EQ(m.whole_sequence_bytes, whole.whole_sequence_bytes) << at(policy, chunk);
-      // The host holds at least the whole layers' (chunked: also every
-      // layer's K and V, and memo swaps all but the last two chunks rather
-      // than all but the last two layers); its parts add up.
+      // The host holds at least the whole layers' (chunked: offload also
+      // every layer's K and V, and memo swaps all but the last two chunks
+      // rather than all but the last two layers); its parts add up.
       if (chunk < in.seq_len && (policy == "offload" || policy == "memo"))
         EXPECT_GT(m.host_bytes, whole.host_bytes) << at(policy, chunk);
       else
@@ -242,8 +242,8 @@ TEST(ChunkPlan, LongestContextRespectsTheDeviceAndTheHostBound) {
       // Smaller chunks never shorten the context.
       EXPECT_GE(longest_context(in, policy, 0, true, unit).seq_len,
                 longest_context(in, policy, 8192, false, unit).seq_len) << policy;
-      // Chunks save device bytes, not host bytes (offload and memo add every
-      // layer's K and V on the host, memo swaps all but two chunks): where
+      // Chunks save device bytes, not host bytes (offload adds every layer's
+      // K and V on the host, memo swaps all but two chunks): where
       // the chunked context stops at the device, the unchunked one, which
       // needs more device bytes at every length, stops no later.
       const auto chunked = longest_context(in, policy, 8192, false, unit);
@@ -261,6 +261,50 @@ TEST(ChunkPlan, LongestContextRespectsTheDeviceAndTheHostBound) {
   auto in = llama_1b(4096);
   in.hardware.host_bytes = 16.0 * (1ull << 30);
   EXPECT_EQ(longest_context(in, "offload", 0, true, unit).limited_by, "host");
+}
+
+// Chunked memo rebuilds each layer's K and V in its backward from the
+// chunks' inputs instead of keeping every layer's on the host (offload
+// still does): its host bytes are x, o, lse of the swapped units alone, and
+// the rebuild costs every swapped unit's input over the link again (h c per
+// token) and every layer's QKV projection (2 h q per token). At 1M tokens on
+// one H200 with 128 GiB of host memory that is what lets memo fit (121.9
+// GiB, was 153.9 GiB with K, V) and reach about 1.03M tokens (was 828K).
+TEST(ChunkPlan, ChunkedMemoRebuildsKvInsteadOfKeepingItOnTheHost) {
+  const auto in = llama_1b(1 << 20);
+  const double h = 2048, c = 2, q = (32 + 2 * 8) * 64, kv = 2 * 8 * 64, n = 16, S = 1 << 20;
+  for (int64_t chunk : {int64_t{65536}, int64_t{100000}}) {
+    const auto memo = chunk_memory(in, "memo", chunk);
+    const auto offload = chunk_memory(in, "offload", chunk);
+    bool memo_kv = false, offload_kv = false;
+    for (const auto& part : memo.host) memo_kv |= part.name == whole_part::kEveryLayerKv;
+    for (const auto& part : offload.host) offload_kv |= part.name == whole_part::kEveryLayerKv;
+    EXPECT_FALSE(memo_kv) << chunk;
+    EXPECT_TRUE(offload_kv) << chunk;
+    // The swapped units: every chunk of every layer but the last layer's last two.
+    const double last = S - (memo.chunks - 1) * chunk;
+    const double swapped = n * S - last - static_cast<double>(chunk);
+    ASSERT_EQ(memo.host.size(), 1u);
+    EXPECT_DOUBLE_EQ(memo.host_bytes, swapped * (h * c + 32 * 64 * c + 32 * 4)) << chunk;  // x, o, lse
+    EXPECT_DOUBLE_EQ(memo.rebuild_h2d_bytes, swapped * h * c) << chunk;
+    EXPECT_DOUBLE_EQ(memo.rebuild_flops, n * 2 * h * q * S) << chunk;
+    EXPECT_EQ(offload.rebuild_h2d_bytes, 0.0);
+    EXPECT_EQ(offload.rebuild_flops, 0.0);
+    (void)kv;
+  }
+  // Whole layers: nothing to rebuild (K and V are in each layer's skeletal set).
+  EXPECT_EQ(chunk_memory(in, "memo", 0).rebuild_flops, 0.0);
+  // The auto chunk at 1M (two chunks: the last layer's inputs stay on the
+  // device) fits the device and now the host too; the longest context,
+  // judged at the smallest chunk (every unit swapped but two of 1024
+  // tokens), is a little shorter.
+  const int64_t unit = 1024;
+  const auto automatic = chunk_memory(in, "memo", auto_chunk_tokens(in, "memo", unit));
+  EXPECT_TRUE(automatic.fits()) << automatic.host_bytes / (1ull << 30) << " GiB host";
+  EXPECT_LT(automatic.host_bytes, 122.0 * (1ull << 30));
+  const auto lc = longest_context(in, "memo", 0, true, unit);
+  EXPECT_EQ(lc.seq_len, 1032192);
+  EXPECT_EQ(lc.limited_by, "host");
 }
 
 TEST(ChunkPlan, MakeChunkPlanPicksEachPolicysChunk) {
