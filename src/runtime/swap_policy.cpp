@@ -23,6 +23,7 @@
 #include "core/units.h"
 #include "memory/host_pool.h"
 #include "model/llama.h"
+#include "model/ops.h"
 #include "plan/swap_split.h"
 #include "runtime/activation_store.h"
 #include "runtime/kv_rebuild.h"
@@ -86,6 +87,14 @@ class SwapPolicy final : public ActivationPolicy {
       const int64_t swapped_units = memo_ ? std::max<int64_t>(0, in.layers - 2) : in.layers;
       const double kv_host = kv_per_token * static_cast<double>(batch * seq_len * cfg.layers);
       in.host_bytes -= std::max(0.0, kv_host - kv_per_token * static_cast<double>(batch * unit_tokens_ * swapped_units));
+    }
+    if (rebuilds_kv_ && options_.kv_on_host) {
+      // --kv-on-host: memo's K, V blocks and dK, dV accumulators, one layer's
+      // at a time (the stream's pools, beside the store's), off its budget.
+      const int64_t kv_width = 2 * cfg.kv_heads * cfg.head_dim;
+      const int64_t bytes = static_cast<int64_t>(c10::elementSize(compute)) +
+                            static_cast<int64_t>(c10::elementSize(model::stat_dtype(compute)));
+      in.host_bytes -= static_cast<double>(batch * seq_len * kv_width * bytes);
     }
     if (memo_ && !options_.alpha) {
       const auto t = measure_startup_times(model, batch, unit_tokens_, in.fixed_bytes + in.rest_bytes);
