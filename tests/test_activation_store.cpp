@@ -8,7 +8,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
+#include <vector>
 
 #include "core/error.h"
 #include "memory/device_memory.h"
@@ -202,6 +204,57 @@ TEST(ActivationStore, RoundTripThroughThePoolWithResidentAndDroppedTokens) {
   EXPECT_EQ(store.engine().pending(), 0);
   EXPECT_EQ(store.held_inputs(), 0);
   EXPECT_EQ(store.device_bytes(), 2 * store.buffer_bytes());
+}
+
+// memo's K, V rebuild reads every chunk's input of a layer before its
+// backward (ActivationStore::for_each_input): in chunk order, the held ones
+// (the last two units) as they are, the others back from the host, equal to
+// what forward saved, through no more than two chunk-sized staging tensors
+// on the device, with the bytes copied counted.
+TEST(ActivationStore, ForEachInputVisitsEveryChunkThroughTwoStagingTensors) {
+  memory::install_cpu_memory_meter();
+  const auto cfg = testing::small_config(4, 2, 4, 24, /*layers=*/2);
+  const int64_t B = 2, C = 4, S = 10, chunks = 3;  // chunks of 4, 4, 2
+  std::map<Unit, runtime::UnitPlacement> placement;
+  for (int64_t l = 0; l < 2; ++l)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const bool held = l == 1 && c >= 1;  // memo's last two units
+      placement[Unit{l, c}] = {!held, 0, 0, std::min(C, S - c * C)};
+    }
+  runtime::ActivationStore store(cfg, B, C, at::kDouble, at::kCPU, placement, 1e9, nullptr, chunks);
+  std::map<Unit, at::Tensor> inputs;
+  store.begin_step();
+  for (const auto& [u, p] : placement) {
+    const auto values = random_set(cfg, B, p.tokens, 300 + static_cast<uint64_t>(u.layer * chunks + u.chunk));
+    auto acts = model::token_slice(*store.forward_storage(u), 0, p.tokens);
+    for (const auto& r : model::skeletal_table())
+      if (!r.layer_input) (acts.*r.member).copy_(values.*r.member);
+    acts.x = values.x.clone();
+    inputs[u] = values.x;
+    store.save(u, acts);
+  }
+  store.forward_done();
+
+  const int64_t x_chunk = B * C * cfg.hidden * 8;  // one full chunk's input, float64
+  int64_t copied = 0;
+  for (int64_t layer : {1, 0}) {
+    std::vector<int64_t> order;
+    const auto before = memory::memory_stats(at::kCPU).allocated;
+    int64_t most = 0;
+    store.for_each_input(layer, [&](int64_t chunk, const at::Tensor& x) {
+      order.push_back(chunk);
+      EXPECT_TRUE(at::equal(x, inputs.at(Unit{layer, chunk}))) << layer << "." << chunk;
+      most = std::max(most, memory::memory_stats(at::kCPU).allocated - before);
+    });
+    EXPECT_EQ(order, (std::vector<int64_t>{0, 1, 2})) << layer;
+    EXPECT_LE(most, 2 * x_chunk) << layer;  // two staging tensors at most, nothing per chunk
+    for (int64_t c = 0; c < chunks; ++c)
+      if (placement.at(Unit{layer, c}).swapped) copied += static_cast<int64_t>(inputs.at(Unit{layer, c}).nbytes());
+    EXPECT_EQ(store.rebuild_h2d_bytes(), copied) << layer;
+  }
+  EXPECT_EQ(copied, B * (4 + 4 + 2 + 4) * cfg.hidden * 8);  // layer 0 whole, layer 1's chunk 0
+  store.end_step();
+  EXPECT_EQ(store.engine().pending(), 0);
 }
 
 TEST(ActivationStore, AUnitOffTheHostHasNoSlotsAndCannotBePrefetched) {
