@@ -6,10 +6,12 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "memory/device_memory.h"
 #include "model/llama.h"
+#include "model/skeletal.h"
 #include "runtime/policy.h"
 #include "train/loss.h"
 #include "train/step.h"
@@ -41,6 +43,19 @@ inline void sgd_step(model::LlamaModel& model) {
   for (size_t i = 0; i < master.size(); ++i) master[i].second->sub_(*grads[i].second, 0.05);
   model.refresh_compute();
   model.zero_grads();
+}
+
+// memo's host budget (the LP's, unaligned) that holds x, o and lse of all
+// but half (at least one) of its swapped units of chunk tokens (0 or at
+// least S: whole layers): the rest go to the device tier.
+inline double tier_host_budget(const model::ModelConfig& cfg, int64_t B, int64_t S, int64_t chunk) {
+  const int64_t unit = chunk > 0 && chunk < S ? chunk : S;
+  const int64_t units = cfg.layers * ((S + unit - 1) / unit);
+  double fixed = 0;  // one full unit's
+  for (const auto& s : model::skeletal_specs(cfg, B, unit, at::kDouble))
+    if (s.always_offloaded) fixed += static_cast<double>(s.bytes());
+  const int64_t swapped = std::max<int64_t>(0, units - 2);
+  return fixed * static_cast<double>(swapped - std::max<int64_t>(1, swapped / 2));
 }
 
 // Peak device bytes of one step (the CPU memory meter) above `base`.

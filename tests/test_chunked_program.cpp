@@ -39,11 +39,18 @@ using testing::sgd_step;
 using testing::step_peak;
 
 std::unique_ptr<runtime::ActivationPolicy> prepared(const std::string& name, double alpha, int64_t chunk,
-                                                    model::LlamaModel& model, int64_t B, int64_t S) {
+                                                    model::LlamaModel& model, int64_t B, int64_t S,
+                                                    bool tier = false) {
   runtime::PolicyOptions opts;
   opts.host_memory_bytes = 1 << 30;
   opts.chunk_tokens = chunk;
   if (name == "memo") opts.alpha = alpha;
+  if (tier) {
+    // memo's device tier: a host one byte over half the swapped units' x, o,
+    // lse, so that the other half (at least one unit) holds them on the device.
+    opts.host_memory_bytes = testing::tier_host_budget(model.config(), B, S, chunk) + 1;
+    opts.device_spare_bytes = 1 << 30;
+  }
   auto policy = runtime::make_policy(name, opts);
   policy->prepare(model, B, S);
   return policy;
@@ -98,11 +105,13 @@ struct ChunkCase {
   int64_t chunk;
   int64_t layers;
   int64_t batch;
+  bool tier = false;  // memo at alpha 0 with a host short of half its units' x, o, lse
 };
 
 std::string case_name(const ChunkCase& c) {
   return std::string(c.policy) + "_a" + std::to_string(static_cast<int>(c.alpha * 100)) + "_c" +
-         std::to_string(c.chunk) + "_l" + std::to_string(c.layers) + "_b" + std::to_string(c.batch);
+         std::to_string(c.chunk) + "_l" + std::to_string(c.layers) + "_b" + std::to_string(c.batch) +
+         (c.tier ? "_tier" : "");
 }
 
 void PrintTo(const ChunkCase& c, std::ostream* os) { *os << case_name(c); }
@@ -119,7 +128,7 @@ TEST_P(ChunkedSteps, EqualTheUnchunkedStepsWithin1e10InFloat64) {
   const auto cfg = testing::small_config(4, 2, 4, 20, c.layers, 31);
   auto chunked = float64_model(cfg);
   auto whole = float64_model(cfg);
-  UnitRecorder chunked_policy(prepared(c.policy, c.alpha, c.chunk, chunked, c.batch, S));
+  UnitRecorder chunked_policy(prepared(c.policy, c.alpha, c.chunk, chunked, c.batch, S, c.tier));
   auto whole_policy = prepared("keep", 0, 0, whole, c.batch, S);
   for (int step = 0; step < 3; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
@@ -165,6 +174,9 @@ std::vector<ChunkCase> chunk_cases() {
     out.push_back({policy, alpha, 1, 2, 1});  // one token per chunk
     out.push_back({policy, alpha, 7, 2, 3});  // 7, 5; batch 3
   }
+  // memo's device tier: some units' x, o, lse on the device, not the host.
+  out.push_back({"memo", 0.0, 4, 3, 2, true});  // 9 units, 3 of 7 swapped on the device
+  out.push_back({"memo", 0.0, 5, 2, 2, true});  // 5, 5, 2: the last chunk's unit among them
   return out;
 }
 

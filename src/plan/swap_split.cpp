@@ -36,14 +36,28 @@ SplitChoice choose_split(const SplitInputs& in) {
   }
   if (swapped_layers > 0 && in.host_bytes > 0) {
     const double per_layer = in.host_bytes / static_cast<double>(swapped_layers);
-    const double by_host = (per_layer - in.fixed_bytes) / rest;
+    double by_host = (per_layer - in.fixed_bytes) / rest;
     if (by_host < 0.0) {
       const double need = static_cast<double>(swapped_layers) * in.fixed_bytes;
-      throw InputError(cat("host memory too small: even alpha = 0 needs ", format_bytes(need),
-                           " of pinned host memory for x, o and lse of ", swapped_layers,
-                           " layers, and ", format_bytes(in.host_bytes),
-                           " is available; use --policy recompute (no host memory), a shorter "
-                           "--seq-len, or more --host-memory-gib"));
+      // The device tier: the fewest units whose x, o, lse the device holds
+      // so that the others' fit the host (memo choosing its alpha, or at 0).
+      const bool tier = !in.swap_last_two && (!in.alpha || *in.alpha == 0.0) && in.fixed_bytes > 0;
+      const auto units = static_cast<int64_t>(std::ceil((need - in.host_bytes) / std::max(in.fixed_bytes, 1.0)));
+      if (tier && units <= swapped_layers && static_cast<double>(units) * in.fixed_bytes <= in.device_spare_bytes) {
+        c.fixed_on_device_units = units;
+        c.fixed_on_device_bytes = static_cast<double>(units) * in.fixed_bytes;
+        by_host = 0.0;
+        if (!in.alpha) c.limited_by = "host memory";
+      } else {
+        throw InputError(cat("host memory too small: even alpha = 0 needs ", format_bytes(need),
+                             " of pinned host memory for x, o and lse of ", swapped_layers, " layers, and ",
+                             format_bytes(in.host_bytes), " is available",
+                             tier ? cat(" (the device's spare ", format_bytes(in.device_spare_bytes),
+                                        " could hold ", format_bytes(need - in.host_bytes), " of them: it cannot)")
+                                  : std::string(),
+                             "; use --policy recompute (no host memory), a shorter "
+                             "--seq-len, or more --host-memory-gib"));
+      }
     }
     if (by_host < alpha) {
       if (in.alpha)
@@ -59,8 +73,9 @@ SplitChoice choose_split(const SplitInputs& in) {
   // Tokens, rounded down so the byte budgets hold.
   auto offload_tokens = static_cast<int64_t>(std::floor(alpha * static_cast<double>(in.seq_len)));
   double resident = 0.0;
-  if (swapped_layers > 0 && in.device_spare_bytes > 0 && !in.alpha) {
-    resident = std::min(1.0 - alpha, in.device_spare_bytes / (static_cast<double>(swapped_layers) * rest));
+  const double spare = in.device_spare_bytes - c.fixed_on_device_bytes;  // what the device tier left
+  if (swapped_layers > 0 && spare > 0 && !in.alpha) {
+    resident = std::min(1.0 - alpha, spare / (static_cast<double>(swapped_layers) * rest));
     resident = std::max(resident, 0.0);
   }
   auto resident_tokens = std::min<int64_t>(
@@ -74,9 +89,12 @@ SplitChoice choose_split(const SplitInputs& in) {
     l.swapped = i < swapped_layers;
     l.offload_tokens = l.swapped ? offload_tokens : in.seq_len;
     l.resident_tokens = l.swapped ? resident_tokens : 0;
+    // The latest swapped units: backward reaches them first, so their device
+    // bytes are the first let go.
+    l.fixed_on_device = l.swapped && i >= swapped_layers - c.fixed_on_device_units;
   }
   const double moved = in.fixed_bytes + c.alpha * rest;
-  c.host_bytes = static_cast<double>(swapped_layers) * moved;
+  c.host_bytes = static_cast<double>(swapped_layers - c.fixed_on_device_units) * moved;
   c.copy_out_s = in.d2h_bytes_per_s > 0 ? moved / in.d2h_bytes_per_s : 0.0;
   c.copy_in_s = in.h2d_bytes_per_s > 0 ? (moved + in.rebuild_h2d_bytes) / in.h2d_bytes_per_s : 0.0;
   c.recompute_s = in.recompute_s * (1.0 - c.alpha - c.resident);

@@ -5,7 +5,9 @@
 // the first `offload_tokens` tokens go to host, the next `resident_tokens`
 // stay on the device, and the rest are dropped and recomputed token-wise in
 // backward. Layers with swapped = false (the last two) stay whole in their
-// rounding buffer.
+// rounding buffer. Where even x, o and lse of every swapped unit do not fit
+// the host, memo holds those of the latest swapped units on the device
+// instead (fixed_on_device: the device tier), out of the spare device memory.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +21,7 @@ struct LayerSplit {
   bool swapped = false;
   int64_t offload_tokens = 0;
   int64_t resident_tokens = 0;
+  bool fixed_on_device = false;  // memo: x, o, lse kept on the device, nothing on the host
 };
 
 // Figures the LP needs, all per GPU and per layer of the run's shape.
@@ -46,6 +49,8 @@ struct SplitInputs {
 struct SplitChoice {
   double alpha = 0;         // offloaded fraction of the `rest` tokens
   double resident = 0;      // device-resident fraction
+  int64_t fixed_on_device_units = 0;  // units whose x, o, lse stay on the device (host short)
+  double fixed_on_device_bytes = 0;   // their bytes
   std::vector<LayerSplit> layers;
   double host_bytes = 0;    // host bytes the split needs (before pool alignment)
   double copy_out_s = 0;    // per swapped layer
@@ -57,8 +62,11 @@ struct SplitChoice {
 
 // Solves max alpha s.t. copy-out hides behind the forward, the prefetch hides
 // behind the backward, and the swapped layers fit in host memory; then keeps
-// a resident share on the device with the spare memory. Throws InputError
-// when even alpha = 0 does not fit in host memory, saying what would.
+// a resident share on the device with the spare memory. When even alpha = 0
+// does not fit in host memory, memo (not offload, not an explicit alpha
+// above 0) holds x, o and lse of as few of the latest swapped units as
+// needed on the device, within device_spare_bytes. Throws InputError when
+// host and spare together are short, saying what would fit.
 SplitChoice choose_split(const SplitInputs& in);
 
 }  // namespace memo::plan

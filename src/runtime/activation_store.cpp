@@ -26,7 +26,8 @@ ActivationStore::ActivationStore(const model::ModelConfig& c, int64_t batch, int
   for (const auto& [unit, p] : placement_) {
     if (!p.swapped) continue;
     auto& counts = host_tokens[unit];
-    for (const auto& s : specs_) counts.push_back(s.always_offloaded ? unit_tokens(unit) : p.host_tokens);
+    for (const auto& s : specs_)
+      counts.push_back(s.always_offloaded ? (p.fixed_on_device ? 0 : unit_tokens(unit)) : p.host_tokens);
   }
   host_ = HostSlots(specs_, host_tokens, device, host_budget_bytes);
   if (kv_.layers > 0) {
@@ -77,10 +78,7 @@ at::Tensor ActivationStore::take_kv(int64_t layer) {
 
 void ActivationStore::for_each_input(int64_t layer,
                                      const std::function<void(int64_t chunk, const at::Tensor& x)>& fn) {
-  size_t x_spec = specs_.size();
-  for (size_t k = 0; k < specs_.size(); ++k)
-    if (specs_[k].layer_input) x_spec = k;
-  if (x_spec == specs_.size()) throw Error("activation store: the skeletal set has no layer input");
+  const size_t x_spec = x_spec_index();
   // The chunks whose input is on the host only, in order; the first two are
   // copied in ahead, each later one into the staging tensor its
   // predecessor-but-one has finished with (the copy is queued after fn's
@@ -88,7 +86,7 @@ void ActivationStore::for_each_input(int64_t layer,
   std::deque<int64_t> from_host;
   for (int64_t c = 0; c < chunks_per_layer_; ++c) {
     const Unit u{layer, c};
-    if (inputs_held_.count(u)) continue;
+    if (inputs_held_.count(u) || fixed_.count(u)) continue;
     if (!host_.has(u)) throw Error(cat("activation store: the input of unit ", to_string(u), " is neither held nor on the host"));
     from_host.push_back(c);
   }
@@ -119,12 +117,22 @@ void ActivationStore::for_each_input(int64_t layer,
       fn(c, held->second);
       continue;
     }
+    if (auto kept = fixed_.find(Unit{layer, c}); kept != fixed_.end()) {  // the device tier's copy
+      fn(c, kept->second[x_spec]);
+      continue;
+    }
     const int64_t slot = slot_of.at(c);
     engine_->wait_copy_in(staging_unit(layer, slot));
     const int64_t n = unit_tokens(Unit{layer, c});
     fn(c, staging[static_cast<size_t>(slot)].narrow(specs_[x_spec].token_dim, 0, n));
     issue();  // into the slot fn just used
   }
+}
+
+size_t ActivationStore::x_spec_index() const {
+  for (size_t k = 0; k < specs_.size(); ++k)
+    if (specs_[k].layer_input) return k;
+  throw Error("activation store: the skeletal set has no layer input");
 }
 
 const UnitPlacement& ActivationStore::placement(Unit u) const {
@@ -143,6 +151,7 @@ void ActivationStore::begin_step() {
   inputs_held_.clear();
   inputs_in_.clear();
   resident_.clear();
+  fixed_.clear();
   prefetched_.clear();
   kv_in_.clear();
 }
@@ -168,6 +177,13 @@ void ActivationStore::save(Unit u, const model::LayerActivations& acts) {
   const auto& p = placement(u);
   inputs_held_[u] = acts.x;
   if (!p.swapped) return;
+  if (p.fixed_on_device) {
+    // x, o, lse copied out of the buffer (x: out of the layer's input) on
+    // the compute stream; nothing of them goes to the host.
+    std::vector<at::Tensor> kept;
+    for (const auto& s : specs_) kept.push_back(s.always_offloaded ? (acts.*s.member).clone() : at::Tensor());
+    fixed_[u] = std::move(kept);
+  }
   engine_->copy_out(u, host_pairs(u, acts, /*to_host=*/true));
   if (p.resident_tokens > 0) {
     // The resident tokens of every recomputable tensor, by spec.
@@ -198,7 +214,9 @@ std::vector<CopyPair> ActivationStore::host_pairs(Unit u, const model::LayerActi
 }
 
 void ActivationStore::prefetch(Unit u) {
-  if (!host_.has(u)) throw Error(cat("activation store: unit ", to_string(u), " has nothing on the host to prefetch"));
+  const bool tier = fixed_.count(u) > 0;
+  if (!host_.has(u) && !tier)
+    throw Error(cat("activation store: unit ", to_string(u), " has nothing on the host to prefetch"));
   buffers_.claim_for_copy_in(u);
   prefetched_.insert(u);
   // The rounding buffers have no x slot (forward never writes one): the
@@ -211,8 +229,9 @@ void ActivationStore::prefetch(Unit u) {
       shape[static_cast<size_t>(s.token_dim)] = unit_tokens(u);
       dst.*s.member = at::empty(shape, at::TensorOptions().dtype(s.dtype).device(device_));  // [B, n, h]
     }
+  if (tier) dst.x = fixed_[u][x_spec_index()];  // no copy: the device tier kept it (the K, V rebuild may read it too)
   inputs_in_[u] = dst.x;
-  engine_->copy_in(u, host_pairs(u, dst, /*to_host=*/false));
+  engine_->copy_in(u, host_.has(u) ? host_pairs(u, dst, /*to_host=*/false) : std::vector<CopyPair>{});
 }
 
 model::LayerActivations ActivationStore::take_from_buffer(Unit u) {
@@ -241,6 +260,13 @@ model::LayerActivations ActivationStore::take_copied_in(Unit u) {
     }
     resident_.erase(res);
   }
+  if (auto kept = fixed_.find(u); kept != fixed_.end()) {  // o and lse back into the buffer
+    for (size_t k = 0; k < specs_.size(); ++k) {
+      const auto& s = specs_[k];
+      if (kept->second[k].defined() && !s.layer_input) (acts.*s.member).copy_(kept->second[k]);
+    }
+    fixed_.erase(kept);
+  }
   inputs_held_.erase(u);
   return acts;
 }
@@ -250,6 +276,7 @@ void ActivationStore::end_step() {
   inputs_held_.clear();
   inputs_in_.clear();
   resident_.clear();
+  fixed_.clear();
   kv_in_.clear();
 }
 
@@ -258,9 +285,12 @@ int64_t ActivationStore::device_bytes() const {
   for (const auto& [u, x] : inputs_held_) bytes += static_cast<int64_t>(x.nbytes());
   for (const auto& [u, x] : inputs_in_) bytes += static_cast<int64_t>(x.nbytes());
   for (const auto& [l, kv] : kv_in_) bytes += static_cast<int64_t>(kv.nbytes());
-  for (const auto& [u, tensors] : resident_)
-    for (const auto& t : tensors)
-      if (t.defined()) bytes += static_cast<int64_t>(t.nbytes());
+  for (const auto* kept : {&resident_, &fixed_})
+    for (const auto& [u, tensors] : *kept)
+      for (const auto& t : tensors) {
+        auto in = inputs_in_.find(u);  // a prefetched tier unit's x is counted there
+        if (t.defined() && !(in != inputs_in_.end() && in->second.is_same(t))) bytes += static_cast<int64_t>(t.nbytes());
+      }
   return bytes;
 }
 

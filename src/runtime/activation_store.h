@@ -39,6 +39,9 @@ struct UnitPlacement {
   int64_t host_tokens = 0;
   int64_t resident_tokens = 0;
   int64_t tokens = 0;  // the unit's tokens (a shorter last chunk); 0: the store's `tokens`
+  // memo's device tier (plan/swap_split.h): x, o, lse stay on the device
+  // (copies outside the rounding buffer) instead of going to the host.
+  bool fixed_on_device = false;
 };
 
 // Chunked layers (docs/chunks.md): each layer's K and V [B, S, 2 nkv d] go
@@ -90,7 +93,7 @@ class ActivationStore {
   bool buffer_free_for(Unit u) const { return buffers_.free_for(u); }
   bool prefetched(Unit u) const { return prefetched_.count(u) > 0; }
   // Starts copying u's host tokens back into its (free) buffer and its input
-  // into a tensor of its own.
+  // into a tensor of its own (device tier: its input is the copy it kept).
   void prefetch(Unit u);
 
   // u's skeletal set from its buffer, with its held input (in_buffer(u)).
@@ -133,7 +136,7 @@ class ActivationStore {
   void end_step();
 
   // Device bytes held: both rounding buffers, the held and prefetched
-  // inputs, the resident tokens. Host bytes: the pool's slots.
+  // inputs, the resident tokens, the device tier's x, o, lse. Host bytes: the pool's slots.
   int64_t device_bytes() const;
   int64_t host_bytes() const { return host_.bytes() + kv_host_.bytes(); }
   int64_t kv_host_bytes() const { return kv_host_.bytes(); }
@@ -147,6 +150,8 @@ class ActivationStore {
  private:
   // The host slots and u's tensors, paired in the copy's direction.
   std::vector<CopyPair> host_pairs(Unit u, const model::LayerActivations& acts, bool to_host) const;
+  // The skeletal spec of the layer input x.
+  size_t x_spec_index() const;
   // u's rounding-buffer slots, narrowed to u's tokens.
   model::LayerActivations unit_slots(Unit u) const;
   // The engine's key of layer `layer`'s K and V copies (apart from every chunk's).
@@ -163,6 +168,7 @@ class ActivationStore {
   std::map<Unit, at::Tensor> inputs_held_;  // layer inputs from forward, until copied out or used
   std::map<Unit, at::Tensor> inputs_in_;    // layer inputs prefetched for backward
   std::map<Unit, std::vector<at::Tensor>> resident_;  // per unit, per spec (undefined: none)
+  std::map<Unit, std::vector<at::Tensor>> fixed_;     // device tier: per unit, per spec x, o, lse (others undefined)
   std::set<Unit> prefetched_;
   int64_t tokens_ = 0;
   int64_t chunks_per_layer_ = 1;

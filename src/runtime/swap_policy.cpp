@@ -129,7 +129,7 @@ class SwapPolicy final : public ActivationPolicy {
         const auto& l = split_.layers[static_cast<size_t>(i * chunks_ + c)];
         const int64_t n = std::min(unit_tokens_, seq_len - c * unit_tokens_);  // a shorter last chunk
         const int64_t host = std::min(l.offload_tokens, n);
-        placement[Unit{i, c}] = {l.swapped, host, std::min(l.resident_tokens, n - host), n};
+        placement[Unit{i, c}] = {l.swapped, host, std::min(l.resident_tokens, n - host), n, l.fixed_on_device};
       }
     KvPlacement kv;
     // Offload's K and V; memo rebuilds its, and with --kv-on-host they live in the KvStream.
@@ -147,8 +147,14 @@ class SwapPolicy final : public ActivationPolicy {
     const int64_t pinned = host_pinning().bytes;
     const double pin_s = host_pinning().seconds;
     std::vector<std::pair<std::string, std::string>> out = {
-        {"split", strf("x, o, lse to host; other tensors: %s offloaded, %s resident, %s recomputed "
+        {"split", strf("x, o, lse to host%s; other tensors: %s offloaded, %s resident, %s recomputed "
                        "(alpha %.3f, %s)",
+                       split_.fixed_on_device_units > 0
+                           ? strf(" (of %lld units on the device: %s, the host being short)",
+                                  (long long)split_.fixed_on_device_units,
+                                  format_bytes(split_.fixed_on_device_bytes).c_str())
+                                 .c_str()
+                           : "",
                        pct(split_.alpha).c_str(), pct(split_.resident).c_str(),
                        pct(1.0 - split_.alpha - split_.resident).c_str(), split_.alpha,
                        split_.limited_by.c_str())},
@@ -308,7 +314,8 @@ class SwapPolicy final : public ActivationPolicy {
     // Explicit alpha plus explicit device share (tests, experiments).
     const int64_t swapped = memo_ ? std::max<int64_t>(0, in.layers - 2) : in.layers;
     if (swapped == 0) return;
-    double frac = std::min(1.0 - split_.alpha, in.device_spare_bytes / (static_cast<double>(swapped) * in.rest_bytes));
+    const double spare = in.device_spare_bytes - split_.fixed_on_device_bytes;  // less the device tier's
+    double frac = std::min(1.0 - split_.alpha, std::max(0.0, spare) / (static_cast<double>(swapped) * in.rest_bytes));
     auto res = static_cast<int64_t>(std::floor(frac * static_cast<double>(unit_tokens_)));
     for (auto& l : split_.layers)
       if (l.swapped) l.resident_tokens = std::min(res, unit_tokens_ - l.offload_tokens);
