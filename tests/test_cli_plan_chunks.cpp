@@ -36,7 +36,7 @@ TEST(PlanChunksCli, AutoChunkWritesTheSplitPerPolicy) {
     EXPECT_DOUBLE_EQ(p["device_bytes"].get<double>(),
                      p["static_bytes"].get<double>() + p["whole_sequence_bytes"].get<double>() +
                          p["chunk_buffer_bytes"].get<double>() + p["chunk_transient_bytes"].get<double>() +
-                         p["reserve_bytes"].get<double>())
+                         p["reserve_bytes"].get<double>() + p.value("fixed_on_device_bytes", 0.0))
         << name;
     if (p["fits_device"].get<bool>()) EXPECT_LE(p["device_bytes"].get<double>(), device) << name;
     EXPECT_GT(p["longest_seq"].get<int64_t>(), 0) << name;
@@ -53,10 +53,14 @@ TEST(PlanChunksCli, AutoChunkWritesTheSplitPerPolicy) {
   // Chunked memo rebuilds each layer's K and V in backward rather than
   // keeping every layer's on the host (32 KiB per token): its host fits the
   // 128 GiB too (121.9 GiB, was 153.9 GiB), its longest context is ~1.03M
-  // (was 828K), and the rebuild's cost is reported, for memo alone.
+  // (was 828K), and the rebuild's cost is reported, for memo alone. Past
+  // that the device tier holds what the host cannot (x, o, lse of whole
+  // units): memo's longest context is ~1.76M, where the device stops it.
   const auto& memo = c["policies"][3];
   EXPECT_TRUE(memo["fits_host"].get<bool>()) << memo.dump(2);
-  EXPECT_EQ(memo["longest_seq"].get<int64_t>(), 1032192);
+  EXPECT_EQ(memo["fixed_on_device_bytes"].get<double>(), 0.0);  // 1M needs no tier
+  EXPECT_EQ(memo["longest_seq"].get<int64_t>(), 1758208);
+  EXPECT_EQ(memo["longest_limited_by"], "device");
   EXPECT_FALSE(memo["host"].contains("every layer's K and V")) << memo.dump(2);
   EXPECT_TRUE(c["policies"][2]["host"].contains("every layer's K and V"));  // offload keeps them
   // Every swapped unit's input once more (4 KiB per token), 16 layers' QKV projection.
@@ -65,6 +69,27 @@ TEST(PlanChunksCli, AutoChunkWritesTheSplitPerPolicy) {
   EXPECT_DOUBLE_EQ(memo["rebuild_flops"].get<double>(), 16.0 * 1048576 * 2 * 2048 * 3072);
   for (int i = 0; i < 3; ++i) EXPECT_FALSE(c["policies"][i].contains("rebuild_flops")) << i;
   EXPECT_NE(r.output.find("K, V rebuild, memo:"), std::string::npos) << r.output;
+}
+
+// At 1.5M tokens in chunks of 1024 the host cannot hold memo's x, o, lse:
+// the plan says how many units the device tier holds and their bytes, in
+// the text and in memo's JSON row (part of its device bytes), and memo fits.
+TEST(PlanChunksCli, MemosDeviceTierIsReported) {
+  auto dir = testing::scratch_dir("plan-chunks-tier");
+  auto path = (dir / "plan.json").string();
+  auto r = testing::run_memo("plan --model llama3.2-1b --seq-len 1572864 --host-gib 128 --gpus-per-host 1 "
+                             "--chunk-tokens 1024 --json " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("device tier, memo:"), std::string::npos) << r.output;
+  std::ifstream f(path);
+  const auto j = nlohmann::json::parse(f);
+  const auto& memo = j["chunked"]["policies"][3];
+  ASSERT_EQ(memo["policy"], "memo");
+  EXPECT_GT(memo["fixed_on_device_bytes"].get<double>(), 0.0) << memo.dump(2);
+  EXPECT_TRUE(memo["fits_host"].get<bool>()) << memo.dump(2);
+  EXPECT_TRUE(memo["fits_device"].get<bool>()) << memo.dump(2);
+  EXPECT_LE(memo["host_bytes"].get<double>(), 128.0 * (1ull << 30));
+  EXPECT_FALSE(j["chunked"]["policies"][2].contains("fixed_on_device_bytes"));  // offload: none
 }
 
 // Under --sp 8 the chunked table is of each GPU's shard (it was refused with

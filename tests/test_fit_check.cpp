@@ -229,6 +229,48 @@ TEST(FitCheck, ForMemoWithAnAlphaTheLargestAlphaThatFitsIsSuggested) {
   EXPECT_FALSE(train::estimate_fit(r, have).fits) << msg;
 }
 
+// memo's device tier on CUDA (the check is pure: a CUDA device need not
+// exist): a pool budget short of memo's x, o, lse moves the fewest whole
+// units' onto the device side; the run fits while the device holds them,
+// and when it cannot the message names the tier. On CPU (no spare device
+// apart from the host) the same budget stops the run as before.
+TEST(FitCheck, MemosDeviceTierMovesTheBudgetsShortfallToTheDevice) {
+  train::TrainOptions o;
+  o.policy = "memo";
+  o.layers = 4;
+  o.seq_len = 1024;
+  o.chunk_tokens = "256";
+  auto cfg = model::resolve_model("tiny");
+  cfg.layers = 4;
+  const auto cuda = c10::Device(c10::DeviceType::CUDA, 0);
+  auto r = train::fit_request(o, cfg, cuda, c10::ScalarType::BFloat16);
+  const double roomy_pool = 64 * kGiB;
+  train::MemoryAvailable have{8 * kGiB, "test GPU", 64 * kGiB, "test RAM", roomy_pool, "a roomy pool"};
+  const auto all_host = train::estimate_fit(r, have);
+  ASSERT_TRUE(all_host.fits);
+  ASSERT_GT(all_host.pool, 0.0);
+  EXPECT_EQ(all_host.fixed_on_device, 0.0);
+  have.pool_budget = 0.5 * all_host.pool;  // half the pool
+  have.pool_what = "half the pool";
+  const auto tier = train::estimate_fit(r, have);
+  EXPECT_TRUE(tier.fits);
+  EXPECT_GT(tier.fixed_on_device, 0.0);
+  EXPECT_LE(tier.pool, have.pool_budget);
+  EXPECT_NEAR(tier.pool + tier.fixed_on_device, all_host.pool, 1.0);
+  EXPECT_NEAR(tier.activations - all_host.activations, tier.fixed_on_device, 1.0);
+  // A device too small for the tier: the message names it.
+  have.device = tier.device_need - 1;
+  const auto msg = train::fit_problem(r, have);
+  EXPECT_NE(msg.find("its device tier"), std::string::npos) << msg;
+  // On CPU the half pool is short, as before.
+  auto cpu = train::fit_request(o, cfg, c10::Device(c10::DeviceType::CPU), c10::ScalarType::Float);
+  have.device = 8 * kGiB;
+  have.pool_budget = 0.5 * train::estimate_fit(cpu, train::MemoryAvailable{8 * kGiB, "", 64 * kGiB, "", roomy_pool, ""}).pool;
+  const auto on_cpu = train::estimate_fit(cpu, have);
+  EXPECT_FALSE(on_cpu.fits);
+  EXPECT_EQ(on_cpu.fixed_on_device, 0.0);
+}
+
 // On many ranks the check counts this rank's model state as memo train
 // holds it at ZeRO 1-3 (plan::model_state_bytes and what a step adds), less
 // at each stage: a run of Llama-3-8B that does not fit one H200-sized device

@@ -221,6 +221,7 @@ nlohmann::json to_json(const plan::ChunkPlan& cp, bool kv_on_host) {
                              {"longest_seq", lc.seq_len},
                              {"longest_chunk_tokens", lc.chunk_tokens},
                              {"longest_limited_by", lc.limited_by}});
+    if (m.policy == "memo") j["policies"].back()["fixed_on_device_bytes"] = m.fixed_on_device_bytes;
     if (m.rebuild_flops > 0) {  // chunked memo: K and V rebuilt in backward
       j["policies"].back()["rebuild_h2d_bytes"] = m.rebuild_h2d_bytes;
       j["policies"].back()["rebuild_flops"] = m.rebuild_flops;
@@ -273,6 +274,10 @@ void print_chunk_plan(const plan::ChunkPlan& cp, bool kv_on_host) {
       for (const auto& part : m.host) std::printf(" %s %s;", part.name.c_str(), format_bytes(part.bytes_per_token).c_str());
       std::printf("\n");
     }
+    if (m.fixed_on_device_units > 0)
+      std::printf("  device tier, %s: the host share is short of x, o and lse of every swapped unit; %lld units "
+                  "hold theirs on the device (%s, in its device bytes)\n",
+                  m.policy.c_str(), (long long)m.fixed_on_device_units, format_bytes(m.fixed_on_device_bytes).c_str());
     if (m.rebuild_flops > 0) {
       const auto& hw = cp.in.plan.hardware;
       const double link_s = hw.h2d_bytes_per_s > 0 ? m.rebuild_h2d_bytes / hw.h2d_bytes_per_s : 0.0;

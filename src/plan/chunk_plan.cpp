@@ -33,7 +33,11 @@
 //                   n kv c (every layer's K and V, a copy of the k, v in each
 //                   chunk's qkv); chunked memo rebuilds K, V in backward from
 //                   the units' inputs instead (not a host part: rebuild_h2d_bytes,
-//                   the swapped units' h c again, and rebuild_flops, n 2 h q)
+//                   the swapped units' h c again, and rebuild_flops, n 2 h q);
+//                   memo at alpha 0 on a host short of its x, o, lse holds
+//                   those of the fewest whole units that cover the shortfall
+//                   on the device instead (fixed_on_device_bytes, added to
+//                   the device bytes: the device tier)
 // What a CPU run measures of these (train/memory_split.h) is compared with
 // them in tests/test_peak_split_plan.cpp (one device).
 // Under sp (Ulysses), whole-sequence adds K, V and dK, dV in head layout
@@ -199,6 +203,22 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   }
   // Chunked offload keeps every layer's K and V on the host until its backward.
   if (chunked && policy == "offload") host(whole_part::kEveryLayerKv, n * kv * c * tokens);
+  if (policy == "memo" && memo_alpha == 0 && cm.host_bytes > hw.host_share()) {
+    // memo's device tier (plan/swap_split.h): the fewest whole units whose
+    // x, o, lse cover the host's shortfall stay on the device instead, up to
+    // every swapped unit (a full unit's bytes each, as the runtime's LP
+    // counts them).
+    const double per_unit = fixed * static_cast<double>(cm.chunk_tokens * in.batch);
+    const int64_t units = m.layers * cm.chunks - std::min<int64_t>(2, m.layers * cm.chunks);  // swapped
+    const auto moved = std::min<int64_t>(
+        units, static_cast<int64_t>(std::ceil((cm.host_bytes - hw.host_share()) / std::max(per_unit, 1.0))));
+    cm.fixed_on_device_units = moved;
+    cm.fixed_on_device_bytes = std::min(static_cast<double>(moved) * per_unit, cm.host.front().bytes);
+    cm.host.front().bytes -= cm.fixed_on_device_bytes;  // the x, o and lse part
+    cm.host.front().bytes_per_token = cm.host.front().bytes / tokens;
+    cm.host_bytes -= cm.fixed_on_device_bytes;
+    cm.device_bytes += cm.fixed_on_device_bytes;
+  }
   cm.fits_device = cm.device_bytes <= hw.device_bytes;
   cm.fits_host = cm.host_bytes <= hw.host_share();
   return cm;

@@ -93,6 +93,12 @@ struct ChunkMemory {
   // as the cost model leaves elementwise work out). 0 otherwise.
   double rebuild_h2d_bytes = 0;
   double rebuild_flops = 0;
+  // memo's device tier (plan/swap_split.h): at alpha 0, where the host share
+  // cannot hold x, o and lse of every swapped unit, those of the fewest whole
+  // units that cover the shortfall stay on the device (in device_bytes, out
+  // of host_bytes and its x, o, lse part). 0 otherwise.
+  int64_t fixed_on_device_units = 0;
+  double fixed_on_device_bytes = 0;
   bool fits_device = false, fits_host = false;
   bool fits() const { return fits_device && fits_host; }
 };

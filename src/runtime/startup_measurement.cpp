@@ -55,7 +55,7 @@ StartupTimes measure_startup_times(model::LlamaModel& model, int64_t batch, int6
 }
 
 double measure_spare_device(const model::LlamaModel& model, int64_t batch, int64_t seq_len,
-                            double skeletal_set_bytes) {
+                            double skeletal_set_bytes, double whole_sequence_bytes) {
   const auto device = model.options().device;
   if (device.is_cpu()) return 0.0;  // the device is the host: nothing to keep resident apart
   memory::release_cached_memory(device);
@@ -71,7 +71,8 @@ double measure_spare_device(const model::LlamaModel& model, int64_t batch, int64
   // skeletal set and a half more for matmul outputs, dy, dx and the x held
   // for the copies, its weight gradients in the compute dtype); the loss
   // chunk's logits and their gradient (about 2 x 256 MiB).
-  const double planned = 2.0 * set + 1.5 * set + 4.0 * x_bytes + layer_weights + 512.0 * (1ll << 20);
+  const double planned =
+      2.0 * set + 1.5 * set + 4.0 * x_bytes + layer_weights + 512.0 * (1ll << 20) + whole_sequence_bytes;
   return memory::spare_device_bytes({static_cast<double>(info.free), static_cast<double>(info.total),
                                      static_cast<double>(stats.allocated), static_cast<double>(stats.reserved)},
                                     planned, 2.0 * (1ll << 30));

@@ -30,8 +30,11 @@ StartupTimes measure_startup_times(model::LlamaModel& model, int64_t batch, int6
 
 // Device memory for resident tokens, read now: after the model, its
 // gradients and the optimizer state exist (the trainer creates the optimizer
-// first) and after the measurement's blocks are given back. 0 on CPU.
+// first) and after the measurement's blocks are given back; less
+// `whole_sequence_bytes`, what chunked layers hold over every token (the
+// hidden state, K, V and their accumulators), which a unit's figures leave
+// out. Resident tokens and memo's device tier share it. 0 on CPU.
 double measure_spare_device(const model::LlamaModel& model, int64_t batch, int64_t seq_len,
-                            double skeletal_set_bytes);
+                            double skeletal_set_bytes, double whole_sequence_bytes = 0);
 
 }  // namespace memo::runtime

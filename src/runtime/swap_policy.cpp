@@ -105,9 +105,19 @@ class SwapPolicy final : public ActivationPolicy {
       in.recompute_s = t.recompute_s;
       if (rebuilds_kv_) in.rebuild_s = t.pre_attention_s;
     }
-    in.device_spare_bytes = options_.device_spare_bytes >= 0
-                                ? options_.device_spare_bytes
-                                : measure_spare_device(model, batch, unit_tokens_, in.fixed_bytes + in.rest_bytes);
+    // Chunked: the whole-sequence tensors a unit's figures leave out (the
+    // hidden state in and out, K, V and their accumulators: 2 h c + kv (c + s)
+    // per token) are not spare.
+    const double whole_sequence =
+        chunked ? static_cast<double>(batch * seq_len) *
+                      (2.0 * static_cast<double>(cfg.hidden * static_cast<int64_t>(c10::elementSize(compute))) +
+                       kv_per_token * (1.0 + static_cast<double>(c10::elementSize(model::stat_dtype(compute))) /
+                                                 static_cast<double>(c10::elementSize(compute))))
+                : 0.0;
+    in.device_spare_bytes =
+        options_.device_spare_bytes >= 0
+            ? options_.device_spare_bytes
+            : measure_spare_device(model, batch, unit_tokens_, in.fixed_bytes + in.rest_bytes, whole_sequence);
     split_ = choose_split(in);
     if (memo_ && !options_.alpha && options_.agree_alpha) {
       // Many ranks: the alpha every rank agrees on (each measured its own).

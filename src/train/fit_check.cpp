@@ -145,6 +145,7 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
     // They depend on shapes only: any hardware passes the plan's validation.
     plan::PlanInputs shapes = in;
     shapes.hardware = plan::hardware_preset("h200-141gb");
+    shapes.hardware.host_bytes = 1e30;  // the pool's whole need: the device tier is judged below, by the run's budget
     const auto m = plan::chunk_memory(shapes, r.policy, chunked ? r.chunk_tokens : 0, r.alpha.value_or(0.0));
     e.pool = m.host_bytes;
     // With --kv-on-host the stream's blocks replace offload's per-layer K, V
@@ -156,6 +157,16 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
     e.pool = n * (skel + kv);
   } else if (r.policy == "memo") {
     e.pool = std::max(0.0, units - 2.0) * (unit_fixed + r.alpha.value_or(0.0) * unit_rest);  // K, V rebuilt
+  }
+  const double budget = have.pool_budget - kv_cost.host_bytes;  // what the store's pool may take
+  if (cuda && r.policy == "memo" && r.alpha.value_or(0.0) == 0.0 && e.pool > budget && units > 2) {
+    // memo's device tier (plan/swap_split.h): x, o, lse of the fewest whole
+    // units covering the budget's shortfall stay on the device. (On CPU the
+    // runtime has no spare device apart from the host: no tier.)
+    const double moved = std::min(units - 2.0, std::ceil((e.pool - budget) / std::max(unit_fixed, 1.0)));
+    e.fixed_on_device = std::min(moved * unit_fixed, e.pool);
+    e.pool -= e.fixed_on_device;
+    e.activations += e.fixed_on_device;
   }
   e.kv_host = kv_cost.host_bytes;
   e.pool += e.kv_host;
@@ -205,7 +216,11 @@ std::string fit_problem(const FitRequest& r, const MemoryAvailable& have) {
       e.optimizer > 0 ? (r.command == "bench" ? ", gradient copies for the comparison " : ", AdamW state ") +
                             bytes(e.optimizer)
                       : "",
-      ", activations kept for backward ", bytes(e.activations), ", working set ", bytes(e.working),
+      ", activations kept for backward ", bytes(e.activations),
+      e.fixed_on_device > 0 ? cat(" (", bytes(e.fixed_on_device),
+                                  " of them memo's x, o, lse that the host pool's budget cannot hold: its device tier)")
+                            : "",
+      ", working set ", bytes(e.working),
       !cuda && e.pool > 0 ? ", pinned host pool " + bytes(e.pool) : "", ", reserve ", bytes(e.reserve),
       "); there is ", bytes(have.device), " (", have.device_what, ").");
   if (e.pool > have.pool_budget)

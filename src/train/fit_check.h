@@ -63,6 +63,7 @@ struct FitEstimate {
                             // the optimizer's and clipping's temporaries, initialisation; plus the batch
   double pool = 0;          // the pinned host pool (offload, memo; with --kv-on-host its K, V blocks too)
   double kv_host = 0;       // --kv-on-host: the K, V and dK, dV host blocks, within `pool`
+  double fixed_on_device = 0;  // memo's device tier (CUDA): x, o, lse the budget cannot hold, in `activations`
   double reserve = 0;       // CUDA context and library workspaces
   double device_need = 0;   // must fit in MemoryAvailable::device (CPU: everything, the pool included)
   double host_need = 0;     // CUDA: must fit in MemoryAvailable::host

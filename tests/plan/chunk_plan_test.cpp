@@ -285,7 +285,8 @@ TEST(ChunkPlan, ChunkedMemoRebuildsKvInsteadOfKeepingItOnTheHost) {
     const double last = S - (memo.chunks - 1) * chunk;
     const double swapped = n * S - last - static_cast<double>(chunk);
     ASSERT_EQ(memo.host.size(), 1u);
-    EXPECT_DOUBLE_EQ(memo.host_bytes, swapped * (h * c + 32 * 64 * c + 32 * 4)) << chunk;  // x, o, lse
+    // x, o, lse (at these chunks a little over the host: the device tier holds the excess)
+    EXPECT_DOUBLE_EQ(memo.host_bytes + memo.fixed_on_device_bytes, swapped * (h * c + 32 * 64 * c + 32 * 4)) << chunk;
     EXPECT_DOUBLE_EQ(memo.rebuild_h2d_bytes, swapped * h * c) << chunk;
     EXPECT_DOUBLE_EQ(memo.rebuild_flops, n * 2 * h * q * S) << chunk;
     EXPECT_EQ(offload.rebuild_h2d_bytes, 0.0);
@@ -295,16 +296,44 @@ TEST(ChunkPlan, ChunkedMemoRebuildsKvInsteadOfKeepingItOnTheHost) {
   // Whole layers: nothing to rebuild (K and V are in each layer's skeletal set).
   EXPECT_EQ(chunk_memory(in, "memo", 0).rebuild_flops, 0.0);
   // The auto chunk at 1M (two chunks: the last layer's inputs stay on the
-  // device) fits the device and now the host too; the longest context,
-  // judged at the smallest chunk (every unit swapped but two of 1024
-  // tokens), is a little shorter.
+  // device) fits the device and now the host too, without the device tier.
   const int64_t unit = 1024;
   const auto automatic = chunk_memory(in, "memo", auto_chunk_tokens(in, "memo", unit));
   EXPECT_TRUE(automatic.fits()) << automatic.host_bytes / (1ull << 30) << " GiB host";
   EXPECT_LT(automatic.host_bytes, 122.0 * (1ull << 30));
+  EXPECT_EQ(automatic.fixed_on_device_units, 0);
+}
+
+// memo's device tier: where the host share cannot hold x, o and lse of every
+// swapped unit, the fewest whole units covering the shortfall hold theirs on
+// the device. Llama-3.2-1B on one H200 with 128 GiB of host: at 1.5M tokens
+// in chunks of 1024 the host alone would need ~191 GiB; with the tier the
+// host holds at most its share, the device the rest, and both fit; memo's
+// longest context passes the host-only bound (about 1.03M, where x, o, lse
+// of the swapped units fill the host) and stops at the device.
+TEST(ChunkPlan, MemosDeviceTierHoldsTheHostsShortfall) {
+  const int64_t unit = 1024, S = 1536 * 1024;
+  auto in = llama_1b(S);
+  auto roomy = in;  // a host that holds every swapped unit's x, o, lse
+  roomy.hardware.host_bytes = 1024.0 * (1ull << 30);
+  const auto all_host = chunk_memory(roomy, "memo", unit);
+  const auto tier = chunk_memory(in, "memo", unit);
+  ASSERT_GT(all_host.host_bytes, in.hardware.host_share());
+  EXPECT_EQ(all_host.fixed_on_device_units, 0);
+  const double per_unit = static_cast<double>(unit) * (2048 * 2 + 32 * 64 * 2 + 32 * 4);  // x, o, lse
+  // The fewest whole units: the host holds its share or less, and one unit fewer would not do.
+  EXPECT_DOUBLE_EQ(tier.fixed_on_device_bytes, static_cast<double>(tier.fixed_on_device_units) * per_unit);
+  EXPECT_LE(tier.host_bytes, in.hardware.host_share());
+  EXPECT_GT(tier.host_bytes + per_unit, in.hardware.host_share());
+  EXPECT_DOUBLE_EQ(tier.host_bytes + tier.fixed_on_device_bytes, all_host.host_bytes);
+  EXPECT_DOUBLE_EQ(tier.device_bytes - tier.fixed_on_device_bytes, all_host.device_bytes);
+  EXPECT_TRUE(tier.fits()) << tier.device_bytes / (1ull << 30) << " GiB device";
+  // Only memo at alpha 0: offload, and memo with an offloaded share, stay on the host.
+  EXPECT_EQ(chunk_memory(in, "offload", unit).fixed_on_device_units, 0);
+  EXPECT_EQ(chunk_memory(in, "memo", unit, 0.5).fixed_on_device_units, 0);
   const auto lc = longest_context(in, "memo", 0, true, unit);
-  EXPECT_EQ(lc.seq_len, 1032192);
-  EXPECT_EQ(lc.limited_by, "host");
+  EXPECT_GT(lc.seq_len, S);
+  EXPECT_EQ(lc.limited_by, "device");
 }
 
 TEST(ChunkPlan, MakeChunkPlanPicksEachPolicysChunk) {
