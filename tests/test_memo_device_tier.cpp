@@ -3,7 +3,8 @@
 // keep theirs on the device. In float64, whole layers and chunks: the step's
 // loss and gradients are bitwise those of the all-host step, the host pool
 // is smaller by exactly the moved units' slots, and the most the store held
-// on the device is larger by exactly their bytes.
+// on the device is larger by exactly their bytes. And --chunk-tokens auto on
+// CUDA leaves the device room for what the run's host budget cannot hold.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -12,10 +13,13 @@
 #include <string>
 
 #include "float64_steps.h"
+#include "model/config.h"
 #include "model/skeletal.h"
+#include "plan/chunk_plan.h"
 #include "reference.h"
 #include "runtime/host_slots.h"
 #include "runtime/policy.h"
+#include "train/chunking.h"
 #include "train/step.h"
 
 namespace memo {
@@ -78,6 +82,39 @@ TEST_P(MemoDeviceTier, HoldsTheHostsShortfallOnTheDeviceAndChangesNoBit) {
 INSTANTIATE_TEST_SUITE_P(Units, MemoDeviceTier,
                          ::testing::Values(TierCase{0, 4}, TierCase{0, 5}, TierCase{4, 3}, TierCase{3, 2}),
                          [](const auto& info) { return tier_name(info.param); });
+
+// Llama-3.2-1B at 1M tokens under memo on an H200-sized CUDA device (the
+// resolution is pure: no device is touched) with a 100 GiB host budget: memo
+// needs ~122 GiB of host for x, o, lse, so the auto chunk is smaller than
+// with an unbounded host, and at it the plan with the tier fits the device
+// while one unit more does not. On CPU (no tier at run time) the budget
+// changes nothing.
+TEST(MemoDeviceTierAuto, TheAutoChunkLeavesRoomForTheTier) {
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  train::ChunkContext ctx;
+  ctx.config = model::resolve_model("llama3.2-1b");
+  ctx.batch = 1;
+  ctx.seq_len = 1 << 20;
+  ctx.policy = "memo";
+  ctx.device = c10::Device(c10::DeviceType::CUDA, 0);
+  ctx.compute_dtype = at::kBFloat16;
+  ctx.device_bytes = 140.4 * kGiB;
+  const int64_t unbounded = train::resolve_chunk_tokens({true, 0}, ctx);
+  ctx.host_budget_bytes = 100 * kGiB;
+  const int64_t bounded = train::resolve_chunk_tokens({true, 0}, ctx);
+  ASSERT_GT(bounded, 0);
+  EXPECT_LT(bounded, unbounded);
+  const auto in = train::chunk_plan_inputs(ctx);
+  EXPECT_DOUBLE_EQ(in.hardware.host_share(), 100 * kGiB);
+  const auto m = plan::chunk_memory(in, "memo", bounded);
+  EXPECT_GT(m.fixed_on_device_units, 0);
+  EXPECT_TRUE(m.fits()) << m.device_bytes / kGiB << " GiB device, " << m.host_bytes / kGiB << " GiB host";
+  EXPECT_FALSE(plan::chunk_memory(in, "memo", bounded + 1024).fits_device);
+  ctx.device = c10::Device(c10::DeviceType::CPU);
+  const int64_t cpu_bounded = train::resolve_chunk_tokens({true, 0}, ctx);
+  ctx.host_budget_bytes = 0;
+  EXPECT_EQ(cpu_bounded, train::resolve_chunk_tokens({true, 0}, ctx));
+}
 
 }  // namespace
 }  // namespace memo

@@ -331,6 +331,7 @@ std::vector<BenchRow> run_bench(const BenchOptions& options,
   const auto settings = parse_chunk_tokens(o.chunk_tokens);
   ChunkContext chunk_context{cfg, local.batch, local.seq_len, "keep", ex.device, ex.compute_dtype, o.sp};
   chunk_context.kv_on_host = o.kv_on_host;
+  chunk_context.host_budget_bytes = budget.bytes;
   if (ranks) {  // each row's Trainer: the mesh's dp, ZeRO stage 3 by default
     chunk_context.dp = ranks->mesh().dp;
     chunk_context.zero = static_cast<int>(o.zero < 0 ? 3 : o.zero);

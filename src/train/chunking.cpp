@@ -46,6 +46,11 @@ plan::PlanInputs chunk_plan_inputs(const ChunkContext& ctx) {
   in.hardware.name = ctx.device.str();
   in.hardware.device_bytes = ctx.device_bytes;
   in.hardware.gpus_per_host = ctx.sp * ctx.dp;
+  // The host share is this rank's budget where memo's device tier can take
+  // up the rest (CUDA); elsewhere the tier does not run: no host bound here.
+  in.hardware.host_bytes = !ctx.device.is_cpu() && ctx.host_budget_bytes > 0
+                               ? ctx.host_budget_bytes * static_cast<double>(in.hardware.gpus_per_host)
+                               : 1e30;
   if (ctx.device.is_cpu()) in.hardware.reserve_bytes = 64.0 * 1024 * 1024;  // no CUDA context
   const int64_t loss_chunk =
       default_loss_chunk(ctx.config.vocab_size, ctx.compute_dtype, default_loss_budget(ctx.device));

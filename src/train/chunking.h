@@ -45,6 +45,11 @@ struct ChunkContext {
   int zero = 0;                // the run's ZeRO stage (its shards of the model state)
   double device_bytes = 0;     // what the device has (CUDA: total; CPU: host RAM available)
   bool kv_on_host = false;     // --kv-on-host: auto counts K, V in host blocks (plan/kv_on_host_plan.h)
+  // This rank's pinned host pool budget (--host-memory-gib or derived): on
+  // CUDA, memo's auto chunk leaves device room for the x, o, lse the host
+  // cannot hold (its device tier); 0, or on CPU (no spare device apart from
+  // the host): the host is taken as unbounded.
+  double host_budget_bytes = 0;
 };
 
 // The chunk memory model's inputs for the run (plan/chunk_plan.h): the

@@ -127,6 +127,7 @@ void Trainer::make_policy_and_check_fit() {
   cc.dp = dist_ ? dist_->mesh().dp : 1;
   cc.zero = zero_stage_;
   cc.kv_on_host = options_.kv_on_host;
+  cc.host_budget_bytes = host_budget_.bytes;
   if (chunking.automatic) cc.device_bytes = measure_memory(fit_request(local, config_, device_, compute_dtype_)).device;
   chunk_tokens_ = resolve_chunk_tokens(chunking, cc);
   po.chunk_tokens = chunk_tokens_;
