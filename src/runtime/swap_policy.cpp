@@ -160,7 +160,7 @@ class SwapPolicy final : public ActivationPolicy {
         {"split", strf("x, o, lse to host%s; other tensors: %s offloaded, %s resident, %s recomputed "
                        "(alpha %.3f, %s)",
                        split_.fixed_on_device_units > 0
-                           ? strf(" (of %lld units on the device: %s, the host being short)",
+                           ? strf(" (on the device for the latest %lld units, %s: the host is short)",
                                   (long long)split_.fixed_on_device_units,
                                   format_bytes(split_.fixed_on_device_bytes).c_str())
                                  .c_str()
