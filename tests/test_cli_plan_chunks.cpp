@@ -7,22 +7,34 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
 
 #include "cli_runner.h"
 
 namespace memo {
 namespace {
 
+// `memo plan <args> --json <scratch>/plan.json`: what it printed and the JSON
+// it wrote (null when it wrote none).
+struct PlanRun {
+  testing::CliResult run;
+  nlohmann::json json;
+};
+
+PlanRun plan_json(const std::string& scratch, const std::string& args) {
+  const auto path = (testing::scratch_dir(scratch) / "plan.json").string();
+  PlanRun out{testing::run_memo("plan " + args + " --json " + path), nullptr};
+  std::ifstream f(path);
+  if (f) out.json = nlohmann::json::parse(f);
+  return out;
+}
+
 TEST(PlanChunksCli, AutoChunkWritesTheSplitPerPolicy) {
-  auto dir = testing::scratch_dir("plan-chunks");
-  auto path = (dir / "plan.json").string();
-  auto r = testing::run_memo("plan --model llama3.2-1b --seq-len 1048576 --host-gib 128 --gpus-per-host 1 "
-                             "--chunk-tokens auto --json " + path);
+  const auto [r, j] = plan_json("plan-chunks", "--model llama3.2-1b --seq-len 1048576 --host-gib 128 "
+                                               "--gpus-per-host 1 --chunk-tokens auto");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("chunked execution (--chunk-tokens auto"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("whole-sequence tensors per token"), std::string::npos) << r.output;
-  std::ifstream f(path);
-  auto j = nlohmann::json::parse(f);
   ASSERT_TRUE(j.contains("chunked")) << j.dump(2);
   const auto& c = j["chunked"];
   EXPECT_EQ(c["chunk_tokens"], "auto");
@@ -75,14 +87,10 @@ TEST(PlanChunksCli, AutoChunkWritesTheSplitPerPolicy) {
 // the plan says how many units the device tier holds and their bytes, in
 // the text and in memo's JSON row (part of its device bytes), and memo fits.
 TEST(PlanChunksCli, MemosDeviceTierIsReported) {
-  auto dir = testing::scratch_dir("plan-chunks-tier");
-  auto path = (dir / "plan.json").string();
-  auto r = testing::run_memo("plan --model llama3.2-1b --seq-len 1572864 --host-gib 128 --gpus-per-host 1 "
-                             "--chunk-tokens 1024 --json " + path);
+  const auto [r, j] = plan_json("plan-chunks-tier", "--model llama3.2-1b --seq-len 1572864 --host-gib 128 "
+                                                    "--gpus-per-host 1 --chunk-tokens 1024");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("device tier, memo:"), std::string::npos) << r.output;
-  std::ifstream f(path);
-  const auto j = nlohmann::json::parse(f);
   const auto& memo = j["chunked"]["policies"][3];
   ASSERT_EQ(memo["policy"], "memo");
   EXPECT_GT(memo["fixed_on_device_bytes"].get<double>(), 0.0) << memo.dump(2);
@@ -97,14 +105,10 @@ TEST(PlanChunksCli, MemosDeviceTierIsReported) {
 // all-to-alls at each policy's chunk: keep's, offload's and memo's bytes are
 // the unchunked plan's.
 TEST(PlanChunksCli, ChunksOfTheShardUnderSp) {
-  auto dir = testing::scratch_dir("plan-chunks-sp");
-  auto path = (dir / "plan.json").string();
-  auto r = testing::run_memo("plan --model llama3.2-1b --seq-len 1048576 --sp 8 --gpus-per-host 8 "
-                             "--chunk-tokens 4096 --json " + path);
+  const auto [r, j] = plan_json("plan-chunks-sp", "--model llama3.2-1b --seq-len 1048576 --sp 8 "
+                                                  "--gpus-per-host 8 --chunk-tokens 4096");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("chunks of each GPU's shard"), std::string::npos) << r.output;
-  std::ifstream f(path);
-  const auto j = nlohmann::json::parse(f);
   const auto& c = j["chunked"];
   ASSERT_EQ(c["policies"].size(), 4u) << c.dump(2);
   for (size_t i = 0; i < 4; ++i) {
