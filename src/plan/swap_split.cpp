@@ -39,21 +39,39 @@ SplitChoice choose_split(const SplitInputs& in) {
     double by_host = (per_layer - in.fixed_bytes) / rest;
     if (by_host < 0.0) {
       const double need = static_cast<double>(swapped_layers) * in.fixed_bytes;
-      // The device tier: the fewest units whose x, o, lse the device holds
-      // so that the others' fit the host (memo choosing its alpha, or at 0).
+      const double shortfall = need - in.host_bytes;
+      // The device tier: as few units as cover the shortfall, as many as the
+      // spare holds, whose x, o, lse the device keeps (memo choosing its
+      // alpha, or at 0); then units keeping only x for the rest.
       const bool tier = !in.swap_last_two && (!in.alpha || *in.alpha == 0.0) && in.fixed_bytes > 0;
-      const auto units = static_cast<int64_t>(std::ceil((need - in.host_bytes) / std::max(in.fixed_bytes, 1.0)));
-      if (tier && units <= swapped_layers && static_cast<double>(units) * in.fixed_bytes <= in.device_spare_bytes) {
-        c.fixed_on_device_units = units;
-        c.fixed_on_device_bytes = static_cast<double>(units) * in.fixed_bytes;
+      const double unit_fixed = std::max(in.fixed_bytes, 1.0);
+      const auto wanted = static_cast<int64_t>(std::ceil(shortfall / unit_fixed));
+      const auto room = static_cast<int64_t>(std::floor(std::max(0.0, in.device_spare_bytes) / unit_fixed));
+      const int64_t on_device = tier ? std::min({wanted, swapped_layers, room}) : 0;
+      const double left = shortfall - static_cast<double>(on_device) * in.fixed_bytes;
+      const auto x_only = left > 0 && tier && in.attention_bytes > 0
+                              ? static_cast<int64_t>(std::ceil(left / in.attention_bytes))
+                              : int64_t{0};
+      if (tier && (left <= 0 || (x_only > 0 && x_only <= swapped_layers - on_device))) {
+        c.fixed_on_device_units = on_device;
+        c.fixed_on_device_bytes = static_cast<double>(on_device) * in.fixed_bytes;
+        c.attention_recomputed_units = x_only;
+        c.attention_recomputed_bytes = static_cast<double>(x_only) * in.attention_bytes;
         by_host = 0.0;
         if (!in.alpha) c.limited_by = "host memory";
       } else {
+        const double best = static_cast<double>(swapped_layers - on_device) * in.attention_bytes;  // every unit x-only
         throw InputError(cat("host memory too small: even alpha = 0 needs ", format_bytes(need),
                              " of pinned host memory for x, o and lse of ", swapped_layers, " layers, and ",
                              format_bytes(in.host_bytes), " is available",
-                             tier ? cat(" (the device's spare ", format_bytes(in.device_spare_bytes),
-                                        " could hold ", format_bytes(need - in.host_bytes), " of them: it cannot)")
+                             tier ? cat(" (the device's spare ", format_bytes(in.device_spare_bytes), " holds ",
+                                        on_device, " units' of them",
+                                        in.attention_bytes > 0
+                                            ? cat(", and keeping only x of every other unit would save ",
+                                                  format_bytes(best), " more: still ",
+                                                  format_bytes(left - best), " short")
+                                            : std::string(),
+                                        ")")
                                   : std::string(),
                              "; use --policy recompute (no host memory), a shorter "
                              "--seq-len, or more --host-memory-gib"));
@@ -93,8 +111,21 @@ SplitChoice choose_split(const SplitInputs& in) {
     // bytes are the first let go.
     l.fixed_on_device = l.swapped && i >= swapped_layers - c.fixed_on_device_units;
   }
+  // Units keeping only x: chunk 0 of every layer, then chunk 1..., so the
+  // attention run again is over the shortest causal prefixes. They keep no
+  // resident tokens (backward recomputes every token of them anyway).
+  const int64_t chunks = std::max<int64_t>(1, in.chunks_per_layer);
+  int64_t marked = 0;
+  for (int64_t chunk = 0; chunk < chunks && marked < c.attention_recomputed_units; ++chunk)
+    for (int64_t i = chunk; i < in.layers && marked < c.attention_recomputed_units; i += chunks) {
+      auto& l = c.layers[static_cast<size_t>(i)];
+      if (!l.swapped || l.fixed_on_device) continue;
+      l.attention_recomputed = true;
+      l.resident_tokens = 0;
+      ++marked;
+    }
   const double moved = in.fixed_bytes + c.alpha * rest;
-  c.host_bytes = static_cast<double>(swapped_layers - c.fixed_on_device_units) * moved;
+  c.host_bytes = static_cast<double>(swapped_layers - c.fixed_on_device_units) * moved - c.attention_recomputed_bytes;
   c.copy_out_s = in.d2h_bytes_per_s > 0 ? moved / in.d2h_bytes_per_s : 0.0;
   c.copy_in_s = in.h2d_bytes_per_s > 0 ? (moved + in.rebuild_h2d_bytes) / in.h2d_bytes_per_s : 0.0;
   c.recompute_s = in.recompute_s * (1.0 - c.alpha - c.resident);

@@ -7,7 +7,11 @@
 // backward. Layers with swapped = false (the last two) stay whole in their
 // rounding buffer. Where even x, o and lse of every swapped unit do not fit
 // the host, memo holds those of the latest swapped units on the device
-// instead (fixed_on_device: the device tier), out of the spare device memory.
+// instead (fixed_on_device: the device tier), out of the spare device
+// memory; what the device cannot hold either, units that keep only x make
+// up (attention_recomputed: their o and lse are not kept, backward runs
+// their attention again), the earliest chunks first, where the causal
+// prefix, and so the recompute, is shortest.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +26,7 @@ struct LayerSplit {
   int64_t offload_tokens = 0;
   int64_t resident_tokens = 0;
   bool fixed_on_device = false;  // memo: x, o, lse kept on the device, nothing on the host
+  bool attention_recomputed = false;  // memo: only x kept (on the host); o, lse recomputed in backward
 };
 
 // Figures the LP needs, all per GPU and per layer of the run's shape.
@@ -42,6 +47,12 @@ struct SplitInputs {
   double h2d_bytes_per_s = 0;
   double host_bytes = 0;      // host memory memo may use
   double device_spare_bytes = 0;  // device memory left for resident tokens
+  // o + lse of one unit: the host bytes a unit that keeps only x leaves
+  // off (memo; 0: no such units, e.g. under sequence parallelism, where
+  // recomputing attention would need every rank's all-to-alls). Units are
+  // layer-major, chunks_per_layer to a layer (chunk = index % chunks).
+  double attention_bytes = 0;
+  int64_t chunks_per_layer = 1;
   std::optional<double> alpha;    // user override of the offloaded fraction
   bool swap_last_two = false;     // offload: every layer; memo: not the last two
 };
@@ -51,6 +62,8 @@ struct SplitChoice {
   double resident = 0;      // device-resident fraction
   int64_t fixed_on_device_units = 0;  // units whose x, o, lse stay on the device (host short)
   double fixed_on_device_bytes = 0;   // their bytes
+  int64_t attention_recomputed_units = 0;  // units keeping only x (host and device short)
+  double attention_recomputed_bytes = 0;   // their o and lse, kept nowhere
   std::vector<LayerSplit> layers;
   double host_bytes = 0;    // host bytes the split needs (before pool alignment)
   double copy_out_s = 0;    // per swapped layer
@@ -65,8 +78,10 @@ struct SplitChoice {
 // a resident share on the device with the spare memory. When even alpha = 0
 // does not fit in host memory, memo (not offload, not an explicit alpha
 // above 0) holds x, o and lse of as few of the latest swapped units as
-// needed on the device, within device_spare_bytes. Throws InputError when
-// host and spare together are short, saying what would fit.
+// needed on the device, within device_spare_bytes, and where that is not
+// enough the fewest units, earliest chunks first, keep only x (when
+// attention_bytes > 0; they keep no resident tokens either). Throws
+// InputError when even that is short, saying what would fit.
 SplitChoice choose_split(const SplitInputs& in);
 
 }  // namespace memo::plan

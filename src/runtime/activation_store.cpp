@@ -21,13 +21,18 @@ ActivationStore::ActivationStore(const model::ModelConfig& c, int64_t batch, int
       tokens_(tokens),
       chunks_per_layer_(chunks_per_layer),
       kv_(kv) {
-  // Per swapped unit, per tensor: every token of x, o, lse; the host share of the others.
+  // Per swapped unit, per tensor: every token of x, o, lse (none on the
+  // device tier; of a unit keeping only x, x's); the host share of the others.
   std::map<Unit, std::vector<int64_t>> host_tokens;
   for (const auto& [unit, p] : placement_) {
     if (!p.swapped) continue;
+    if (p.fixed_on_device && p.attention_recomputed)
+      throw Error(cat("activation store: unit ", to_string(unit), " is both on the device tier and keeping only x"));
     auto& counts = host_tokens[unit];
-    for (const auto& s : specs_)
-      counts.push_back(s.always_offloaded ? (p.fixed_on_device ? 0 : unit_tokens(unit)) : p.host_tokens);
+    for (const auto& s : specs_) {
+      const bool to_host = !p.fixed_on_device && (s.layer_input || !p.attention_recomputed);
+      counts.push_back(s.always_offloaded ? (to_host ? unit_tokens(unit) : 0) : p.host_tokens);
+    }
   }
   host_ = HostSlots(specs_, host_tokens, device, host_budget_bytes);
   if (kv_.layers > 0) {

@@ -42,6 +42,9 @@ struct UnitPlacement {
   // memo's device tier (plan/swap_split.h): x, o, lse stay on the device
   // (copies outside the rounding buffer) instead of going to the host.
   bool fixed_on_device = false;
+  // memo, host and device short: only x goes to the host; o and lse are
+  // kept nowhere (the policy recomputes the unit's attention in backward).
+  bool attention_recomputed = false;
 };
 
 // Chunked layers (docs/chunks.md): each layer's K and V [B, S, 2 nkv d] go

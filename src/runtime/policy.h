@@ -42,6 +42,11 @@ struct PolicyOptions {
   // device block by block (runtime/kv_stream.h, `--kv-on-host`), not as
   // whole-sequence tensors on the device.
   bool kv_on_host = false;
+  // memo, host and device short: units may keep only x, their attention
+  // recomputed in backward (plan/swap_split.h). False under sequence
+  // parallelism, where that attention's all-to-alls would have to run in
+  // every rank's backward alike.
+  bool attention_recompute = true;
 };
 
 // What a policy needs to rebuild a layer's skeletal set in backward.

@@ -8,6 +8,9 @@
 //   offload: every layer, every tensor, all tokens to host.
 //   memo:    x, o, lse whole; the first alpha*s tokens of the others; the
 //            rest recomputed; the last two layers never leave their buffer.
+//            Host short: the device tier holds the latest units' x, o, lse;
+//            where it cannot, units keep only x and backward runs their
+//            attention again (runtime/unit_recompute.h).
 // With chunked layers offload also sends each layer's K and V to the host;
 // memo drops them after the layer's forward and rebuilds them in its
 // backward from the chunks' inputs (which it has on the host anyway):
@@ -31,6 +34,7 @@
 #include "runtime/policy.h"
 #include "runtime/startup_measurement.h"
 #include "runtime/trace.h"
+#include "runtime/unit_recompute.h"
 
 namespace memo::runtime {
 
@@ -67,8 +71,13 @@ class SwapPolicy final : public ActivationPolicy {
     plan::SplitInputs in;
     in.layers = cfg.layers * chunks_;
     in.seq_len = unit_tokens_;
-    for (const auto& s : model::skeletal_specs(cfg, batch, unit_tokens_, compute))
+    for (const auto& s : model::skeletal_specs(cfg, batch, unit_tokens_, compute)) {
       (s.always_offloaded ? in.fixed_bytes : in.rest_bytes) += static_cast<double>(s.bytes());
+      // o and lse: what a unit keeping only x leaves off the host (memo, attention local).
+      if (memo_ && options_.attention_recompute && s.always_offloaded && !s.layer_input)
+        in.attention_bytes += static_cast<double>(s.bytes());
+    }
+    in.chunks_per_layer = chunks_;
     // Chunked offload: each layer's K and V go to the host too, a chunk's
     // share per unit. Chunked memo rebuilds them instead: per unit, its input
     // comes back once more (h c per token) for a norm and QKV projection.
@@ -139,7 +148,8 @@ class SwapPolicy final : public ActivationPolicy {
         const auto& l = split_.layers[static_cast<size_t>(i * chunks_ + c)];
         const int64_t n = std::min(unit_tokens_, seq_len - c * unit_tokens_);  // a shorter last chunk
         const int64_t host = std::min(l.offload_tokens, n);
-        placement[Unit{i, c}] = {l.swapped, host, std::min(l.resident_tokens, n - host), n, l.fixed_on_device};
+        placement[Unit{i, c}] = {l.swapped, host, std::min(l.resident_tokens, n - host), n, l.fixed_on_device,
+                                 l.attention_recomputed};
       }
     KvPlacement kv;
     // Offload's K and V; memo rebuilds its, and with --kv-on-host they live in the KvStream.
@@ -157,12 +167,19 @@ class SwapPolicy final : public ActivationPolicy {
     const int64_t pinned = host_pinning().bytes;
     const double pin_s = host_pinning().seconds;
     std::vector<std::pair<std::string, std::string>> out = {
-        {"split", strf("x, o, lse to host%s; other tensors: %s offloaded, %s resident, %s recomputed "
+        {"split", strf("x, o, lse to host%s%s; other tensors: %s offloaded, %s resident, %s recomputed "
                        "(alpha %.3f, %s)",
                        split_.fixed_on_device_units > 0
                            ? strf(" (on the device for the latest %lld units, %s: the host is short)",
                                   (long long)split_.fixed_on_device_units,
                                   format_bytes(split_.fixed_on_device_bytes).c_str())
+                                 .c_str()
+                           : "",
+                       split_.attention_recomputed_units > 0
+                           ? strf("; only x for %lld units, the earliest chunks, their attention recomputed in "
+                                  "backward (%s of o, lse kept nowhere: host and device short)",
+                                  (long long)split_.attention_recomputed_units,
+                                  format_bytes(split_.attention_recomputed_bytes).c_str())
                                  .c_str()
                            : "",
                        pct(split_.alpha).c_str(), pct(split_.resident).c_str(),
@@ -229,9 +246,13 @@ class SwapPolicy final : public ActivationPolicy {
       if (!store.prefetched(unit)) store.prefetch(unit);
       acts = store.take_copied_in(unit);
       // The dropped tokens, recomputed into the buffer (no attention), at the
-      // unit's positions.
+      // unit's positions; a unit that kept only x, wholly (attention again).
       const int64_t kept = store.kept_tokens(unit);
-      if (kept < store.unit_tokens(unit)) {
+      if (store.placement(unit).attention_recomputed) {
+        TraceSpan span(options_.trace, Lane::Compute, "recompute with attention ", unit, 0,
+                       store.engine().compute_stream());
+        recompute_unit(ctx, unit, acts);
+      } else if (kept < store.unit_tokens(unit)) {
         TraceSpan span(options_.trace, Lane::Compute, "recompute ", unit, 0, store.engine().compute_stream());
         ctx.layer.recompute_tokens(ctx.weights, ctx.rope, acts, kept, ctx.t0);
       }

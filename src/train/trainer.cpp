@@ -132,6 +132,7 @@ void Trainer::make_policy_and_check_fit() {
   chunk_tokens_ = resolve_chunk_tokens(chunking, cc);
   po.chunk_tokens = chunk_tokens_;
   po.kv_on_host = options_.kv_on_host;
+  po.attention_recompute = options_.sp <= 1;  // memo's units keeping only x: attention local only
   if (dist_) {
     // memo's alpha: the smallest any rank chose, so every rank swaps and
     // recomputes the same tokens and none waits for a slower one.

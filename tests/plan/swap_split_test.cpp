@@ -2,10 +2,13 @@
 // inputs each unit copies back once more share the host link with its
 // prefetch, and the rebuild's compute is backward time the prefetch can hide
 // behind. And the device tier: where even x, o, lse of every swapped unit
-// do not fit the host, memo holds the latest units' on the device. Pure C++.
+// do not fit the host, memo holds the latest units' on the device, and
+// where the spare cannot hold enough of them, units keep only x (their
+// attention recomputed in backward), the earliest chunks first. Pure C++.
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 
@@ -103,6 +106,68 @@ TEST(SwapSplit, TheTierIsBoundedByTheSpareAndOnlyForMemo) {
   in = host_short();
   in.host_bytes = 6 * 2e6;
   EXPECT_EQ(choose_split(in).fixed_on_device_units, 0);
+}
+
+
+// The spare holds 2 of the 3 units the host is short of (5 MB): the third's
+// 1 MB left is made up by one unit keeping only x (o, lse: 1.2 MB), chunk 0
+// of layer 0 (8 units: 4 layers of 2 chunks), which keeps no resident tokens.
+TEST(SwapSplit, WhatTheSpareCannotHoldUnitsKeepingOnlyXMakeUp) {
+  auto in = host_short();
+  in.device_spare_bytes = 4e6 + 1.2e6;  // two units' x, o, lse and some resident tokens
+  in.attention_bytes = 1.2e6;
+  in.chunks_per_layer = 2;
+  const auto c = choose_split(in);
+  EXPECT_EQ(c.fixed_on_device_units, 2);
+  EXPECT_EQ(c.attention_recomputed_units, 1);
+  EXPECT_DOUBLE_EQ(c.attention_recomputed_bytes, 1.2e6);
+  EXPECT_DOUBLE_EQ(c.host_bytes, 4 * 2e6 - 1.2e6);
+  EXPECT_LE(c.host_bytes, in.host_bytes);
+  for (int64_t i = 0; i < 8; ++i) {
+    SCOPED_TRACE(i);
+    const auto& l = c.layers[static_cast<size_t>(i)];
+    EXPECT_EQ(l.fixed_on_device, i == 4 || i == 5);
+    EXPECT_EQ(l.attention_recomputed, i == 0);
+    if (l.swapped && !l.attention_recomputed) EXPECT_GT(l.resident_tokens, 0);  // the spare's 1.2 MB left
+  }
+  EXPECT_EQ(c.layers[0].resident_tokens, 0);
+  // Without attention_bytes (sp > 1, offload) the same host is too short.
+  in.attention_bytes = 0;
+  EXPECT_THROW(choose_split(in), InputError);
+}
+
+// No spare: 3 layers of 4 chunks, 10 units swapped. Short by 3.5 MB, three
+// units keep only x: chunk 0 of each layer (units 0, 4, 8); by 4.5 MB, four:
+// then chunk 1 of layer 0 (unit 1).
+TEST(SwapSplit, UnitsKeepingOnlyXAreTheEarliestChunksOfEveryLayer) {
+  SplitInputs in = bandwidth_bound();
+  in.layers = 12;
+  in.chunks_per_layer = 4;
+  in.attention_bytes = 1.2e6;
+  in.device_spare_bytes = 0;
+  auto marked = [&](double short_by) {
+    in.host_bytes = 10 * in.fixed_bytes - short_by;
+    const auto c = choose_split(in);
+    std::vector<int64_t> units;
+    for (int64_t i = 0; i < in.layers; ++i)
+      if (c.layers[static_cast<size_t>(i)].attention_recomputed) units.push_back(i);
+    EXPECT_EQ(static_cast<int64_t>(units.size()), c.attention_recomputed_units);
+    EXPECT_EQ(c.fixed_on_device_units, 0);
+    EXPECT_LE(c.host_bytes, in.host_bytes);
+    return units;
+  };
+  EXPECT_EQ(marked(3.5e6), (std::vector<int64_t>{0, 4, 8}));
+  EXPECT_EQ(marked(4.5e6), (std::vector<int64_t>{0, 1, 4, 8}));
+  // Every swapped unit keeping only x saves 12 MB; 12.5 MB short cannot
+  // fit, and the message says by how much.
+  in.host_bytes = 10 * in.fixed_bytes - 12.5e6;
+  try {
+    choose_split(in);
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("keeping only x of every other unit"), std::string::npos) << what;
+  }
 }
 
 }  // namespace
