@@ -143,8 +143,9 @@ planned() {
 # Chunked layers (issue 14) on Llama-3.2-1B, all 16 layers, under memo:
 # whole and chunked side by side at 64K (target: chunked within 1.05x), then
 # single steps at growing contexts with chunks, until one fails or time runs
-# out (1M tokens is ~1e18 FLOPs: several minutes on an H200; 2M needs its own
-# call). Host memory explicit: the machine has 128 GB.
+# out (1M tokens is ~2.5e17 FLOPs of attention: several minutes on an H200;
+# 2M, ~1e18, about 1,900 s a step by `memo plan`, does not fit a 600 s call).
+# Host memory explicit: the machine has 128 GB.
 chunks() {
   step chunks_64k 200 build/memo bench --device cuda --model llama3.2-1b --seq-len 65536 --batch 1 \
     --steps 3 --policies memo --chunk-tokens 0,8192 --host-memory-gib 100 --json "$OUT/chunks_64k.json"
