@@ -69,7 +69,7 @@ TEST(DistRanks, CollectivesFourRanksDp2Sp2) {
                 "collectives ok (world 4 = dp 2 x sp 2");
 }
 
-// A rank dies with a collective in flight: every other rank exits 1 within
+// A rank dies while the others wait in a collective: each of them exits 1 within
 // the timeout (here at once: the sockets close) naming it.
 TEST(DistRanks, DeadRankIsNamed) {
   REQUIRE_DIST();
