@@ -67,12 +67,15 @@ TEST(PlanChunksCli, AutoChunkWritesTheSplitPerPolicy) {
   // 128 GiB too (121.9 GiB, was 153.9 GiB), its longest context is ~1.03M
   // (was 828K), and the rebuild's cost is reported, for memo alone. Past
   // that the device tier holds what the host cannot (x, o, lse of whole
-  // units): memo's longest context is ~1.76M, where the device stops it.
+  // units) as far as the device has room (~1.76M), and x-only units the
+  // rest (o and lse recomputed in backward): memo's longest context is
+  // ~2.72M, where even x alone of every unit the tier does not hold is more
+  // than the host's 128 GiB.
   const auto& memo = c["policies"][3];
   EXPECT_TRUE(memo["fits_host"].get<bool>()) << memo.dump(2);
   EXPECT_EQ(memo["fixed_on_device_bytes"].get<double>(), 0.0);  // 1M needs no tier
-  EXPECT_EQ(memo["longest_seq"].get<int64_t>(), 1758208);
-  EXPECT_EQ(memo["longest_limited_by"], "device");
+  EXPECT_EQ(memo["longest_seq"].get<int64_t>(), 2719744);
+  EXPECT_EQ(memo["longest_limited_by"], "host");
   EXPECT_FALSE(memo["host"].contains("every layer's K and V")) << memo.dump(2);
   EXPECT_TRUE(c["policies"][2]["host"].contains("every layer's K and V"));  // offload keeps them
   // Every swapped unit's input once more (4 KiB per token), 16 layers' QKV projection.
