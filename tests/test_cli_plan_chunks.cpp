@@ -67,12 +67,16 @@ TEST(PlanChunksCli, AutoChunkWritesTheSplitPerPolicy) {
   // 128 GiB too (121.9 GiB, was 153.9 GiB), its longest context is ~1.03M
   // (was 828K), and the rebuild's cost is reported, for memo alone. Past
   // that the device tier holds what the host cannot (x, o, lse of whole
-  // units): memo's longest context is ~1.76M, where the device stops it.
+  // units) as far as the device has room (~1.76M), and x-only units the
+  // rest (o and lse recomputed in backward): memo's longest context is
+  // ~2.72M, where even x alone of every unit the tier does not hold is more
+  // than the host's 128 GiB.
   const auto& memo = c["policies"][3];
   EXPECT_TRUE(memo["fits_host"].get<bool>()) << memo.dump(2);
   EXPECT_EQ(memo["fixed_on_device_bytes"].get<double>(), 0.0);  // 1M needs no tier
-  EXPECT_EQ(memo["longest_seq"].get<int64_t>(), 1758208);
-  EXPECT_EQ(memo["longest_limited_by"], "device");
+  EXPECT_EQ(memo["attention_recomputed_units"].get<int64_t>(), 0);
+  EXPECT_EQ(memo["longest_seq"].get<int64_t>(), 2719744);
+  EXPECT_EQ(memo["longest_limited_by"], "host");
   EXPECT_FALSE(memo["host"].contains("every layer's K and V")) << memo.dump(2);
   EXPECT_TRUE(c["policies"][2]["host"].contains("every layer's K and V"));  // offload keeps them
   // Every swapped unit's input once more (4 KiB per token), 16 layers' QKV projection.
@@ -98,6 +102,41 @@ TEST(PlanChunksCli, MemosDeviceTierIsReported) {
   EXPECT_TRUE(memo["fits_device"].get<bool>()) << memo.dump(2);
   EXPECT_LE(memo["host_bytes"].get<double>(), 128.0 * (1ull << 30));
   EXPECT_FALSE(j["chunked"]["policies"][2].contains("fixed_on_device_bytes"));  // offload: none
+}
+
+// At 2M tokens memo's x, o, lse (~255 GiB) are more than the host's 128 GiB
+// and the device's room together: units that keep only x cover the rest,
+// their attention recomputed in backward. The plan prints how many, the
+// bytes they leave off the host and the FLOPs (a few percent of the step's
+// attention), and writes them in memo's JSON row; memo fits, its host at
+// most the share, host, tier and x-only bytes adding up to x, o, lse of
+// every swapped unit.
+TEST(PlanChunksCli, MemosAttentionRecomputeIsReportedAt2M) {
+  const auto [r, j] = plan_json("plan-chunks-x-only", "--model llama3.2-1b --seq-len 2097152 --host-gib 128 "
+                                                      "--gpus-per-host 1 --chunk-tokens auto");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("device tier, memo:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("attention recompute, memo:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("of the step's attention FLOPs"), std::string::npos) << r.output;
+  const auto& memo = j["chunked"]["policies"][3];
+  ASSERT_EQ(memo["policy"], "memo");
+  EXPECT_TRUE(memo["fits_device"].get<bool>()) << memo.dump(2);
+  EXPECT_TRUE(memo["fits_host"].get<bool>()) << memo.dump(2);
+  const int64_t units = memo["attention_recomputed_units"].get<int64_t>();
+  const int64_t chunk = memo["chunk_tokens"].get<int64_t>();
+  EXPECT_GT(units, 0) << memo.dump(2);
+  EXPECT_DOUBLE_EQ(memo["attention_recomputed_bytes"].get<double>(),
+                   static_cast<double>(units * chunk) * (32 * 64 * 2 + 32 * 4));  // o, lse of full units
+  const double step_attention = 3.5 * 16 * 2.0 * 2097152.0 * 2097152.0 * 2048;
+  EXPECT_GT(memo["attention_recompute_flops"].get<double>(), 0.0);
+  EXPECT_LT(memo["attention_recompute_flops"].get<double>(), 0.1 * step_attention);
+  EXPECT_LE(memo["host_bytes"].get<double>(), 128.0 * (1ull << 30));
+  const double last = 2097152.0 - static_cast<double>((memo["chunks"].get<int64_t>() - 1) * chunk);
+  const double swapped = 16.0 * 2097152 - last - static_cast<double>(chunk);
+  EXPECT_DOUBLE_EQ(memo["host_bytes"].get<double>() + memo["fixed_on_device_bytes"].get<double>() +
+                       memo["attention_recomputed_bytes"].get<double>(),
+                   swapped * (2048 * 2 + 32 * 64 * 2 + 32 * 4));
+  EXPECT_FALSE(j["chunked"]["policies"][2].contains("attention_recomputed_units"));  // offload: none
 }
 
 // Under --sp 8 the chunked table is of each GPU's shard (it was refused with

@@ -7,6 +7,7 @@
 // suggestions it makes are checked to fit.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <regex>
@@ -231,9 +232,13 @@ TEST(FitCheck, ForMemoWithAnAlphaTheLargestAlphaThatFitsIsSuggested) {
 
 // memo's device tier on CUDA (the check is pure: a CUDA device need not
 // exist): a pool budget short of memo's x, o, lse moves the fewest whole
-// units' onto the device side; the run fits while the device holds them,
-// and when it cannot the message names the tier. On CPU (no spare device
-// apart from the host) the same budget stops the run as before.
+// units' onto the device side, as many as the device has room for; what it
+// cannot take, x-only units leave off the pool (o and lse of a unit each,
+// recomputed in backward): the run fits, and pool, tier and x-only bytes add
+// up to the all-host pool. A budget short even of that, and under sp (no
+// x-only units: attention is not local), stop the run, the message naming
+// them. On CPU (no spare device apart from the host) the same budget stops
+// the run as before.
 TEST(FitCheck, MemosDeviceTierMovesTheBudgetsShortfallToTheDevice) {
   train::TrainOptions o;
   o.policy = "memo";
@@ -244,24 +249,56 @@ TEST(FitCheck, MemosDeviceTierMovesTheBudgetsShortfallToTheDevice) {
   cfg.layers = 4;
   const auto cuda = c10::Device(c10::DeviceType::CUDA, 0);
   auto r = train::fit_request(o, cfg, cuda, c10::ScalarType::BFloat16);
+  r.chunk_tokens = 256;
   const double roomy_pool = 64 * kGiB;
   train::MemoryAvailable have{8 * kGiB, "test GPU", 64 * kGiB, "test RAM", roomy_pool, "a roomy pool"};
   const auto all_host = train::estimate_fit(r, have);
   ASSERT_TRUE(all_host.fits);
   ASSERT_GT(all_host.pool, 0.0);
   EXPECT_EQ(all_host.fixed_on_device, 0.0);
+  EXPECT_EQ(all_host.attention_recomputed, 0.0);
   have.pool_budget = 0.5 * all_host.pool;  // half the pool
   have.pool_what = "half the pool";
   const auto tier = train::estimate_fit(r, have);
   EXPECT_TRUE(tier.fits);
   EXPECT_GT(tier.fixed_on_device, 0.0);
+  EXPECT_EQ(tier.attention_recomputed, 0.0);  // 8 GiB hold all of it
   EXPECT_LE(tier.pool, have.pool_budget);
   EXPECT_NEAR(tier.pool + tier.fixed_on_device, all_host.pool, 1.0);
   EXPECT_NEAR(tier.activations - all_host.activations, tier.fixed_on_device, 1.0);
-  // A device too small for the tier: the message names it.
-  have.device = tier.device_need - 1;
-  const auto msg = train::fit_problem(r, have);
+  // A device with room for part of the tier: the tier takes what fits (the
+  // device is full to within a unit), x-only units the rest.
+  const double unit_tokens = static_cast<double>(r.batch) * 256;
+  const double unit_ol = unit_tokens * (2.0 * static_cast<double>(cfg.heads * cfg.head_dim) + 4.0 * cfg.heads);  // o, lse
+  const double unit_xol = unit_ol + unit_tokens * 2.0 * static_cast<double>(cfg.hidden);                        // and x
+  have.device = tier.device_need - 2.5 * unit_xol;
+  const auto part = train::estimate_fit(r, have);
+  EXPECT_TRUE(part.fits) << train::fit_problem(r, have);
+  EXPECT_NEAR(part.fixed_on_device, tier.fixed_on_device - 3 * unit_xol, 1.0);
+  EXPECT_LE(part.device_need, have.device);
+  EXPECT_GT(part.device_need + unit_xol, have.device);
+  EXPECT_GT(part.attention_recomputed, 0.0);
+  EXPECT_NEAR(std::fmod(part.attention_recomputed, unit_ol), 0.0, 1.0);  // whole units
+  EXPECT_LE(part.pool, have.pool_budget);
+  EXPECT_GT(part.pool + unit_ol, have.pool_budget);  // the fewest x-only units
+  EXPECT_NEAR(part.pool + part.fixed_on_device + part.attention_recomputed, all_host.pool, 1.0);
+  // A budget short even with every unit the tier does not hold x-only: the message names them.
+  have.pool_budget = 0.05 * all_host.pool;
+  auto msg = train::fit_problem(r, have);
+  EXPECT_FALSE(train::estimate_fit(r, have).fits);
   EXPECT_NE(msg.find("its device tier"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("memo's x-only units"), std::string::npos) << msg;
+  // Under sp 2, no x-only units: the half pool with part of the tier is short.
+  have.pool_budget = 0.5 * all_host.pool;
+  auto sp = r;
+  sp.sp = 2;
+  const auto under_sp = train::estimate_fit(sp, have);
+  EXPECT_FALSE(under_sp.fits);
+  EXPECT_EQ(under_sp.attention_recomputed, 0.0);
+  EXPECT_NEAR(under_sp.fixed_on_device, part.fixed_on_device, 1.0);
+  msg = train::fit_problem(sp, have);
+  EXPECT_NE(msg.find("The pinned host pool of memo needs"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("x-only"), std::string::npos) << msg;
   // On CPU the half pool is short, as before.
   auto cpu = train::fit_request(o, cfg, c10::Device(c10::DeviceType::CPU), c10::ScalarType::Float);
   have.device = 8 * kGiB;
@@ -269,6 +306,7 @@ TEST(FitCheck, MemosDeviceTierMovesTheBudgetsShortfallToTheDevice) {
   const auto on_cpu = train::estimate_fit(cpu, have);
   EXPECT_FALSE(on_cpu.fits);
   EXPECT_EQ(on_cpu.fixed_on_device, 0.0);
+  EXPECT_EQ(on_cpu.attention_recomputed, 0.0);
 }
 
 // On many ranks the check counts this rank's model state as memo train

@@ -87,8 +87,9 @@ INSTANTIATE_TEST_SUITE_P(Units, MemoDeviceTier,
 // resolution is pure: no device is touched) with a 100 GiB host budget: memo
 // needs ~122 GiB of host for x, o, lse, so the auto chunk is smaller than
 // with an unbounded host, and at it the plan with the tier fits the device
-// while one unit more does not. On CPU (no tier at run time) the budget
-// changes nothing.
+// and the host, while one unit more would need x-only units (the tier's room
+// runs out; a chunk that needs none is preferred). On CPU (no tier at run
+// time) the budget changes nothing.
 TEST(MemoDeviceTierAuto, TheAutoChunkLeavesRoomForTheTier) {
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   train::ChunkContext ctx;
@@ -108,8 +109,10 @@ TEST(MemoDeviceTierAuto, TheAutoChunkLeavesRoomForTheTier) {
   EXPECT_DOUBLE_EQ(in.hardware.host_share(), 100 * kGiB);
   const auto m = plan::chunk_memory(in, "memo", bounded);
   EXPECT_GT(m.fixed_on_device_units, 0);
+  EXPECT_EQ(m.attention_recomputed_units, 0);
   EXPECT_TRUE(m.fits()) << m.device_bytes / kGiB << " GiB device, " << m.host_bytes / kGiB << " GiB host";
-  EXPECT_FALSE(plan::chunk_memory(in, "memo", bounded + 1024).fits_device);
+  const auto next = plan::chunk_memory(in, "memo", bounded + 1024);
+  EXPECT_FALSE(next.fits() && next.attention_recomputed_units == 0);
   ctx.device = c10::Device(c10::DeviceType::CPU);
   const int64_t cpu_bounded = train::resolve_chunk_tokens({true, 0}, ctx);
   ctx.host_budget_bytes = 0;

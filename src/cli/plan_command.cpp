@@ -221,7 +221,13 @@ nlohmann::json to_json(const plan::ChunkPlan& cp, bool kv_on_host) {
                              {"longest_seq", lc.seq_len},
                              {"longest_chunk_tokens", lc.chunk_tokens},
                              {"longest_limited_by", lc.limited_by}});
-    if (m.policy == "memo") j["policies"].back()["fixed_on_device_bytes"] = m.fixed_on_device_bytes;
+    if (m.policy == "memo") {  // its device tier and x-only units (plan/chunk_plan.h)
+      auto& row = j["policies"].back();
+      row["fixed_on_device_bytes"] = m.fixed_on_device_bytes;
+      row["attention_recomputed_units"] = m.attention_recomputed_units;
+      row["attention_recomputed_bytes"] = m.attention_recomputed_bytes;
+      row["attention_recompute_flops"] = m.attention_recompute_flops;
+    }
     if (m.rebuild_flops > 0) {  // chunked memo: K and V rebuilt in backward
       j["policies"].back()["rebuild_h2d_bytes"] = m.rebuild_h2d_bytes;
       j["policies"].back()["rebuild_flops"] = m.rebuild_flops;
@@ -278,6 +284,17 @@ void print_chunk_plan(const plan::ChunkPlan& cp, bool kv_on_host) {
       std::printf("  device tier, %s: the host share is short of x, o and lse of every swapped unit; %lld units "
                   "hold theirs on the device (%s, in its device bytes)\n",
                   m.policy.c_str(), (long long)m.fixed_on_device_units, format_bytes(m.fixed_on_device_bytes).c_str());
+    if (m.attention_recomputed_units > 0) {
+      const auto& hw = cp.in.plan.hardware;
+      const double rate = hw.peak_flops * hw.attention_efficiency;
+      std::printf("  attention recompute, %s: what the device tier cannot take; %lld units keep only x on the host "
+                  "(%s of o and lse not kept), their attention recomputed in backward, earliest chunks first: "
+                  "per step %.3g PFLOP, %.2f%% of the step's attention FLOPs (%.3g s)\n",
+                  m.policy.c_str(), (long long)m.attention_recomputed_units,
+                  format_bytes(m.attention_recomputed_bytes).c_str(), m.attention_recompute_flops / 1e15,
+                  100.0 * m.attention_recompute_flops / plan::step_attention_flops(cp.in.plan),
+                  rate > 0 ? m.attention_recompute_flops / rate : 0.0);
+    }
     if (m.rebuild_flops > 0) {
       const auto& hw = cp.in.plan.hardware;
       const double link_s = hw.h2d_bytes_per_s > 0 ? m.rebuild_h2d_bytes / hw.h2d_bytes_per_s : 0.0;

@@ -36,8 +36,15 @@
 //                   the swapped units' h c again, and rebuild_flops, n 2 h q);
 //                   memo at alpha 0 on a host short of its x, o, lse holds
 //                   those of the fewest whole units that cover the shortfall
-//                   on the device instead (fixed_on_device_bytes, added to
-//                   the device bytes: the device tier)
+//                   on the device instead, as many as the device has room
+//                   for (fixed_on_device_bytes, added to the device bytes:
+//                   the device tier); without sp, what the tier cannot take
+//                   the fewest x-only units cover, earliest chunks first:
+//                   each keeps x alone on the host, its o and lse ((a c +
+//                   nh s) per token, attention_recomputed_bytes) recomputed
+//                   in backward by its chunk's attention forward against
+//                   the rebuilt K, V (4 a C^2 (k + 1/2) per sequence for
+//                   chunk index k: attention_recompute_flops)
 // What a CPU run measures of these (train/memory_split.h) is compared with
 // them in tests/test_peak_split_plan.cpp (one device).
 // Under sp (Ulysses), whole-sequence adds K, V and dK, dV in head layout
@@ -204,19 +211,45 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
   // Chunked offload keeps every layer's K and V on the host until its backward.
   if (chunked && policy == "offload") host(whole_part::kEveryLayerKv, n * kv * c * tokens);
   if (policy == "memo" && memo_alpha == 0 && cm.host_bytes > hw.host_share()) {
-    // memo's device tier (plan/swap_split.h): the fewest whole units whose
-    // x, o, lse cover the host's shortfall stay on the device instead, up to
-    // every swapped unit (a full unit's bytes each, as the runtime's LP
-    // counts them).
-    const double per_unit = fixed * static_cast<double>(cm.chunk_tokens * in.batch);
-    const int64_t units = m.layers * cm.chunks - std::min<int64_t>(2, m.layers * cm.chunks);  // swapped
-    const auto moved = std::min<int64_t>(
-        units, static_cast<int64_t>(std::ceil((cm.host_bytes - hw.host_share()) / std::max(per_unit, 1.0))));
-    cm.fixed_on_device_units = moved;
-    cm.fixed_on_device_bytes = std::min(static_cast<double>(moved) * per_unit, cm.host.front().bytes);
-    cm.host.front().bytes -= cm.fixed_on_device_bytes;  // the x, o and lse part
+    // The host share is short of x, o, lse of every swapped unit. A full
+    // unit's bytes each, as the runtime's LP counts them (plan/swap_split.h).
+    const double per_unit = std::max(fixed * chunk, 1.0);
+    const double per_attention = std::max((a * c + nh * s) * chunk, 1.0);  // o, lse
+    const double swapped = static_cast<double>(m.layers * cm.chunks - std::min<int64_t>(2, m.layers * cm.chunks));
+    const double shortfall = cm.host_bytes - hw.host_share();
+    const double room = std::max(0.0, hw.device_bytes - cm.device_bytes);
+    // memo's device tier: the fewest latest units whose x, o, lse cover the
+    // shortfall stay on the device, as many as its room holds.
+    const double tier = std::min({std::ceil(shortfall / per_unit), swapped, std::floor(room / per_unit)});
+    cm.fixed_on_device_units = static_cast<int64_t>(tier);
+    cm.fixed_on_device_bytes = std::min(tier * per_unit, cm.host.front().bytes);
+    // What the tier cannot take, x-only units cover (attention is local only
+    // without sp: under sp its forward needs the group's all-to-alls again).
+    const double left = shortfall - cm.fixed_on_device_bytes;
+    if (!sp && left > 0) {
+      const double x_only = std::min(std::ceil(left / per_attention), swapped - tier);
+      cm.attention_recomputed_units = static_cast<int64_t>(x_only);
+      // o and lse of what the tier left on the host at most (a shorter last chunk counts as full above).
+      cm.attention_recomputed_bytes =
+          std::min(x_only * per_attention, (cm.host.front().bytes - cm.fixed_on_device_bytes) * (fixed - h * c) / fixed);
+      // Chunk k's causal attention forward (QK^T and PV) over its C queries:
+      // 4 a B C^2 (k + 1/2). Counted in rounds of one chunk index per layer
+      // (r full rounds, rem units of the next), not walked: the longest-
+      // context search reaches millions of units. The rounds are counted
+      // full of L units, as if the two held units and the tier's (the
+      // latest chunks) were not there: where x-only units reach those
+      // chunks, the run takes units of a later round instead and the count
+      // is low by their extra rounds (the unit bound above skips them).
+      const double L = static_cast<double>(m.layers);
+      const double r = std::floor(x_only / L), rem = x_only - r * L;
+      const double C = static_cast<double>(cm.chunk_tokens);
+      cm.attention_recompute_flops =
+          4.0 * a * static_cast<double>(in.batch) * C * C * (L * r * r / 2.0 + rem * (r + 0.5));
+    }
+    const double off_host = cm.fixed_on_device_bytes + cm.attention_recomputed_bytes;
+    cm.host.front().bytes -= off_host;  // the x, o and lse part
     cm.host.front().bytes_per_token = cm.host.front().bytes / tokens;
-    cm.host_bytes -= cm.fixed_on_device_bytes;
+    cm.host_bytes -= off_host;
     cm.device_bytes += cm.fixed_on_device_bytes;
   }
   cm.fits_device = cm.device_bytes <= hw.device_bytes;
@@ -232,11 +265,37 @@ PlanInputs at_length(const PlanInputs& in, int64_t seq_len) {
 
 int64_t auto_chunk_unchecked(const PlanInputs& in, const std::string& policy, int64_t unit) {
   const int64_t shard = shard_tokens(in);
-  if (evaluate(in, policy, shard).fits_device) return shard;
-  // Below the shard only: longer chunks are one chunk, which did not fit.
-  return longest_fitting(unit, [&](int64_t chunk) {
-    return chunk < shard && evaluate(in, policy, chunk).fits_device;
-  });
+  int64_t device = shard;  // the largest chunk that fits the device
+  if (!evaluate(in, policy, shard).fits_device) {
+    // Below the shard only: longer chunks are one chunk, which did not fit.
+    device = longest_fitting(unit, [&](int64_t chunk) {
+      return chunk < shard && evaluate(in, policy, chunk).fits_device;
+    });
+  }
+  if (policy != "memo" || device == 0) return device;
+  // memo on a short host: a longer chunk leaves the device tier less room
+  // and so needs more x-only units (attention recomputed). The largest chunk
+  // that fits without any; where none does, the largest whose x-only bytes
+  // stay within 10% of the smallest chunk's; where not even the smallest
+  // fits, the device's largest, as for the others.
+  const auto smallest = evaluate(in, policy, std::min(unit, shard));
+  if (!smallest.fits()) return device;
+  const double bound = 1.1 * smallest.attention_recomputed_bytes;
+  // Walked down from the device's edge (no chunk above it fits), not
+  // searched: x-only bytes grow with the chunk only up to the rounding to
+  // whole units and the two held units' tokens (between C and 2 C, which
+  // the host's need falls by), so near their edges both tests flip more
+  // than once (Llama-3.2-1B at 2M tokens with 128 GiB of host: the 10%
+  // test passes at 34816 tokens but not at 33792 or 35840). Each chunk is a
+  // closed form; there are at most device / unit of them.
+  int64_t near = 0;  // the largest within 10%
+  for (int64_t chunk = device; chunk > 0; chunk = chunk == shard ? (shard - 1) / unit * unit : chunk - unit) {
+    const auto m = evaluate(in, policy, chunk);
+    if (!m.fits()) continue;
+    if (m.attention_recomputed_units == 0) return chunk;
+    if (near == 0 && m.attention_recomputed_bytes <= bound) near = chunk;
+  }
+  return near;
 }
 
 }  // namespace

@@ -4,7 +4,8 @@
 // weights and optimizer state, whole-sequence tensors (what a layer boundary
 // and attention need over every token), chunk buffers (the rounding buffers,
 // sized by C) and chunk transients (one chunk's backward working set); the
-// host bytes; the `auto` chunk (the largest that fits the device); and the
+// host bytes; the `auto` chunk (the largest that fits the device; memo's
+// also weighs the attention its short host makes it recompute); and the
 // longest context per policy under both the device and the host bound.
 // Pure C++ (no torch). It models train/chunk_program's executor; on one
 // device and on 2 ranks of --sp 2 its static, whole-sequence and buffer parts
@@ -96,9 +97,22 @@ struct ChunkMemory {
   // memo's device tier (plan/swap_split.h): at alpha 0, where the host share
   // cannot hold x, o and lse of every swapped unit, those of the fewest whole
   // units that cover the shortfall stay on the device (in device_bytes, out
-  // of host_bytes and its x, o, lse part). 0 otherwise.
+  // of host_bytes and its x, o, lse part), as many as the device has room
+  // for beside everything else it holds. 0 otherwise.
   int64_t fixed_on_device_units = 0;
   double fixed_on_device_bytes = 0;
+  // memo's x-only units (one GPU per replica: attention is local, not under
+  // sp > 1): what the tier cannot take of the shortfall, units that keep only
+  // x on the host cover; their o and lse are not kept at all but recomputed
+  // in backward by running the unit's attention forward again against the
+  // layer's rebuilt K, V. The fewest that cover it, the earliest chunks
+  // first (chunk 0 of every layer, then chunk 1, ...: the shortest causal
+  // prefixes), each leaving (a c + nh s) per token of a full unit off the
+  // host (out of host_bytes and its x, o, lse part); the FLOPs of that
+  // recompute per step, 4 a B C^2 (k + 1/2) for chunk index k. 0 otherwise.
+  int64_t attention_recomputed_units = 0;
+  double attention_recomputed_bytes = 0;
+  double attention_recompute_flops = 0;
   bool fits_device = false, fits_host = false;
   bool fits() const { return fits_device && fits_host; }
 };
@@ -146,6 +160,12 @@ std::vector<BytesPart> layer_whole_sequence(const ModelShape& m, int compute_byt
 // (seq_len / sp; one chunk) when that fits, else the largest multiple of unit below it
 // that does; 0 when not even unit tokens fit. Device bytes grow with the
 // chunk, so this is the fit's edge: unit more tokens do not fit.
+// memo, where its smallest chunk (unit tokens) fits device and host: the
+// largest chunk that fits both with no x-only units (attention_recomputed_units
+// 0), else the largest that fits both with attention_recomputed_bytes within
+// 10% of the smallest chunk's (a longer chunk leaves the device tier less
+// room, so more units keep only x); where the smallest does not fit, the
+// device's largest as above.
 int64_t auto_chunk_tokens(const PlanInputs& in, const std::string& policy, int64_t unit);
 
 // The longest sequence (a multiple of unit) at which `policy` fits both the

@@ -382,7 +382,6 @@ struct PolicyContext {
 void add_times(const PlanInputs& in, Plan& pl, PolicyContext& c) {
   const auto& m = in.model;
   const auto& hw = in.hardware;
-  const double n = static_cast<double>(m.layers);
   const double B = static_cast<double>(in.batch), S = static_cast<double>(in.seq_len);
   const double layer_params = static_cast<double>(m.layer_matmul_params());
   const double mm_rate = hw.peak_flops * hw.matmul_efficiency * c.gpus;
@@ -394,9 +393,9 @@ void add_times(const PlanInputs& in, Plan& pl, PolicyContext& c) {
   pl.layer_backward_s = 2.0 * layer_mm_fwd / mm_rate + 2.5 * attn_fwd / at_rate;
   pl.layer_recompute_s = (layer_mm_fwd - down_fwd) / mm_rate;  // token-wise, all tokens, no attention
   c.full_recompute_s = pl.layer_forward_s - down_fwd / mm_rate;
-  pl.model_flops = 6.0 * B * S * static_cast<double>(m.matmul_params()) + 3.5 * n * attn_fwd;
+  pl.model_flops = 6.0 * B * S * static_cast<double>(m.matmul_params()) + step_attention_flops(in);
   c.matmul_s = 6.0 * B * S * static_cast<double>(m.matmul_params()) / mm_rate;
-  c.attention_s = 3.5 * n * attn_fwd / at_rate;
+  c.attention_s = step_attention_flops(in) / at_rate;
 }
 
 SplitInputs split_inputs(const PlanInputs& in, const Plan& pl, double host_share) {
@@ -538,6 +537,13 @@ Plan evaluate(const PlanInputs& in) {
 }
 
 }  // namespace
+
+double step_attention_flops(const PlanInputs& in) {
+  const auto& m = in.model;
+  const double B = static_cast<double>(in.batch), S = static_cast<double>(in.seq_len);
+  const double layer_forward = B * 4.0 * S * S * static_cast<double>(m.heads * m.head_dim) / 2.0;  // causal
+  return 3.5 * static_cast<double>(m.layers) * layer_forward;
+}
 
 int64_t longest_fitting(int64_t unit, const std::function<bool(int64_t)>& fits_len) {
   auto fits = [&](int64_t k) { return fits_len(k * unit); };

@@ -277,6 +277,11 @@ Plan make_plan(const PlanInputs& in);
 // skeletal_bytes(in).
 double transient_bytes(const PlanInputs& in, const std::vector<TensorBytes>& skeletal);
 
+// The attention FLOPs of one step of one replica, forward and backward: 3.5
+// x each layer's causal forward (QK^T and PV, 4 B S^2 nh d / 2; its backward
+// 2.5 x that).
+double step_attention_flops(const PlanInputs& in);
+
 // The largest multiple of `unit` for which fits(seq_len) holds, 0 when even
 // `unit` does not (fits must be monotone: true up to some length, then
 // false); searched up to 2^36 tokens.

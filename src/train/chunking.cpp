@@ -46,8 +46,10 @@ plan::PlanInputs chunk_plan_inputs(const ChunkContext& ctx) {
   in.hardware.name = ctx.device.str();
   in.hardware.device_bytes = ctx.device_bytes;
   in.hardware.gpus_per_host = ctx.sp * ctx.dp;
-  // The host share is this rank's budget where memo's device tier can take
-  // up the rest (CUDA); elsewhere the tier does not run: no host bound here.
+  // The host share is this rank's budget where memo's device tier and x-only
+  // units can take up the rest (CUDA); elsewhere the tier does not run: no
+  // host bound here (so no x-only units either: the auto chunk is the
+  // device's largest).
   in.hardware.host_bytes = !ctx.device.is_cpu() && ctx.host_budget_bytes > 0
                                ? ctx.host_budget_bytes * static_cast<double>(in.hardware.gpus_per_host)
                                : 1e30;

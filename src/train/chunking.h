@@ -47,8 +47,10 @@ struct ChunkContext {
   bool kv_on_host = false;     // --kv-on-host: auto counts K, V in host blocks (plan/kv_on_host_plan.h)
   // This rank's pinned host pool budget (--host-memory-gib or derived): on
   // CUDA, memo's auto chunk leaves device room for the x, o, lse the host
-  // cannot hold (its device tier); 0, or on CPU (no spare device apart from
-  // the host): the host is taken as unbounded.
+  // cannot hold (its device tier), or where no chunk does, keeps the units
+  // that hold only x (their attention recomputed) near the fewest
+  // (plan::auto_chunk_tokens); 0, or on CPU (no spare device apart from the
+  // host): the host is taken as unbounded.
   double host_budget_bytes = 0;
 };
 

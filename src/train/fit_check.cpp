@@ -158,18 +158,7 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
   } else if (r.policy == "memo") {
     e.pool = std::max(0.0, units - 2.0) * (unit_fixed + r.alpha.value_or(0.0) * unit_rest);  // K, V rebuilt
   }
-  const double budget = have.pool_budget - kv_cost.host_bytes;  // what the store's pool may take
-  if (cuda && r.policy == "memo" && r.alpha.value_or(0.0) == 0.0 && e.pool > budget && units > 2) {
-    // memo's device tier (plan/swap_split.h): x, o, lse of the fewest whole
-    // units covering the budget's shortfall stay on the device. (On CPU the
-    // runtime has no spare device apart from the host: no tier.)
-    const double moved = std::min(units - 2.0, std::ceil((e.pool - budget) / std::max(unit_fixed, 1.0)));
-    e.fixed_on_device = std::min(moved * unit_fixed, e.pool);
-    e.pool -= e.fixed_on_device;
-    e.activations += e.fixed_on_device;
-  }
   e.kv_host = kv_cost.host_bytes;
-  e.pool += e.kv_host;
   // The largest of the phases' temporaries: a layer's (a chunk's) backward
   // with the loss chunk, plus four hidden-width tensors (a layer's input and
   // output and, under offload and memo, the inputs held while their copies
@@ -188,8 +177,38 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
   // A 1% margin on everything that grows with the tokens, for what the model
   // leaves out (allocator rounding, kernel workspaces): on CPU the measured
   // peaks of every policy stay within it (docs/perf/fit-estimate-cpu-2026-12-02.md).
-  e.working += 0.01 * (e.activations + e.working + e.pool);
+  // (The pool here is the whole of it: memo's tier below moves bytes from it
+  // to the activations, which leaves the sum as it is; its x-only units
+  // leave bytes off it that nothing holds, which leaves the margin a little
+  // high.)
+  e.working += 0.01 * (e.activations + e.working + e.pool + e.kv_host);
   e.reserve = cuda ? kCudaReserve : kCpuReserve;
+  const double budget = have.pool_budget - e.kv_host;  // what the store's pool may take
+  if (cuda && r.policy == "memo" && r.alpha.value_or(0.0) == 0.0 && e.pool > budget && units > 2) {
+    // memo's device tier (plan/swap_split.h): x, o, lse of the fewest whole
+    // units covering the budget's shortfall stay on the device, as many as
+    // it has room for beside everything else it holds. (On CPU the runtime
+    // has no spare device apart from the host: no tier.)
+    const double room =
+        std::max(0.0, have.device - (e.weights + e.grads + e.optimizer + e.activations + e.working + e.reserve));
+    const double per_unit = std::max(unit_fixed, 1.0);
+    const double moved =
+        std::min({units - 2.0, std::ceil((e.pool - budget) / per_unit), std::floor(room / per_unit)});
+    e.fixed_on_device = std::min(moved * unit_fixed, e.pool);
+    e.pool -= e.fixed_on_device;
+    e.activations += e.fixed_on_device;
+    // What the tier cannot take, x-only units cover: each keeps x alone in
+    // the pool, its o and lse recomputed in backward by its chunk's attention
+    // (plan/chunk_plan.h). Attention is local only on one rank of the
+    // sequence (sp 1).
+    const double per_attention = unit_fixed - unit_skeletal.front().bytes;  // o, lse of a unit
+    if (r.sp == 1 && e.pool > budget && per_attention > 0) {
+      const double x_only = std::min(units - 2.0 - moved, std::ceil((e.pool - budget) / per_attention));
+      e.attention_recomputed = std::min(x_only * per_attention, e.pool * per_attention / unit_fixed);
+      e.pool -= e.attention_recomputed;
+    }
+  }
+  e.pool += e.kv_host;
   e.device_need = e.weights + e.grads + e.optimizer + e.activations + e.working + e.reserve;
   if (cuda) {
     // Weights are drawn on the host before they move; the pool is pinned host memory.
@@ -225,8 +244,13 @@ std::string fit_problem(const FitRequest& r, const MemoryAvailable& have) {
       "); there is ", bytes(have.device), " (", have.device_what, ").");
   if (e.pool > have.pool_budget)
     msg += cat(" The pinned host pool of ", r.policy, " needs ", bytes(e.pool),
-               e.kv_host > 0 ? cat(" (", bytes(e.kv_host), " of it the K, V host blocks of --kv-on-host)") : "", " and ",
-               have.pool_what, " allows ", bytes(have.pool_budget), ".");
+               e.kv_host > 0 ? cat(" (", bytes(e.kv_host), " of it the K, V host blocks of --kv-on-host)") : "",
+               e.attention_recomputed > 0
+                   ? cat(" even with ", bytes(e.attention_recomputed),
+                         " of o and lse left off it (memo's x-only units: every unit its device tier does not "
+                         "hold keeps only x there, its attention recomputed in backward)")
+                   : "",
+               " and ", have.pool_what, " allows ", bytes(have.pool_budget), ".");
   if (cuda && e.host_need > have.host)
     msg += cat(" It also needs ", bytes(e.host_need), " of host RAM (the weights are drawn there; the pinned pool) "
                "and there is ", bytes(have.host), " (", have.host_what, ").");
@@ -353,6 +377,7 @@ FitRequest fit_request(const TrainOptions& o, const model::ModelConfig& config, 
   r.host_pool_budget = o.host_memory_gib * kGiB;
   r.loss_chunk = o.loss_chunk;
   r.kv_on_host = o.kv_on_host;
+  r.sp = o.sp;
   r.device = device;
   r.compute_dtype = compute_dtype;
   return r;

@@ -37,6 +37,7 @@ struct FitRequest {
   std::string command = "train";  // for messages: "train", "bench", "eval"
   int64_t chunk_tokens = 0;     // tokens per layer chunk as run (train/chunking.h); 0: whole layers
   bool kv_on_host = false;      // chunked layers: K, V and dK, dV in host blocks (plan/kv_on_host_plan.h)
+  int64_t sp = 1;               // ranks of the sequence (Ulysses): memo's x-only units need 1 (local attention)
   // Many ranks: the ZeRO stage and the ranks it shards over (the world);
   // stage >= 1 on more than one rank counts this rank's model state as
   // memo train holds it (plan::model_state_bytes, at its peak in a step).
@@ -63,7 +64,10 @@ struct FitEstimate {
                             // the optimizer's and clipping's temporaries, initialisation; plus the batch
   double pool = 0;          // the pinned host pool (offload, memo; with --kv-on-host its K, V blocks too)
   double kv_host = 0;       // --kv-on-host: the K, V and dK, dV host blocks, within `pool`
-  double fixed_on_device = 0;  // memo's device tier (CUDA): x, o, lse the budget cannot hold, in `activations`
+  double fixed_on_device = 0;  // memo's device tier (CUDA): x, o, lse the budget cannot hold, as many as the
+                               // device has room for, in `activations`
+  double attention_recomputed = 0;  // memo's x-only units (CUDA, sp 1): o, lse of what the tier cannot take,
+                                    // held nowhere (recomputed in backward), out of `pool`
   double reserve = 0;       // CUDA context and library workspaces
   double device_need = 0;   // must fit in MemoryAvailable::device (CPU: everything, the pool included)
   double host_need = 0;     // CUDA: must fit in MemoryAvailable::host

@@ -4,6 +4,7 @@
 // context respects the device and the host bound, bad values are refused.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -128,10 +129,13 @@ TEST(ChunkPlan, AtFourTimesTheSequenceOnlyWholeSequenceTensorsGrow) {
   EXPECT_LT(off.whole_sequence_bytes_per_token, off.chunk_buffer_bytes_per_token / 2);
 }
 
+// (memo with a host that holds every swapped unit's x, o, lse: where it is
+// short, memo's auto chunk weighs the attention it recomputes, below.)
 TEST(ChunkPlan, AutoChunkFitsAndOneUnitMoreDoesNot) {
   const int64_t unit = 1024;
   for (const auto& policy : {std::string("offload"), std::string("memo"), std::string("recompute")}) {
     auto in = llama_1b(1 << 20);
+    in.hardware.host_bytes = 1024.0 * (1ull << 30);
     // Budgets between "one unit" and "the whole sequence" (fractions of the gap).
     const double lo = chunk_memory(in, policy, unit).device_bytes;
     const double hi = chunk_memory(in, policy, 0).device_bytes;
@@ -308,9 +312,10 @@ TEST(ChunkPlan, ChunkedMemoRebuildsKvInsteadOfKeepingItOnTheHost) {
 // swapped unit, the fewest whole units covering the shortfall hold theirs on
 // the device. Llama-3.2-1B on one H200 with 128 GiB of host: at 1.5M tokens
 // in chunks of 1024 the host alone would need ~191 GiB; with the tier the
-// host holds at most its share, the device the rest, and both fit; memo's
-// longest context passes the host-only bound (about 1.03M, where x, o, lse
-// of the swapped units fill the host) and stops at the device.
+// host holds at most its share, the device the rest, and both fit (the
+// device has room for all of it: no x-only units); memo's longest context
+// passes the host-only bound (about 1.03M, where x, o, lse of the swapped
+// units fill the host).
 TEST(ChunkPlan, MemosDeviceTierHoldsTheHostsShortfall) {
   const int64_t unit = 1024, S = 1536 * 1024;
   auto in = llama_1b(S);
@@ -331,9 +336,221 @@ TEST(ChunkPlan, MemosDeviceTierHoldsTheHostsShortfall) {
   // Only memo at alpha 0: offload, and memo with an offloaded share, stay on the host.
   EXPECT_EQ(chunk_memory(in, "offload", unit).fixed_on_device_units, 0);
   EXPECT_EQ(chunk_memory(in, "memo", unit, 0.5).fixed_on_device_units, 0);
+  EXPECT_EQ(tier.attention_recomputed_units, 0);
+  EXPECT_EQ(tier.attention_recomputed_bytes, 0.0);
+  EXPECT_GT(longest_context(in, "memo", 0, true, unit).seq_len, S);
+}
+
+// Where the host is short beyond what the device has room for, the tier
+// takes exactly the units that room holds and x-only units the rest: each
+// keeps x alone on the host (its o and lse recomputed in backward), the
+// fewest that cover it. Llama-3.2-1B at 2M tokens on one H200 with 128 GiB
+// of host: x, o, lse of the swapped units are ~255 GiB, the device has ~86
+// GiB of room at chunks of 1024 and less at longer ones; the host then holds
+// its share or less, and host, tier and x-only bytes add up to the all-host
+// bytes. memo's longest context (at chunks of 1024, with the auto chunk)
+// passes 2M and the device-bound 1.76M the tier alone reached, and stops at
+// the host, where x of every unit the tier does not hold is more than its
+// share.
+TEST(ChunkPlan, XOnlyUnitsCoverWhatTheDeviceTierCannot) {
+  const int64_t unit = 1024, S = 2 << 20;
+  const auto in = llama_1b(S);
+  auto roomy = in;  // a host that holds every swapped unit's x, o, lse
+  roomy.hardware.host_bytes = 1024.0 * (1ull << 30);
+  const double share = in.hardware.host_share();
+  for (int64_t chunk : {unit, int64_t{34816}, int64_t{100000}}) {
+    const std::string what = "chunk " + std::to_string(chunk);
+    const auto all_host = chunk_memory(roomy, "memo", chunk);
+    const auto m = chunk_memory(in, "memo", chunk);
+    ASSERT_EQ(all_host.fixed_on_device_units, 0) << what;
+    ASSERT_EQ(all_host.attention_recomputed_units, 0) << what;
+    const double per_unit = static_cast<double>(chunk) * (2048 * 2 + 32 * 64 * 2 + 32 * 4);  // x, o, lse
+    const double per_attention = static_cast<double>(chunk) * (32 * 64 * 2 + 32 * 4);       // o, lse
+    const double room = in.hardware.device_bytes - all_host.device_bytes;
+    ASSERT_GT(room, 0.0) << what;
+    ASSERT_GT(all_host.host_bytes - share, room) << what;  // short beyond the device's room
+    EXPECT_EQ(m.fixed_on_device_units, static_cast<int64_t>(std::floor(room / per_unit))) << what;
+    EXPECT_DOUBLE_EQ(m.fixed_on_device_bytes, static_cast<double>(m.fixed_on_device_units) * per_unit) << what;
+    const double left = all_host.host_bytes - share - m.fixed_on_device_bytes;
+    EXPECT_EQ(m.attention_recomputed_units, static_cast<int64_t>(std::ceil(left / per_attention))) << what;
+    EXPECT_DOUBLE_EQ(m.attention_recomputed_bytes, static_cast<double>(m.attention_recomputed_units) * per_attention)
+        << what;
+    EXPECT_TRUE(m.fits_host) << what;
+    EXPECT_TRUE(m.fits_device) << what;
+    EXPECT_GT(m.host_bytes + per_attention, share) << what;  // one x-only unit fewer would not do
+    EXPECT_DOUBLE_EQ(m.host_bytes + m.fixed_on_device_bytes + m.attention_recomputed_bytes, all_host.host_bytes)
+        << what;
+    EXPECT_DOUBLE_EQ(m.host.front().bytes, m.host_bytes) << what;  // out of the x, o, lse part
+    EXPECT_DOUBLE_EQ(m.device_bytes, all_host.device_bytes + m.fixed_on_device_bytes) << what;
+    EXPECT_LE(m.device_bytes, in.hardware.device_bytes) << what;
+    EXPECT_GT(m.attention_recompute_flops, 0.0) << what;
+  }
+  // About a third of the units at chunks of 1024, their attention a few
+  // percent of the step's (3.5 x 16 layers x 2 B S^2 nh d).
+  const auto small = chunk_memory(in, "memo", unit);
+  EXPECT_GT(small.attention_recomputed_units, 16 * 2048 / 4);
+  EXPECT_LT(small.attention_recomputed_units, 16 * 2048 / 2);
+  const double step_attention = 3.5 * 16 * 2.0 * static_cast<double>(S) * static_cast<double>(S) * 2048;
+  EXPECT_LT(small.attention_recompute_flops, 0.05 * step_attention);
+  // The longest context passes 2M (and 1.76M, the tier's device-bound
+  // edge) and stops at the host: x of every unit off the device does not fit.
   const auto lc = longest_context(in, "memo", 0, true, unit);
-  EXPECT_GT(lc.seq_len, S);
-  EXPECT_EQ(lc.limited_by, "device");
+  EXPECT_GE(lc.seq_len, S);
+  EXPECT_EQ(lc.limited_by, "host");
+  auto beyond = in;
+  beyond.seq_len = lc.seq_len + unit;
+  const auto next = chunk_memory(beyond, "memo", unit);
+  EXPECT_TRUE(next.fits_device);
+  EXPECT_FALSE(next.fits_host);
+  const double swapped = static_cast<double>(16 * beyond.seq_len / unit - 2);
+  EXPECT_EQ(next.attention_recomputed_units, static_cast<int64_t>(swapped) - next.fixed_on_device_units);
+}
+
+// Under sp > 1 attention is not local (its forward needs the group's
+// all-to-alls): no x-only units. The tier still takes only what the device
+// has room for, and a host short beyond that does not fit.
+TEST(ChunkPlan, NoXOnlyUnitsUnderSp) {
+  const int64_t unit = 1024;
+  auto in = llama_1b(4 << 20);  // 2M tokens per GPU
+  in.parallel.sp = 2;
+  in.hardware.gpus_per_host = 2;
+  in.hardware.host_bytes = 256.0 * (1ull << 30);  // 128 GiB each
+  auto roomy = in;
+  roomy.hardware.host_bytes = 4096.0 * (1ull << 30);
+  const auto all_host = chunk_memory(roomy, "memo", unit);
+  const auto m = chunk_memory(in, "memo", unit);
+  const double per_unit = static_cast<double>(unit) * (2048 * 2 + 32 * 64 * 2 + 32 * 4);
+  const double room = in.hardware.device_bytes - all_host.device_bytes;
+  ASSERT_GT(room, 0.0);
+  ASSERT_GT(all_host.host_bytes - in.hardware.host_share(), room);
+  EXPECT_EQ(m.fixed_on_device_units, static_cast<int64_t>(std::floor(room / per_unit)));
+  EXPECT_EQ(m.attention_recomputed_units, 0);
+  EXPECT_EQ(m.attention_recomputed_bytes, 0.0);
+  EXPECT_EQ(m.attention_recompute_flops, 0.0);
+  EXPECT_TRUE(m.fits_device);
+  EXPECT_FALSE(m.fits_host);
+  EXPECT_DOUBLE_EQ(m.host_bytes + m.fixed_on_device_bytes, all_host.host_bytes);
+  // The same shard on one GPU per replica fits with x-only units.
+  auto one = llama_1b(2 << 20);
+  const auto local = chunk_memory(one, "memo", unit);
+  EXPECT_GT(local.attention_recomputed_units, 0);
+  EXPECT_TRUE(local.fits());
+}
+
+// The recompute's FLOPs, counted in closed form, against a walk over the
+// units it takes: chunk 0 of every layer, then chunk 1 of every layer, and
+// so on, skipping the two held units and the tier's (the latest), each
+// chunk k costing its causal attention forward, 4 a B C^2 (k + 1/2). A
+// small model of 4 layers in 8 chunks, the device with room for 3 tier
+// units and the host short by 1 to 20 x-only units: equal while the
+// rounds do not reach the tier's and held chunks (up to 15 here: the last
+// layer's fourth chunk is the tier's), and below the walk past that (the
+// closed form counts full rounds; the run takes later chunks instead).
+TEST(ChunkPlan, AttentionRecomputeFlopsAreTheChosenUnitsAttention) {
+  PlanInputs in;
+  in.model.name = "small";
+  in.model.vocab = 256;
+  in.model.hidden = 64;
+  in.model.layers = 4;
+  in.model.heads = 4;
+  in.model.kv_heads = 2;
+  in.model.head_dim = 16;
+  in.model.ffn = 128;
+  in.seq_len = 128;
+  in.batch = 2;
+  in.hardware = hardware_preset("h200-141gb");
+  in.hardware.gpus_per_host = 1;
+  const int64_t C = 16, chunks = 8, L = 4, B = 2;
+  const double a = 4 * 16, c = 2, s = 4;
+  const double per_unit = static_cast<double>(C * B) * (64 * c + a * c + 4 * s);
+  const double per_attention = static_cast<double>(C * B) * (a * c + 4 * s);
+  in.hardware.host_bytes = 1e15;
+  const auto all_host = chunk_memory(in, "memo", C);
+  ASSERT_EQ(all_host.chunks, chunks);
+  in.hardware.device_bytes = all_host.device_bytes + 3.5 * per_unit;  // room for 3 tier units
+  for (int64_t x_only = 1; x_only <= 20; ++x_only) {
+    in.hardware.host_bytes = all_host.host_bytes - 3 * per_unit - (static_cast<double>(x_only) - 0.5) * per_attention;
+    const auto m = chunk_memory(in, "memo", C);
+    ASSERT_EQ(m.fixed_on_device_units, 3) << x_only;
+    ASSERT_EQ(m.attention_recomputed_units, x_only);
+    ASSERT_TRUE(m.fits()) << x_only;
+    // The walk: units in forward order i = layer * chunks + chunk; the last
+    // two held, the 3 before them the tier's.
+    const int64_t first_kept = L * chunks - 2 - 3;
+    double walked = 0;
+    int64_t taken = 0;
+    for (int64_t k = 0; k < chunks && taken < x_only; ++k)
+      for (int64_t layer = 0; layer < L && taken < x_only; ++layer) {
+        if (layer * chunks + k >= first_kept) continue;
+        walked += 4.0 * a * B * C * C * (static_cast<double>(k) + 0.5);
+        ++taken;
+      }
+    ASSERT_EQ(taken, x_only);
+    if (x_only <= 15)
+      EXPECT_DOUBLE_EQ(m.attention_recompute_flops, walked) << x_only;
+    else
+      EXPECT_LT(m.attention_recompute_flops, walked) << x_only;
+  }
+  // Whole layers: an x-only unit is a layer (chunk 0 of S tokens), 4 a B S^2 / 2 each.
+  auto whole = in;
+  whole.hardware.host_bytes = 1e15;
+  const auto whole_host = chunk_memory(whole, "memo", 0);
+  whole.hardware.device_bytes = whole_host.device_bytes;  // no room: no tier
+  const double layer_attention = static_cast<double>(B * 128) * (a * c + 4 * s);
+  whole.hardware.host_bytes = whole_host.host_bytes - 1.5 * layer_attention;
+  const auto w = chunk_memory(whole, "memo", 0);
+  EXPECT_EQ(w.fixed_on_device_units, 0);
+  EXPECT_EQ(w.attention_recomputed_units, 2);
+  EXPECT_DOUBLE_EQ(w.attention_recompute_flops, 2 * 4.0 * a * B * 128.0 * 128.0 / 2);
+  EXPECT_TRUE(w.fits());
+}
+
+// memo's auto chunk where its host is short: the largest chunk that fits
+// with no x-only units where one does (the device's largest needs them);
+// else the largest that fits with x-only bytes within 10% of the smallest
+// chunk's. Checked against every chunk up to the device's largest (the
+// tests flip more than once near their edge, so the rule walks them).
+TEST(ChunkPlan, MemosAutoChunkWeighsTheAttentionItRecomputes) {
+  const int64_t unit = 1024;
+  struct Case {
+    int64_t seq_len;
+    bool x_only;  // does the smallest chunk need x-only units
+  };
+  for (const Case& k : {Case{1536 * 1024, false}, Case{1 << 20, false}, Case{2 << 20, true}, Case{2560 * 1024, true}}) {
+    auto in = llama_1b(k.seq_len);
+    if (k.seq_len == (1 << 20)) in.hardware.host_bytes = 64.0 * (1ull << 30);
+    const std::string what = std::to_string(k.seq_len);
+    const auto smallest = chunk_memory(in, "memo", unit);
+    ASSERT_TRUE(smallest.fits()) << what;
+    ASSERT_EQ(smallest.attention_recomputed_units > 0, k.x_only) << what;
+    auto device_only = in;
+    device_only.hardware.host_bytes = 1e30;
+    const int64_t device_edge = auto_chunk_tokens(device_only, "memo", unit);
+    const int64_t chunk = auto_chunk_tokens(in, "memo", unit);
+    EXPECT_LT(chunk, device_edge) << what;  // the rule, not the device, picks it
+    const auto m = chunk_memory(in, "memo", chunk);
+    EXPECT_TRUE(m.fits()) << what;
+    const double bound = 1.1 * smallest.attention_recomputed_bytes;
+    if (!k.x_only) EXPECT_EQ(m.attention_recomputed_units, 0) << what;
+    if (k.x_only) EXPECT_LE(m.attention_recomputed_bytes, bound) << what;
+    for (int64_t longer = chunk + unit; longer <= device_edge; longer += unit) {
+      const auto l = chunk_memory(in, "memo", longer);
+      ASSERT_TRUE(l.fits_device) << what << " at " << longer;
+      EXPECT_FALSE(l.fits() && l.attention_recomputed_units == 0) << what << " at " << longer;
+      if (k.x_only) EXPECT_FALSE(l.fits() && l.attention_recomputed_bytes <= bound) << what << " at " << longer;
+    }
+    if (k.x_only)  // and no chunk avoids them
+      for (int64_t shorter = unit; shorter < chunk; shorter += unit)
+        EXPECT_GT(chunk_memory(in, "memo", shorter).attention_recomputed_units, 0) << what << " at " << shorter;
+  }
+  // Where not even the smallest chunk fits (the host short of x of every
+  // unit the tier cannot hold), the device's largest, as before.
+  auto in = llama_1b(2 << 20);
+  in.hardware.host_bytes = 64.0 * (1ull << 30);
+  ASSERT_FALSE(chunk_memory(in, "memo", unit).fits());
+  auto device_only = in;
+  device_only.hardware.host_bytes = 1e30;
+  EXPECT_EQ(auto_chunk_tokens(in, "memo", unit), auto_chunk_tokens(device_only, "memo", unit));
 }
 
 TEST(ChunkPlan, MakeChunkPlanPicksEachPolicysChunk) {
