@@ -127,6 +127,33 @@ TEST(TrainCli, ChunkedRunReportsItsChunksAndThePeakSplit) {
   EXPECT_NE(r.output.find("whole layers (--chunk-tokens auto); --kv-on-host unused"), std::string::npos) << r.output;
 }
 
+// memo on a host budget short of x, o, lse of every swapped chunk (on CPU,
+// no device tier): the fit check lets it run, the header says which units
+// keep only x, and the run's losses are those of the all-host run, its host
+// pool smaller.
+TEST(TrainCli, MemoOnAShortHostKeepsOnlyXOfSomeChunks) {
+  auto dir = testing::scratch_dir("cli_x_only");
+  const std::string base = "train --steps 2 --seq-len 1024 --batch 1 --layers 4 --policy memo --alpha 0 "
+                            "--chunk-tokens 128 --json ";
+  auto run = [&](const std::string& name, const std::string& gib) {
+    const auto path = (dir / (name + ".json")).string();
+    auto r = run_memo(base + path + " --host-memory-gib " + gib);
+    EXPECT_EQ(r.code, 0) << r.output;
+    std::ifstream in(path);
+    return std::make_pair(r.output, nlohmann::json::parse(in));
+  };
+  const auto [host_out, host] = run("all-host", "1");
+  const auto [short_out, short_host] = run("short", "0.0028");  // ~3.0 MB of the ~4.0 MB pool
+  EXPECT_EQ(host_out.find("only x for"), std::string::npos) << host_out;
+  EXPECT_NE(short_out.find("only x for 15 units, the earliest chunks, their attention recomputed in backward"),
+            std::string::npos)
+      << short_out;
+  EXPECT_EQ(short_host["summary"]["first_loss"], host["summary"]["first_loss"]);
+  EXPECT_EQ(short_host["summary"]["final_loss"], host["summary"]["final_loss"]);
+  EXPECT_LT(short_host["summary"]["host_bytes"].get<int64_t>(), host["summary"]["host_bytes"].get<int64_t>());
+  EXPECT_LE(short_host["summary"]["host_bytes"].get<double>(), 0.0028 * 1024 * 1024 * 1024);
+}
+
 TEST(TrainCli, FlagsOverrideConfigAndJsonHasTheDocumentedShape) {
   auto dir = testing::scratch_dir("cli_json");
   auto cfg = testing::write_text(dir / "run.toml", "steps = 1\nseq_len = 32\nbatch = 2\n");

@@ -184,23 +184,25 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
   e.working += 0.01 * (e.activations + e.working + e.pool + e.kv_host);
   e.reserve = cuda ? kCudaReserve : kCpuReserve;
   const double budget = have.pool_budget - e.kv_host;  // what the store's pool may take
-  if (cuda && r.policy == "memo" && r.alpha.value_or(0.0) == 0.0 && e.pool > budget && units > 2) {
-    // memo's device tier (plan/swap_split.h): x, o, lse of the fewest whole
-    // units covering the budget's shortfall stay on the device, as many as
-    // it has room for beside everything else it holds. (On CPU the runtime
-    // has no spare device apart from the host: no tier.)
-    const double room =
-        std::max(0.0, have.device - (e.weights + e.grads + e.optimizer + e.activations + e.working + e.reserve));
-    const double per_unit = std::max(unit_fixed, 1.0);
-    const double moved =
-        std::min({units - 2.0, std::ceil((e.pool - budget) / per_unit), std::floor(room / per_unit)});
-    e.fixed_on_device = std::min(moved * unit_fixed, e.pool);
-    e.pool -= e.fixed_on_device;
-    e.activations += e.fixed_on_device;
-    // What the tier cannot take, x-only units cover: each keeps x alone in
-    // the pool, its o and lse recomputed in backward by its chunk's attention
-    // (plan/chunk_plan.h). Attention is local only on one rank of the
-    // sequence (sp 1).
+  if (r.policy == "memo" && r.alpha.value_or(0.0) == 0.0 && e.pool > budget && units > 2) {
+    // memo's device tier (plan/swap_split.h), CUDA only (on CPU the runtime
+    // has no spare device apart from the host): x, o, lse of the fewest
+    // whole units covering the budget's shortfall stay on the device, as
+    // many as it has room for beside everything else it holds.
+    double moved = 0;
+    if (cuda) {
+      const double room =
+          std::max(0.0, have.device - (e.weights + e.grads + e.optimizer + e.activations + e.working + e.reserve));
+      const double per_unit = std::max(unit_fixed, 1.0);
+      moved = std::min({units - 2.0, std::ceil((e.pool - budget) / per_unit), std::floor(room / per_unit)});
+      e.fixed_on_device = std::min(moved * unit_fixed, e.pool);
+      e.pool -= e.fixed_on_device;
+      e.activations += e.fixed_on_device;
+    }
+    // What the tier cannot take (on CPU: all of it), x-only units cover:
+    // each keeps x alone in the pool, its o and lse recomputed in backward
+    // by its chunk's attention (plan/chunk_plan.h). Attention is local only
+    // on one rank of the sequence (sp 1).
     const double per_attention = unit_fixed - unit_skeletal.front().bytes;  // o, lse of a unit
     if (r.sp == 1 && e.pool > budget && per_attention > 0) {
       const double x_only = std::min(units - 2.0 - moved, std::ceil((e.pool - budget) / per_attention));
