@@ -48,8 +48,8 @@ plan::PlanInputs chunk_plan_inputs(const ChunkContext& ctx) {
   in.hardware.gpus_per_host = ctx.sp * ctx.dp;
   // The host share is this rank's budget where memo's device tier and x-only
   // units can take up the rest (CUDA); elsewhere the tier does not run: no
-  // host bound here (so no x-only units either: the auto chunk is the
-  // device's largest).
+  // host bound here (the auto chunk is the device's largest; a run on a
+  // short budget still gets x-only units from the runtime's LP).
   in.hardware.host_bytes = !ctx.device.is_cpu() && ctx.host_budget_bytes > 0
                                ? ctx.host_budget_bytes * static_cast<double>(in.hardware.gpus_per_host)
                                : 1e30;
