@@ -129,9 +129,19 @@ SplitChoice choose_split(const SplitInputs& in) {
   c.copy_out_s = in.d2h_bytes_per_s > 0 ? moved / in.d2h_bytes_per_s : 0.0;
   c.copy_in_s = in.h2d_bytes_per_s > 0 ? (moved + in.rebuild_h2d_bytes) / in.h2d_bytes_per_s : 0.0;
   c.recompute_s = in.recompute_s * (1.0 - c.alpha - c.resident);
-  c.exposed_copy_s = static_cast<double>(swapped_layers) *
-                     (std::max(0.0, c.copy_out_s - in.forward_s) +
-                      std::max(0.0, c.copy_in_s - (in.backward_s + in.rebuild_s + c.recompute_s)));
+  // Exposed copy time per step, unit by kind: a tier unit copies nothing
+  // (the K, V rebuild reads its device x); a unit keeping only x copies x
+  // out and back (and its input for the rebuild) and recomputes every
+  // token; the others move `moved`.
+  auto exposed = [&](double bytes, double recompute_s) {
+    const double out = in.d2h_bytes_per_s > 0 ? bytes / in.d2h_bytes_per_s : 0.0;
+    const double back = in.h2d_bytes_per_s > 0 ? (bytes + in.rebuild_h2d_bytes) / in.h2d_bytes_per_s : 0.0;
+    return std::max(0.0, out - in.forward_s) + std::max(0.0, back - (in.backward_s + in.rebuild_s + recompute_s));
+  };
+  const int64_t plain = swapped_layers - c.fixed_on_device_units - c.attention_recomputed_units;
+  c.exposed_copy_s = static_cast<double>(plain) * exposed(moved, c.recompute_s) +
+                     static_cast<double>(c.attention_recomputed_units) *
+                         exposed(in.fixed_bytes - in.attention_bytes, in.recompute_s);
   return c;
 }
 

@@ -69,7 +69,7 @@ struct SplitChoice {
   double copy_out_s = 0;    // per swapped layer
   double copy_in_s = 0;
   double recompute_s = 0;   // per swapped layer
-  double exposed_copy_s = 0;  // per step: copy time not hidden behind compute
+  double exposed_copy_s = 0;  // per step: copy time not hidden behind compute (tier units copy nothing, x-only units x)
   std::string limited_by;   // "bandwidth", "host memory", "override", "everything fits"
 };
 

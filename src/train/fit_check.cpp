@@ -184,7 +184,8 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
   e.working += 0.01 * (e.activations + e.working + e.pool + e.kv_host);
   e.reserve = cuda ? kCudaReserve : kCpuReserve;
   const double budget = have.pool_budget - e.kv_host;  // what the store's pool may take
-  if (r.policy == "memo" && r.alpha.value_or(0.0) == 0.0 && e.pool > budget && units > 2) {
+  // (A budget of 0: none given, the whole pool is what is asked about.)
+  if (r.policy == "memo" && r.alpha.value_or(0.0) == 0.0 && have.pool_budget > 0 && e.pool > budget && units > 2) {
     // memo's device tier (plan/swap_split.h), CUDA only (on CPU the runtime
     // has no spare device apart from the host): x, o, lse of the fewest
     // whole units covering the budget's shortfall stay on the device, as

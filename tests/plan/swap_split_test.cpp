@@ -131,6 +131,12 @@ TEST(SwapSplit, WhatTheSpareCannotHoldUnitsKeepingOnlyXMakeUp) {
     if (l.swapped && !l.attention_recomputed) EXPECT_GT(l.resident_tokens, 0);  // the spare's 1.2 MB left
   }
   EXPECT_EQ(c.layers[0].resident_tokens, 0);
+  // A backward of 1 ms hides 1 ms of each plain unit's 2 ms prefetch; the
+  // tier's copy nothing, the unit keeping only x 0.8 ms: 3 plain units, 3 ms.
+  auto slow = in;
+  slow.backward_s = 1e-3;
+  slow.recompute_s = 0;
+  EXPECT_NEAR(choose_split(slow).exposed_copy_s, 3e-3, 1e-9);
   // Without attention_bytes (sp > 1, offload) the same host is too short.
   in.attention_bytes = 0;
   EXPECT_THROW(choose_split(in), InputError);
