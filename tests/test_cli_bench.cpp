@@ -79,6 +79,31 @@ TEST(BenchCli, ChunkSettingsGiveEachPolicyARowPerChunk) {
             j["rows"][4]["peak_split"]["chunk_buffer_bytes"].get<int64_t>());
 }
 
+// memo's row on a host short of x, o, lse of its swapped chunks (CPU: no
+// device tier): its split says how many keep only x, as the runtime chose,
+// and its gradients still match keep's; offload's row cannot run (its fit
+// check says why).
+TEST(BenchCli, MemoOnAShortHostReportsItsUnitsKeepingOnlyX) {
+  auto j = run_bench_json("bench_x_only", "--layers 4 --seq-len 1024 --batch 1 --steps 1 --alpha 0 "
+                                          "--chunk-tokens 128 --host-memory-gib 0.0028 --policies keep,offload,memo");
+  ASSERT_EQ(j["rows"].size(), 3u);
+  EXPECT_TRUE(j["rows"][0]["split"].is_null());  // keep
+  EXPECT_EQ(j["rows"][1]["status"], "host-memory");
+  EXPECT_NE(j["rows"][1]["message"].get<std::string>().find("The pinned host pool of offload needs"),
+            std::string::npos)
+      << j["rows"][1]["message"];
+  const auto& memo = j["rows"][2];
+  ASSERT_EQ(memo["status"], "ok") << memo.dump();
+  EXPECT_LE(memo["max_grad_rel_diff"].get<double>(), 1e-4);
+  const auto& split = memo["split"];
+  EXPECT_EQ(split["units"], 32);
+  EXPECT_EQ(split["swapped_units"], 30);
+  EXPECT_EQ(split["fixed_on_device_units"], 0);
+  EXPECT_EQ(split["attention_recomputed_units"], 15);
+  EXPECT_GT(split["attention_recomputed_bytes"].get<double>(), 0.0);
+  EXPECT_LE(memo["host_bytes"].get<double>(), 0.0028 * 1024 * 1024 * 1024);
+}
+
 TEST(BenchCli, ARowWhoseHostPoolDoesNotFitDoesNotStopTheOthers) {
   // 1 KiB of host memory: neither offload's nor memo's pool fits.
   auto j = run_bench_json("bench_host", "--layers 3 --seq-len 24 --batch 2 --steps 1 --host-memory-gib 0.000001 "

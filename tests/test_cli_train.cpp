@@ -148,6 +148,9 @@ TEST(TrainCli, MemoOnAShortHostKeepsOnlyXOfSomeChunks) {
   EXPECT_NE(short_out.find("only x for 15 units, the earliest chunks, their attention recomputed in backward"),
             std::string::npos)
       << short_out;
+  EXPECT_EQ(host["config"]["policy_split"]["attention_recomputed_units"], 0);
+  EXPECT_EQ(short_host["config"]["policy_split"]["attention_recomputed_units"], 15);
+  EXPECT_EQ(short_host["config"]["policy_split"]["swapped_units"], 30);
   EXPECT_EQ(short_host["summary"]["first_loss"], host["summary"]["first_loss"]);
   EXPECT_EQ(short_host["summary"]["final_loss"], host["summary"]["final_loss"]);
   EXPECT_LT(short_host["summary"]["host_bytes"].get<int64_t>(), host["summary"]["host_bytes"].get<int64_t>());

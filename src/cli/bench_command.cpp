@@ -106,6 +106,7 @@ nlohmann::json row_json(const train::BenchRow& r) {
           {"host_needed_bytes", json_or_null(r.host_needed_bytes)},
           {"host_budget_bytes", json_or_null(r.host_budget_bytes)},
           {"alpha", json_or_null(r.alpha)},
+          {"split", r.split ? train::to_json(*r.split) : nlohmann::json(nullptr)},
           {"loss", json_or_null(r.loss)},
           {"max_grad_rel_diff", json_or_null(r.max_grad_rel_diff)},
           {"arena_bytes", json_or_null(r.arena_bytes)},
@@ -125,6 +126,28 @@ void print_peak_splits(const std::vector<train::BenchRow>& rows) {
     std::printf("%-10s %7s %14s %14s %14s %14s\n", r.policy.c_str(),
                 r.chunk_tokens > 0 ? std::to_string(r.chunk_tokens).c_str() : "-", b(p.static_bytes).c_str(),
                 b(p.whole_sequence_bytes).c_str(), b(p.chunk_buffer_bytes).c_str(), b(p.transient_bytes).c_str());
+  }
+}
+
+// memo on a short host: where a row's split holds units on the device
+// tier or keeps only x of some, a line each, under the table.
+void print_short_host_splits(const std::vector<train::BenchRow>& rows) {
+  bool first = true;
+  for (const auto& r : rows) {
+    if (!r.split || (r.split->fixed_on_device_units == 0 && r.split->attention_recomputed_units == 0)) continue;
+    const auto& s = *r.split;
+    std::string parts;
+    if (s.fixed_on_device_units > 0)
+      parts += strf("; %lld on the device (%s)", (long long)s.fixed_on_device_units,
+                    format_bytes(s.fixed_on_device_bytes).c_str());
+    if (s.attention_recomputed_units > 0)
+      parts += strf("; %lld keeping only x, their attention recomputed in backward (%s of o, lse kept nowhere)",
+                    (long long)s.attention_recomputed_units, format_bytes(s.attention_recomputed_bytes).c_str());
+    std::printf("%s%s, %s: host short of x, o, lse of its %lld swapped units%s\n", first ? "\n" : "",
+                r.policy.c_str(),
+                r.chunk_tokens > 0 ? ("chunks of " + std::to_string(r.chunk_tokens)).c_str() : "whole layers",
+                (long long)s.swapped_units, parts.c_str());
+    first = false;
   }
 }
 
@@ -196,6 +219,7 @@ int run_bench_command(train::BenchOptions o, const FlagBindings& flags, const st
     out["rows"].push_back(row_json(r));
   }
   print_peak_splits(rows);
+  print_short_host_splits(rows);
   if (ranks) print_comm(rows);
   print_messages(rows);
   if (!json.empty()) write_file_atomic(json, out.dump(2) + "\n");

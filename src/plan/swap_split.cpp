@@ -61,8 +61,16 @@ SplitChoice choose_split(const SplitInputs& in) {
         if (!in.alpha) c.limited_by = "host memory";
       } else {
         const double best = static_cast<double>(swapped_layers - on_device) * in.attention_bytes;  // every unit x-only
+        const std::string what = in.chunks_per_layer > 1 ? " units (layer chunks)" : " layers";
+        if (in.swap_last_two)  // offload: every tensor of every unit, x, o and lse the least of it
+          throw InputError(cat("host memory too small: offload keeps every skeletal tensor of its ", swapped_layers,
+                               what, " on the host, ", format_bytes(static_cast<double>(swapped_layers) *
+                                                                      (in.fixed_bytes + in.rest_bytes)),
+                               ", and ", format_bytes(in.host_bytes),
+                               " is available; use --policy memo (it recomputes what the host cannot hold), "
+                               "--policy recompute (no host memory), a shorter --seq-len, or more --host-memory-gib"));
         throw InputError(cat("host memory too small: even alpha = 0 needs ", format_bytes(need),
-                             " of pinned host memory for x, o and lse of ", swapped_layers, " layers, and ",
+                             " of pinned host memory for x, o and lse of ", swapped_layers, what, ", and ",
                              format_bytes(in.host_bytes), " is available",
                              tier ? cat(" (the device's spare ", format_bytes(in.device_spare_bytes), " holds ",
                                         on_device, " units' of them",

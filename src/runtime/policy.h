@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "model/layer.h"
+#include "runtime/split_report.h"
 #include "runtime/unit.h"
 
 namespace memo::model {
@@ -112,6 +113,8 @@ class ActivationPolicy {
   virtual std::vector<std::pair<std::string, std::string>> describe() const { return {}; }
   // The offloaded fraction of the swappable tokens, for policies that swap.
   virtual std::optional<double> alpha() const { return std::nullopt; }
+  // The split prepare chose, by units (offload, memo); none for the others.
+  virtual std::optional<SplitReport> split_report() const { return std::nullopt; }
   // What prepare pinned, for policies with a host pool.
   virtual HostPinning host_pinning() const { return {}; }
   // Device bytes of the rounding buffers prepare allocated (offload, memo: two

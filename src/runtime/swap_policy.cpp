@@ -49,6 +49,18 @@ class SwapPolicy final : public ActivationPolicy {
 
   std::string name() const override { return memo_ ? "memo" : "offload"; }
   std::optional<double> alpha() const override { return split_.alpha; }
+  std::optional<SplitReport> split_report() const override {
+    SplitReport r;
+    r.alpha = split_.alpha;
+    r.resident = split_.resident;
+    r.units = static_cast<int64_t>(split_.layers.size());
+    for (const auto& l : split_.layers) r.swapped_units += l.swapped;
+    r.fixed_on_device_units = split_.fixed_on_device_units;
+    r.fixed_on_device_bytes = split_.fixed_on_device_bytes;
+    r.attention_recomputed_units = split_.attention_recomputed_units;
+    r.attention_recomputed_bytes = split_.attention_recomputed_bytes;
+    return r;
+  }
   int64_t buffer_bytes() const override { return store_ ? 2 * store_->buffer_bytes() : 0; }
   HostPinning host_pinning() const override {
     if (!store_) return {};

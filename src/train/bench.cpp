@@ -171,6 +171,7 @@ void run_row(const BenchContext& c, BenchRow& row) {
   policy->prepare(model, o.batch, o.seq_len);
   const int64_t allocated_before_steps = memory::memory_stats(c.ex.device).allocated;
   row.alpha = policy->alpha();
+  row.split = policy->split_report();
   row.host_pinned_bytes = policy->host_pinning().bytes;
   row.pin_seconds = policy->host_pinning().seconds;
 
@@ -216,6 +217,7 @@ void run_row_on_ranks(const BenchContext& c, dist::Context& ranks, BenchRow& row
   c.progress(row.policy + ": building the model, the optimizer and the policy on " + ranks.mesh().describe());
   Trainer trainer(o, &ranks);
   row.alpha = trainer.alpha();
+  row.split = trainer.split_report();
   std::vector<double> times;
   const auto summary = trainer.run([&](const StepRecord& r) {
     if (r.step == 1) {

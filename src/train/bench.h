@@ -53,6 +53,7 @@ struct BenchRow {
   std::optional<double> host_needed_bytes;  // host-memory: what the pool needed ...
   std::optional<double> host_budget_bytes;  // ... and what it was allowed
   std::optional<double> alpha;
+  std::optional<runtime::SplitReport> split;  // offload's and memo's split by units
   std::optional<double> loss;               // mean loss of the untimed first step
   std::optional<double> max_grad_rel_diff;  // against keep, same weights and batch
   std::optional<int64_t> arena_bytes;       // with planned memory

@@ -196,7 +196,10 @@ std::vector<OptionSpec> build_table() {
         .bench("memo's offloaded fraction (negative: chosen by the LP)")
         .check(number([](double v) { return v < 0 || v <= 1; }, "in [0, 1] (or negative for automatic)"))
         .example("0.25").header("policy")
-        .json([](nlohmann::json& out, const O&, const ResolvedRun& r) { out["alpha"] = json_or_null(r.alpha); })
+        .json([](nlohmann::json& out, const O&, const ResolvedRun& r) {
+          out["alpha"] = json_or_null(r.alpha);
+          out["policy_split"] = r.split ? to_json(*r.split) : nlohmann::json(nullptr);
+        })
         .cache_key(),
     option("--host-memory-gib", &O::host_memory_gib, "Host memory offload's and memo's pool" + host_memory_help)
         .bench("Host memory offload's and memo's pools" + host_memory_help)
@@ -512,6 +515,17 @@ std::vector<std::pair<std::string, std::string>> resume_contract() {
   for (const auto& spec : option_table())
     for (const auto& entry : spec.resume_must_match) out.push_back(entry);
   return out;
+}
+
+nlohmann::json to_json(const runtime::SplitReport& s) {
+  return {{"alpha", s.alpha},
+          {"resident", s.resident},
+          {"units", s.units},
+          {"swapped_units", s.swapped_units},
+          {"fixed_on_device_units", s.fixed_on_device_units},
+          {"fixed_on_device_bytes", s.fixed_on_device_bytes},
+          {"attention_recomputed_units", s.attention_recomputed_units},
+          {"attention_recomputed_bytes", s.attention_recomputed_bytes}};
 }
 
 }  // namespace memo::train

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "runtime/split_report.h"
 #include "train/options.h"
 
 namespace memo::train {
@@ -40,6 +41,7 @@ struct ResolvedRun {
   // Known once the policy, model and data exist (not needed by the cache key):
   std::string policy;             // the policy's own name
   std::optional<double> alpha;    // the policy's alpha (memo: chosen by the LP when --alpha < 0)
+  std::optional<runtime::SplitReport> split;  // offload's and memo's split by units
   int64_t chunk_tokens = 0;       // tokens per layer chunk as run; 0: whole layers (train/chunking.h)
   std::string whole_sequence;     // the whole-sequence tensors of a chunked layer, bytes per token
   double host_budget_bytes = 0;   // what offload/memo's host pool may use ...
@@ -53,6 +55,11 @@ struct ResolvedRun {
   std::string resumed_from;       // the checkpoint resumed from
   int64_t start_step = 0;
 };
+
+// A policy's split by units: {alpha, resident, units, swapped_units,
+// fixed_on_device_units, fixed_on_device_bytes, attention_recomputed_units,
+// attention_recomputed_bytes} (the train config's policy_split, bench rows' split).
+nlohmann::json to_json(const runtime::SplitReport& s);
 
 // Writes an option's entries into a JSON object (the resolved configuration
 // or the cache key).

@@ -276,6 +276,7 @@ ResolvedRun Trainer::resolved_run() const {
   r.compute_dtype = dtype_name(compute_dtype_);
   r.policy = policy_->name();
   r.alpha = policy_->alpha();
+  r.split = policy_->split_report();
   r.chunk_tokens = chunk_tokens_;
   r.whole_sequence = describe_whole_sequence(config_, compute_dtype_, dist_ ? dist_->mesh().sp : 1,
                                              options_.kv_on_host);

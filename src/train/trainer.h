@@ -110,6 +110,7 @@ class Trainer {
   int64_t start_step() const { return start_step_; }
   // The policy's offloaded fraction (memo), after the ranks agreed on it.
   std::optional<double> alpha() const { return policy_->alpha(); }
+  std::optional<runtime::SplitReport> split_report() const { return policy_->split_report(); }
   // Tokens per layer chunk as run (--chunk-tokens resolved; 0: whole layers).
   int64_t chunk_tokens() const { return chunk_tokens_; }
 
