@@ -94,13 +94,16 @@ chunked = sorted((n for n in os.listdir(out) if n.startswith("chunks_") and n.en
                  key=lambda n: int(n[7:-5].rstrip("k")) * (1024 if n.endswith("k.json") else 1))
 if chunked:
     print("## Chunked layers (issue 14): Llama-3.2-1B, memo\n")
-    print("| run | chunk | status | step s | MFU | peak alloc GiB |")
-    print("|---|---|---|---|---|---|")
+    print("| run | chunk | status | step s | MFU | peak alloc GiB | host GiB | tier units | x-only units |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n in chunked:
         for r in load(n)["rows"]:
+            split = r.get("split") or {}
             print(f"| {n[:-5]} | {r.get('chunk_tokens', '-')} | {r['status']} | "
                   f"{r['step_s'] if r.get('step_s') is not None else '-'} | {r.get('mfu') or '-'} | "
-                  f"{gib(r['peak_allocated_bytes']) if r.get('peak_allocated_bytes') is not None else '-'} |")
+                  f"{gib(r['peak_allocated_bytes']) if r.get('peak_allocated_bytes') is not None else '-'} | "
+                  f"{gib(r['host_bytes']) if r.get('host_bytes') is not None else '-'} | "
+                  f"{split.get('fixed_on_device_units', '-')} | {split.get('attention_recomputed_units', '-')} |")
     print()
 
 print("## Targets\n")
