@@ -85,11 +85,11 @@ INSTANTIATE_TEST_SUITE_P(Units, MemoDeviceTier,
 
 // Llama-3.2-1B at 1M tokens under memo on an H200-sized CUDA device (the
 // resolution is pure: no device is touched) with a 100 GiB host budget: memo
-// needs ~122 GiB of host for x, o, lse, so the auto chunk is smaller than
-// with an unbounded host, and at it the plan with the tier fits the device
-// and the host, while one unit more would need x-only units (the tier's room
-// runs out; a chunk that needs none is preferred). On CPU (no tier at run
-// time) the budget changes nothing.
+// needs ~122 GiB of host for x, o, lse, more than the tier can take at the
+// device's largest chunk, so the auto chunk is the shortest giving the fewest
+// chunks per layer that fit with the tier and no recompute beyond the rule's
+// bound (here: none), smaller than with an unbounded host; one chunk fewer
+// would recompute more than that. On CPU (no tier at run time) the budget changes nothing.
 TEST(MemoDeviceTierAuto, TheAutoChunkLeavesRoomForTheTier) {
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   train::ChunkContext ctx;
@@ -111,8 +111,13 @@ TEST(MemoDeviceTierAuto, TheAutoChunkLeavesRoomForTheTier) {
   EXPECT_GT(m.fixed_on_device_units, 0);
   EXPECT_EQ(m.attention_recomputed_units, 0);
   EXPECT_TRUE(m.fits()) << m.device_bytes / kGiB << " GiB device, " << m.host_bytes / kGiB << " GiB host";
-  const auto next = plan::chunk_memory(in, "memo", bounded + 1024);
-  EXPECT_FALSE(next.fits() && next.attention_recomputed_units == 0);
+  EXPECT_EQ(bounded, ((ctx.seq_len + m.chunks - 1) / m.chunks + 1023) / 1024 * 1024);  // balanced chunks
+  // One chunk fewer per layer recomputes more than the rule allows (or does not fit).
+  const int64_t fewer = ((ctx.seq_len + m.chunks - 2) / (m.chunks - 1) + 1023) / 1024 * 1024;
+  const auto f = plan::chunk_memory(in, "memo", fewer);
+  const double bound = std::max(0.02 * plan::step_attention_flops(in),
+                                1.1 * plan::chunk_memory(in, "memo", 1024).attention_recompute_flops);
+  EXPECT_FALSE(f.fits() && f.attention_recompute_flops <= bound) << fewer;
   ctx.device = c10::Device(c10::DeviceType::CPU);
   const int64_t cpu_bounded = train::resolve_chunk_tokens({true, 0}, ctx);
   ctx.host_budget_bytes = 0;

@@ -263,6 +263,17 @@ PlanInputs at_length(const PlanInputs& in, int64_t seq_len) {
   return out;
 }
 
+// memo's auto chunk on a short host: the share of the step's attention
+// FLOPs its x-only units may run again (docs/chunks.md).
+constexpr double kRecomputeShare = 0.02;
+
+// The shortest multiple of unit that cuts shard tokens into n chunks (at
+// least unit, at most the shard).
+int64_t balanced_chunk(int64_t shard, int64_t n, int64_t unit) {
+  const int64_t per = (shard + n - 1) / n;
+  return std::min(shard, std::max(unit, (per + unit - 1) / unit * unit));
+}
+
 int64_t auto_chunk_unchecked(const PlanInputs& in, const std::string& policy, int64_t unit) {
   const int64_t shard = shard_tokens(in);
   int64_t device = shard;  // the largest chunk that fits the device
@@ -273,29 +284,32 @@ int64_t auto_chunk_unchecked(const PlanInputs& in, const std::string& policy, in
     });
   }
   if (policy != "memo" || device == 0) return device;
-  // memo on a short host: a longer chunk leaves the device tier less room
-  // and so needs more x-only units (attention recomputed). The largest chunk
-  // that fits without any; where none does, the largest whose x-only bytes
-  // stay within 10% of the smallest chunk's; where not even the smallest
-  // fits, the device's largest, as for the others.
+  // memo on a host short beyond the device tier's room: a longer chunk
+  // leaves the tier less room and so needs more x-only units, whose
+  // attention runs again. The fewest chunks per layer whose recompute stays
+  // within kRecomputeShare of the step's attention FLOPs (or within 10% of
+  // the smallest chunk's, where even that needs more), each count at the
+  // shortest chunk that gives it (balanced chunks: the most room for the
+  // tier). Where not even the smallest chunk fits, the device's largest, as
+  // for the others. (A bound on the bytes instead, 10% above the smallest
+  // chunk's, picked chunks of 2048 tokens for 1.5M with 100 GiB of host,
+  // where 10 chunks of 157,696 recompute under 2% of the attention.)
+  const auto at_device = evaluate(in, policy, device);
+  if (at_device.fits() && at_device.attention_recomputed_units == 0) return device;
   const auto smallest = evaluate(in, policy, std::min(unit, shard));
   if (!smallest.fits()) return device;
-  const double bound = 1.1 * smallest.attention_recomputed_bytes;
-  // Walked down from the device's edge (no chunk above it fits), not
-  // searched: x-only bytes grow with the chunk only up to the rounding to
-  // whole units and the two held units' tokens (between C and 2 C, which
-  // the host's need falls by), so near their edges both tests flip more
-  // than once (Llama-3.2-1B at 2M tokens with 128 GiB of host: the 10%
-  // test passes at 34816 tokens but not at 33792 or 35840). Each chunk is a
-  // closed form; there are at most device / unit of them.
-  int64_t near = 0;  // the largest within 10%
-  for (int64_t chunk = device; chunk > 0; chunk = chunk == shard ? (shard - 1) / unit * unit : chunk - unit) {
+  const double bound = std::max(kRecomputeShare * step_attention_flops(in), 1.1 * smallest.attention_recompute_flops);
+  // Walked over the chunk counts, not searched: x-only units grow with the
+  // chunk only up to the rounding to whole units and the two held units'
+  // tokens, so the test can flip more than once. Each is a closed form.
+  for (int64_t n = (shard + device - 1) / device; n <= shard; ++n) {
+    const int64_t chunk = balanced_chunk(shard, n, unit);
+    if (chunk > device) continue;
     const auto m = evaluate(in, policy, chunk);
-    if (!m.fits()) continue;
-    if (m.attention_recomputed_units == 0) return chunk;
-    if (near == 0 && m.attention_recomputed_bytes <= bound) near = chunk;
+    if (m.fits() && m.attention_recompute_flops <= bound) return chunk;
+    if (chunk <= unit) break;
   }
-  return near;
+  return std::min(unit, shard);
 }
 
 }  // namespace

@@ -160,12 +160,13 @@ std::vector<BytesPart> layer_whole_sequence(const ModelShape& m, int compute_byt
 // (seq_len / sp; one chunk) when that fits, else the largest multiple of unit below it
 // that does; 0 when not even unit tokens fit. Device bytes grow with the
 // chunk, so this is the fit's edge: unit more tokens do not fit.
-// memo, where its smallest chunk (unit tokens) fits device and host: the
-// largest chunk that fits both with no x-only units (attention_recomputed_units
-// 0), else the largest that fits both with attention_recomputed_bytes within
-// 10% of the smallest chunk's (a longer chunk leaves the device tier less
-// room, so more units keep only x); where the smallest does not fit, the
-// device's largest as above.
+// memo, where the device's largest chunk needs x-only units (or does not
+// fit the host) and its smallest chunk (unit tokens) fits device and host:
+// the fewest chunks per layer, at the shortest chunk giving them, whose
+// attention_recompute_flops stay within 2% of the step's attention FLOPs
+// (or 10% above the smallest chunk's); a longer chunk leaves the device
+// tier less room, so more units keep only x. Where the smallest does not
+// fit, the device's largest as above.
 int64_t auto_chunk_tokens(const PlanInputs& in, const std::string& policy, int64_t unit);
 
 // The longest sequence (a multiple of unit) at which `policy` fits both the

@@ -58,8 +58,8 @@ KvOnHostCost kv_on_host_cost(const PlanInputs& in, const ChunkMemory& m);
 // staging added, fits the device (the whole shard when it fits unchunked,
 // where K, V stay with the layer); 0 when not even one unit does. The
 // device side only (the host's bound is the run's fit check), also for
-// memo: the rule auto_chunk_tokens applies to memo on a short host (no x-only
-// units, else within 10% of the smallest chunk's) would weigh the chunk
+// memo: the rule auto_chunk_tokens applies to memo on a short host (the
+// fewest chunks whose x-only recompute stays within its bound) would weigh the chunk
 // plan's device tier and x-only units, which count K, V on the device and
 // not their host blocks, so with them moved the tier's room and the host
 // would both be wrong. in.parallel.sp must be 1.
