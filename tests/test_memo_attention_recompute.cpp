@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "float64_steps.h"
 #include "model/config.h"
@@ -112,6 +113,53 @@ INSTANTIATE_TEST_SUITE_P(Units, MemoAttentionRecompute,
                                            XOnlyCase{4, 3, false, true}, XOnlyCase{4, 2, true, false},
                                            XOnlyCase{3, 2, true, true}),
                          [](const auto& info) { return case_name(info.param); });
+
+// Chunks of 5 over 12 tokens (5, 5, 2), 2 layers: a host holding only x of
+// every swapped unit makes all four keep only x, the short last chunk of
+// layer 0 among them (its recompute writes into a strided view of the
+// rounding buffer, as its forward did). Bitwise the all-host step, with K, V
+// on the device and in --kv-on-host blocks.
+TEST(MemoAttentionRecomputeShortChunk, EveryUnitKeepingOnlyXIncludingAShortLastChunk) {
+  const int64_t B = 2, S = 12, C = 5;
+  const auto cfg = testing::small_config(4, 2, 4, 20, 2, 31);
+  double fixed = 0, attention = 0;  // a full unit's x, o, lse and o, lse (what the LP counts)
+  for (const auto& s : model::skeletal_specs(cfg, B, C, at::kDouble))
+    if (s.always_offloaded) {
+      fixed += static_cast<double>(s.bytes());
+      if (!s.layer_input) attention += static_cast<double>(s.bytes());
+    }
+  const int64_t swapped = 2 * 3 - 2;
+  for (const bool kv_on_host : {false, true}) {
+    SCOPED_TRACE(kv_on_host ? "K, V in host blocks" : "K, V on the device");
+    const double kv_blocks =
+        kv_on_host ? static_cast<double>(B * S * 2 * cfg.kv_heads * cfg.head_dim * (8 + 8)) : 0.0;
+    auto run = [&](bool short_host) {
+      auto model = testing::float64_model(cfg);
+      runtime::PolicyOptions opts;
+      opts.alpha = 0.0;
+      opts.chunk_tokens = C;
+      opts.kv_on_host = kv_on_host;
+      opts.device_spare_bytes = 0;
+      opts.host_memory_bytes =
+          short_host ? static_cast<double>(swapped) * (fixed - attention) + 0.5 * attention + kv_blocks : double(1 << 30);
+      auto policy = runtime::make_policy("memo", opts);
+      policy->prepare(model, B, S);
+      const auto report = policy->split_report();
+      EXPECT_TRUE(report.has_value());
+      if (report) EXPECT_EQ(report->attention_recomputed_units, short_host ? swapped : 0);
+      const auto batch = testing::batch_of(cfg.vocab_size, B, S, 9);
+      const double loss = train::forward_backward(model, *policy, batch, 1.0, 7, nullptr, C).total();
+      std::vector<at::Tensor> grads;
+      for (const auto& [n, g] : model.grads().named()) grads.push_back(g->clone());
+      return std::make_pair(loss, grads);
+    };
+    const auto [host_loss, host_grads] = run(false);
+    const auto [short_loss, short_grads] = run(true);
+    EXPECT_EQ(short_loss, host_loss);
+    ASSERT_EQ(short_grads.size(), host_grads.size());
+    for (size_t i = 0; i < host_grads.size(); ++i) EXPECT_TRUE(at::equal(short_grads[i], host_grads[i])) << i;
+  }
+}
 
 }  // namespace
 }  // namespace memo
