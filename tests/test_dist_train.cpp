@@ -224,6 +224,45 @@ TEST(DistTrain, MemoWithMeasuredAlphaAgreesAcrossRanks) {
   fs::remove_all(dir);
 }
 
+// memo under sp 2 on a host short of x, o, lse of some swapped units: the
+// ranks agree on the units that keep only x, run their attention again with
+// its all-to-alls in step, and train as the single process does. In chunks
+// of 3 over each rank's 8 tokens, 3 of 7 units (3 all-to-alls more each: q
+// to head layout, o and lse back); whole layers, the one swapped layer.
+TEST(DistTrain, MemoOnAShortHostUnderSpRecomputesTheSameUnitsOnEveryRank) {
+  REQUIRE_DIST();
+  struct Case {
+    int64_t chunk;
+    const char* host_gib;  // see below
+    int64_t x_only;
+  };
+  // float64, 4 sequences: a chunk of 3 tokens holds x, o, lse in 24,960 B and
+  // o, lse in 12,672 B, so 7 units less 3 units' o, lse plus half of one is
+  // 143,040 B; a whole layer (8 tokens) 66,560 B and 33,792 B: 49,664 B.
+  for (const Case& c : {Case{3, "0.0001333", 3}, Case{0, "0.00004626", 1}}) {
+    const std::string what = "sp 2, memo, chunk " + std::to_string(c.chunk);
+    const auto dir = memo::testing::scratch_dir("dist_train_x_only_c" + std::to_string(c.chunk));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    auto args = train_args(dir, "memo", 2, c.chunk);
+    *(std::find(args.begin(), args.end(), "--alpha") + 1) = "0";
+    args.insert(args.end(), {"--host-memory-gib", c.host_gib});
+    const auto rs = run_processes(env_ranks(2, args, free_port()), 300);
+    for (const auto& r : rs) ASSERT_EQ(r.code, 0) << what << "\n" << describe(rs);
+    EXPECT_NE(rs[0].output.find("only x for " + std::to_string(c.x_only) + " units"), std::string::npos)
+        << what << "\n" << rs[0].output;
+    const auto got = read_run(dir);
+    expect_matches_reference(got, what);
+    const auto plan = planned(2, 2, "memo", c.chunk);
+    for (const auto& step : got.report["steps"]) {
+      const auto calls = step["comm"]["all_to_all"]["calls"].get<int64_t>();
+      if (c.chunk > 0) EXPECT_EQ(calls, plan.all_to_all_calls + 3 * c.x_only) << what << ": " << step.dump();
+      EXPECT_GT(calls, plan.all_to_all_calls) << what;  // the recomputed attention's
+    }
+    fs::remove_all(dir);
+  }
+}
+
 // --trace on many ranks: rank 0's Chrome trace has a comm lane with each
 // collective of the step (the layer's all-to-alls, the all-reduces).
 TEST(DistTrain, TraceHasACommLane) {

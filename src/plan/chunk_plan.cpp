@@ -223,10 +223,10 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
     const double tier = std::min({std::ceil(shortfall / per_unit), swapped, std::floor(room / per_unit)});
     cm.fixed_on_device_units = static_cast<int64_t>(tier);
     cm.fixed_on_device_bytes = std::min(tier * per_unit, cm.host.front().bytes);
-    // What the tier cannot take, x-only units cover (attention is local only
-    // without sp: under sp its forward needs the group's all-to-alls again).
+    // What the tier cannot take, x-only units cover (under sp their
+    // attention's all-to-alls run again too; the ranks agree on the units).
     const double left = shortfall - cm.fixed_on_device_bytes;
-    if (!sp && left > 0) {
+    if (left > 0) {
       const double x_only = std::min(std::ceil(left / per_attention), swapped - tier);
       cm.attention_recomputed_units = static_cast<int64_t>(x_only);
       // o and lse of what the tier left on the host at most (a shorter last chunk counts as full above).

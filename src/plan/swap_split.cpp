@@ -96,6 +96,16 @@ SplitChoice choose_split(const SplitInputs& in) {
       c.limited_by = "host memory";
     }
   }
+  // Many ranks: as many units keeping only x as the rank that needed most.
+  // They cost this rank no host (alpha is 0 wherever any rank is short:
+  // the ranks agree on the smallest alpha).
+  if (in.min_attention_recomputed_units > c.attention_recomputed_units) {
+    require_input(in.attention_bytes > 0 && !in.swap_last_two,
+                  "swap split: units keeping only x need memo with attention_bytes");
+    c.attention_recomputed_units =
+        std::min(in.min_attention_recomputed_units, swapped_layers - c.fixed_on_device_units);
+    c.attention_recomputed_bytes = static_cast<double>(c.attention_recomputed_units) * in.attention_bytes;
+  }
   // Tokens, rounded down so the byte budgets hold.
   auto offload_tokens = static_cast<int64_t>(std::floor(alpha * static_cast<double>(in.seq_len)));
   double resident = 0.0;
@@ -115,25 +125,34 @@ SplitChoice choose_split(const SplitInputs& in) {
     l.swapped = i < swapped_layers;
     l.offload_tokens = l.swapped ? offload_tokens : in.seq_len;
     l.resident_tokens = l.swapped ? resident_tokens : 0;
-    // The latest swapped units: backward reaches them first, so their device
-    // bytes are the first let go.
-    l.fixed_on_device = l.swapped && i >= swapped_layers - c.fixed_on_device_units;
   }
   // Units keeping only x: chunk 0 of every layer, then chunk 1..., so the
-  // attention run again is over the shortest causal prefixes. They keep no
-  // resident tokens (backward recomputes every token of them anyway).
+  // attention run again is over the shortest causal prefixes; the same
+  // units on every rank given their count. They keep no resident or
+  // offloaded tokens (backward recomputes every token of them anyway).
   const int64_t chunks = std::max<int64_t>(1, in.chunks_per_layer);
   int64_t marked = 0;
   for (int64_t chunk = 0; chunk < chunks && marked < c.attention_recomputed_units; ++chunk)
     for (int64_t i = chunk; i < in.layers && marked < c.attention_recomputed_units; i += chunks) {
       auto& l = c.layers[static_cast<size_t>(i)];
-      if (!l.swapped || l.fixed_on_device) continue;
+      if (!l.swapped) continue;
       l.attention_recomputed = true;
       l.resident_tokens = 0;
+      l.offload_tokens = 0;
       ++marked;
     }
+  // The device tier: the latest swapped units that do not keep only x
+  // (backward reaches them first, so their device bytes are the first let go).
+  int64_t tiered = 0;
+  for (int64_t i = swapped_layers - 1; i >= 0 && tiered < c.fixed_on_device_units; --i) {
+    auto& l = c.layers[static_cast<size_t>(i)];
+    if (l.attention_recomputed) continue;
+    l.fixed_on_device = true;
+    ++tiered;
+  }
   const double moved = in.fixed_bytes + c.alpha * rest;
-  c.host_bytes = static_cast<double>(swapped_layers - c.fixed_on_device_units) * moved - c.attention_recomputed_bytes;
+  c.host_bytes = static_cast<double>(swapped_layers - c.fixed_on_device_units - c.attention_recomputed_units) * moved +
+                 static_cast<double>(c.attention_recomputed_units) * (in.fixed_bytes - in.attention_bytes);
   c.copy_out_s = in.d2h_bytes_per_s > 0 ? moved / in.d2h_bytes_per_s : 0.0;
   c.copy_in_s = in.h2d_bytes_per_s > 0 ? (moved + in.rebuild_h2d_bytes) / in.h2d_bytes_per_s : 0.0;
   c.recompute_s = in.recompute_s * (1.0 - c.alpha - c.resident);

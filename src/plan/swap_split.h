@@ -53,6 +53,11 @@ struct SplitInputs {
   // layer-major, chunks_per_layer to a layer (chunk = index % chunks).
   double attention_bytes = 0;
   int64_t chunks_per_layer = 1;
+  // Many ranks: at least this many units keep only x (the most any rank's
+  // host needed), so that every rank runs the same units' attention again
+  // (under sequence parallelism their all-to-alls must line up). Needs
+  // attention_bytes > 0.
+  int64_t min_attention_recomputed_units = 0;
   std::optional<double> alpha;    // user override of the offloaded fraction
   bool swap_last_two = false;     // offload: every layer; memo: not the last two
 };

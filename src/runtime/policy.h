@@ -44,10 +44,14 @@ struct PolicyOptions {
   // whole-sequence tensors on the device.
   bool kv_on_host = false;
   // memo, host and device short: units may keep only x, their attention
-  // recomputed in backward (plan/swap_split.h). False under sequence
-  // parallelism, where that attention's all-to-alls would have to run in
-  // every rank's backward alike.
+  // recomputed in backward (plan/swap_split.h); false: never (the host must
+  // then hold x, o, lse of every unit the device tier does not).
   bool attention_recompute = true;
+  // Many ranks: how many units keep only x on every rank, from this rank's
+  // count (the most over the ranks), so that every rank recomputes the same
+  // units' attention (under sequence parallelism, with their all-to-alls in
+  // step). Empty: this rank's own count.
+  std::function<int64_t(int64_t)> agree_units;
 };
 
 // What a policy needs to rebuild a layer's skeletal set in backward.

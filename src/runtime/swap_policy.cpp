@@ -148,6 +148,14 @@ class SwapPolicy final : public ActivationPolicy {
         split_ = choose_split(in);
       }
     }
+    if (memo_ && options_.agree_units && in.attention_bytes > 0) {
+      // Many ranks: the same units keep only x everywhere (the most any needs).
+      const int64_t agreed = options_.agree_units(split_.attention_recomputed_units);
+      if (agreed != split_.attention_recomputed_units) {
+        in.min_attention_recomputed_units = agreed;
+        split_ = choose_split(in);
+      }
+    }
     // An explicit alpha with an explicit device share keeps that share resident.
     if (memo_ && options_.alpha && options_.device_spare_bytes > 0) add_resident(in);
     inputs_ = in;

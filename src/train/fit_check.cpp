@@ -202,10 +202,10 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
     }
     // What the tier cannot take (on CPU: all of it), x-only units cover:
     // each keeps x alone in the pool, its o and lse recomputed in backward
-    // by its chunk's attention (plan/chunk_plan.h). Attention is local only
-    // on one rank of the sequence (sp 1).
+    // by its chunk's attention (plan/chunk_plan.h; under sp with its
+    // all-to-alls, the ranks agreeing on the units).
     const double per_attention = unit_fixed - unit_skeletal.front().bytes;  // o, lse of a unit
-    if (r.sp == 1 && e.pool > budget && per_attention > 0) {
+    if (e.pool > budget && per_attention > 0) {
       const double x_only = std::min(units - 2.0 - moved, std::ceil((e.pool - budget) / per_attention));
       e.attention_recomputed = std::min(x_only * per_attention, e.pool * per_attention / unit_fixed);
       e.pool -= e.attention_recomputed;

@@ -132,7 +132,6 @@ void Trainer::make_policy_and_check_fit() {
   chunk_tokens_ = resolve_chunk_tokens(chunking, cc);
   po.chunk_tokens = chunk_tokens_;
   po.kv_on_host = options_.kv_on_host;
-  po.attention_recompute = options_.sp <= 1;  // memo's units keeping only x: attention local only
   if (dist_) {
     // memo's alpha: the smallest any rank chose, so every rank swaps and
     // recomputes the same tokens and none waits for a slower one.
@@ -140,6 +139,12 @@ void Trainer::make_policy_and_check_fit() {
       auto t = at::full({1}, -alpha, at::TensorOptions().dtype(at::kDouble).device(device_));  // [1]
       dist_->world().all_reduce(t, dist::ReduceOp::Max).wait();
       return -t.item<double>();
+    };
+    // memo's units keeping only x: the most any rank needs, on every rank.
+    po.agree_units = [this](int64_t units) {
+      auto t = at::full({1}, static_cast<double>(units), at::TensorOptions().dtype(at::kDouble).device(device_));  // [1]
+      dist_->world().all_reduce(t, dist::ReduceOp::Max).wait();
+      return static_cast<int64_t>(t.item<double>());
     };
   }
   policy_ = runtime::make_policy(options_.policy, po);
