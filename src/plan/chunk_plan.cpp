@@ -63,6 +63,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "plan/swap_split.h"
 
 namespace memo::plan {
 
@@ -215,20 +216,18 @@ ChunkMemory evaluate(const PlanInputs& in, const std::string& policy, int64_t ch
     // unit's bytes each, as the runtime's LP counts them (plan/swap_split.h).
     const double per_unit = std::max(fixed * chunk, 1.0);
     const double per_attention = std::max((a * c + nh * s) * chunk, 1.0);  // o, lse
-    const double swapped = static_cast<double>(m.layers * cm.chunks - std::min<int64_t>(2, m.layers * cm.chunks));
-    const double shortfall = cm.host_bytes - hw.host_share();
-    const double room = std::max(0.0, hw.device_bytes - cm.device_bytes);
+    const int64_t swapped = m.layers * cm.chunks - std::min<int64_t>(2, m.layers * cm.chunks);
     // memo's device tier: the fewest latest units whose x, o, lse cover the
-    // shortfall stay on the device, as many as its room holds.
-    const double tier = std::min({std::ceil(shortfall / per_unit), swapped, std::floor(room / per_unit)});
-    cm.fixed_on_device_units = static_cast<int64_t>(tier);
-    cm.fixed_on_device_bytes = std::min(tier * per_unit, cm.host.front().bytes);
-    // What the tier cannot take, x-only units cover (under sp their
-    // attention's all-to-alls run again too; the ranks agree on the units).
-    const double left = shortfall - cm.fixed_on_device_bytes;
-    if (left > 0) {
-      const double x_only = std::min(std::ceil(left / per_attention), swapped - tier);
-      cm.attention_recomputed_units = static_cast<int64_t>(x_only);
+    // shortfall stay on the device, as many as its room holds; x-only units
+    // cover the rest (under sp their attention's all-to-alls run again too;
+    // the ranks agree on the units).
+    const auto cover = cover_host_shortfall(cm.host_bytes - hw.host_share(), per_unit, per_attention, swapped,
+                                            hw.device_bytes - cm.device_bytes);
+    cm.fixed_on_device_units = cover.on_device;
+    cm.fixed_on_device_bytes = std::min(static_cast<double>(cover.on_device) * per_unit, cm.host.front().bytes);
+    if (cover.x_only > 0) {
+      const auto x_only = static_cast<double>(cover.x_only);
+      cm.attention_recomputed_units = cover.x_only;
       // o and lse of what the tier left on the host at most (a shorter last chunk counts as full above).
       cm.attention_recomputed_bytes =
           std::min(x_only * per_attention, (cm.host.front().bytes - cm.fixed_on_device_bytes) * (fixed - h * c) / fixed);

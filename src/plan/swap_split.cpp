@@ -10,6 +10,19 @@
 
 namespace memo::plan {
 
+ShortHostCover cover_host_shortfall(double shortfall, double unit_bytes, double attention_bytes,
+                                    int64_t swapped_units, double device_room) {
+  ShortHostCover c;
+  const double unit = std::max(unit_bytes, 1.0);
+  c.on_device = std::min({static_cast<int64_t>(std::ceil(shortfall / unit)), swapped_units,
+                          static_cast<int64_t>(std::floor(std::max(0.0, device_room) / unit))});
+  const double left = shortfall - static_cast<double>(c.on_device) * unit_bytes;
+  if (left > 0 && attention_bytes > 0)
+    c.x_only = std::min(swapped_units - c.on_device, static_cast<int64_t>(std::ceil(left / attention_bytes)));
+  c.covered = left - static_cast<double>(c.x_only) * attention_bytes <= 0;
+  return c;
+}
+
 SplitChoice choose_split(const SplitInputs& in) {
   require_input(in.layers > 0 && in.seq_len > 0, "swap split: layers and seq_len must be positive");
   SplitChoice c;
@@ -44,19 +57,16 @@ SplitChoice choose_split(const SplitInputs& in) {
       // spare holds, whose x, o, lse the device keeps (memo choosing its
       // alpha, or at 0); then units keeping only x for the rest.
       const bool tier = !in.swap_last_two && (!in.alpha || *in.alpha == 0.0) && in.fixed_bytes > 0;
-      const double unit_fixed = std::max(in.fixed_bytes, 1.0);
-      const auto wanted = static_cast<int64_t>(std::ceil(shortfall / unit_fixed));
-      const auto room = static_cast<int64_t>(std::floor(std::max(0.0, in.device_spare_bytes) / unit_fixed));
-      const int64_t on_device = tier ? std::min({wanted, swapped_layers, room}) : 0;
+      const auto cover = tier ? cover_host_shortfall(shortfall, in.fixed_bytes, in.attention_bytes, swapped_layers,
+                                                     in.device_spare_bytes)
+                              : ShortHostCover{};
+      const int64_t on_device = cover.on_device;
       const double left = shortfall - static_cast<double>(on_device) * in.fixed_bytes;
-      const auto x_only = left > 0 && tier && in.attention_bytes > 0
-                              ? static_cast<int64_t>(std::ceil(left / in.attention_bytes))
-                              : int64_t{0};
-      if (tier && (left <= 0 || (x_only > 0 && x_only <= swapped_layers - on_device))) {
+      if (tier && cover.covered) {
         c.fixed_on_device_units = on_device;
         c.fixed_on_device_bytes = static_cast<double>(on_device) * in.fixed_bytes;
-        c.attention_recomputed_units = x_only;
-        c.attention_recomputed_bytes = static_cast<double>(x_only) * in.attention_bytes;
+        c.attention_recomputed_units = cover.x_only;
+        c.attention_recomputed_bytes = static_cast<double>(cover.x_only) * in.attention_bytes;
         by_host = 0.0;
         if (!in.alpha) c.limited_by = "host memory";
       } else {

@@ -78,6 +78,20 @@ struct SplitChoice {
   std::string limited_by;   // "bandwidth", "host memory", "override", "everything fits"
 };
 
+// How memo covers a host short of x, o, lse of its swapped units by
+// `shortfall` bytes (choose_split; the chunk plan and the fit check count
+// it alike): the device tier takes as few units (of unit_bytes each) as
+// cover it, as many as device_room holds; units keeping only x (each
+// leaving attention_bytes off the host; none when that is 0) the rest, at
+// most every other swapped unit.
+struct ShortHostCover {
+  int64_t on_device = 0;  // units whose x, o, lse the device holds
+  int64_t x_only = 0;     // units keeping only x
+  bool covered = false;   // on_device unit_bytes + x_only attention_bytes >= shortfall
+};
+ShortHostCover cover_host_shortfall(double shortfall, double unit_bytes, double attention_bytes,
+                                    int64_t swapped_units, double device_room);
+
 // Solves max alpha s.t. copy-out hides behind the forward, the prefetch hides
 // behind the backward, and the swapped layers fit in host memory; then keeps
 // a resident share on the device with the spare memory. When even alpha = 0

@@ -16,6 +16,7 @@
 #include "plan/cost_model.h"
 #include "plan/hardware.h"
 #include "plan/kv_on_host_plan.h"
+#include "plan/swap_split.h"
 #include "train/loss.h"
 
 namespace memo::train {
@@ -190,26 +191,20 @@ FitEstimate estimate_fit(const FitRequest& r, const MemoryAvailable& have) {
     // has no spare device apart from the host): x, o, lse of the fewest
     // whole units covering the budget's shortfall stay on the device, as
     // many as it has room for beside everything else it holds.
-    double moved = 0;
-    if (cuda) {
-      const double room =
-          std::max(0.0, have.device - (e.weights + e.grads + e.optimizer + e.activations + e.working + e.reserve));
-      const double per_unit = std::max(unit_fixed, 1.0);
-      moved = std::min({units - 2.0, std::ceil((e.pool - budget) / per_unit), std::floor(room / per_unit)});
-      e.fixed_on_device = std::min(moved * unit_fixed, e.pool);
-      e.pool -= e.fixed_on_device;
-      e.activations += e.fixed_on_device;
-    }
     // What the tier cannot take (on CPU: all of it), x-only units cover:
     // each keeps x alone in the pool, its o and lse recomputed in backward
     // by its chunk's attention (plan/chunk_plan.h; under sp with its
     // all-to-alls, the ranks agreeing on the units).
+    const double room =
+        cuda ? have.device - (e.weights + e.grads + e.optimizer + e.activations + e.working + e.reserve) : 0.0;
     const double per_attention = unit_fixed - unit_skeletal.front().bytes;  // o, lse of a unit
-    if (e.pool > budget && per_attention > 0) {
-      const double x_only = std::min(units - 2.0 - moved, std::ceil((e.pool - budget) / per_attention));
-      e.attention_recomputed = std::min(x_only * per_attention, e.pool * per_attention / unit_fixed);
-      e.pool -= e.attention_recomputed;
-    }
+    const auto cover = plan::cover_host_shortfall(e.pool - budget, unit_fixed, per_attention,
+                                                  static_cast<int64_t>(units) - 2, room);
+    e.fixed_on_device = std::min(static_cast<double>(cover.on_device) * unit_fixed, e.pool);
+    e.activations += e.fixed_on_device;
+    e.attention_recomputed = std::min(static_cast<double>(cover.x_only) * per_attention,
+                                      (e.pool - e.fixed_on_device) * per_attention / unit_fixed);
+    e.pool -= e.fixed_on_device + e.attention_recomputed;
   }
   e.pool += e.kv_host;
   e.device_need = e.weights + e.grads + e.optimizer + e.activations + e.working + e.reserve;

@@ -135,16 +135,16 @@ void Trainer::make_policy_and_check_fit() {
   if (dist_) {
     // memo's alpha: the smallest any rank chose, so every rank swaps and
     // recomputes the same tokens and none waits for a slower one.
-    po.agree_alpha = [this](double alpha) {
-      auto t = at::full({1}, -alpha, at::TensorOptions().dtype(at::kDouble).device(device_));  // [1]
+    // The largest of every rank's value.
+    auto world_max = [this](double v) {
+      auto t = at::full({1}, v, at::TensorOptions().dtype(at::kDouble).device(device_));  // [1]
       dist_->world().all_reduce(t, dist::ReduceOp::Max).wait();
-      return -t.item<double>();
+      return t.item<double>();
     };
+    po.agree_alpha = [world_max](double alpha) { return -world_max(-alpha); };
     // memo's units keeping only x: the most any rank needs, on every rank.
-    po.agree_units = [this](int64_t units) {
-      auto t = at::full({1}, static_cast<double>(units), at::TensorOptions().dtype(at::kDouble).device(device_));  // [1]
-      dist_->world().all_reduce(t, dist::ReduceOp::Max).wait();
-      return static_cast<int64_t>(t.item<double>());
+    po.agree_units = [world_max](int64_t units) {
+      return static_cast<int64_t>(world_max(static_cast<double>(units)));
     };
   }
   policy_ = runtime::make_policy(options_.policy, po);

@@ -33,6 +33,18 @@ SplitInputs bandwidth_bound() {
   return in;
 }
 
+// The message of the InputError choose_split(in) throws; a test failure and
+// "" when it throws none.
+std::string split_error(const SplitInputs& in) {
+  try {
+    choose_split(in);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected InputError";
+  return {};
+}
+
 TEST(SwapSplit, TheKvRebuildSharesTheLinkAndTheBackward) {
   const auto plain = choose_split(bandwidth_bound());
   EXPECT_EQ(plain.limited_by, "bandwidth");
@@ -85,14 +97,9 @@ TEST(SwapSplit, TheHostsShortfallGoesToTheLatestSwappedUnits) {
 TEST(SwapSplit, TheTierIsBoundedByTheSpareAndOnlyForMemo) {
   auto in = host_short();
   in.device_spare_bytes = 4e6;  // two units' worth, three needed
-  try {
-    choose_split(in);
-    FAIL() << "expected InputError";
-  } catch (const InputError& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("host memory too small"), std::string::npos) << what;
-    EXPECT_NE(what.find("the device's spare"), std::string::npos) << what;
-  }
+  const std::string what = split_error(in);
+  EXPECT_NE(what.find("host memory too small"), std::string::npos) << what;
+  EXPECT_NE(what.find("the device's spare"), std::string::npos) << what;
   in = host_short();
   in.alpha = 0.2;
   EXPECT_THROW(choose_split(in), InputError);
@@ -101,13 +108,8 @@ TEST(SwapSplit, TheTierIsBoundedByTheSpareAndOnlyForMemo) {
   in = host_short();
   in.swap_last_two = true;  // offload: its message says it keeps every tensor
   in.alpha = 1.0;
-  try {
-    choose_split(in);
-    FAIL() << "expected InputError";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("offload keeps every skeletal tensor of its 8 layers"), std::string::npos)
-        << e.what();
-  }
+  const std::string offload = split_error(in);
+  EXPECT_NE(offload.find("offload keeps every skeletal tensor of its 8 layers"), std::string::npos) << offload;
   // A host that fits: no tier.
   in = host_short();
   in.host_bytes = 6 * 2e6;
@@ -173,13 +175,8 @@ TEST(SwapSplit, UnitsKeepingOnlyXAreTheEarliestChunksOfEveryLayer) {
   // Every swapped unit keeping only x saves 12 MB; 12.5 MB short cannot
   // fit, and the message says by how much.
   in.host_bytes = 10 * in.fixed_bytes - 12.5e6;
-  try {
-    choose_split(in);
-    FAIL() << "expected InputError";
-  } catch (const InputError& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("keeping only x of every other unit"), std::string::npos) << what;
-  }
+  const std::string what = split_error(in);
+  EXPECT_NE(what.find("keeping only x of every other unit"), std::string::npos) << what;
 }
 
 }  // namespace
