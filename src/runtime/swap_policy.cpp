@@ -85,7 +85,7 @@ class SwapPolicy final : public ActivationPolicy {
     in.seq_len = unit_tokens_;
     for (const auto& s : model::skeletal_specs(cfg, batch, unit_tokens_, compute)) {
       (s.always_offloaded ? in.fixed_bytes : in.rest_bytes) += static_cast<double>(s.bytes());
-      // o and lse: what a unit keeping only x leaves off the host (memo, attention local).
+      // o and lse: what a unit keeping only x leaves off the host (memo).
       if (memo_ && options_.attention_recompute && s.always_offloaded && !s.layer_input)
         in.attention_bytes += static_cast<double>(s.bytes());
     }
@@ -368,8 +368,8 @@ class SwapPolicy final : public ActivationPolicy {
     const double spare = in.device_spare_bytes - split_.fixed_on_device_bytes;  // less the device tier's
     double frac = std::min(1.0 - split_.alpha, std::max(0.0, spare) / (static_cast<double>(swapped) * in.rest_bytes));
     auto res = static_cast<int64_t>(std::floor(frac * static_cast<double>(unit_tokens_)));
-    for (auto& l : split_.layers)
-      if (l.swapped) l.resident_tokens = std::min(res, unit_tokens_ - l.offload_tokens);
+    for (auto& l : split_.layers)  // units keeping only x recompute every token: none resident
+      if (l.swapped && !l.attention_recomputed) l.resident_tokens = std::min(res, unit_tokens_ - l.offload_tokens);
     split_.resident = static_cast<double>(res) / static_cast<double>(unit_tokens_);
   }
 
